@@ -1,0 +1,55 @@
+"""fulmen's exceptions: one family, each message says what was wrong and what to write instead.
+
+Every error fulmen raises on purpose derives from :class:`FulmenError`, so a caller can catch them
+all with one ``except``.
+
+Example::
+
+    try:
+        trainer.fit(model)
+    except fulmen.errors.FulmenError as err:
+        print("fix the set-up:", err)
+"""
+
+
+class FulmenError(Exception):
+    """Base of every error fulmen raises on purpose."""
+
+
+class MisconfigurationException(FulmenError, ValueError):
+    """A flag, hook or return value is not usable as given; the message names the fix.
+
+    Lightning's name is kept so ``except MisconfigurationException`` in ported code still works.
+    """
+
+
+class CheckpointError(FulmenError):
+    """A checkpoint cannot be written or read: missing, corrupt, or not a fulmen/Lightning checkpoint."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint holds pickled objects beyond plain tensors and containers.
+
+    Loading it would run arbitrary code. Pass ``weights_only=False`` (or ``trusted=True``) only for files
+    you created yourself or otherwise trust.
+    """
+
+
+class MissingDependencyError(FulmenError, ImportError):
+    """An optional feature was used without its extra installed; the message gives the install command."""
+
+
+def missing_extra(package: str, extra: str, feature: str) -> MissingDependencyError:
+    """Build the error for an optional dependency that is not installed.
+
+    Example::
+
+        try:
+            import tensorboard
+        except ImportError:
+            raise missing_extra("tensorboard", "tensorboard", "TensorBoardLogger") from None
+    """
+    return MissingDependencyError(
+        f"{feature} needs the package `{package}`, which is not installed. "
+        f"Install it with: pip install 'fulmen[{extra}]'  (or: pip install {package})"
+    )
