@@ -1,0 +1,188 @@
+"""CSVLogger: metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml``, no extra packages.
+
+Layout (same as Lightning's)::
+
+    save_dir/name/version_0/metrics.csv
+    save_dir/name/version_0/hparams.yaml
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from argparse import Namespace
+from typing import Any
+
+from fulmen.loggers.logger import (
+    Logger,
+    _rank_zero_only,
+    rank_zero_experiment,
+    _add_prefix,
+    _atomic_write_text,
+    _convert_params,
+    _filesystem,
+    _join,
+    _next_version,
+    _scalar,
+    _version_dir,
+    _warn,
+    _write_hparams_yaml,
+)
+
+
+class ExperimentWriter:
+    """Buffers metric rows and writes them to ``log_dir/metrics.csv``; what ``CSVLogger.experiment`` returns.
+
+    The header is the sorted union of every key seen, ``step`` included. When a row brings a new key the
+    whole file is rewritten with the wider header, so the file is always a valid, rectangular CSV.
+
+    Example::
+
+        writer = ExperimentWriter("logs/run")
+        writer.log_metrics({"loss": 0.5}, step=0)
+        writer.save()
+    """
+
+    NAME_HPARAMS_FILE = "hparams.yaml"
+    NAME_METRICS_FILE = "metrics.csv"
+
+    def __init__(self, log_dir: str) -> None:
+        self.fs, self.log_dir = _filesystem(log_dir)
+        self.metrics_file_path = _join(self.log_dir, self.NAME_METRICS_FILE)
+        self.hparams: dict[str, Any] = {}
+        self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
+        self.metrics_keys: list[str] = []  # the header of the file on disk
+        self._rows_saved = 0
+        if self.fs.isdir(self.log_dir) and self.fs.listdir(self.log_dir):
+            _warn(
+                f"Log directory {self.log_dir} exists and is not empty; its metrics.csv and hparams.yaml "
+                "will be replaced. Pass a new `version` to keep them."
+            )
+        self.fs.makedirs(self.log_dir, exist_ok=True)
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Merge ``params`` into the recorded hyperparameters and rewrite ``hparams.yaml``."""
+        self.hparams.update(params)
+        _write_hparams_yaml(self.fs, _join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> int:
+        """Buffer one row and return its step; ``step`` defaults to the number of rows logged so far.
+
+        (Lightning counts only the rows not yet flushed, so its default restarts after each save.)
+        """
+        if step is None:
+            step = self._rows_saved + len(self.metrics)
+        row = {key: _scalar(value) for key, value in metrics.items()}
+        row["step"] = step
+        self.metrics.append(row)
+        return step
+
+    def save(self) -> None:
+        """Write the buffered rows: append when the header still fits, else rewrite the file wider."""
+        if not self.metrics:
+            return
+        keys = set(self.metrics_keys).union(*self.metrics)
+        if self._rows_saved and len(keys) == len(self.metrics_keys):
+            with self.fs.open(self.metrics_file_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
+        else:
+            old_rows = self._read_rows() if self._rows_saved else []
+            self.metrics_keys = sorted(keys)
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(old_rows + self.metrics)
+            _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
+        self._rows_saved += len(self.metrics)
+        self.metrics = []
+
+    def _read_rows(self) -> list[dict[str, str]]:
+        with self.fs.open(self.metrics_file_path, "r", newline="") as f:
+            return list(csv.DictReader(f))
+
+
+class CSVLogger(Logger):
+    """Log to CSV and YAML files on any fsspec filesystem (local paths, ``memory://``, ``s3://`` ...).
+
+    Args:
+        save_dir: Folder that holds the experiment folders.
+        name: Experiment folder name; ``""`` or ``None`` writes versions directly into ``save_dir``.
+        version: An int gives ``version_<int>``, a string is used as the folder name; ``None`` picks the
+            next free ``version_N``.
+        prefix: Prepended to every metric name, joined with ``-``.
+        flush_logs_every_n_steps: Write buffered rows to disk every this many steps.
+
+    Example::
+
+        logger = CSVLogger("logs", name="mnist")
+        trainer = Trainer(logger=logger)  # -> logs/mnist/version_0/metrics.csv
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        self._fs, self._save_dir = _filesystem(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._prefix = prefix
+        self._flush_logs_every_n_steps = flush_logs_every_n_steps
+        self._experiment: ExperimentWriter | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self._fs, self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return _join(self._save_dir, self._name)
+
+    @property
+    def log_dir(self) -> str:
+        return _join(self.root_dir, _version_dir(self.version))
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The :class:`ExperimentWriter`; creating it makes the log folder."""
+        if self._experiment is None:
+            self._experiment = ExperimentWriter(self.log_dir)
+        return self._experiment
+
+    @_rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        self.experiment.log_hparams(_convert_params(params))
+
+    @_rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        step = self.experiment.log_metrics(metrics, step)
+        if (step + 1) % self._flush_logs_every_n_steps == 0:
+            self.save()
+
+    @_rank_zero_only
+    def save(self) -> None:
+        # nothing logged yet: do not create an empty log folder
+        if self._experiment is not None:
+            self._experiment.save()
+
+    @_rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()

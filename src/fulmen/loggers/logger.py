@@ -1,0 +1,396 @@
+"""The logger interface the trainer talks to, and the helpers every logger shares.
+
+The trainer calls loggers on global rank zero only. Each logger creates its backend object
+(``experiment``) lazily, on first use, so building one is cheap and touches no files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import os
+import sys
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fulmen.errors import missing_extra
+
+
+class Logger(ABC):
+    """Base class of every logger: where metrics and hyperparameters go.
+
+    A subclass implements ``name``, ``version``, ``log_metrics`` and ``log_hyperparams``;
+    everything else has a sensible default.
+
+    Example::
+
+        class PrintLogger(Logger):
+            name, version = "print", 0
+
+            def log_metrics(self, metrics, step=None):
+                print(step, metrics)
+
+            def log_hyperparams(self, params, *args, **kwargs):
+                print(params)
+
+        trainer = Trainer(logger=PrintLogger())
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> str | None:
+        """The experiment's name; checkpoints go under ``save_dir/name/version``."""
+
+    @property
+    @abstractmethod
+    def version(self) -> int | str | None:
+        """The run's version inside the experiment (a number, or a string such as a run id)."""
+
+    @property
+    def root_dir(self) -> str | None:
+        """The folder holding all versions of this experiment, if the logger writes locally."""
+        return None
+
+    @property
+    def log_dir(self) -> str | None:
+        """The folder this run writes to, if the logger writes locally."""
+        return None
+
+    @property
+    def save_dir(self) -> str | None:
+        """The folder that holds the experiment folders, if the logger writes locally."""
+        return None
+
+    @property
+    def experiment(self) -> Any:
+        """The backend object (a writer, a client, a run), created on first access."""
+        return None
+
+    @property
+    def group_separator(self) -> str:
+        """What joins nested names, such as ``"a/b"`` for ``{"a": {"b": 1}}``."""
+        return "/"
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record scalar ``metrics`` at ``step`` (the trainer's global step)."""
+
+    @abstractmethod
+    def log_hyperparams(self, params: dict[str, Any] | argparse.Namespace, *args: Any, **kwargs: Any) -> None:
+        """Record the run's hyperparameters."""
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Record the model's computational graph; most loggers ignore it."""
+
+    def save(self) -> None:
+        """Write out anything buffered."""
+
+    def finalize(self, status: str) -> None:
+        """The run ended with ``status`` ("success", "failed" or "interrupted"): flush and close."""
+        self.save()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Called after the checkpoint callback saved a file; loggers that upload models use it."""
+
+
+class DummyLogger(Logger):
+    """A logger that records nothing; what ``fast_dev_run`` uses so that no files are written.
+
+    Example::
+
+        logger = DummyLogger()
+        logger.log_metrics({"loss": 1.0}, step=0)  # does nothing
+    """
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def experiment(self) -> Any:
+        return _NoOp()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getitem__(self, index: int) -> DummyLogger:
+        # lets code written for `trainer.logger[0]` keep working
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # any other logger method (log_image, watch, ...) is accepted and ignored
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+class _NoOp:
+    """Accepts any method call and does nothing, so ``logger.experiment.anything()`` is safe."""
+
+    def __getattr__(self, _: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+# ----------------------------------------------------------------------------- rank zero
+
+
+def _global_rank() -> int:
+    """This process's global rank: what the strategy recorded, else the launcher's environment."""
+    try:
+        # the strategies keep this up to date once processes start; imported here to keep torch off import time
+        from fulmen.utilities import rank_zero_only
+
+        return int(getattr(rank_zero_only, "rank", 0))
+    except ImportError:
+        for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+            if key in os.environ:
+                return int(os.environ[key])
+        return 0
+
+
+def rank_zero_experiment(fn: Any) -> Any:
+    """Decorate a logger's ``experiment`` getter: other ranks get an object that ignores every call.
+
+    User code such as ``self.logger.experiment.add_image(...)`` then runs unchanged under DDP without
+    every process opening its own run.
+
+    Example::
+
+        class MyLogger(Logger):
+            @property
+            @rank_zero_experiment
+            def experiment(self):
+                return open_run()
+    """
+
+    @functools.wraps(fn)
+    def get(self: Any) -> Any:
+        return fn(self) if _global_rank() == 0 else _NoOp()
+
+    return get
+
+
+def _rank_zero_only(fn: Any) -> Any:
+    """Run a logger method on global rank zero only; elsewhere it does nothing."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if _global_rank() == 0 else None
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _convert_params(params: Mapping[str, Any] | argparse.Namespace | None) -> dict[str, Any]:
+    """Turn what users pass as hyperparameters (dict, Namespace, None) into a plain dict."""
+    if params is None:
+        return {}
+    if isinstance(params, argparse.Namespace):
+        return dict(vars(params))
+    return dict(params)
+
+
+def _flatten_dict(params: Mapping[Any, Any], delimiter: str = "/", parent_key: str = "") -> dict[str, Any]:
+    """Flatten nested dicts, Namespaces and dataclass instances into ``"a/b"`` keys.
+
+    Example::
+
+        _flatten_dict({"a": {"b": 1}, "c": 2})  # {"a/b": 1, "c": 2}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{parent_key}{delimiter}{key}" if parent_key else str(key)
+        if isinstance(value, argparse.Namespace):
+            value = vars(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, MutableMapping) and value:
+            flat.update(_flatten_dict(value, delimiter, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor or numpy scalar as a Python number; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _sanitize_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep bool/int/float/str values (unwrapping scalar tensors); anything else becomes its ``str``.
+
+    Backends such as TensorBoard's hparams plugin accept only these types. A callable is recorded
+    by its name rather than called: calling user code while logging could have side effects.
+    """
+    clean: dict[str, Any] = {}
+    for key, value in params.items():
+        value = _scalar(value)
+        if isinstance(value, (bool, int, float, str)):
+            clean[key] = value
+        elif callable(value) and hasattr(value, "__qualname__"):
+            clean[key] = value.__qualname__
+        else:
+            clean[key] = str(value)
+    return clean
+
+
+def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict[str, Any]:
+    """Prepend ``prefix + separator`` to every key; no-op for an empty prefix."""
+    if not prefix:
+        return dict(metrics)
+    return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
+
+
+def _yaml_safe(value: Any) -> Any:
+    """A copy of ``value`` that ``yaml.safe_dump`` can write and ``yaml.safe_load`` can read back.
+
+    Lightning writes arbitrary objects with Python tags (``!!python/object``), which only an unsafe
+    loader reads; fulmen writes such objects as their ``str`` so that hparams.yaml is always safe to load.
+    """
+    value = _scalar(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, (int, float, bool)) else k: _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_yaml_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors and numpy arrays with more than one element
+        return value.tolist()
+    return str(value)
+
+
+def _write_hparams_yaml(fs: Any, path: str, hparams: Mapping[str, Any]) -> None:
+    """Write ``hparams`` as YAML to ``path`` on the fsspec filesystem ``fs``, replacing it whole."""
+    import yaml  # only needed when hyperparameters are saved
+
+    text = yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True)
+    _atomic_write_text(fs, path, text)
+
+
+def _atomic_write_text(fs: Any, path: str, text: str) -> None:
+    """Write to a sibling temp file, then rename over ``path``: readers never see half a file.
+
+    The rename is atomic on local disks; on object stores it is still a whole-file replace.
+    """
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w", newline="") as f:
+        f.write(text)
+    fs.mv(tmp, path)
+
+
+def _filesystem(path: str | os.PathLike) -> tuple[Any, str]:
+    """The fsspec filesystem for ``path`` and the path as that filesystem spells it."""
+    from fsspec.core import url_to_fs
+
+    path = str(path)
+    if "://" not in path:
+        path = os.path.expanduser(os.path.expandvars(path))
+    fs, _ = url_to_fs(path)
+    return fs, path
+
+
+def _next_version(fs: Any, root_dir: str) -> int:
+    """One more than the highest ``version_N`` folder in ``root_dir`` (0 when there is none)."""
+    try:
+        entries = fs.listdir(root_dir, detail=True)
+    except (FileNotFoundError, OSError):
+        return 0
+    versions = []
+    for entry in entries:
+        base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry["type"] == "directory" and base.startswith("version_") and base[8:].isdigit():
+            versions.append(int(base[8:]))
+    return max(versions) + 1 if versions else 0
+
+
+def _version_dir(version: int | str) -> str:
+    """A version as its folder name: ``3`` -> ``version_3``, a string as is."""
+    return version if isinstance(version, str) else f"version_{version}"
+
+
+def _join(*parts: str) -> str:
+    """Join path parts, skipping empty ones; URLs (``memory://...``) always use ``/``."""
+    parts = [str(p) for p in parts if p]
+    if "://" in parts[0]:
+        return "/".join([parts[0].rstrip("/"), *(p.strip("/") for p in parts[1:])])
+    return os.path.join(*parts)
+
+
+def _module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (``sys.modules[name] = None`` counts as missing)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require(module: str, package: str, extra: str, feature: str) -> None:
+    """Fail early, with the install command, when an optional backend is missing."""
+    if not _module_available(module):
+        raise missing_extra(package, extra, feature)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- checkpoint upload
+
+
+def _checkpoints_to_upload(callback: Any, uploaded: dict[str, float]) -> list[tuple[float, str, Any, bool]]:
+    """Checkpoint files of ``callback`` that are new or changed since they were uploaded.
+
+    Returns ``(mtime, path, score, is_best)`` tuples, oldest first, so that "latest" ends up on the
+    newest file. ``uploaded`` maps path -> mtime of what was already sent.
+    """
+    scores: dict[str, Any] = {}
+    if getattr(callback, "last_model_path", ""):
+        scores[callback.last_model_path] = getattr(callback, "current_score", None)
+    if getattr(callback, "best_model_path", ""):
+        scores[callback.best_model_path] = getattr(callback, "best_model_score", None)
+    scores.update(getattr(callback, "best_k_models", None) or {})
+    best = getattr(callback, "best_model_path", "")
+    found = []
+    for path, score in scores.items():
+        if path and os.path.isfile(path):
+            mtime = os.path.getmtime(path)
+            if path not in uploaded or uploaded[path] < mtime:
+                found.append((mtime, path, _scalar(score), path == best))
+    return sorted(found, key=lambda item: (item[0], item[1]))
+
+
+def _checkpoint_metadata(callback: Any, path: str, score: Any) -> dict[str, Any]:
+    """What is stored next to an uploaded checkpoint: its score, file name and the callback's settings."""
+    settings = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
+    return {
+        "score": score,
+        "original_filename": Path(path).name,
+        type(callback).__name__: {k: getattr(callback, k) for k in settings if hasattr(callback, k)},
+    }
+
+
+def _should_upload_now(log_model: bool | str, callback: Any) -> bool:
+    """``log_model="all"`` (or keeping every checkpoint) uploads at each save; ``True`` waits for the end."""
+    return log_model == "all" or (log_model is True and getattr(callback, "save_top_k", None) == -1)

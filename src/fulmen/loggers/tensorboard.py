@@ -1,0 +1,224 @@
+"""TensorBoardLogger: scalars, hyperparameters and the model graph as TensorBoard event files.
+
+Needs the ``tensorboard`` package (``pip install 'fulmen[tensorboard]'``). Layout::
+
+    save_dir/name/version_0[/sub_dir]/events.out.tfevents.*
+    save_dir/name/version_0[/sub_dir]/hparams.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from argparse import Namespace
+from typing import Any
+
+from fulmen.errors import missing_extra
+from fulmen.loggers.logger import (
+    Logger,
+    _rank_zero_only,
+    rank_zero_experiment,
+    _add_prefix,
+    _convert_params,
+    _filesystem,
+    _flatten_dict,
+    _join,
+    _next_version,
+    _require,
+    _sanitize_params,
+    _scalar,
+    _version_dir,
+    _warn,
+    _write_hparams_yaml,
+)
+
+
+class TensorBoardLogger(Logger):
+    """Log to TensorBoard event files with ``torch.utils.tensorboard.SummaryWriter``.
+
+    Args:
+        save_dir: Folder that holds the experiment folders.
+        name: Experiment folder name; ``""`` or ``None`` writes versions directly into ``save_dir``.
+        version: An int gives ``version_<int>``, a string is used as the folder name; ``None`` picks the
+            next free ``version_N``.
+        log_graph: Record the model graph (traced from ``input_array`` or ``model.example_input_array``).
+        default_hp_metric: When hyperparameters are logged without metrics, log ``hp_metric = -1`` so the
+            HPARAMS tab shows the run; log ``"hp_metric"`` yourself to give it a real value.
+        prefix: Prepended to every metric name, joined with ``-``.
+        sub_dir: Extra folder under the version folder, e.g. to keep train and eval event files apart.
+        **kwargs: Passed on to ``SummaryWriter`` (``flush_secs``, ``max_queue`` ...).
+
+    Example::
+
+        logger = TensorBoardLogger("tb_logs", name="mnist")
+        trainer = Trainer(logger=logger)
+        # then: tensorboard --logdir tb_logs
+    """
+
+    NAME_HPARAMS_FILE = "hparams.yaml"
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = True,
+        prefix: str = "",
+        sub_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # fail at construction, not at the first logged step deep inside fit
+        _require("tensorboard", "tensorboard", "tensorboard", "TensorBoardLogger")
+        self._fs, self._save_dir = _filesystem(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._log_graph = log_graph
+        self._default_hp_metric = default_hp_metric
+        self._prefix = prefix
+        self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
+        self._kwargs = kwargs
+        self._experiment: Any = None
+        self.hparams: dict[str, Any] = {}
+        self._hparams_dirty = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self._fs, self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return _join(self._save_dir, self._name)
+
+    @property
+    def log_dir(self) -> str:
+        log_dir = _join(self.root_dir, _version_dir(self.version))
+        if self._sub_dir:
+            log_dir = _join(log_dir, os.path.expanduser(os.path.expandvars(self._sub_dir)))
+        return log_dir
+
+    @property
+    def sub_dir(self) -> str | None:
+        return self._sub_dir
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The ``SummaryWriter``, created (with its folder) on first access."""
+        if self._experiment is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise missing_extra("tensorboard", "tensorboard", "TensorBoardLogger") from None
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
+        return self._experiment
+
+    @_rank_zero_only
+    def log_hyperparams(
+        self,
+        params: dict[str, Any] | Namespace,
+        metrics: dict[str, Any] | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record hyperparameters for the HPARAMS tab, with ``metrics`` as their result columns.
+
+        TensorBoard reads one set of hparams per event file: log them once per run.
+        """
+        params = _convert_params(params)
+        self.hparams.update(params)
+        self._hparams_dirty = True
+        if metrics is None and self._default_hp_metric:
+            metrics = {"hp_metric": -1}
+        if metrics:
+            self.log_metrics(metrics, step or 0)
+
+        from torch.utils.tensorboard.summary import hparams
+
+        # written into this run's own event file: SummaryWriter.add_hparams would start a separate run
+        experiment, start, end = hparams(_sanitize_params(_flatten_dict(params)), dict(metrics or {}))
+        writer = self.experiment._get_file_writer()
+        for summary in (experiment, start, end):
+            writer.add_summary(summary)
+
+    @_rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        for key, value in metrics.items():
+            value = _scalar(value)
+            try:
+                if isinstance(value, dict):
+                    self.experiment.add_scalars(key, value, step)
+                else:
+                    self.experiment.add_scalar(key, value, step)
+            except Exception as err:  # noqa: BLE001 - re-raised with the metric's name
+                raise ValueError(
+                    f"TensorBoard cannot log metric {key!r} = {value!r}: {err}. Log a number or a one-element tensor."
+                ) from err
+
+    @_rank_zero_only
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Trace ``model`` with ``input_array`` (default ``model.example_input_array``) into the GRAPHS tab."""
+        if not self._log_graph:
+            return
+        if input_array is None:
+            input_array = getattr(model, "example_input_array", None)
+        if input_array is None:
+            _warn("Not logging the graph to TensorBoard: set `model.example_input_array` or pass `input_array`.")
+            return
+        if not hasattr(input_array, "shape") and not isinstance(input_array, tuple):
+            _warn(
+                f"Not logging the graph to TensorBoard: cannot trace an input of type {type(input_array).__name__}. "
+                "Use a tensor, or a tuple of the positional arguments of `forward`."
+            )
+            return
+        with warnings.catch_warnings():
+            # add_graph traces with torch.jit, which torch marks deprecated; the user did not call it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.experiment.add_graph(model, _to_model_device(model, input_array))
+
+    @_rank_zero_only
+    def save(self) -> None:
+        # hparams.yaml is rewritten only when hparams changed: save() is called at every logged step
+        if self._hparams_dirty and self._fs.isdir(self.log_dir):
+            _write_hparams_yaml(self._fs, _join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+            self._hparams_dirty = False
+
+    @_rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            # close() releases the file; a later add_* call reopens it, so fit() then test() still works
+            self._experiment.flush()
+            self._experiment.close()
+        if status == "success":
+            self._hparams_dirty = self._hparams_dirty or not self._fs.isfile(
+                _join(self.log_dir, self.NAME_HPARAMS_FILE)
+            )
+            self.save()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a SummaryWriter holds threads and open files: it cannot be pickled (e.g. for spawn-based DDP)
+        state = self.__dict__.copy()
+        state["_experiment"] = None
+        return state
+
+
+def _to_model_device(model: Any, batch: Any) -> Any:
+    """Move the example input to the model's device, as the graph trace runs the model."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if param is None:
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(b.to(param.device) if hasattr(b, "to") else b for b in batch)
+    return batch.to(param.device) if hasattr(batch, "to") else batch
