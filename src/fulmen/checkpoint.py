@@ -1,0 +1,634 @@
+"""Writing and reading checkpoint files: atomic, checksummed, and safe to load by default.
+
+- :func:`save_checkpoint` writes to a temporary file next to the target and renames it over the target,
+  so ``path`` always holds either the old file or the complete new one, never a half-written one.
+- The file is an ordinary ``torch.save`` zip archive; fulmen puts a SHA-256 of the archive in the zip's
+  comment field, which zip readers (``torch.load`` included) ignore. :func:`load_checkpoint` verifies it.
+  Files without it (e.g. written by Lightning) load without verification.
+- :func:`load_checkpoint` unpickles only tensors, containers and an allowlist of plain types
+  (``torch.load(weights_only=True)``); anything else needs an explicit ``trusted=True``.
+
+Example::
+
+    from fulmen.checkpoint import save_checkpoint, load_checkpoint
+
+    save_checkpoint({"state_dict": model.state_dict(), "epoch": 3}, "runs/last.ckpt")
+    ckpt = load_checkpoint("runs/last.ckpt", map_location="cpu")
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import pickle
+import posixpath
+import re
+import shutil
+import struct
+import uuid
+import warnings
+from typing import IO, Any, Callable, Union
+
+import torch
+
+from fulmen.errors import CheckpointError, UntrustedCheckpointError
+
+__all__ = [
+    "CheckpointIO",
+    "CheckpointNotFoundError",
+    "TorchCheckpointIO",
+    "exists",
+    "get_filesystem",
+    "is_local",
+    "link_or_copy",
+    "load_checkpoint",
+    "makedirs",
+    "register_safe_type",
+    "remove",
+    "save_checkpoint",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint at the given path. Also a ``FileNotFoundError``, so ``except FileNotFoundError`` works."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths and filesystems. Local paths go through ``os`` directly (fast, no fsspec import); URLs through fsspec.
+
+
+def _local_path(path: PathLike) -> str | None:
+    """The OS path for a local path or ``file://`` URL, ``None`` for any other URL."""
+    path = os.fspath(path)
+    if "://" not in path:
+        return path
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    return None
+
+
+def is_local(path: PathLike) -> bool:
+    """Whether ``path`` is on the local filesystem (a plain path or a ``file://`` URL).
+
+    Example::
+
+        is_local("runs/last.ckpt")       # True
+        is_local("s3://bucket/last.ckpt")  # False
+    """
+    return _local_path(path) is not None
+
+
+def get_filesystem(path: PathLike, **storage_options: Any):
+    """The fsspec filesystem that holds ``path``; ``storage_options`` go to its constructor (credentials etc.).
+
+    Example::
+
+        fs = get_filesystem("s3://bucket/run", anon=False)
+        fs.ls("s3://bucket/run")
+    """
+    from fsspec.core import url_to_fs  # lazily: `import fulmen` must stay free of fsspec
+
+    return url_to_fs(os.fspath(path), **storage_options)[0]
+
+
+def _remote(path: PathLike, storage_options: dict | None):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(os.fspath(path), **(storage_options or {}))
+
+
+def exists(path: PathLike, **storage_options: Any) -> bool:
+    """Whether a file or directory exists at ``path`` (local path or fsspec URL).
+
+    Example::
+
+        if exists("runs/last.ckpt"):
+            trainer.fit(model, ckpt_path="runs/last.ckpt")
+    """
+    local = _local_path(path)
+    if local is not None:
+        return os.path.exists(local)
+    fs, p = _remote(path, storage_options)
+    return fs.exists(p)
+
+
+def makedirs(path: PathLike, **storage_options: Any) -> None:
+    """Create directory ``path`` and its parents; no error if it exists.
+
+    Example::
+
+        makedirs("runs/version_0/checkpoints")
+    """
+    local = _local_path(path)
+    if local is not None:
+        os.makedirs(local, exist_ok=True)
+    else:
+        fs, p = _remote(path, storage_options)
+        fs.makedirs(p, exist_ok=True)
+
+
+def remove(path: PathLike, **storage_options: Any) -> None:
+    """Delete the checkpoint at ``path``: a file, a link (not its target) or a sharded-checkpoint directory.
+
+    A missing path is not an error, so pruning old checkpoints twice is harmless.
+
+    Example::
+
+        remove("runs/epoch=0-step=100.ckpt")
+    """
+    local = _local_path(path)
+    if local is None:
+        fs, p = _remote(path, storage_options)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+        return
+    try:
+        if os.path.isdir(local) and not os.path.islink(local):
+            shutil.rmtree(local)
+        else:
+            os.remove(local)
+    except FileNotFoundError:
+        pass
+
+
+def _temp_sibling(path: str, paths=os.path) -> str:
+    """A unique hidden name in the same directory, so the final rename stays on one filesystem."""
+    head, tail = paths.split(path)
+    return paths.join(head, f".{tail}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(src: PathLike, dst: PathLike, **storage_options: Any) -> None:
+    """Make ``dst`` point at checkpoint ``src``: a relative symlink where possible, else a copy.
+
+    ``dst`` is replaced atomically, so readers see the old or the new target, never a missing file.
+    Used for ``ModelCheckpoint(save_last="link")``.
+
+    Example::
+
+        link_or_copy("runs/epoch=3-step=400.ckpt", "runs/last.ckpt")
+    """
+    src_local, dst_local = _local_path(src), _local_path(dst)
+    if src_local is None or dst_local is None:
+        fs, src_p = _remote(src, storage_options)
+        _, dst_p = _remote(dst, storage_options)
+        tmp = _temp_sibling(dst_p, posixpath)
+        try:
+            fs.copy(src_p, tmp)
+            fs.mv(tmp, dst_p)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        return
+    if os.path.abspath(src_local) == os.path.abspath(dst_local):
+        return
+    directory = os.path.dirname(os.path.abspath(dst_local))
+    os.makedirs(directory, exist_ok=True)
+    tmp = _temp_sibling(dst_local)
+    try:
+        try:
+            # Relative, so the run directory can be moved or copied without breaking the link.
+            os.symlink(os.path.relpath(os.path.abspath(src_local), directory), tmp)
+        except (OSError, NotImplementedError):  # e.g. Windows without the symlink privilege
+            shutil.copyfile(src_local, tmp)
+        os.replace(tmp, dst_local)
+        _fsync_dir(directory)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checksum. torch.save writes a zip archive whose last 22 bytes are the end-of-central-directory record,
+# ending in a 2-byte comment length (0). fulmen sets that length and appends a comment holding the SHA-256
+# of every byte before the length field. Any zip reader skips the comment, so plain torch.load works.
+
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_EOCD_SIZE = 22
+_CHECKSUM_MAGIC = b"fulmen-sha256:"
+_FOOTER_SIZE = len(_CHECKSUM_MAGIC) + 64  # + hex digest
+_CHUNK = 1 << 22
+
+
+class _ChecksumWriter:
+    """File-like for torch.save: hashes the bytes on their way to ``raw`` and holds back the last 22
+    (the end record) so :meth:`finish` can add the checksum comment; works on streams that cannot seek."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.held = b""
+
+    def _emit(self, data) -> None:
+        if len(data):
+            self.sha.update(data)
+            self.raw.write(data)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) >= _EOCD_SIZE:
+            self._emit(self.held)
+            self._emit(view[:-_EOCD_SIZE])
+            self.held = bytes(view[-_EOCD_SIZE:])
+        else:
+            joined = self.held + bytes(view)
+            self._emit(joined[:-_EOCD_SIZE])
+            self.held = joined[-_EOCD_SIZE:]
+        return len(view)
+
+    def flush(self) -> None:
+        pass  # the caller flushes ``raw`` once the footer is written
+
+    def finish(self) -> None:
+        end = self.held
+        if len(end) != _EOCD_SIZE or not end.startswith(_EOCD_SIGNATURE) or end[-2:] != b"\0\0":
+            # A torch version with another layout: keep the file loadable, just without a checksum.
+            warnings.warn("torch.save wrote an unexpected zip layout; the checkpoint is saved without a checksum")
+            self.raw.write(end)
+            return
+        self.sha.update(end[:-2])
+        footer = _CHECKSUM_MAGIC + self.sha.hexdigest().encode()
+        self.raw.write(end[:-2] + struct.pack("<H", len(footer)) + footer)
+
+
+def _stored_checksum(tail: bytes, path: str) -> str | None:
+    """The digest recorded in a file's last bytes; ``None`` for files without one (e.g. from Lightning)."""
+    end = tail[-(_EOCD_SIZE + _FOOTER_SIZE) :]
+    if (
+        len(end) == _EOCD_SIZE + _FOOTER_SIZE
+        and end.startswith(_EOCD_SIGNATURE)
+        and end[_EOCD_SIZE - 2 : _EOCD_SIZE] == struct.pack("<H", _FOOTER_SIZE)
+        and end[_EOCD_SIZE:].startswith(_CHECKSUM_MAGIC)
+    ):
+        return end[_EOCD_SIZE + len(_CHECKSUM_MAGIC) :].decode("ascii", "replace")
+    if _CHECKSUM_MAGIC in tail:  # our footer, but not where it belongs: truncated or damaged
+        raise CheckpointError(_corrupt_message(path, "its checksum record is damaged or misplaced"))
+    return None
+
+
+def _sha256_of_file(path: str, length: int) -> str:
+    sha = hashlib.sha256()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while length > 0:
+            n = f.readinto(view[: min(_CHUNK, length)])
+            if not n:
+                break
+            sha.update(view[:n])
+            length -= n
+    return sha.hexdigest()
+
+
+def _corrupt_message(path: str, detail: str) -> str:
+    return (
+        f"Checkpoint {path!r} is corrupt or truncated ({detail}). It was probably damaged by an interrupted "
+        "copy or a storage fault. Use another checkpoint instead, e.g. the previous `last.ckpt` or a "
+        "top-k checkpoint of the same run."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Safe loading: torch.load(weights_only=True) plus an allowlist of the plain types checkpoints contain.
+
+_extra_safe: list = []  # filled by register_safe_type
+_default_safe: list | None = None  # built on first load
+
+
+def register_safe_type(cls, name: str | None = None):
+    """Allow instances of ``cls`` in checkpoints loaded with the safe default. Returns ``cls`` (a decorator).
+
+    Register only plain data types whose construction runs no user-controlled code. torch's safe unpickler
+    fills only plain dicts and lists, so a dict subclass needs ``__reduce__`` returning
+    ``(type(self), (dict(self),))``. ``name`` is the
+    ``"module.QualName"`` the class is pickled under, when it differs from where ``cls`` lives (e.g. a
+    Lightning class whose fulmen counterpart should be used; needs torch>=2.6).
+
+    Example::
+
+        @register_safe_type
+        class AttributeDict(dict): ...
+
+        register_safe_type(AttributeDict, name="lightning_fabric.utilities.data.AttributeDict")
+    """
+    _extra_safe.append(cls if name is None else (cls, name))
+    return cls
+
+
+def _default_safe_types() -> list:
+    global _default_safe
+    if _default_safe is None:
+        import argparse
+        import collections
+        import datetime
+        import pathlib
+
+        safe: list = [
+            # (defaultdict, deque and dict subclasses without a __reduce__ cannot be built by torch's safe
+            # unpickler at all: it fills only dict, OrderedDict, Counter and list)
+            collections.OrderedDict, collections.Counter,
+            argparse.Namespace,  # hparams from argparse
+            pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath,
+            pathlib.PurePosixPath, pathlib.PureWindowsPath,  # paths in hparams / callback state
+            datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone,
+            frozenset, slice, range,
+        ]
+        safe += _numpy_safe_types()
+        _default_safe = safe
+    return _default_safe + _extra_safe
+
+
+def _numpy_safe_types() -> list:
+    """numpy arrays and scalars, as found in RNG states (``np.random.get_state()``) and logged metrics."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar  # numpy 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct, scalar  # numpy 1
+    safe: list = [np.ndarray, np.dtype, _reconstruct, scalar]
+    safe += [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]  # numeric dtype classes only (numpy 2)
+    # Files written under the other numpy major name these functions by the other module path.
+    other = "numpy.core.multiarray" if _reconstruct.__module__ == "numpy._core.multiarray" else "numpy._core.multiarray"
+    safe += [(_reconstruct, f"{other}._reconstruct"), (scalar, f"{other}.scalar")]
+    return [t for i, t in enumerate(safe) if t not in safe[:i]]
+
+
+def _supports_alias() -> bool:
+    version = tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2])
+    return version >= (2, 6)
+
+
+def _allowed_names() -> list[str]:
+    names = []
+    for entry in _default_safe_types():
+        if isinstance(entry, tuple):
+            names.append(entry[1])
+        else:
+            names.append(f"{entry.__module__}.{entry.__qualname__}")
+    return names
+
+
+def _torch_load(f, map_location, trusted: bool) -> Any:
+    if trusted:
+        return torch.load(f, map_location=map_location, weights_only=False)
+    safe = _default_safe_types()
+    if not _supports_alias():  # torch<2.6 takes classes only, no (class, "pickled.name") pairs
+        safe = [t for t in safe if not isinstance(t, tuple)]
+    if hasattr(torch.serialization, "safe_globals"):
+        with torch.serialization.safe_globals(safe):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    known = getattr(torch.serialization, "get_safe_globals", list)()  # torch 2.4: no context manager; add once
+    torch.serialization.add_safe_globals([t for t in safe if t not in known])
+    return torch.load(f, map_location=map_location, weights_only=True)
+
+
+_REFUSED_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([^']+)'>")
+
+
+def _refused_globals(err: Exception, source: Callable[[], Any]) -> list[str]:
+    """The classes/functions the safe unpickler refused; empty if ``err`` names none (e.g. garbage bytes)."""
+    names = [a or b for a, b in _REFUSED_IN_MESSAGE.findall(str(err))]
+    if names:
+        try:  # all of them at once, not only the first the unpickler met
+            allowed = set(_allowed_names())
+            names += [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(source()) if n not in allowed]
+        except Exception:
+            pass
+    return sorted(set(names))
+
+
+def _looks_damaged(err: BaseException) -> bool:
+    """Errors torch raises for bytes that are not a readable archive (as opposed to e.g. a bad map_location)."""
+    if isinstance(err, (EOFError, pickle.UnpicklingError, struct.error, UnicodeDecodeError)):
+        return True
+    message = str(err)
+    return isinstance(err, (RuntimeError, ValueError)) and any(
+        s in message for s in ("PytorchStreamReader", "inline_container", "zip archive", "central directory", "magic")
+    )
+
+
+def load_checkpoint(
+    path: PathLike,
+    map_location: Any = None,
+    *,
+    weights_only: bool | None = True,
+    trusted: bool = False,
+    verify: bool = True,
+    storage_options: dict | None = None,
+) -> Any:
+    """Read a checkpoint written by :func:`save_checkpoint`, ``torch.save`` or Lightning.
+
+    By default only tensors, containers and allowlisted plain types (see :func:`register_safe_type`) are
+    unpickled, so a malicious file cannot run code; a file needing anything else raises
+    :class:`~fulmen.errors.UntrustedCheckpointError`. ``trusted=True`` (same as ``weights_only=False``)
+    unpickles everything: only for files you created yourself or otherwise trust. ``weights_only=None``
+    means the safe default.
+
+    If the file carries fulmen's checksum it is verified (``verify=False`` skips it); a mismatch raises
+    :class:`~fulmen.errors.CheckpointError`. ``map_location`` is passed to ``torch.load``.
+
+    Example::
+
+        ckpt = load_checkpoint("runs/last.ckpt", map_location="cpu")
+        model.load_state_dict(ckpt["state_dict"])
+        legacy = load_checkpoint("my_own_old.ckpt", trusted=True)
+    """
+    trusted = trusted or weights_only is False
+    shown = os.fspath(path)
+    local = _local_path(path)
+    if local is not None:
+        if not os.path.exists(local):
+            raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
+        if os.path.isdir(local):
+            candidates = sorted(n for n in os.listdir(local) if n.endswith(".ckpt"))[:5]
+            hint = f" It contains: {', '.join(candidates)}." if candidates else ""
+            raise CheckpointError(
+                f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.{hint} "
+                "(Sharded DeepSpeed/FSDP checkpoints are directories read by their strategy, not by this function.)"
+            )
+        size = os.path.getsize(local)
+        with open(local, "rb") as f:
+            head = f.read(4)
+            f.seek(max(0, size - 2 * (_EOCD_SIZE + _FOOTER_SIZE)))
+            tail = f.read()
+        opener: Callable[[], Any] = lambda: local  # noqa: E731
+    else:
+        fs, remote_path = _remote(path, storage_options)
+        if not fs.exists(remote_path):
+            raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
+        if fs.isdir(remote_path):
+            raise CheckpointError(f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.")
+        with fs.open(remote_path, "rb") as f:
+            data = f.read()  # torch.load reads the whole file anyway; read it once and verify in memory
+        size, head, tail = len(data), data[:4], data[-2 * (_EOCD_SIZE + _FOOTER_SIZE) :]
+        opener = lambda: io.BytesIO(data)  # noqa: E731
+
+    if size == 0:
+        raise CheckpointError(_corrupt_message(shown, "the file is empty"))
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # zip format, or torch's legacy pickle format
+        raise CheckpointError(
+            f"{shown!r} is not a PyTorch checkpoint (expected a file written by torch.save, "
+            "Trainer.save_checkpoint or fulmen.checkpoint.save_checkpoint)."
+        )
+    expected = _stored_checksum(tail, shown) if verify else None
+    hashed_length = size - _FOOTER_SIZE - 2
+
+    # Hash on a second thread while torch.load reads: both release the GIL, so verification costs
+    # little wall time. The result is returned only once the checksum has matched.
+    error: BaseException | None = None
+    result = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        actual = None
+        if expected is not None:
+            if local is not None:
+                actual = pool.submit(_sha256_of_file, local, hashed_length)
+            else:
+                actual = pool.submit(lambda: hashlib.sha256(memoryview(data)[:hashed_length]).hexdigest())
+        try:
+            result = _torch_load(opener(), map_location, trusted)
+        except Exception as err:  # decided below, after the checksum is known
+            error = err
+        if actual is not None and actual.result() != expected:
+            raise CheckpointError(_corrupt_message(shown, "checksum mismatch")) from error
+
+    if error is None:
+        return result
+    if not trusted and isinstance(error, pickle.UnpicklingError):
+        names = _refused_globals(error, opener)
+        if names or expected is not None:  # with a matching checksum the bytes are intact: it is the content
+            raise UntrustedCheckpointError(
+                f"Checkpoint {shown!r} contains objects the safe loader does not allow: "
+                f"{', '.join(names) or 'see the error above'}. "
+                "Unpickling them could run arbitrary code. If you created this file yourself or otherwise trust "
+                "it, load it with `trusted=True` (or `weights_only=False`); to allow a plain data type everywhere, "
+                "call `fulmen.checkpoint.register_safe_type(TheClass)`."
+            ) from error
+    if expected is None and _looks_damaged(error):  # with a matching checksum the bytes are fine
+        first_line = str(error).strip().split("\n")[0][:160]  # torch's messages run long; the cause is chained
+        raise CheckpointError(_corrupt_message(shown, f"{type(error).__name__}: {first_line}")) from error
+    raise error
+
+
+def save_checkpoint(checkpoint: dict, path: PathLike, *, storage_options: dict | None = None) -> None:
+    """Write ``checkpoint`` to ``path`` atomically, with a checksum that :func:`load_checkpoint` verifies.
+
+    The data goes to a temporary file in the same directory, is flushed to disk, then renamed over ``path``:
+    a crash or an exception mid-write leaves the previous file intact and no temporary file behind. Parent
+    directories are created. ``path`` may be an fsspec URL (``s3://``, ``memory://``, ...); there the
+    temporary object is moved into place (atomic where the store's rename is). The result is a regular
+    ``torch.save`` file: ``torch.load(path)`` reads it.
+
+    Example::
+
+        save_checkpoint({"state_dict": model.state_dict(), "epoch": 3}, "runs/epoch=3.ckpt")
+        save_checkpoint(ckpt, "s3://bucket/run/last.ckpt", storage_options={"anon": False})
+    """
+    local = _local_path(path)
+    if local is None:
+        fs, remote_path = _remote(path, storage_options)
+        parent = posixpath.dirname(remote_path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        tmp = _temp_sibling(remote_path, posixpath)
+        try:
+            with fs.open(tmp, "wb") as f:
+                writer = _ChecksumWriter(f)
+                torch.save(checkpoint, writer)
+                writer.finish()
+            fs.mv(tmp, remote_path)
+        finally:
+            try:
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+            except Exception:  # cleanup must not mask the original error
+                pass
+        return
+
+    directory = os.path.dirname(os.path.abspath(local))
+    os.makedirs(directory, exist_ok=True)
+    tmp = _temp_sibling(os.path.abspath(local))
+    try:
+        # O_EXCL: never clobber someone else's file; mode 0o666 so the umask applies as for a plain open().
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with open(fd, "wb") as f:
+            writer = _ChecksumWriter(f)
+            torch.save(checkpoint, writer)
+            writer.finish()
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, local)
+        _fsync_dir(directory)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seam strategies hold, under Lightning's plugin names, so users can pass their own.
+
+
+class CheckpointIO:
+    """How a strategy saves, loads and removes checkpoint files. Subclass it to store checkpoints elsewhere.
+
+    Example::
+
+        class UploadingIO(TorchCheckpointIO):
+            def save_checkpoint(self, checkpoint, path, storage_options=None):
+                super().save_checkpoint(checkpoint, path, storage_options)
+                upload(path)
+
+        Trainer(plugins=[UploadingIO()])
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: PathLike, storage_options: dict | None = None) -> None:
+        raise NotImplementedError
+
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+        raise NotImplementedError
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release resources (threads, connections) at the end of a run; nothing to do by default."""
+
+
+class TorchCheckpointIO(CheckpointIO):
+    """The default :class:`CheckpointIO`: atomic, checksummed ``torch.save`` files, loaded safely.
+
+    Example::
+
+        io = TorchCheckpointIO()
+        io.save_checkpoint({"epoch": 1}, "runs/last.ckpt")
+        io.load_checkpoint("runs/last.ckpt")["epoch"]  # 1
+        io.remove_checkpoint("runs/last.ckpt")
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: PathLike, storage_options: dict | None = None) -> None:
+        save_checkpoint(checkpoint, path, storage_options=storage_options)
+
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+        return load_checkpoint(path, map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        remove(path)

@@ -1,0 +1,467 @@
+import argparse
+import collections
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+
+from fulmen import checkpoint as ck
+from fulmen.errors import CheckpointError, FulmenError, UntrustedCheckpointError
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def nested_checkpoint():
+    torch.manual_seed(0)
+    return {
+        "epoch": 3,
+        "global_step": 120,
+        "state_dict": collections.OrderedDict(
+            w=torch.randn(4, 5), h=torch.randn(3).half(), b=torch.randn(2).bfloat16(), i=torch.arange(6, dtype=torch.int64)
+        ),
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 5)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+        "loops": {"fit_loop": {"progress": {"total": {"ready": 7, "completed": 7}}}, "flags": [True, None, 1.5, "x"]},
+        "hyper_parameters": {"lr": 0.1, "path": pathlib.Path("/data"), "args": argparse.Namespace(a=1), "dtype": torch.float32},
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+    }
+
+
+def assert_same(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+def leftovers(directory):
+    return [p.name for p in pathlib.Path(directory).iterdir() if p.name.endswith(".tmp")]
+
+
+# --- round trip, compatibility ------------------------------------------------------------------
+
+
+def test_round_trip_bit_for_bit(tmp_path):
+    original = nested_checkpoint()
+    path = tmp_path / "sub" / "dir" / "model.ckpt"  # parents are created
+    ck.save_checkpoint(original, path)
+    assert_same(original, ck.load_checkpoint(path))
+    assert leftovers(path.parent) == []
+
+
+def test_plain_torch_load_reads_fulmen_files(tmp_path):
+    original = nested_checkpoint()
+    ck.save_checkpoint(original, tmp_path / "a.ckpt")
+    assert_same(original, torch.load(tmp_path / "a.ckpt", weights_only=False))
+    ck.save_checkpoint({"state_dict": original["state_dict"]}, tmp_path / "b.ckpt")
+    state = torch.load(tmp_path / "b.ckpt", weights_only=True, map_location="cpu")["state_dict"]  # torch's own allowlist
+    assert_same(original["state_dict"], state)
+
+
+def test_numpy_rng_state_loads_with_safe_default(tmp_path):
+    np = pytest.importorskip("numpy")
+    state = {"numpy": np.random.get_state(), "gen": np.random.default_rng(0).bit_generator.state,
+             "scalar": np.float32(1.5), "array": np.arange(4, dtype=np.int16)}
+    ck.save_checkpoint(state, tmp_path / "rng.ckpt")
+    loaded = ck.load_checkpoint(tmp_path / "rng.ckpt")
+    assert loaded["numpy"][0] == "MT19937" and np.array_equal(loaded["numpy"][1], state["numpy"][1])
+    assert loaded["gen"] == state["gen"] and loaded["scalar"] == np.float32(1.5)
+    assert loaded["array"].dtype == np.int16
+
+
+@pytest.mark.parametrize("name", ["lightning_plain.ckpt", "lightning_rich_hparams.ckpt"])
+def test_lightning_checkpoint_loads_with_safe_default(name):
+    loaded = ck.load_checkpoint(DATA / name, map_location="cpu")  # no checksum in these: loaded unverified
+    assert loaded["pytorch-lightning_version"].startswith("2.")
+    assert {"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks"} <= loaded.keys()
+    assert any(k.startswith("ModelCheckpoint") for k in loaded["callbacks"])
+    assert any(k.startswith("EarlyStopping") for k in loaded["callbacks"])
+    if name == "lightning_rich_hparams.ckpt":
+        assert loaded["hyper_parameters"]["data_dir"] == pathlib.Path("/data/tiny")
+        assert loaded["hyper_parameters"]["opt"] == argparse.Namespace(beta=0.9)
+
+
+def test_overwriting_a_link_replaces_the_link_not_its_target(tmp_path):
+    ck.save_checkpoint({"v": 1}, tmp_path / "best.ckpt")
+    ck.link_or_copy(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
+    ck.save_checkpoint({"v": 2}, tmp_path / "last.ckpt")
+    assert ck.load_checkpoint(tmp_path / "best.ckpt") == {"v": 1}
+    assert ck.load_checkpoint(tmp_path / "last.ckpt") == {"v": 2}
+
+
+# --- atomicity -----------------------------------------------------------------------------------
+
+
+def test_exception_mid_write_leaves_original_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    ck.save_checkpoint({"v": 1}, path)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial bytes " * 100)  # something reached the temp file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint({"v": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_unpicklable_object_leaves_no_file(tmp_path):
+    with pytest.raises(Exception):
+        ck.save_checkpoint({"f": lambda: 0}, tmp_path / "x.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writer_never_exposes_partial_file(tmp_path):
+    # A real crash: the writing process dies (os._exit) in the middle of torch.save.
+    path = tmp_path / "last.ckpt"
+    ck.save_checkpoint({"v": 1}, path)
+    script = (
+        "import os, torch\nfrom fulmen import checkpoint as ck\n"
+        "real = torch.save\n"
+        "def dying(obj, f, *a, **k):\n    f.write(b'x' * 4096)\n    os._exit(3)\n"
+        "torch.save = dying\n"
+        f"ck.save_checkpoint({{'v': 2}}, {str(path)!r})\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 3
+    assert ck.load_checkpoint(path) == {"v": 1}
+
+
+# --- corruption ----------------------------------------------------------------------------------
+
+
+def saved(tmp_path):
+    path = tmp_path / "model.ckpt"
+    ck.save_checkpoint({"state_dict": {"w": torch.randn(256, 256)}}, path)
+    return path
+
+
+def test_flipped_byte_in_tensor_data_is_detected(tmp_path):
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # torch.load alone would silently return the wrong weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated.*checksum mismatch.*last\.ckpt") as info:
+        ck.load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9, 0.999])
+def test_flipped_byte_anywhere_is_detected(tmp_path, where):
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or truncated|not a PyTorch checkpoint"):
+        ck.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, -1, -40])
+def test_truncated_file_is_detected(tmp_path, keep):
+    path = saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if keep > 0 else data[:keep])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        ck.load_checkpoint(path)
+
+
+def test_verify_false_skips_checksum(tmp_path):
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    ck.load_checkpoint(path, verify=False)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        ck.load_checkpoint(tmp_path / "e.ckpt")
+
+
+# --- safe loading --------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling calls os.makedirs(marker): evidence that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_malicious_payload_is_refused_and_did_not_run(tmp_path):
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    path = tmp_path / "evil.ckpt"
+    ck.save_checkpoint({"state_dict": {}, "x": Payload(marker)}, path)
+    with pytest.raises(UntrustedCheckpointError) as info:
+        ck.load_checkpoint(path)
+    message = str(info.value)
+    assert "os.makedirs" in message and str(path) in message and "trusted=True" in message
+    assert not marker.exists()
+    with pytest.raises(UntrustedCheckpointError):
+        ck.TorchCheckpointIO().load_checkpoint(path, weights_only=None)  # None means the safe default too
+    assert not marker.exists()
+
+
+def test_malicious_lightning_style_file_without_checksum_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": Payload(marker)}, path)
+    with pytest.raises(UntrustedCheckpointError, match="os.makedirs"):
+        ck.load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", [{"trusted": True}, {"weights_only": False}])
+def test_explicit_trust_loads_anything(tmp_path, how):
+    marker = tmp_path / "ran"
+    path = tmp_path / "mine.ckpt"
+    ck.save_checkpoint({"x": Payload(marker)}, path)
+    ck.load_checkpoint(path, **how)
+    assert marker.is_dir()
+
+
+class Custom:
+    def __init__(self, v=0):
+        self.v = v
+
+    def __eq__(self, other):
+        return isinstance(other, Custom) and other.v == self.v
+
+
+def test_register_safe_type(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck, "_extra_safe", [])
+    path = tmp_path / "c.ckpt"
+    ck.save_checkpoint({"c": Custom(3)}, path)
+    with pytest.raises(UntrustedCheckpointError, match="Custom"):
+        ck.load_checkpoint(path)
+    assert ck.register_safe_type(Custom) is Custom
+    assert ck.load_checkpoint(path) == {"c": Custom(3)}
+
+
+def test_errors_are_one_family():
+    assert issubclass(UntrustedCheckpointError, CheckpointError)
+    assert issubclass(ck.CheckpointNotFoundError, FulmenError)
+
+
+# --- bad paths -----------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        ck.load_checkpoint(path)
+    assert isinstance(info.value, FileNotFoundError) and str(path) in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path):
+    ck.save_checkpoint({}, tmp_path / "run" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="is a directory.*last.ckpt"):
+        ck.load_checkpoint(tmp_path / "run")
+
+
+def test_not_a_torch_file(tmp_path):
+    (tmp_path / "notes.ckpt").write_text("hello, not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        ck.load_checkpoint(tmp_path / "notes.ckpt")
+
+
+def test_foreign_zip_is_not_mistaken_for_a_checkpoint(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("readme.txt", "hi")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        ck.load_checkpoint(tmp_path / "a.zip")
+
+
+# --- filesystems and helpers ---------------------------------------------------------------------
+
+
+def test_memory_url_round_trip():
+    pytest.importorskip("fsspec")
+    url = f"memory://fulmen-test-{uuid.uuid4().hex}/run/last.ckpt"
+    original = nested_checkpoint()
+    ck.save_checkpoint(original, url)
+    assert ck.exists(url) and not ck.is_local(url)
+    assert_same(original, ck.load_checkpoint(url))
+    fs = ck.get_filesystem(url)
+    assert [p for p in fs.ls(url.rsplit("/", 1)[0].split("://")[1], detail=False) if p.endswith(".tmp")] == []
+
+    data = bytearray(fs.cat_file(url))
+    data[len(data) // 2] ^= 0x01
+    fs.pipe_file(url, bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        ck.load_checkpoint(url)
+
+    ck.link_or_copy(url, url.replace("last", "best"))
+    assert ck.exists(url.replace("last", "best"))
+    ck.remove(url)
+    assert not ck.exists(url)
+    ck.remove(url)  # missing is fine
+    with pytest.raises(ck.CheckpointNotFoundError):
+        ck.load_checkpoint(url)
+
+
+def test_file_url_is_local(tmp_path):
+    url = f"file://{tmp_path}/a.ckpt"
+    assert ck.is_local(url) and ck.is_local(tmp_path / "a.ckpt")
+    ck.save_checkpoint({"v": 1}, url)
+    assert ck.load_checkpoint(tmp_path / "a.ckpt") == {"v": 1}
+
+
+def test_exists_remove_makedirs(tmp_path):
+    ck.makedirs(tmp_path / "a" / "b")
+    ck.makedirs(tmp_path / "a" / "b")  # idempotent
+    path = tmp_path / "a" / "b" / "x.ckpt"
+    assert not ck.exists(path)
+    ck.save_checkpoint({}, path)
+    assert ck.exists(path)
+    ck.remove(path)
+    assert not ck.exists(path)
+    ck.remove(path)
+    ck.remove(tmp_path / "a")  # sharded checkpoints are directories
+    assert not ck.exists(tmp_path / "a")
+
+
+def test_link_or_copy_links_relatively_and_replaces(tmp_path):
+    ck.save_checkpoint({"v": 1}, tmp_path / "epoch=1.ckpt")
+    ck.save_checkpoint({"v": 2}, tmp_path / "epoch=2.ckpt")
+    last = tmp_path / "last.ckpt"
+    ck.link_or_copy(tmp_path / "epoch=1.ckpt", last)
+    assert last.is_symlink() and os.readlink(last) == "epoch=1.ckpt"
+    ck.link_or_copy(tmp_path / "epoch=2.ckpt", last)  # replaces the old link
+    assert ck.load_checkpoint(last) == {"v": 2}
+    ck.remove(last)  # removes the link, not its target
+    assert (tmp_path / "epoch=2.ckpt").exists()
+    ck.link_or_copy(last, last)  # self: no loop, no error
+    assert leftovers(tmp_path) == []
+
+
+def test_link_or_copy_falls_back_to_copy(tmp_path, monkeypatch):
+    ck.save_checkpoint({"v": 1}, tmp_path / "best.ckpt")
+    (tmp_path / "last.ckpt").write_bytes(b"old")
+
+    def no_symlinks(*args, **kwargs):
+        raise OSError("symlinks not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    ck.link_or_copy(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
+    assert not (tmp_path / "last.ckpt").is_symlink()
+    assert ck.load_checkpoint(tmp_path / "last.ckpt") == {"v": 1}
+    assert leftovers(tmp_path) == []
+
+
+def test_torch_checkpoint_io(tmp_path):
+    io = ck.TorchCheckpointIO()
+    assert isinstance(io, ck.CheckpointIO)
+    original = nested_checkpoint()
+    io.save_checkpoint(original, tmp_path / "x.ckpt")
+    assert_same(original, io.load_checkpoint(tmp_path / "x.ckpt", map_location="cpu"))
+    io.remove_checkpoint(tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+    io.teardown()
+
+
+def test_saved_file_is_a_valid_zip_with_the_checksum_comment(tmp_path):
+    import zipfile
+
+    ck.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "a.ckpt")
+    with zipfile.ZipFile(tmp_path / "a.ckpt") as z:
+        assert z.comment.startswith(b"fulmen-sha256:")
+        assert z.testzip() is None  # every record's CRC still matches
+
+
+def test_import_does_not_pull_fsspec():
+    code = "import sys, fulmen, fulmen.checkpoint; print('fsspec' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_file_permissions_follow_umask(tmp_path):
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    ck.save_checkpoint({}, tmp_path / "a.ckpt")
+    torch.save({}, tmp_path / "b.ckpt")
+    assert (tmp_path / "a.ckpt").stat().st_mode == (tmp_path / "b.ckpt").stat().st_mode
+
+
+def test_garbage_pickle_is_reported_as_corrupt_not_untrusted(tmp_path):
+    # A checksum-less file whose pickle is garbage is reported as corrupt, not as untrusted.
+    import zipfile
+
+    torch.save({"a": 1}, tmp_path / "g.ckpt")
+    with zipfile.ZipFile(tmp_path / "g.ckpt") as src:
+        records = {n: src.read(n) for n in src.namelist()}
+    with zipfile.ZipFile(tmp_path / "bad.ckpt", "w") as dst:
+        for n, data in records.items():
+            dst.writestr(n, b"\x80\x02garbage" if n.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError) as info:
+        ck.load_checkpoint(tmp_path / "bad.ckpt")
+    assert not isinstance(info.value, UntrustedCheckpointError)
+
+
+def test_register_safe_type_under_another_pickled_name(tmp_path, monkeypatch):
+    # A class pickled as "somewhere_else.AttrDict" (e.g. Lightning's) loads as the registered fulmen class.
+    import types
+
+    if not ck._supports_alias():
+        pytest.skip("needs torch>=2.6")
+    foreign = types.ModuleType("somewhere_else")
+    reduce = lambda self: (type(self), (dict(self),))  # noqa: E731  (torch's safe unpickler fills only plain dicts)
+    foreign.AttrDict = type("AttrDict", (dict,), {"__module__": "somewhere_else", "__reduce__": reduce})
+    monkeypatch.setitem(sys.modules, "somewhere_else", foreign)
+    ck.save_checkpoint({"hparams": foreign.AttrDict(lr=0.1)}, tmp_path / "h.ckpt")
+    monkeypatch.delitem(sys.modules, "somewhere_else")
+
+    class Mine(dict):
+        def __reduce__(self):
+            return (type(self), (dict(self),))
+
+    monkeypatch.setattr(ck, "_extra_safe", [])
+    with pytest.raises(UntrustedCheckpointError, match="somewhere_else.AttrDict"):
+        ck.load_checkpoint(tmp_path / "h.ckpt")
+    ck.register_safe_type(Mine, name="somewhere_else.AttrDict")
+    loaded = ck.load_checkpoint(tmp_path / "h.ckpt")["hparams"]
+    assert type(loaded) is Mine and loaded == {"lr": 0.1}
+
+
+def test_allowlisted_plain_types_round_trip(tmp_path):
+    import datetime
+
+    values = {
+        "ordered": collections.OrderedDict(a=1), "counter": collections.Counter("aab"),
+        "namespace": argparse.Namespace(a=1), "path": pathlib.Path("/a"), "pure": pathlib.PurePosixPath("/b"),
+        "when": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc), "day": datetime.date(2024, 1, 1),
+        "time": datetime.time(1, 2), "interval": datetime.timedelta(hours=1),
+        "frozen": frozenset({1}), "slice": slice(1, 5), "range": range(3), "set": {1, 2}, "complex": 1 + 2j, "bytes": b"ab",
+    }
+    ck.save_checkpoint(values, tmp_path / "v.ckpt")
+    assert_same(values, ck.load_checkpoint(tmp_path / "v.ckpt"))
+
+
+def test_type_the_safe_unpickler_cannot_build_is_reported_as_untrusted(tmp_path):
+    ck.save_checkpoint({"d": collections.defaultdict(list, a=[1])}, tmp_path / "d.ckpt")
+    with pytest.raises(UntrustedCheckpointError, match="defaultdict"):
+        ck.load_checkpoint(tmp_path / "d.ckpt")
+    assert ck.load_checkpoint(tmp_path / "d.ckpt", trusted=True)["d"]["a"] == [1]
