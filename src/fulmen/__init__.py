@@ -1,3 +1,28 @@
-"""fulmen: PyTorch Lightning's API with almost none of its overhead."""
+"""fulmen: PyTorch Lightning's API with almost none of its overhead.
+
+Example::
+
+    import fulmen as pl
+
+    trainer = pl.Trainer(max_epochs=3)
+    trainer.fit(model, train_loader)
+"""
+
+from fulmen.callbacks.callback import Callback
+from fulmen.datamodule import LightningDataModule
+from fulmen.module import LightningModule
+from fulmen.trainer.trainer import Trainer
+from fulmen.utilities import seed_everything
 
 __version__ = "0.1.0"
+__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "callbacks", "loggers"]
+
+
+def __getattr__(name: str):
+    # submodules load on first use, keeping `import fulmen` fast
+    import importlib
+
+    if name in ("callbacks", "loggers", "strategies", "profilers", "tuner", "cli", "generation", "utilities",
+                "precision", "checkpoint", "errors", "plot"):
+        return importlib.import_module(f"fulmen.{name}")
+    raise AttributeError(f"module 'fulmen' has no attribute {name!r}")

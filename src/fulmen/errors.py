@@ -53,3 +53,10 @@ def missing_extra(package: str, extra: str, feature: str) -> MissingDependencyEr
         f"{feature} needs the package `{package}`, which is not installed. "
         f"Install it with: pip install 'fulmen[{extra}]'  (or: pip install {package})"
     )
+
+
+class UnknownArgumentError(MisconfigurationException, TypeError):
+    """An argument name that does not exist; the message suggests the closest valid one.
+
+    Also a ``TypeError``, like Python's own error for an unexpected keyword argument.
+    """

@@ -1,0 +1,129 @@
+"""``LightningDataModule``: the data of a run — download, split, and the four loaders — in one class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fulmen.module import HyperparametersMixin
+
+
+class LightningDataModule(HyperparametersMixin):
+    """Everything about the data, so one model can be trained on several datasets and back.
+
+    Example::
+
+        class DigitsData(fulmen.LightningDataModule):
+            def __init__(self, batch_size=64):
+                super().__init__()
+                self.save_hyperparameters()
+
+            def setup(self, stage):
+                x, y = load_digits(return_X_y=True)
+                ds = TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+                self.train_set, self.val_set = random_split(ds, [1500, 297])
+
+            def train_dataloader(self):
+                return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
+
+            def val_dataloader(self):
+                return DataLoader(self.val_set, batch_size=256)
+
+        trainer.fit(model, datamodule=DigitsData())
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainer: Any = None
+
+    def prepare_data(self) -> None:
+        """Download or write data, once per machine; do not set state here."""
+
+    def setup(self, stage: str) -> None:
+        """Load and split data for ``stage`` ('fit', 'validate', 'test' or 'predict')."""
+
+    def teardown(self, stage: str) -> None:
+        """Release what ``setup`` built."""
+
+    def train_dataloader(self) -> Any:
+        """The training loader(s)."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        """The validation loader(s)."""
+        raise NotImplementedError
+
+    def test_dataloader(self) -> Any:
+        """The test loader(s)."""
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> Any:
+        """The predict loader(s)."""
+        raise NotImplementedError
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Move a batch to ``device``; used instead of the module's hook when overridden here."""
+        from fulmen.utilities import move_data_to_device
+
+        return move_data_to_device(batch, device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch before it moves to the device."""
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch after it reached the device."""
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this datamodule needs to resume; saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add to a checkpoint about to be written."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read what ``on_save_checkpoint`` added."""
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """Rebuild the datamodule from the hyperparameters saved in a checkpoint (updated by ``kwargs``).
+
+        Example::
+
+            dm = DigitsData.load_from_checkpoint("last.ckpt")
+        """
+        from fulmen.saving import load_from_checkpoint
+
+        return load_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                    weights_only=weights_only, **kwargs)
+
+    @classmethod
+    def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,
+                      predict_dataset: Any = None, batch_size: int = 1, num_workers: int = 0,
+                      **dataloader_kwargs: Any) -> "LightningDataModule":
+        """A datamodule wrapping ready datasets in DataLoaders (training shuffled).
+
+        Example::
+
+            dm = fulmen.LightningDataModule.from_datasets(train_ds, val_ds, batch_size=32)
+        """
+        from torch.utils.data import DataLoader
+
+        def loader(ds: Any, shuffle: bool) -> Any:
+            if isinstance(ds, (list, tuple)):
+                return [loader(d, shuffle) for d in ds]
+            if isinstance(ds, dict):
+                return {k: loader(d, shuffle) for k, d in ds.items()}
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                              **dataloader_kwargs)
+
+        dm = cls()
+        for name, ds, shuffle in (("train", train_dataset, True), ("val", val_dataset, False),
+                                  ("test", test_dataset, False), ("predict", predict_dataset, False)):
+            if ds is not None:
+                setattr(dm, f"{name}_dataloader", lambda ds=ds, shuffle=shuffle: loader(ds, shuffle))
+        return dm

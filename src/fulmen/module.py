@@ -1,0 +1,558 @@
+"""``LightningModule``: the model and every step of its training in one ``nn.Module``."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.errors import MisconfigurationException
+from fulmen.utilities import AttributeDict, move_data_to_device, rank_zero_only
+
+
+class HyperparametersMixin:
+    """``save_hyperparameters()`` and ``hparams``, shared by LightningModule and LightningDataModule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log_hyperparams = True
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None,
+                             frame: Any = None, logger: bool = True) -> None:
+        """Record the ``__init__`` arguments in ``self.hparams``; checkpoints keep them and
+        ``load_from_checkpoint`` rebuilds the object from them.
+
+        With no arguments every ``__init__`` argument is saved; name some to save only those, or pass
+        one dict/Namespace to save it as is. ``ignore`` drops names (e.g. a backbone module).
+
+        Example::
+
+            class LitModel(fulmen.LightningModule):
+                def __init__(self, hidden=64, lr=1e-3, backbone=None):
+                    super().__init__()
+                    self.save_hyperparameters(ignore=["backbone"])
+                    self.hparams.lr  # 1e-3
+        """
+        self._log_hyperparams = logger
+        if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
+            given = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
+            self._set_hparams(given)
+            return
+        init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
+        if args:
+            missing = [a for a in args if not isinstance(a, str) or a not in init_args]
+            if missing:
+                raise MisconfigurationException(
+                    f"save_hyperparameters({', '.join(map(repr, missing))}): not an argument of "
+                    f"{type(self).__name__}.__init__ (its arguments are {sorted(init_args)}). Pass argument names "
+                    "as strings, or one dict of values."
+                )
+            init_args = {a: init_args[a] for a in args}
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or ())
+        self._set_hparams({k: v for k, v in init_args.items() if k not in ignore})
+
+    def _set_hparams(self, values: Mapping[str, Any]) -> None:
+        self._hparams = AttributeDict(values)
+        try:
+            self._hparams_initial = copy.deepcopy(self._hparams)
+        except Exception:  # e.g. an unpicklable object: keep a shallow record
+            self._hparams_initial = AttributeDict(self._hparams)
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """The saved hyperparameters; an empty AttributeDict until ``save_hyperparameters()``."""
+        if not hasattr(self, "_hparams"):
+            self._hparams = AttributeDict()
+        return self._hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The hyperparameters as first saved, unaffected by later edits of ``hparams``."""
+        if not hasattr(self, "_hparams_initial"):
+            return AttributeDict()
+        return copy.deepcopy(self._hparams_initial)
+
+
+def _collect_init_args(obj: Any, frame: Any) -> dict[str, Any]:
+    """Arguments of every ``__init__`` on the stack that is initialising ``obj``; outermost call wins."""
+    collected: list[dict[str, Any]] = []
+    while frame is not None:
+        local = frame.f_locals
+        if frame.f_code.co_name == "__init__" and local.get("self") is obj:
+            code = frame.f_code
+            n = code.co_argcount + code.co_kwonlyargcount
+            names = code.co_varnames[:n]
+            values = {k: local[k] for k in names if k != "self" and k in local}
+            if code.co_flags & inspect.CO_VARKEYWORDS:
+                values.update(local.get(code.co_varnames[n + bool(code.co_flags & inspect.CO_VARARGS)], {}))
+            values.pop("__class__", None)
+            collected.append(values)
+        frame = frame.f_back
+    out: dict[str, Any] = {}
+    for values in collected:  # innermost first; the subclass (outermost) overrides its parents
+        out.update(values)
+    return out
+
+
+class LightningModule(HyperparametersMixin, nn.Module):
+    """A model together with how to train, validate, test and predict with it.
+
+    Override ``training_step`` and ``configure_optimizers`` at least; ``fulmen.Trainer`` does the rest.
+
+    Example::
+
+        class LitModel(fulmen.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.l1 = nn.Linear(64, 10)
+
+            def forward(self, x):
+                return torch.relu(self.l1(x.view(x.size(0), -1)))
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                loss = F.cross_entropy(self(x), y)
+                self.log("train_loss", loss)
+                return loss
+
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.parameters(), lr=0.02)
+
+        fulmen.Trainer(max_epochs=3).fit(LitModel(), train_loader)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._trainer: Any = None
+        self.automatic_optimization: bool = True
+        self.example_input_array: Any = None
+        self._compiler_ctx: Any = None
+
+    # -- attachments ----------------------------------------------------------------------------
+    @property
+    def trainer(self) -> Any:
+        """The Trainer running this module; an error when there is none."""
+        if self._trainer is None:
+            raise RuntimeError(
+                f"{type(self).__qualname__} is not attached to a Trainer. Use it inside trainer.fit/validate/"
+                "test/predict, or check `module._trainer is not None` first."
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's parameters (CPU when it has none)."""
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch running now, from 0; 0 without a Trainer."""
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        """How many optimizer steps were taken; 0 without a Trainer."""
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def logger(self) -> Any:
+        """The first logger of the Trainer, or None."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        """Every logger of the Trainer."""
+        return self._trainer.loggers if self._trainer is not None else []
+
+    # -- logging --------------------------------------------------------------------------------
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",
+            enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+            add_dataloader_idx: bool = True, batch_size: int | None = None, metric_attribute: str | None = None,
+            rank_zero_only: bool = False) -> None:
+        """Record a scalar under ``name``; the Trainer reduces it per step and per epoch.
+
+        In ``training_step`` the default is one value per step; in validation and test steps, the mean
+        over the epoch weighted by batch size. Values stay on the device until a logger reads them.
+
+        Example::
+
+            def training_step(self, batch, batch_idx):
+                loss = ...
+                self.log("train_loss", loss, prog_bar=True)
+                return loss
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return  # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning
+        if not isinstance(name, str):
+            raise MisconfigurationException(f"`self.log` needs a string name, got {type(name).__name__}.")
+        results = trainer._metrics.current
+        if results is None or results.fx is None:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ...)` was called outside a hook where logging is possible (in predict or "
+                "set-up hooks, say). Log from the training/validation/test steps or their batch/epoch hooks."
+            )
+        results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
+                    sync_dist_group, add_dataloader_idx, batch_size, trainer.strategy.root_device)
+
+    def log_dict(self, dictionary: Mapping[str, Any], prog_bar: bool = False, logger: bool | None = None,
+                 on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",
+                 enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+                 add_dataloader_idx: bool = True, batch_size: int | None = None,
+                 rank_zero_only: bool = False) -> None:
+        """``self.log`` for every item of ``dictionary`` (a dict or a torchmetrics MetricCollection).
+
+        Example::
+
+            self.log_dict({"val_loss": loss, "val_acc": acc})
+        """
+        for name, value in dictionary.items():
+            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                     reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
+                     sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx,
+                     batch_size=batch_size, rank_zero_only=rank_zero_only)
+
+    @rank_zero_only
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the main process only, so several processes do not repeat each line."""
+        print(*args, **kwargs)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """What ``self(x)`` computes; used by the steps and for inference."""
+        return super().forward(*args, **kwargs)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute and return the loss of one batch: a tensor, a dict with ``"loss"``, or None to skip it."""
+        raise MisconfigurationException(
+            f"{type(self).__name__} does not define `training_step(self, batch, batch_idx)`, which Trainer.fit needs. "
+            "Add it, returning the loss tensor."
+        )
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate one validation batch; log metrics with ``self.log``."""
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate one test batch; log metrics with ``self.log``."""
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Return the prediction for one batch; by default ``self(batch)``."""
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        """Return the optimizer(s), optionally with learning-rate schedulers."""
+        raise MisconfigurationException(
+            f"{type(self).__name__} does not define `configure_optimizers(self)`, which Trainer.fit needs. Add it, "
+            "e.g. `return torch.optim.Adam(self.parameters(), lr=1e-3)`."
+        )
+
+    def configure_callbacks(self) -> Sequence[Any] | Any:
+        """Callbacks that belong to this model; they replace Trainer callbacks of the same type."""
+        return []
+
+    def configure_model(self) -> None:
+        """Create layers here to build them directly on the device (called in every run, so guard re-entry)."""
+
+    # -- optimization ---------------------------------------------------------------------------
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizer(s) from ``configure_optimizers``: one object, or a list when there are several.
+
+        With manual optimization, call ``.step()`` and ``.zero_grad()`` on them yourself.
+
+        Example::
+
+            opt = self.optimizers()
+            self.manual_backward(loss)
+            opt.step()
+            opt.zero_grad()
+        """
+        trainer = self.trainer
+        opts = trainer._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler(s) from ``configure_optimizers``: None, one, or a list."""
+        configs = self.trainer.lr_scheduler_configs
+        if not configs:
+            return None
+        scheds = [c.scheduler for c in configs]
+        return scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward pass for manual optimization; use it instead of ``loss.backward()`` so precision
+        and distribution work.
+
+        Example::
+
+            self.manual_backward(loss)
+        """
+        trainer = self.trainer
+        if self.automatic_optimization:
+            raise MisconfigurationException(
+                "`manual_backward` is for manual optimization. Set `self.automatic_optimization = False` in "
+                "`__init__`, or return the loss from `training_step` and let the Trainer call backward."
+            )
+        trainer._call_hooks("on_before_backward", loss)
+        trainer.strategy.backward(loss, None, *args, module=self, **kwargs)
+        trainer._call_hooks("on_after_backward")
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Run the backward pass; override to customise it."""
+        loss.backward(*args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Make only ``optimizer``'s parameters require gradients (for alternating optimizers, e.g. GANs)."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        state: dict[int, bool] = {}
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in state:
+                        state[id(p)] = p.requires_grad
+                    if id(p) not in own:
+                        p.requires_grad = False
+        for p in (p for g in optimizer.param_groups for p in g["params"]):
+            p.requires_grad = state.get(id(p), p.requires_grad)
+        self._param_requires_grad_state = state
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Undo ``toggle_optimizer``."""
+        state = getattr(self, "_param_requires_grad_state", {})
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in state:
+                        p.requires_grad = state[id(p)]
+        self._param_requires_grad_state = {}
+
+    def clip_gradients(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm (default) or value.
+
+        Example::
+
+            self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+        """
+        if gradient_clip_val is None or gradient_clip_val == 0:
+            return
+        algorithm = (gradient_clip_algorithm or "norm").lower()
+        if algorithm not in ("norm", "value"):
+            raise MisconfigurationException(
+                f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; use 'norm' or 'value'."
+            )
+        self.trainer.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), float(gradient_clip_val),
+                                             algorithm)
+
+    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Called before each optimizer step with the Trainer's clipping flags; override to clip differently."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable | None = None) -> None:
+        """Step ``optimizer``; ``optimizer_closure`` runs training_step, zero_grad and backward and must be called.
+
+        Example (learning-rate warm-up)::
+
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+                optimizer.step(closure=optimizer_closure)
+                if self.trainer.global_step < 500:
+                    for g in optimizer.param_groups:
+                        g["lr"] = 1e-3 * (self.trainer.global_step + 1) / 500
+        """
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Optimizer) -> None:
+        """Clear the gradients; override e.g. to keep them."""
+        optimizer.zero_grad()
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step a learning-rate scheduler; ``metric`` is the monitored value for ReduceLROnPlateau."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download or write data once per machine; do not set state here."""
+
+    def setup(self, stage: str) -> None:
+        """Build what the run needs; ``stage`` is 'fit', 'validate', 'test' or 'predict'."""
+
+    def teardown(self, stage: str) -> None:
+        """Release what ``setup`` built."""
+
+    def on_fit_start(self) -> None: """When fit begins."""
+    def on_fit_end(self) -> None: """When fit ends."""
+    def on_train_start(self) -> None: """When the training loop begins, after the sanity check."""
+    def on_train_end(self) -> None: """When the training loop ends."""
+    def on_train_epoch_start(self) -> None: """At the start of each training epoch."""
+    def on_train_epoch_end(self) -> None: """At the end of each training epoch."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Before ``training_step``; return -1 to end the epoch here."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimizer step of a batch."""
+
+    def on_validation_start(self) -> None: """When validation begins."""
+    def on_validation_end(self) -> None: """When validation ends."""
+    def on_validation_epoch_start(self) -> None: """At the start of a validation epoch."""
+    def on_validation_epoch_end(self) -> None: """At the end of a validation epoch: log epoch-level metrics here."""
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``validation_step``."""
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``validation_step``."""
+
+    def on_test_start(self) -> None: """When testing begins."""
+    def on_test_end(self) -> None: """When testing ends."""
+    def on_test_epoch_start(self) -> None: """At the start of the test epoch."""
+    def on_test_epoch_end(self) -> None: """At the end of the test epoch."""
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``test_step``."""
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``test_step``."""
+
+    def on_predict_start(self) -> None: """When prediction begins."""
+    def on_predict_end(self) -> None: """When prediction ends."""
+    def on_predict_epoch_start(self) -> None: """At the start of the predict epoch."""
+    def on_predict_epoch_end(self) -> None: """At the end of the predict epoch."""
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``predict_step``."""
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``predict_step``."""
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Before validation inside fit: drops gradients so they do not hold memory during evaluation."""
+        self.zero_grad(set_to_none=True)
+
+    def on_validation_model_eval(self) -> None:
+        """Put the model in eval mode for validation."""
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        """After validation; only called when overridden (the loop otherwise restores each layer's mode)."""
+        self.trainer.model.train()
+
+    def on_test_model_eval(self) -> None:
+        """Put the model in eval mode for testing."""
+        self.trainer.model.eval()
+
+    def on_test_model_train(self) -> None:
+        """After testing; only called when overridden (the loop otherwise restores each layer's mode)."""
+        self.trainer.model.train()
+
+    def on_predict_model_eval(self) -> None:
+        """Put the model in eval mode for prediction."""
+        self.trainer.model.eval()
+
+    def on_before_backward(self, loss: Tensor) -> None: """Before ``loss.backward()``."""
+    def on_after_backward(self) -> None: """After ``loss.backward()``: inspect gradients here."""
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Before ``optimizer.step()``, with gradients unscaled."""
+
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None: """Before ``optimizer.zero_grad()``."""
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch before it moves to the device; return it."""
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a batch to ``device``; override for custom batch types without ``.to()``."""
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch after it reached the device (e.g. GPU augmentation); return it."""
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add to or edit a checkpoint about to be written."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read what ``on_save_checkpoint`` added, before the state is restored."""
+
+    def train_dataloader(self) -> Any:
+        """The training loader(s), when not passed to ``fit``."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        """The validation loader(s), when not passed to ``fit``/``validate``."""
+        raise NotImplementedError
+
+    def test_dataloader(self) -> Any:
+        """The test loader(s), when not passed to ``test``."""
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> Any:
+        """The predict loader(s), when not passed to ``predict``."""
+        raise NotImplementedError
+
+    # -- utilities ------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """No gradients for any parameter, and eval mode."""
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Undo ``freeze``."""
+        for p in self.parameters():
+            p.requires_grad = True
+        self.train()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """Rebuild the module from a checkpoint: its saved hyperparameters (updated by ``kwargs``),
+        then its weights.
+
+        Example::
+
+            model = LitModel.load_from_checkpoint("epoch=9-step=500.ckpt", map_location="cpu")
+        """
+        from fulmen.saving import load_from_checkpoint
+
+        return load_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                    strict=strict, weights_only=weights_only, **kwargs)

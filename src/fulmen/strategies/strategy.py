@@ -1,0 +1,155 @@
+"""The one seam for hardware: a strategy owns the device(s), distribution and precision.
+
+The loop asks a strategy to set up the module and optimizers, move batches, run backward and the
+optimizer step, reduce/gather/broadcast across processes, and save or load checkpoints. It never
+asks which strategy it has: single device, DDP, FSDP and DeepSpeed each live in a file behind this.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.precision import Precision
+from fulmen.utilities import move_data_to_device
+
+
+class Strategy:
+    """Base strategy: everything a single process needs; distributed strategies override the collectives.
+
+    Example::
+
+        trainer = fulmen.Trainer(strategy=fulmen.strategies.SingleDeviceStrategy("cpu"))
+    """
+
+    def __init__(self, device: torch.device | str | None = None, precision: Precision | None = None,
+                 checkpoint_io: Any = None) -> None:
+        self._root_device = torch.device(device) if device is not None else torch.device("cpu")
+        self.precision = precision or Precision()
+        self._checkpoint_io = checkpoint_io
+        self.model: nn.Module | None = None  # what the loop calls (possibly wrapped, e.g. DDP)
+        self.lightning_module: Any = None
+
+    # -- topology -------------------------------------------------------------------------------
+    @property
+    def root_device(self) -> torch.device:
+        return self._root_device
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def checkpoint_io(self) -> Any:
+        if self._checkpoint_io is None:
+            from fulmen.checkpoint import TorchCheckpointIO
+
+            self._checkpoint_io = TorchCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: Any) -> None:
+        self._checkpoint_io = io
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        """Start processes, pick the CUDA device: whatever must happen before the model exists."""
+        if self.root_device.type == "cuda":
+            torch.cuda.set_device(self.root_device)
+
+    def connect(self, module: Any) -> None:
+        self.lightning_module = module
+        self.model = module
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Move (and for distributed strategies, wrap) the module; returns what the loop should call."""
+        module = self.precision.convert_module(module)
+        module.to(self.root_device)
+        self.model = module
+        return module
+
+    def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
+        return optimizers
+
+    def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
+        return move_data_to_device(batch, device or self.root_device)
+
+    # -- optimization ---------------------------------------------------------------------------
+    def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
+        self.precision.backward(loss, module if module is not None else self.lightning_module, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None, model: Any,
+                       after_closure: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+        return self.precision.optimizer_step(optimizer, closure, after_closure, **kwargs)
+
+    def clip_gradients(self, optimizer: Optimizer, clip_val: float, algorithm: str) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, clip_val)
+
+    # -- collectives (identity in one process) -------------------------------------------------
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: str | None = "mean") -> Any:
+        return tensor
+
+    def all_gather(self, tensor: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        return tensor
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return self.lightning_module.state_dict()
+
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        if self.is_global_zero:
+            self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, filepath: Any, weights_only: bool | None = True) -> dict[str, Any]:
+        return self.checkpoint_io.load_checkpoint(filepath, map_location="cpu", weights_only=weights_only)
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        if self.is_global_zero:
+            self.checkpoint_io.remove_checkpoint(filepath)
+
+    def teardown(self) -> None:
+        """Release devices and processes after a run."""
+
+
+class SingleDeviceStrategy(Strategy):
+    """Everything on one device: CPU, one GPU or Apple's MPS.
+
+    Example::
+
+        fulmen.Trainer(strategy=SingleDeviceStrategy(device="cuda:1"))
+    """

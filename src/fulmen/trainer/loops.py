@@ -1,0 +1,990 @@
+"""The loops, in plain sight: set-up, fit (training with validation), evaluation and prediction.
+
+Every hook call is here, in the order Lightning 2.x makes them. Which hooks are overridden is
+decided once per run (``Trainer._collect_hooks``); in the batch loop an empty hook list is skipped,
+and no value is turned into a Python number, so the loop adds next to nothing to a step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from fulmen.errors import MisconfigurationException
+from fulmen.precision import Precision
+from fulmen.trainer import data as _data
+from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
+from fulmen.trainer.state import LoopState, RunningStage, TrainerFn
+from fulmen.utilities import collect_rng_states, is_overridden, rank_zero_warn, restore_rng_states
+
+
+def _module_cls() -> type:
+    from fulmen.module import LightningModule
+
+    return LightningModule
+
+
+def check_fit_configuration(model: Any) -> None:
+    """Fail before anything runs when the module cannot be trained."""
+    lm = _module_cls()
+    if not is_overridden("training_step", model, lm):
+        raise MisconfigurationException(
+            f"{type(model).__name__} has no `training_step(self, batch, batch_idx)`, which trainer.fit needs. Define it "
+            "and return the loss."
+        )
+    if not is_overridden("configure_optimizers", model, lm):
+        raise MisconfigurationException(
+            f"{type(model).__name__} has no `configure_optimizers(self)`, which trainer.fit needs. Define it, e.g. "
+            "`return torch.optim.Adam(self.parameters(), lr=1e-3)`."
+        )
+
+
+# ==================================================================================================
+# set-up and tear-down
+# ==================================================================================================
+def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
+    """Everything one entry point does, from ``configure_callbacks`` to ``teardown``."""
+    module = trainer.lightning_module
+    stage = fn.value
+    _merge_model_callbacks(trainer, module)
+    trainer._collect_hooks()
+    trainer._metrics.current = None
+    dm = trainer.datamodule
+    if dm is not None:
+        dm.prepare_data()
+    module.prepare_data()
+    if dm is not None:
+        dm.setup(stage)
+    trainer._call_callbacks("setup", stage=stage)
+    module.setup(stage)
+    module.configure_model()
+    trainer.strategy.setup_environment()
+    trainer.strategy.setup_module(module)
+    if fn == TrainerFn.FITTING:
+        _setup_optimizers(trainer, module)
+    checkpoint = None
+    if trainer.ckpt_path is not None:
+        checkpoint = restore_checkpoint(trainer, trainer.ckpt_path, weights_only, fn == TrainerFn.FITTING)
+    trainer._start_time = time.monotonic()
+    if fn == TrainerFn.FITTING:
+        result = fit(trainer, resumed=checkpoint is not None)
+    elif fn == TrainerFn.PREDICTING:
+        result = predict(trainer)
+    else:
+        _log_hyperparams(trainer)
+        result = evaluate_entry(trainer, RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING)
+    trainer.state.stage = None
+    if dm is not None:
+        dm.teardown(stage)
+    trainer._call_callbacks("teardown", stage=stage)
+    module.teardown(stage)
+    for lg in trainer.loggers:
+        lg.save()
+        lg.finalize("success")
+    trainer.strategy.teardown()
+    return result
+
+
+def _merge_model_callbacks(trainer: Any, module: Any) -> None:
+    """Callbacks from ``configure_callbacks`` replace the Trainer's of the same type; checkpoints go last."""
+    from fulmen.trainer.trainer import _reorder
+
+    extra = module.configure_callbacks()
+    if not extra:
+        return
+    extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    types = {type(cb) for cb in extra}
+    kept = [cb for cb in trainer.callbacks if type(cb) not in types]
+    trainer.callbacks = _reorder(kept + extra)
+
+
+def _setup_optimizers(trainer: Any, module: Any) -> None:
+    trainer._metrics.current = None
+    optimizers, configs = parse_optimizers(trainer._call_module("configure_optimizers"))
+    if len(optimizers) > 1 and module.automatic_optimization:
+        raise MisconfigurationException(
+            f"configure_optimizers returned {len(optimizers)} optimizers. Several optimizers need manual "
+            "optimization: set `self.automatic_optimization = False` in __init__ and step them in training_step "
+            "(`opt_g, opt_d = self.optimizers()`)."
+        )
+    trainer.optimizers = trainer.strategy.setup_optimizers(optimizers)
+    trainer.lr_scheduler_configs = configs
+    trainer._lightning_optimizers = [LightningOptimizer(o, trainer) for o in trainer.optimizers]
+
+
+def _log_hyperparams(trainer: Any) -> None:
+    if not trainer.loggers or not trainer.enable_autolog_hparams:
+        return
+    module, dm = trainer.lightning_module, trainer.datamodule
+    params: dict[str, Any] = {}
+    if getattr(module, "_log_hyperparams", False):
+        params.update(module.hparams_initial)
+    if dm is not None and getattr(dm, "_log_hyperparams", False):
+        overlap = {k for k in dm.hparams_initial if k in params and params[k] != dm.hparams_initial[k]}
+        if overlap:
+            raise MisconfigurationException(
+                f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
+                "rename one of them."
+            )
+        params.update(dm.hparams_initial)
+    if trainer.is_global_zero:
+        for lg in trainer.loggers:
+            if params:
+                lg.log_hyperparams(params)
+            if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
+                lg.log_graph(module)
+            lg.save()
+
+
+# ==================================================================================================
+# data
+# ==================================================================================================
+def setup_train_data(trainer: Any) -> None:
+    loaders = _data.resolve(trainer, "train", trainer._given_train_loaders)
+    if loaders is None:
+        raise MisconfigurationException(
+            "trainer.fit has no training data. Pass it (trainer.fit(model, train_loader)), pass a datamodule with "
+            "train_dataloader(), or define train_dataloader() on the module."
+        )
+    if trainer.overfit_batches:
+        loaders = _map_loaders(loaders, _data.with_sequential_sampler)
+    iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
+    for ld in _data.as_list(loaders):
+        _data.check_iterable(ld, "training")
+    trainer.train_dataloader = loaders
+    trainer._train_iterable = iterable
+    n = _data.num_batches(iterable, trainer.limit_train_batches, "limit_train_batches", "training")
+    trainer.num_training_batches = n
+    vci = trainer.val_check_interval
+    if isinstance(vci, int):
+        if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
+            raise MisconfigurationException(
+                f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
+                "would never run. Lower it, or set check_val_every_n_epoch=None to count batches across epochs."
+            )
+        trainer._val_check_batch = vci
+    elif math.isinf(n):
+        if vci != 1.0:
+            raise MisconfigurationException(
+                f"val_check_interval={vci} is a fraction of an epoch, but the training loader has no length. Pass a "
+                "number of batches instead, e.g. val_check_interval=1000."
+            )
+        trainer._val_check_batch = math.inf
+    else:
+        trainer._val_check_batch = max(1, int(n * vci))
+
+
+def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(loaders, dict):
+        return {k: fn(v) for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(fn(v) for v in loaders)
+    return fn(loaders)
+
+
+def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
+    """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
+    prefix = stage.dataloader_prefix
+    loaders = _data.resolve(trainer, prefix, given)
+    attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
+    setattr(trainer, attr, loaders)
+    flat = _data.as_list(loaders)
+    limit = {"val": trainer.limit_val_batches, "test": trainer.limit_test_batches,
+             "predict": trainer.limit_predict_batches}[prefix]
+    what = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
+    nums = []
+    for ld in flat:
+        _data.check_iterable(ld, what)
+        nums.append(_data.num_batches(ld, limit, f"limit_{prefix}_batches", what))
+    setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
+    return flat
+
+
+def _batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
+    """The batch-transfer path for this run: plain device moves unless a transfer hook is overridden."""
+    lm = _module_cls()
+    dm = trainer.datamodule
+    strategy = trainer.strategy
+    device = strategy.root_device
+    precision = strategy.precision
+    convert = precision.convert_input if type(precision).convert_input is not Precision.convert_input else None
+
+    def owner(name: str) -> Any:
+        from fulmen.datamodule import LightningDataModule
+
+        if dm is not None and is_overridden(name, dm, LightningDataModule):
+            return getattr(dm, name)
+        return getattr(module, name) if is_overridden(name, module, lm) else None
+
+    before, transfer, after = owner("on_before_batch_transfer"), owner("transfer_batch_to_device"), owner("on_after_batch_transfer")
+    results_of = trainer._metrics
+
+    if before is None and transfer is None and after is None and convert is None:
+        on_cpu = device.type == "cpu"
+
+        def move(batch: Any, dataloader_idx: int) -> Any:
+            # the common case, a tuple/list of CPU tensors already where they belong, costs a type check
+            if on_cpu and type(batch) in (list, tuple) and all(type(t) is Tensor and t.device.type == "cpu" for t in batch):
+                return batch
+            return strategy.batch_to_device(batch, device)
+
+        return move
+
+    def move_with_hooks(batch: Any, dataloader_idx: int) -> Any:
+        results = results_of.current
+        if convert is not None:
+            batch = convert(batch)
+        if results is not None:
+            results.fx = "on_before_batch_transfer"
+        batch = before(batch, dataloader_idx) if before is not None else batch
+        if results is not None:
+            results.fx = "transfer_batch_to_device"
+        batch = transfer(batch, device, dataloader_idx) if transfer is not None else strategy.batch_to_device(batch, device)
+        if results is not None:
+            results.fx = "on_after_batch_transfer"
+        batch = after(batch, dataloader_idx) if after is not None else batch
+        if results is not None:
+            results.fx = None
+        return batch
+
+    return move_with_hooks
+
+
+def _module_hook(module: Any, name: str) -> Callable | None:
+    """The module's hook when it overrides it, else None (so the loop can skip the call)."""
+    return getattr(module, name) if is_overridden(name, module, _module_cls()) else None
+
+
+# ==================================================================================================
+# fit
+# ==================================================================================================
+def fit(trainer: Any, resumed: bool) -> None:
+    module = trainer.lightning_module
+    loop: LoopState = trainer._loop
+    if not resumed:
+        trainer._loop = loop = LoopState()
+    trainer._metrics.current = trainer._metrics.train
+    trainer._call_hooks("on_fit_start")
+    lm = _module_cls()
+    trainer._enable_validation = is_overridden("validation_step", module, lm) and trainer.limit_val_batches != 0
+    trainer._val_loaders = None
+    if trainer._enable_validation and trainer.num_sanity_val_steps != 0 and not resumed:
+        _sanity_check(trainer)
+    setup_train_data(trainer)
+    _log_hyperparams(trainer)
+    trainer.state.stage = RunningStage.TRAINING
+    trainer._metrics.current = trainer._metrics.train
+    module.train()
+    trainer._call_hooks("on_train_start")
+    if loop.epoch_loop_done:  # the checkpoint was written at an epoch's end: continue with the next one
+        loop.epoch += 1
+        loop.batches_in_epoch = 0
+        loop.epoch_loop_done = False
+    while not _fit_done(trainer, loop):
+        if trainer.reload_dataloaders_every_n_epochs and loop.epoch and loop.epoch % trainer.reload_dataloaders_every_n_epochs == 0 and loop.batches_in_epoch == 0:
+            setup_train_data(trainer)
+            trainer._val_loaders = None
+        _train_epoch(trainer, module, loop)
+        if loop.epoch_loop_done:
+            loop.epoch += 1
+            loop.batches_in_epoch = 0
+            loop.epoch_loop_done = False
+    trainer._metrics.current = trainer._metrics.train
+    trainer._call_hooks("on_train_end")
+    trainer._call_hooks("on_fit_end")
+    trainer._metrics.current = None
+
+
+def _can_stop_early(trainer: Any, loop: LoopState) -> bool:
+    return (trainer.min_epochs is None or loop.epoch >= trainer.min_epochs) and (
+        trainer.min_steps is None or loop.global_step >= trainer.min_steps
+    )
+
+
+def _fit_done(trainer: Any, loop: LoopState) -> bool:
+    if trainer.max_steps != -1 and loop.global_step >= trainer.max_steps:
+        return True
+    if trainer.max_epochs not in (None, -1) and loop.epoch >= trainer.max_epochs:
+        return True
+    if loop.should_stop:
+        if _can_stop_early(trainer, loop):
+            return True
+        loop.should_stop = False  # asked too early: min_epochs/min_steps win, as in Lightning
+    return _time_is_up(trainer)
+
+
+def _time_is_up(trainer: Any) -> bool:
+    return trainer.max_time is not None and time.monotonic() - trainer._start_time >= trainer.max_time
+
+
+def _sanity_check(trainer: Any) -> None:
+    trainer.state.stage = RunningStage.SANITY_CHECKING
+    trainer._metrics.current = None
+    trainer._call_callbacks("on_sanity_check_start")
+    loaders = _val_loaders(trainer)
+    if loaders:
+        n = trainer.num_sanity_val_steps
+        limits = [b if n == -1 else min(n, b) for b in trainer.num_val_batches]
+        trainer.num_sanity_val_batches = limits
+        evaluate(trainer, RunningStage.SANITY_CHECKING, loaders, limits)
+    trainer.state.stage = RunningStage.SANITY_CHECKING
+    trainer._metrics.current = None
+    trainer._call_callbacks("on_sanity_check_end")
+    # what the sanity check logged is thrown away, as in Lightning
+    trainer._metrics.callback.clear()
+    trainer._metrics.logged.clear()
+    trainer._metrics.pbar.clear()
+    trainer._metrics.eval.reset()
+
+
+def _val_loaders(trainer: Any) -> list[Any]:
+    if trainer._val_loaders is None:
+        trainer._val_loaders = setup_eval_data(trainer, RunningStage.VALIDATING, trainer._given_val_loaders)
+        if not trainer._val_loaders:
+            trainer._enable_validation = False
+    return trainer._val_loaders
+
+
+def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
+    """One training epoch: batches, in-epoch validation, then the epoch-end hooks."""
+    hooks = trainer._hooks
+    metrics = trainer._metrics
+    results = metrics.train
+    metrics.current = results
+    if loop.batches_in_epoch == 0:
+        results.reset()
+    trainer.state.stage = RunningStage.TRAINING
+    torch.set_grad_enabled(True)
+    trainer._call_hooks("on_train_epoch_start")
+
+    # the epoch's data order is drawn from the RNG here: keep that state so a mid-epoch resume rebuilds it
+    skip = loop.batches_in_epoch
+    if skip:
+        resume_rng = collect_rng_states()
+        restore_rng_states(loop.epoch_start_rng)
+    else:
+        loop.epoch_start_rng = collect_rng_states()
+    sampler = getattr(trainer._train_iterable, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(loop.epoch)
+    n_batches = trainer.num_training_batches
+    iterator = iter(trainer._train_iterable)
+    for _ in range(skip):
+        next(iterator)
+    if skip:
+        restore_rng_states(resume_rng)
+
+    step = _make_training_step(trainer, module, loop)
+    move = _batch_mover(trainer, module)
+    cb_batch_start, cb_batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
+    m_batch_start, m_batch_end = _module_hook(module, "on_train_batch_start"), _module_hook(module, "on_train_batch_end")
+    log_every = trainer.log_every_n_steps
+    max_steps = trainer.max_steps
+    enable_val = trainer._enable_validation
+    check_every_epoch = trainer.check_val_every_n_epoch
+    val_this_epoch = enable_val and (check_every_epoch is None or (loop.epoch + 1) % check_every_epoch == 0)
+    val_check_batch = trainer._val_check_batch
+    step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if module.automatic_optimization else []
+    epoch_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch" and not c.reduce_on_plateau] if module.automatic_optimization else []
+    plateau_step = [c for c in step_schedulers if c.reduce_on_plateau]
+    step_schedulers = [c for c in step_schedulers if not c.reduce_on_plateau]
+    max_time = trainer.max_time
+    accumulate = trainer.accumulate_grad_batches
+    manual = not module.automatic_optimization
+
+    batch_idx = skip - 1
+    while True:
+        batch_idx += 1
+        if batch_idx >= n_batches:
+            break
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        trainer.is_last_batch = is_last = batch_idx + 1 >= n_batches
+        results.new_batch(batch, None)
+        batch = move(batch, 0)
+        results.batch = batch
+        if cb_batch_start:
+            trainer._call_callbacks("on_train_batch_start", batch, batch_idx)
+        if m_batch_start is not None:
+            results.fx = "on_train_batch_start"
+            response = m_batch_start(batch, batch_idx)
+            results.fx = None
+            if response == -1:
+                break
+        outputs = step(batch, batch_idx, is_last)
+        loop.batches_in_epoch = batch_idx + 1
+        loop.total_batches += 1
+        stepped = manual or (batch_idx + 1) % accumulate == 0 or is_last
+        if stepped:
+            loop.batches_stepped += 1
+            for cfg in step_schedulers:
+                if loop.batches_stepped % cfg.frequency == 0:
+                    _step_scheduler(trainer, module, cfg)
+        if is_last:
+            for cfg in epoch_schedulers:
+                if (loop.epoch + 1) % cfg.frequency == 0:
+                    _step_scheduler(trainer, module, cfg)
+        if cb_batch_end:
+            trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
+        if m_batch_end is not None:
+            results.fx = "on_train_batch_end"
+            m_batch_end(outputs, batch, batch_idx)
+            results.fx = None
+        if log_every and stepped and (loop.batches_stepped % log_every == 0 or loop.should_stop):
+            metrics.train_step_end(loop.batches_stepped - 1, True)
+        if max_time is not None and _time_is_up(trainer):
+            loop.should_stop = True
+        stop = loop.should_stop and _can_stop_early(trainer, loop)
+        if val_this_epoch:
+            current = loop.total_batches if check_every_epoch is None else batch_idx + 1
+            if is_last or stop or (not math.isinf(val_check_batch) and current % val_check_batch == 0):
+                _validate_in_fit(trainer, module)
+                metrics.current = results
+                trainer.state.stage = RunningStage.TRAINING
+        for cfg in plateau_step:
+            if loop.batches_stepped % cfg.frequency == 0:
+                _step_scheduler(trainer, module, cfg)
+        if stop or (max_steps != -1 and loop.global_step >= max_steps):
+            break
+    else:  # pragma: no cover - the loop always ends by break
+        pass
+    loop.epoch_loop_done = True
+    trainer.is_last_batch = False
+
+    # epoch end: callbacks, the module, then the monitoring callbacks (checkpointing, early stopping)
+    metrics.current = results
+    epoch_values = metrics.epoch_end(results)
+    trainer._call_callbacks("on_train_epoch_end")
+    results.fx = "on_train_epoch_end"
+    module.on_train_epoch_end()
+    results.fx = None
+    epoch_values = metrics.epoch_end(results)
+    results.fx = "on_train_epoch_end"
+    for hook in trainer._monitoring_epoch_end:
+        hook(trainer, module)
+    results.fx = None
+    metrics.send_epoch(epoch_values, max(loop.batches_stepped - 1, 0))
+    if module.automatic_optimization:
+        for cfg in trainer.lr_scheduler_configs:
+            if cfg.interval == "epoch" and cfg.reduce_on_plateau and (loop.epoch + 1) % cfg.frequency == 0:
+                _step_scheduler(trainer, module, cfg)
+
+
+def _step_scheduler(trainer: Any, module: Any, cfg: Any) -> None:
+    metric = None
+    if cfg.reduce_on_plateau:
+        available = trainer.callback_metrics
+        metric = available.get(cfg.monitor)
+        if metric is None:
+            if cfg.strict:
+                raise MisconfigurationException(
+                    f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged. Logged keys: {sorted(available)}. "
+                    "Log it with self.log, change 'monitor', or set 'strict': False to skip the step."
+                )
+            rank_zero_warn(f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged; skipping its step.")
+            return
+    results = trainer._metrics.current
+    if results is not None:
+        results.fx = "lr_scheduler_step"
+    module.lr_scheduler_step(cfg.scheduler, metric)
+    if results is not None:
+        results.fx = None
+
+
+def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[[Any, int, bool], Any]:
+    """Build the per-batch function: training_step with (automatic) backward and optimizer step.
+
+    Everything that can be decided once (which hooks exist, precision, clipping, accumulation) is
+    decided here, so the returned function does only what this run needs.
+    """
+    hooks = trainer._hooks
+    results = trainer._metrics.train
+    strategy = trainer.strategy
+    precision = strategy.precision
+    lm = _module_cls()
+    plain_precision = type(precision).forward_context is Precision.forward_context and precision.autocast is None
+    forward_context = precision.forward_context
+    training_step = module.training_step
+    manual = not module.automatic_optimization
+
+    if manual:
+        def manual_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+            for lopt in trainer._lightning_optimizers:
+                lopt.__dict__["_on_before_step"] = _before_step_hooks(trainer, module, lopt.optimizer)
+                lopt.__dict__["_on_after_step"] = _count_step
+            results.fx = "training_step"
+            if plain_precision:
+                out = training_step(batch, batch_idx)
+            else:
+                with forward_context():
+                    out = training_step(batch, batch_idx)
+            results.fx = None
+            return _outputs(out, manual=True)
+
+        def _count_step() -> None:
+            loop.global_step += 1
+
+        return manual_step
+
+    if not trainer.optimizers:
+        def no_optimizer_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+            results.fx = "training_step"
+            with (nullcontext() if plain_precision else forward_context()):
+                out = training_step(batch, batch_idx)
+            results.fx = None
+            loss = _loss_of(out)
+            if loss is not None:
+                strategy.backward(loss, None, module=module)
+            return _outputs(out)
+
+        return no_optimizer_step
+
+    optimizer = trainer.optimizers[0]
+    lopt = trainer._lightning_optimizers[0]
+    accumulate = trainer.accumulate_grad_batches
+    cb_zero, cb_bwd, cb_after_bwd = hooks["on_before_zero_grad"], hooks["on_before_backward"], hooks["on_after_backward"]
+    m_zero = _module_hook(module, "on_before_zero_grad")
+    m_bwd = _module_hook(module, "on_before_backward")
+    m_after_bwd = _module_hook(module, "on_after_backward")
+    custom_zero_grad = _module_hook(module, "optimizer_zero_grad")
+    custom_step = _module_hook(module, "optimizer_step")
+    custom_backward = is_overridden("backward", module, lm)
+    after_closure = _before_step_hooks(trainer, module, optimizer)
+    simple_backward = not custom_backward and type(precision).backward is Precision.backward
+    state = {"out": None, "ran": False}
+
+    def step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+        first_in_window = batch_idx % accumulate == 0
+        boundary = (batch_idx + 1) % accumulate == 0 or is_last
+
+        def closure() -> Tensor | None:
+            state["ran"] = True
+            results.fx = "training_step"
+            if plain_precision:
+                out = training_step(batch, batch_idx)
+            else:
+                with forward_context():
+                    out = training_step(batch, batch_idx)
+            results.fx = None
+            state["out"] = out
+            loss = _loss_of(out)
+            if first_in_window:
+                if cb_zero:
+                    trainer._call_callbacks("on_before_zero_grad", optimizer)
+                if m_zero is not None:
+                    m_zero(optimizer)
+                if custom_zero_grad is not None:
+                    custom_zero_grad(trainer.current_epoch, batch_idx, optimizer)
+                else:
+                    optimizer.zero_grad()
+            if loss is None:
+                return None
+            if accumulate > 1:
+                loss = loss / accumulate
+            if cb_bwd:
+                trainer._call_callbacks("on_before_backward", loss)
+            if m_bwd is not None:
+                results.fx = "on_before_backward"
+                m_bwd(loss)
+                results.fx = None
+            if simple_backward:
+                loss.backward()
+            else:
+                strategy.backward(loss, optimizer, module=module)
+            if cb_after_bwd:
+                trainer._call_callbacks("on_after_backward")
+            if m_after_bwd is not None:
+                results.fx = "on_after_backward"
+                m_after_bwd()
+                results.fx = None
+            return loss
+
+        if not boundary:
+            closure()
+            return _outputs(state["out"])
+        if custom_step is not None:
+            state["ran"] = False
+            lopt.__dict__["_on_before_step"] = after_closure
+            lopt.__dict__["_on_after_step"] = None
+            results.fx = "optimizer_step"
+            custom_step(trainer.current_epoch, batch_idx, lopt, closure)
+            results.fx = None
+            if not state["ran"]:
+                raise MisconfigurationException(
+                    "`optimizer_step` did not call the closure, so training_step never ran. Call "
+                    "`optimizer.step(closure=optimizer_closure)` in your override."
+                )
+        else:
+            strategy.optimizer_step(optimizer, closure, module, after_closure)
+        loop.global_step += 1
+        return _outputs(state["out"])
+
+    return step
+
+
+def _before_step_hooks(trainer: Any, module: Any, optimizer: Any) -> Callable[[], None] | None:
+    """What runs between backward and the optimizer step: the hooks, then gradient clipping."""
+    cb = trainer._hooks["on_before_optimizer_step"]
+    m_hook = _module_hook(module, "on_before_optimizer_step")
+    custom_clip = _module_hook(module, "configure_gradient_clipping")
+    clip_val = trainer.gradient_clip_val
+    algorithm = trainer.gradient_clip_algorithm
+    manual = not module.automatic_optimization
+    if not cb and m_hook is None and custom_clip is None and (not clip_val or manual):
+        return None
+    results = trainer._metrics.train
+
+    def run_hooks() -> None:
+        if cb:
+            trainer._call_callbacks("on_before_optimizer_step", optimizer)
+        if m_hook is not None:
+            results.fx = "on_before_optimizer_step"
+            m_hook(optimizer)
+            results.fx = None
+        if manual:
+            return  # with manual optimization the user clips, via self.clip_gradients
+        results.fx = "configure_gradient_clipping"
+        if clip_val and custom_clip is None:
+            trainer.strategy.precision.unscale_gradients(optimizer)
+            trainer.strategy.clip_gradients(optimizer, float(clip_val), algorithm)
+        elif custom_clip is not None:
+            custom_clip(optimizer, clip_val, algorithm if clip_val else None)
+        results.fx = None
+
+    return run_hooks
+
+
+def _loss_of(out: Any) -> Tensor | None:
+    if isinstance(out, Tensor):
+        loss = out
+    elif out is None:
+        return None
+    elif isinstance(out, dict):
+        if "loss" not in out:
+            raise MisconfigurationException(
+                f"training_step returned a dict without 'loss' (keys: {sorted(out)}). Put the loss under 'loss', "
+                "e.g. `return {'loss': loss, 'acc': acc}`."
+            )
+        loss = out["loss"]
+        if not isinstance(loss, Tensor):
+            raise MisconfigurationException(f"training_step's 'loss' is a {type(loss).__name__}; it must be a tensor.")
+    else:
+        raise MisconfigurationException(
+            f"training_step returned a {type(out).__name__}. Return the loss tensor, a dict with a 'loss' tensor, or "
+            "None to skip the batch."
+        )
+    if not loss.requires_grad:
+        raise MisconfigurationException(
+            "training_step returned a loss that does not require grad, so there is nothing to train. Was it "
+            "computed under torch.no_grad(), from .detach()/.item(), or from frozen parameters only?"
+        )
+    return loss
+
+
+def _outputs(out: Any, manual: bool = False) -> Any:
+    """What on_train_batch_end receives: ``{"loss": detached loss, **extras}``, as in Lightning."""
+    if out is None:
+        return None
+    if isinstance(out, Tensor):
+        return {"loss": out.detach()}
+    if isinstance(out, dict):
+        return {k: (v.detach() if k == "loss" and isinstance(v, Tensor) else v) for k, v in out.items()}
+    if manual:
+        return out
+    return out
+
+
+def _validate_in_fit(trainer: Any, module: Any) -> None:
+    loaders = _val_loaders(trainer)
+    if not loaders:
+        return
+    trainer._call_module("on_validation_model_zero_grad")
+    evaluate(trainer, RunningStage.VALIDATING, loaders, trainer.num_val_batches)
+    torch.set_grad_enabled(True)
+
+
+# ==================================================================================================
+# evaluation and prediction
+# ==================================================================================================
+def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
+    """trainer.validate / trainer.test: set the data up, run, print the table, return the metrics."""
+    step = "validation_step" if stage == RunningStage.VALIDATING else "test_step"
+    if not is_overridden(step, trainer.lightning_module, _module_cls()):
+        raise MisconfigurationException(
+            f"trainer.{stage.value}() needs `{step}(self, batch, batch_idx)` on {type(trainer.lightning_module).__name__}. "
+            "Define it and log metrics in it with self.log."
+        )
+    loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)
+    if not loaders:
+        raise MisconfigurationException(
+            f"trainer.{stage.value}() has no data. Pass dataloaders, a datamodule with {stage.dataloader_prefix}_dataloader(), "
+            f"or define {stage.dataloader_prefix}_dataloader() on the module."
+        )
+    nums = trainer.num_val_batches if stage == RunningStage.VALIDATING else trainer.num_test_batches
+    out = evaluate(trainer, stage, loaders, nums)
+    if trainer._verbose and trainer.is_global_zero and any(out):
+        _print_results(stage, out)
+    return out
+
+
+def _print_results(stage: RunningStage, results: list[dict[str, float]]) -> None:
+    title = f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"
+    keys = sorted({k for r in results for k in r})
+    width = max([len(title)] + [len(k) for k in keys]) + 2
+    cols = [f"DataLoader {i}" for i in range(len(results))]
+    rule = "-" * (width + 22 * len(cols))
+    lines = [rule, title.ljust(width) + "".join(c.ljust(22) for c in cols), rule]
+    for k in keys:
+        lines.append(k.ljust(width) + "".join(f"{r[k]:<22.6g}" if k in r else " " * 22 for r in results))
+    lines.append(rule)
+    print("\n".join(lines))
+
+
+def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:
+    """One pass over the evaluation loaders: eval mode and inference mode, then restore training mode."""
+    module = trainer.lightning_module
+    metrics = trainer._metrics
+    prefix = "test" if stage == RunningStage.TESTING else "validation"
+    previous_stage = trainer.state.stage
+    trainer.state.stage = stage
+    results = metrics.eval
+    results.reset()
+    metrics.current = results
+    modes = {name: m.training for name, m in module.named_modules()}
+    trainer._call_module(f"on_{prefix}_model_eval")
+    multi = len(loaders) > 1
+    step_fn = getattr(module, f"{prefix}_step")
+    hooks = trainer._hooks
+    cb_start, cb_end = hooks[f"on_{prefix}_batch_start"], hooks[f"on_{prefix}_batch_end"]
+    m_start, m_end = _module_hook(module, f"on_{prefix}_batch_start"), _module_hook(module, f"on_{prefix}_batch_end")
+    move = _batch_mover(trainer, module)
+    precision = trainer.strategy.precision
+    loop = trainer._loop
+    log_every = trainer.log_every_n_steps
+    log_steps = stage == RunningStage.VALIDATING and trainer.state.fn == TrainerFn.FITTING
+    grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    with grad_ctx:
+        trainer._call_hooks(f"on_{prefix}_start")
+        trainer._call_hooks(f"on_{prefix}_epoch_start")
+        for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            extra = (dl_idx,) if multi else ()
+            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+                results.new_batch(batch, dl_idx if multi else None)
+                batch = move(batch, dl_idx)
+                results.batch = batch
+                if cb_start:
+                    trainer._call_callbacks(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
+                if m_start is not None:
+                    results.fx = f"on_{prefix}_batch_start"
+                    m_start(batch, batch_idx, *extra)
+                results.fx = f"{prefix}_step"
+                with precision.forward_context():
+                    out = step_fn(batch, batch_idx, *extra)
+                results.fx = None
+                if cb_end:
+                    trainer._call_callbacks(f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
+                if m_end is not None:
+                    results.fx = f"on_{prefix}_batch_end"
+                    m_end(out, batch, batch_idx, *extra)
+                    results.fx = None
+                if stage != RunningStage.SANITY_CHECKING:
+                    if log_steps:
+                        loop.val_batches += 1
+                        step = loop.val_batches
+                    else:
+                        step = batch_idx + 1
+                    if log_every and step % log_every == 0 or True:
+                        metrics.eval_step_end(step - 1, flush=bool(log_every))
+        metrics.epoch_end(results)
+        trainer._call_hooks(f"on_{prefix}_epoch_end")
+        epoch_values = metrics.epoch_end(results)
+    if stage != RunningStage.SANITY_CHECKING:
+        step = max(loop.batches_stepped - 1, 0) if trainer.state.fn == TrainerFn.FITTING else loop.batches_stepped
+        metrics.send_epoch(epoch_values, step)
+    metrics.current = results
+    trainer._call_hooks(f"on_{prefix}_end")
+    train_hook = f"on_{prefix}_model_train"
+    if is_overridden(train_hook, module, _module_cls()):
+        trainer._call_module(train_hook)
+    else:
+        for name, m in module.named_modules():
+            m.training = modes.get(name, m.training)
+    trainer.state.stage = previous_stage
+    metrics.current = None
+    return _per_loader(results, epoch_values, len(loaders))
+
+
+def _per_loader(results: Any, epoch_values: dict[str, Tensor], n: int) -> list[dict[str, float]]:
+    out: list[dict[str, float]] = [{} for _ in range(n)]
+    for slot in results.slots.values():
+        if not slot.on_epoch or slot.epoch_value is None:
+            continue
+        value = slot.epoch_value.item()
+        targets = range(n) if slot.dataloader_idx is None else [slot.dataloader_idx]
+        for i in targets:
+            out[i][slot.epoch_key] = value
+    return out
+
+
+def predict(trainer: Any) -> Any:
+    module = trainer.lightning_module
+    stage = RunningStage.PREDICTING
+    trainer.state.stage = stage
+    loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)
+    if not loaders:
+        raise MisconfigurationException(
+            "trainer.predict() has no data. Pass dataloaders, a datamodule with predict_dataloader(), or define "
+            "predict_dataloader() on the module."
+        )
+    trainer._metrics.current = None
+    modes = {name: m.training for name, m in module.named_modules()}
+    trainer._call_module("on_predict_model_eval")
+    hooks = trainer._hooks
+    cb_start, cb_end = hooks["on_predict_batch_start"], hooks["on_predict_batch_end"]
+    m_start, m_end = _module_hook(module, "on_predict_batch_start"), _module_hook(module, "on_predict_batch_end")
+    move = _batch_mover(trainer, module)
+    precision = trainer.strategy.precision
+    keep = trainer._return_predictions
+    multi = len(loaders) > 1
+    all_preds: list[list[Any]] = []
+    grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    with grad_ctx:
+        trainer._call_hooks("on_predict_start")
+        trainer._call_hooks("on_predict_epoch_start")
+        for dl_idx, (loader, limit) in enumerate(zip(loaders, trainer.num_predict_batches)):
+            extra = (dl_idx,) if multi else ()
+            preds: list[Any] = []
+            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+                batch = move(batch, dl_idx)
+                if cb_start:
+                    trainer._call_callbacks("on_predict_batch_start", batch, batch_idx, *extra)
+                if m_start is not None:
+                    m_start(batch, batch_idx, *extra)
+                with precision.forward_context():
+                    out = module.predict_step(batch, batch_idx, *extra)
+                if cb_end:
+                    trainer._call_callbacks("on_predict_batch_end", out, batch, batch_idx, *extra)
+                if m_end is not None:
+                    m_end(out, batch, batch_idx, *extra)
+                if keep:
+                    preds.append(out)
+            all_preds.append(preds)
+        trainer._call_hooks("on_predict_epoch_end")
+        trainer._call_hooks("on_predict_end")
+    for name, m in module.named_modules():
+        m.training = modes.get(name, m.training)
+    if not keep:
+        return None
+    return all_preds if multi else all_preds[0]
+
+
+# ==================================================================================================
+# checkpoints
+# ==================================================================================================
+def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
+    """The whole resumable state of the run, as one dict (Lightning's layout plus fulmen's loop state)."""
+    import fulmen
+
+    module = trainer.lightning_module
+    checkpoint: dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "pytorch-lightning_version": "2.5.0",  # lets Lightning's own loaders read fulmen checkpoints
+        "fulmen_version": fulmen.__version__,
+        "state_dict": trainer.strategy.lightning_module_state_dict(),
+        "loops": {"fulmen": trainer._loop.state_dict()},
+    }
+    if not weights_only:
+        checkpoint["rng_states"] = collect_rng_states()
+        checkpoint["callbacks"] = {}
+        for cb in trainer.callbacks:
+            state = cb.state_dict()
+            if state:
+                checkpoint["callbacks"][cb.state_key] = state
+        checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(o) for o in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        precision_state = trainer.strategy.precision.state_dict()
+        if precision_state:
+            checkpoint["precision"] = precision_state
+    if module.hparams:
+        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hyper_parameters"] = dict(module.hparams)
+    dm = trainer.datamodule
+    if dm is not None:
+        if dm.hparams:
+            checkpoint["datamodule_hparams_name"] = "kwargs"
+            checkpoint["datamodule_hyper_parameters"] = dict(dm.hparams)
+        if not weights_only:
+            state = dm.state_dict()
+            if state:
+                checkpoint[type(dm).__qualname__] = state
+    if not weights_only:
+        for cb in trainer.callbacks:
+            if is_overridden("on_save_checkpoint", cb, type(cb).__mro__[-2]):
+                cb.on_save_checkpoint(trainer, module, checkpoint)
+    module.on_save_checkpoint(checkpoint)
+    if dm is not None:
+        dm.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, training: bool) -> dict[str, Any]:
+    """Load ``path`` into the module (and, when fitting, the callbacks, optimizers, schedulers and loop)."""
+    from fulmen.errors import CheckpointError
+
+    checkpoint = trainer.strategy.load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain state_dict use "
+            "model.load_state_dict(torch.load(path))."
+        )
+    module = trainer.lightning_module
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    dm = trainer.datamodule
+    if dm is not None:
+        dm.on_load_checkpoint(checkpoint)
+        if type(dm).__qualname__ in checkpoint:
+            dm.load_state_dict(checkpoint[type(dm).__qualname__])
+    if not training:
+        return checkpoint
+    states = checkpoint.get("callbacks", {})
+    for cb in trainer.callbacks:
+        cb.on_load_checkpoint(trainer, module, checkpoint)
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
+    saved_opts = checkpoint.get("optimizer_states")
+    if saved_opts is None:
+        raise CheckpointError(
+            f"{path} holds weights only (no optimizer state), so training cannot resume from it exactly. Load the "
+            "weights with Module.load_from_checkpoint and start a new fit, or pass a full checkpoint."
+        )
+    if len(saved_opts) != len(trainer.optimizers):
+        raise CheckpointError(
+            f"{path} has {len(saved_opts)} optimizer state(s) but configure_optimizers returned "
+            f"{len(trainer.optimizers)}. Resume with the same optimizer set-up."
+        )
+    for opt, state in zip(trainer.optimizers, saved_opts):
+        opt.load_state_dict(state)
+    for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        cfg.scheduler.load_state_dict(state)
+    if "precision" in checkpoint:
+        trainer.strategy.precision.load_state_dict(checkpoint["precision"])
+    loop_state = checkpoint.get("loops", {}).get("fulmen")
+    trainer._loop = LoopState()
+    if loop_state is not None:
+        trainer._loop.load_state_dict(loop_state)
+    else:  # a Lightning checkpoint: it was written at an epoch's end
+        trainer._loop.epoch = checkpoint.get("epoch", 0)
+        trainer._loop.global_step = checkpoint.get("global_step", 0)
+        trainer._loop.epoch_loop_done = True
+    if "rng_states" in checkpoint:
+        restore_rng_states(checkpoint["rng_states"])
+    return checkpoint

@@ -1,0 +1,195 @@
+"""Turning what ``configure_optimizers`` returns into optimizers and scheduler configs, and the
+``LightningOptimizer`` wrapper that routes ``step()`` through the strategy (precision, counting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+from torch.optim import Optimizer
+
+from fulmen.errors import MisconfigurationException
+from fulmen.utilities import rank_zero_warn
+
+
+@dataclass
+class LRSchedulerConfig:
+    """One scheduler and when to step it: every ``frequency`` epochs or optimizer steps (``interval``).
+
+    Example (the dict form ``configure_optimizers`` may return)::
+
+        {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "monitor": "val_loss"}}
+    """
+
+    scheduler: Any
+    name: str | None = None
+    interval: str = "epoch"
+    frequency: int = 1
+    reduce_on_plateau: bool = False
+    monitor: str | None = None
+    strict: bool = True
+    opt_idx: int | None = None
+
+
+_SCHED_KEYS = {f.name for f in fields(LRSchedulerConfig)}
+_HELP = (
+    "Return an optimizer; a list of them; `([optimizers], [schedulers])`; a dict "
+    "`{'optimizer': opt, 'lr_scheduler': sched_or_config, 'monitor': 'val_loss'}`; or a list of such dicts."
+)
+
+
+def _is_optimizer(obj: Any) -> bool:
+    return isinstance(obj, Optimizer) or isinstance(getattr(obj, "optimizer", None), Optimizer) and hasattr(obj, "step")
+
+
+def _is_plateau(sched: Any) -> bool:
+    return isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
+    if isinstance(item, dict):
+        if "scheduler" not in item:
+            raise MisconfigurationException(
+                f"A learning-rate scheduler config needs a 'scheduler' key; got keys {sorted(item)}. "
+                "Write {'scheduler': sched, 'interval': 'epoch'}."
+            )
+        unknown = set(item) - _SCHED_KEYS
+        if unknown:
+            raise MisconfigurationException(
+                f"Unknown key(s) {sorted(unknown)} in the lr_scheduler config; allowed are {sorted(_SCHED_KEYS - {'opt_idx', 'reduce_on_plateau'})}."
+            )
+        cfg = LRSchedulerConfig(**{"monitor": monitor, **item})
+    else:
+        cfg = LRSchedulerConfig(scheduler=item, monitor=monitor)
+    if cfg.interval not in ("step", "epoch"):
+        raise MisconfigurationException(
+            f"lr_scheduler interval={cfg.interval!r} is not known; use 'step' (every optimizer step) or 'epoch'."
+        )
+    if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
+        raise MisconfigurationException(f"lr_scheduler frequency must be a positive integer, got {cfg.frequency!r}.")
+    cfg.reduce_on_plateau = _is_plateau(cfg.scheduler)
+    if cfg.reduce_on_plateau and cfg.monitor is None:
+        raise MisconfigurationException(
+            "A ReduceLROnPlateau scheduler needs the metric to watch. Return "
+            "{'optimizer': opt, 'lr_scheduler': sched, 'monitor': 'val_loss'} from configure_optimizers."
+        )
+    if not hasattr(cfg.scheduler, "step"):
+        raise MisconfigurationException(f"{type(cfg.scheduler).__name__} has no `step()`, so it is not a scheduler.")
+    return cfg
+
+
+def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    """Split ``configure_optimizers``' return value into optimizers and scheduler configs.
+
+    Example::
+
+        opts, scheds = parse_optimizers(([opt], [torch.optim.lr_scheduler.StepLR(opt, 10)]))
+    """
+    if returned is None:
+        rank_zero_warn("`configure_optimizers` returned None: this fit runs without an optimizer.")
+        return [], []
+    optimizers: list[Optimizer] = []
+    configs: list[LRSchedulerConfig] = []
+    if _is_optimizer(returned):
+        optimizers = [returned]
+    elif isinstance(returned, dict):
+        optimizers, configs = _from_dicts([returned])
+    elif isinstance(returned, (list, tuple)) and returned and all(isinstance(x, dict) for x in returned):
+        optimizers, configs = _from_dicts(list(returned))
+    elif (isinstance(returned, (list, tuple)) and len(returned) == 2 and isinstance(returned[0], (list, tuple))
+          and isinstance(returned[1], (list, tuple))):
+        optimizers = list(returned[0])
+        configs = [_scheduler_config(s, None) for s in returned[1]]
+    elif isinstance(returned, (list, tuple)) and returned and all(_is_optimizer(x) for x in returned):
+        optimizers = list(returned)
+    else:
+        raise MisconfigurationException(
+            f"configure_optimizers returned {type(returned).__name__} {returned!r:.200}, which is not usable. " + _HELP
+        )
+    bad = [o for o in optimizers if not _is_optimizer(o)]
+    if bad:
+        raise MisconfigurationException(
+            f"configure_optimizers returned {type(bad[0]).__name__}, which is not a torch.optim.Optimizer. " + _HELP
+        )
+    for cfg in configs:
+        owner = getattr(cfg.scheduler, "optimizer", None)
+        if cfg.opt_idx is None and owner is not None:
+            cfg.opt_idx = next((i for i, o in enumerate(optimizers) if o is owner), None)
+    return optimizers, configs
+
+
+def _from_dicts(items: list[dict]) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    optimizers, configs = [], []
+    for item in items:
+        unknown = set(item) - {"optimizer", "lr_scheduler", "monitor"}
+        if "optimizer" not in item or unknown:
+            raise MisconfigurationException(
+                f"configure_optimizers returned a dict with keys {sorted(item)}; it needs 'optimizer' and may have "
+                "'lr_scheduler' and 'monitor'. " + _HELP
+            )
+        optimizers.append(item["optimizer"])
+        if item.get("lr_scheduler") is not None:
+            configs.append(_scheduler_config(item["lr_scheduler"], item.get("monitor")))
+    return optimizers, configs
+
+
+class LightningOptimizer:
+    """An optimizer whose ``step()`` goes through the Trainer: precision scaling, the
+    ``on_before_optimizer_step`` hooks, gradient clipping, and step counting. Everything else
+    (``param_groups``, ``state``, ``zero_grad`` ...) is the wrapped optimizer's own.
+
+    Example (manual optimization)::
+
+        opt = self.optimizers()
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad()
+    """
+
+    def __init__(self, optimizer: Optimizer, trainer: Any) -> None:
+        self.__dict__["_optimizer"] = optimizer
+        self.__dict__["_trainer"] = trainer
+        self.__dict__["_on_before_step"] = None  # set by the loop to run hooks + clipping after the closure
+        self.__dict__["_on_after_step"] = None
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._optimizer, name, value)
+
+    def __repr__(self) -> str:
+        return f"LightningOptimizer({self._optimizer!r})"
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Take an optimizer step through the Trainer's strategy; ``closure`` recomputes the loss (LBFGS)."""
+        trainer = self._trainer
+        out = trainer.strategy.optimizer_step(self._optimizer, closure, trainer.lightning_module,
+                                              self._on_before_step, **kwargs)
+        if self._on_after_step is not None:
+            self._on_after_step()
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def toggle_model(self) -> Any:
+        """Context in which only this optimizer's parameters get gradients."""
+        from contextlib import contextmanager
+
+        module = self._trainer.lightning_module
+
+        @contextmanager
+        def ctx() -> Any:
+            module.toggle_optimizer(self)
+            try:
+                yield
+            finally:
+                module.untoggle_optimizer(self)
+
+        return ctx()

@@ -1,0 +1,101 @@
+"""What the Trainer is doing, and the one resumable record of how far it got.
+
+``TrainerState`` says which entry point runs and in which stage (Lightning's names and values).
+``LoopState`` is everything a checkpoint needs to continue a fit exactly where it stopped: if a
+counter is not in here, it is not resumable, on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class TrainerFn(str, Enum):
+    """The entry point that is running: ``trainer.state.fn``."""
+
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+class RunningStage(str, Enum):
+    """The loop that is running: ``trainer.state.stage``."""
+
+    TRAINING = "train"
+    SANITY_CHECKING = "sanity_check"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+    @property
+    def evaluating(self) -> bool:
+        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+    @property
+    def dataloader_prefix(self) -> str:
+        return "val" if self in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING) else self.value
+
+
+class TrainerStatus(str, Enum):
+    """Whether a run is starting, running, done, or was interrupted: ``trainer.state.status``."""
+
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class TrainerState:
+    """``trainer.state``: status, entry point (``fn``) and loop (``stage``).
+
+    Example::
+
+        trainer.state.fn == "fit" and trainer.state.stage == "train"
+    """
+
+    status: TrainerStatus = TrainerStatus.INITIALIZING
+    fn: TrainerFn | None = None
+    stage: RunningStage | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == TrainerStatus.FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        return self.status in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+
+
+@dataclass
+class LoopState:
+    """The progress of a fit, complete enough to resume it exactly.
+
+    ``epoch`` is the epoch running (or about to run); ``batches_in_epoch`` the training batches of it
+    already processed; ``epoch_loop_done`` is set once the epoch's batches are exhausted, so that a
+    checkpoint written by an epoch-end hook resumes at the next epoch. ``epoch_start_rng`` are the
+    random states right before the epoch's data iterator was made (it draws its shuffle order from
+    them), so a mid-epoch resume can rebuild the same order and skip what was already seen.
+    """
+
+    epoch: int = 0
+    global_step: int = 0  # optimizer steps taken
+    batches_in_epoch: int = 0
+    total_batches: int = 0  # training batches processed over the whole fit
+    batches_stepped: int = 0  # training batches that ended an accumulation window (the logging step)
+    epoch_loop_done: bool = False
+    val_batches: int = 0  # validation batches over the fit: the x axis of step-level validation logs
+    should_stop: bool = False
+    epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])

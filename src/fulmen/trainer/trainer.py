@@ -1,0 +1,799 @@
+"""``Trainer``: the flags, their validation, and the fit/validate/test/predict entry points.
+
+The loops themselves live in ``loops.py``; this file sets a run up, hands it to them, and cleans up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import os
+import time
+from datetime import timedelta
+from typing import Any, Iterable
+
+import torch
+
+from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
+from fulmen.errors import MisconfigurationException, UnknownArgumentError
+from fulmen.precision import make_precision
+from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
+from fulmen.trainer import data as _data
+from fulmen.trainer import loops
+from fulmen.trainer.logging import MetricsHub
+from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
+from fulmen.utilities import is_overridden, rank_zero_info, rank_zero_warn
+
+
+class _CheckedInit(type):
+    """Reject unknown Trainer arguments with the closest valid name, before ``__init__`` runs."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise MisconfigurationException(
+                f"{cls.__name__}() takes keyword arguments only, e.g. {cls.__name__}(max_epochs=10)."
+            )
+        params = inspect.signature(cls.__init__).parameters
+        for name in kwargs:
+            if name not in params:
+                close = difflib.get_close_matches(name, list(params), n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
+        return super().__call__(**kwargs)
+
+
+def _parse_devices(devices: Any, accelerator: str) -> list[int]:
+    if devices in ("auto", None, 1, "1", -1, "-1") or (accelerator == "cpu" and devices in (1, "1")):
+        return [0]
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        if devices.strip().endswith(",") or len(parts) > 1:
+            return [int(p) for p in parts]
+        devices = int(devices)
+    if isinstance(devices, int):
+        if devices < 1:
+            raise MisconfigurationException(f"devices={devices}: pass a positive number of devices, or 'auto'.")
+        return list(range(devices))
+    if isinstance(devices, (list, tuple)):
+        return [int(d) for d in devices]
+    raise MisconfigurationException(f"devices={devices!r} is not understood; pass an int, a list of indices or 'auto'.")
+
+
+def _resolve_accelerator(accelerator: Any) -> str:
+    name = accelerator if isinstance(accelerator, str) else "auto"
+    name = {"gpu": "cuda"}.get(name.lower(), name.lower())
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda" and not cuda:
+        raise MisconfigurationException(
+            f"accelerator={accelerator!r} was requested, but torch sees no CUDA GPU here. Use accelerator='cpu', or "
+            "'auto' to take a GPU only when there is one."
+        )
+    if name == "mps" and not mps:
+        raise MisconfigurationException(
+            f"accelerator={accelerator!r} was requested, but Apple's MPS backend is not available here. Use "
+            "accelerator='cpu' or 'auto'."
+        )
+    if name not in ("cpu", "cuda", "mps"):
+        raise MisconfigurationException(
+            f"accelerator={accelerator!r} is not known; use 'auto', 'cpu', 'cuda' (or 'gpu') or 'mps'."
+        )
+    return name
+
+
+def _parse_max_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return timedelta(**value).total_seconds()
+    if isinstance(value, str):
+        try:
+            d, h, m, s = (int(x) for x in value.split(":"))
+        except ValueError:
+            raise MisconfigurationException(
+                f"max_time={value!r}: write it as 'DD:HH:MM:SS', e.g. '00:12:00:00' for twelve hours."
+            ) from None
+        return timedelta(days=d, hours=h, minutes=m, seconds=s).total_seconds()
+    raise MisconfigurationException(f"max_time={value!r}: pass 'DD:HH:MM:SS', a timedelta or a dict like {{'hours': 2}}.")
+
+
+class Trainer(metaclass=_CheckedInit):
+    """Runs a LightningModule: ``fit``, ``validate``, ``test`` and ``predict``.
+
+    It moves the model and batches to the device, runs the loops with evaluation mode and inference
+    mode where they belong, logs, shows progress, and saves checkpoints. Flags, defaults and meaning
+    are PyTorch Lightning 2.x's.
+
+    Example::
+
+        trainer = fulmen.Trainer(max_epochs=5, accelerator="auto")
+        trainer.fit(model, train_loader, val_loader)
+        trainer.test(model, test_loader)
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Any = "auto",
+        strategy: str | Strategy = "auto",
+        devices: list[int] | str | int = "auto",
+        num_nodes: int = 1,
+        precision: Any = None,
+        logger: Any = None,
+        callbacks: list[Callback] | Callback | None = None,
+        fast_dev_run: int | bool = False,
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: str | timedelta | dict[str, int] | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        deterministic: bool | str | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: str | os.PathLike | None = None,
+        enable_autolog_hparams: bool = True,
+    ) -> None:
+        # -- hardware -----------------------------------------------------------------------------
+        self._accelerator = _resolve_accelerator(accelerator)
+        self._device_ids = _parse_devices(devices, self._accelerator)
+        if num_nodes != 1 or len(self._device_ids) > 1 or strategy not in ("auto", "single_device", None) and not isinstance(strategy, Strategy):
+            raise MisconfigurationException(
+                f"strategy={strategy!r}, devices={devices!r}, num_nodes={num_nodes} asks for several processes, "
+                "which this version of fulmen does not run yet. Use devices=1 (one process, one device)."
+            )
+        device = torch.device(self._accelerator, self._device_ids[0]) if self._accelerator != "cpu" else torch.device("cpu")
+        plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
+        from fulmen.precision import Precision
+
+        precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
+        if precision_plugin is not None and precision is not None:
+            raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
+        self._precision_flag = precision
+        prec = precision_plugin or make_precision(precision, self._accelerator)
+        checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
+        if isinstance(strategy, Strategy):
+            self.strategy = strategy
+            if precision is not None or precision_plugin is not None:
+                strategy.precision = prec
+        else:
+            self.strategy = SingleDeviceStrategy(device, prec, checkpoint_io)
+        if checkpoint_io is not None:
+            self.strategy.checkpoint_io = checkpoint_io
+
+        # -- loop limits --------------------------------------------------------------------------
+        fast_dev_run = int(fast_dev_run) if isinstance(fast_dev_run, bool) else fast_dev_run
+        if not isinstance(fast_dev_run, int) or fast_dev_run < 0:
+            raise MisconfigurationException(f"fast_dev_run={fast_dev_run!r}: pass True, False or a number of batches >= 0.")
+        self.fast_dev_run = fast_dev_run
+        if max_epochs is None and max_steps == -1 and not fast_dev_run:
+            max_epochs = 1000  # Lightning's default when no limit at all is given
+        for flag, value in (("max_epochs", max_epochs), ("min_epochs", min_epochs), ("min_steps", min_steps)):
+            if value is not None and (not isinstance(value, int) or value < -1):
+                raise MisconfigurationException(f"{flag}={value!r}: pass a whole number (or -1 for no limit).")
+        if not isinstance(max_steps, int) or max_steps < -1:
+            raise MisconfigurationException(f"max_steps={max_steps!r}: pass a whole number, or -1 for no limit.")
+        self.max_epochs = max_epochs
+        self.min_epochs = min_epochs
+        self.max_steps = max_steps
+        self.min_steps = min_steps
+        self.max_time = _parse_max_time(max_time)
+        self.limit_train_batches = _data.check_limit(limit_train_batches, "limit_train_batches")
+        self.limit_val_batches = _data.check_limit(limit_val_batches, "limit_val_batches")
+        self.limit_test_batches = _data.check_limit(limit_test_batches, "limit_test_batches")
+        self.limit_predict_batches = _data.check_limit(limit_predict_batches, "limit_predict_batches")
+        self.overfit_batches = _data.check_limit(overfit_batches, "overfit_batches") or 0
+        if val_check_interval is not None:
+            if isinstance(val_check_interval, float):
+                _data.check_limit(val_check_interval, "val_check_interval")
+                if val_check_interval == 0:
+                    raise MisconfigurationException(
+                        "val_check_interval=0.0 would validate never; to turn validation off set limit_val_batches=0."
+                    )
+            elif not isinstance(val_check_interval, int) or val_check_interval < 1:
+                raise MisconfigurationException(
+                    f"val_check_interval={val_check_interval!r}: pass a fraction of an epoch in (0, 1] or a number of "
+                    "training batches >= 1."
+                )
+        self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
+        if check_val_every_n_epoch is not None and (not isinstance(check_val_every_n_epoch, int) or check_val_every_n_epoch < 1):
+            raise MisconfigurationException(
+                f"check_val_every_n_epoch={check_val_every_n_epoch!r}: pass an integer >= 1, or None to count "
+                "val_check_interval across epochs."
+            )
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        if num_sanity_val_steps is not None and (not isinstance(num_sanity_val_steps, int) or num_sanity_val_steps < -1):
+            raise MisconfigurationException(f"num_sanity_val_steps={num_sanity_val_steps!r}: pass -1 (all), 0 (none) or a count.")
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 0):
+            raise MisconfigurationException(f"log_every_n_steps={log_every_n_steps!r}: pass an integer >= 0.")
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise MisconfigurationException(
+                f"accumulate_grad_batches={accumulate_grad_batches!r}: pass an integer >= 1."
+            )
+        self.accumulate_grad_batches = accumulate_grad_batches
+        if gradient_clip_val is not None and (not isinstance(gradient_clip_val, (int, float)) or gradient_clip_val < 0):
+            raise MisconfigurationException(f"gradient_clip_val={gradient_clip_val!r}: pass a number >= 0.")
+        if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in ("norm", "value"):
+            raise MisconfigurationException(
+                f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; use 'norm' or 'value'."
+            )
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = (gradient_clip_algorithm or "norm").lower()
+        if not isinstance(reload_dataloaders_every_n_epochs, int) or reload_dataloaders_every_n_epochs < 0:
+            raise MisconfigurationException("reload_dataloaders_every_n_epochs: pass an integer >= 0.")
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        if fast_dev_run:
+            n = fast_dev_run
+            self.limit_train_batches = self.limit_val_batches = n
+            self.limit_test_batches = self.limit_predict_batches = n
+            self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
+            self.val_check_interval, self.check_val_every_n_epoch, self.log_every_n_steps = 1.0, 1, 1
+        if self.overfit_batches:
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
+
+        # -- behaviour flags ----------------------------------------------------------------------
+        self.inference_mode = inference_mode
+        self.detect_anomaly = detect_anomaly
+        self.use_distributed_sampler = use_distributed_sampler
+        self.sync_batchnorm = sync_batchnorm
+        self.num_nodes = num_nodes
+        self.barebones = barebones
+        self.enable_autolog_hparams = enable_autolog_hparams
+        self.deterministic = deterministic
+        self._set_torch_flags(deterministic, benchmark)
+        self.profiler = profiler
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
+
+        if barebones:
+            for flag, value in (("enable_checkpointing", enable_checkpointing), ("logger", logger),
+                                ("enable_progress_bar", enable_progress_bar),
+                                ("enable_model_summary", enable_model_summary)):
+                if value:
+                    raise MisconfigurationException(f"barebones=True turns {flag} off; drop `{flag}={value!r}`.")
+            enable_checkpointing = enable_progress_bar = enable_model_summary = False
+            logger = False
+        if fast_dev_run:
+            logger = False if logger in (None, True) else logger
+        self._loggers = self._make_loggers(logger)
+        self.callbacks = self._make_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
+
+        # -- run state ------------------------------------------------------------------------------
+        self.state = TrainerState()
+        self._loop = LoopState()
+        self._metrics = MetricsHub(self)
+        self.lightning_module: Any = None
+        self.datamodule: Any = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self._lightning_optimizers: list[LightningOptimizer] = []
+        self.lr_scheduler_configs: list[LRSchedulerConfig] = []
+        self.train_dataloader: Any = None
+        self.val_dataloaders: Any = None
+        self.test_dataloaders: Any = None
+        self.predict_dataloaders: Any = None
+        self.num_training_batches: float = math.inf
+        self.num_val_batches: list[float] = []
+        self.num_sanity_val_batches: list[float] = []
+        self.num_test_batches: list[float] = []
+        self.num_predict_batches: list[float] = []
+        self.is_last_batch = False
+        self.ckpt_path: str | None = None
+        self._hooks: dict[str, list[Any]] = {}
+        self._given_val_loaders: Any = None
+        self._given_train_loaders: Any = None
+        self._given_eval_loaders: Any = None
+        self._model_was_given = True
+        self._verbose = True
+        self._return_predictions = True
+        self._start_time: float | None = None
+        self._val_check_batch: float = math.inf
+        self._enable_validation = False
+
+    # -- construction helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _set_torch_flags(deterministic: Any, benchmark: bool | None) -> None:
+        if deterministic not in (None, True, False, "warn"):
+            raise MisconfigurationException(f"deterministic={deterministic!r}: pass True, False, 'warn' or None.")
+        if deterministic is not None:
+            if deterministic:
+                # cuBLAS needs this to be deterministic; harmless elsewhere
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+        if benchmark is None:
+            benchmark = False if deterministic else torch.backends.cudnn.benchmark
+        if benchmark and deterministic:
+            rank_zero_warn("benchmark=True with deterministic=True may pick non-deterministic cuDNN kernels.")
+        torch.backends.cudnn.benchmark = bool(benchmark)
+        if deterministic:
+            torch.backends.cudnn.deterministic = True
+
+    def _make_loggers(self, logger: Any) -> list[Any]:
+        if logger is False:
+            return []
+        if logger is None or logger is True:
+            from fulmen.loggers import CSVLogger
+
+            return [CSVLogger(save_dir=self.default_root_dir)]
+        loggers = list(logger) if isinstance(logger, Iterable) else [logger]
+        for lg in loggers:
+            if not hasattr(lg, "log_metrics"):
+                raise MisconfigurationException(
+                    f"logger={lg!r} is not a logger; pass a fulmen.loggers.Logger (e.g. CSVLogger('logs')), a list of "
+                    "them, True (CSV) or False."
+                )
+        return loggers
+
+    def _make_callbacks(self, callbacks: Any, enable_checkpointing: bool | None, enable_progress_bar: bool | None,
+                        enable_model_summary: bool | None) -> list[Callback]:
+        from fulmen import callbacks as cbs
+
+        given = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        for cb in given:
+            if not isinstance(cb, Callback):
+                raise MisconfigurationException(
+                    f"callbacks must be fulmen.Callback instances; got {type(cb).__name__}. Subclass fulmen.Callback."
+                )
+        out = list(given)
+        has = lambda kind: any(isinstance(cb, kind) for cb in out)  # noqa: E731
+        if enable_checkpointing is False and has(cbs.ModelCheckpoint):
+            raise MisconfigurationException(
+                "enable_checkpointing=False, but a ModelCheckpoint is in `callbacks`. Remove one or the other."
+            )
+        if enable_progress_bar is False and has(cbs.ProgressBar):
+            raise MisconfigurationException(
+                "enable_progress_bar=False, but a progress bar is in `callbacks`. Remove one or the other."
+            )
+        if enable_checkpointing is not False and not has(cbs.ModelCheckpoint) and not self.fast_dev_run:
+            out.append(cbs.ModelCheckpoint())
+        if enable_progress_bar is not False and not has(cbs.ProgressBar):
+            out.append(cbs.TQDMProgressBar())
+        if enable_model_summary is not False and not has(cbs.ModelSummary) and not self.fast_dev_run:
+            out.append(cbs.ModelSummary())
+        return _reorder(out)
+
+    # -- public properties --------------------------------------------------------------------------
+    @property
+    def default_root_dir(self) -> str:
+        """Where logs and checkpoints go when no path is given: the current directory by default."""
+        return self._default_root_dir if self._default_root_dir is not None else os.getcwd()
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: list[Any] | None) -> None:
+        self._loggers = list(loggers or [])
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self._loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> str:
+        """The first logger's directory, else ``default_root_dir``."""
+        lg = self.logger
+        d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None) if lg is not None else None
+        return os.fspath(d) if d is not None else self.default_root_dir
+
+    @property
+    def model(self) -> Any:
+        """What the loop calls: the module, or its distributed wrapper."""
+        return self.strategy.model
+
+    @property
+    def current_epoch(self) -> int:
+        return self._loop.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far."""
+        return self._loop.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        return self._loop.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._loop.should_stop = bool(value)
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """The latest value of everything logged: what callbacks such as ModelCheckpoint monitor."""
+        return self._metrics.callback_metrics()
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        """What was last sent to the loggers."""
+        return dict(self._metrics.logged)
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """What the progress bar shows (values logged with ``prog_bar=True``)."""
+        return self._metrics.progress_bar_metrics()
+
+    @property
+    def precision(self) -> str:
+        return self.strategy.precision.name
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def num_devices(self) -> int:
+        return len(self._device_ids)
+
+    @property
+    def device_ids(self) -> list[int]:
+        return list(self._device_ids)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == TrainerStatus.INTERRUPTED
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == RunningStage.TRAINING
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == RunningStage.SANITY_CHECKING
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == RunningStage.VALIDATING
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == RunningStage.TESTING
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == RunningStage.PREDICTING
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        from fulmen.callbacks import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        from fulmen.callbacks import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        cbs = self.early_stopping_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        from fulmen.callbacks import ProgressBar
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
+    @property
+    def enable_validation(self) -> bool:
+        return self._enable_validation
+
+    @property
+    def estimated_stepping_batches(self) -> float:
+        """How many optimizer steps fit will take, from the loader length, limits, epochs and accumulation."""
+        if self.train_dataloader is None and self.lightning_module is not None:
+            loops.setup_train_data(self)
+        batches = self.num_training_batches
+        if math.isinf(batches):
+            return self.max_steps if self.max_steps != -1 else math.inf
+        per_epoch = math.ceil(batches / self.accumulate_grad_batches)
+        epochs = self.max_epochs if self.max_epochs not in (None, -1) else math.inf
+        total = per_epoch * epochs
+        if self.max_steps != -1:
+            total = min(total, self.max_steps)
+        return total
+
+    # -- entry points ---------------------------------------------------------------------------
+    def fit(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None, datamodule: Any = None,
+            ckpt_path: str | None = None, weights_only: bool | None = None) -> None:
+        """Train ``model``, validating as the flags say; resume from ``ckpt_path`` when given.
+
+        Data comes from the loaders passed here, from ``datamodule``, or from the module's
+        ``train_dataloader``/``val_dataloader`` methods.
+
+        Example::
+
+            trainer.fit(model, train_loader, val_loader)
+            trainer.fit(model, datamodule=dm, ckpt_path="last")
+        """
+        from fulmen.datamodule import LightningDataModule
+
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
+            raise MisconfigurationException(
+                "fit() got both dataloaders and a datamodule; pass one or the other."
+            )
+        self._given_train_loaders, self._given_val_loaders = train_dataloaders, val_dataloaders
+        self._model_was_given, self._given_eval_loaders = True, None
+        self._run(model, TrainerFn.FITTING, datamodule, ckpt_path, weights_only)
+
+    def validate(self, model: Any = None, dataloaders: Any = None, ckpt_path: str | None = None,
+                 verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        """Run the validation loop once; return one dict of epoch metrics per dataloader.
+
+        Example::
+
+            [metrics] = trainer.validate(model, val_loader)
+        """
+        return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.VALIDATING, weights_only)
+
+    def test(self, model: Any = None, dataloaders: Any = None, ckpt_path: str | None = None, verbose: bool = True,
+             datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        """Run the test loop once; return one dict of epoch metrics per dataloader.
+
+        Example::
+
+            [metrics] = trainer.test(model, test_loader, ckpt_path="best")
+        """
+        return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.TESTING, weights_only)
+
+    def predict(self, model: Any = None, dataloaders: Any = None, datamodule: Any = None,
+                return_predictions: bool | None = None, ckpt_path: str | None = None,
+                weights_only: bool | None = None) -> Any:
+        """Run ``predict_step`` over the data; return the predictions per batch (a list per loader when
+        there are several).
+
+        Example::
+
+            preds = torch.cat(trainer.predict(model, loader))
+        """
+        from fulmen.datamodule import LightningDataModule
+
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if datamodule is not None and dataloaders is not None:
+            raise MisconfigurationException("predict() got both dataloaders and a datamodule; pass one or the other.")
+        self._given_eval_loaders = dataloaders
+        self._return_predictions = True if return_predictions is None else return_predictions
+        model = self._model_or_current(model, "predict")
+        return self._run(model, TrainerFn.PREDICTING, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
+
+    def _evaluate(self, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any, fn: TrainerFn,
+                  weights_only: bool | None) -> list[dict[str, float]]:
+        from fulmen.datamodule import LightningDataModule
+
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if datamodule is not None and dataloaders is not None:
+            raise MisconfigurationException(f"{fn.value}() got both dataloaders and a datamodule; pass one or the other.")
+        self._given_eval_loaders = dataloaders
+        self._verbose = verbose
+        model = self._model_or_current(model, fn.value)
+        return self._run(model, fn, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
+
+    def _model_or_current(self, model: Any, what: str) -> Any:
+        if model is None:
+            if self.lightning_module is None:
+                raise MisconfigurationException(
+                    f"trainer.{what}() needs a model: pass it, e.g. trainer.{what}(model, dataloaders), or call "
+                    "trainer.fit(model) first."
+                )
+            self._model_was_given = False
+            return self.lightning_module
+        self._model_was_given = True
+        return model
+
+    def _eval_ckpt(self, model: Any, ckpt_path: Any) -> Any:
+        """Resolve ``"best"``/``"last"``; with no model given after fit, the best checkpoint is used."""
+        if ckpt_path is None and not self._model_was_given and self.state.fn == TrainerFn.FITTING:
+            cb = self.checkpoint_callback
+            if cb is not None and getattr(cb, "best_model_path", ""):
+                return cb.best_model_path
+            return None
+        if ckpt_path in ("best", "last"):
+            cb = self.checkpoint_callback
+            if cb is None:
+                raise MisconfigurationException(
+                    f'ckpt_path="{ckpt_path}" needs a ModelCheckpoint callback, and this Trainer has none. Pass a path.'
+                )
+            path = cb.best_model_path if ckpt_path == "best" else getattr(cb, "last_model_path", "")
+            if not path:
+                raise MisconfigurationException(
+                    f'ckpt_path="{ckpt_path}": no such checkpoint was saved yet. Run trainer.fit first'
+                    + (" with a monitored metric, or" if ckpt_path == "best" else " with ModelCheckpoint(save_last=True), or")
+                    + " pass a file path."
+                )
+            return path
+        return ckpt_path
+
+    # -- the run ------------------------------------------------------------------------------------
+    def _run(self, model: Any, fn: TrainerFn, datamodule: Any, ckpt_path: Any, weights_only: bool | None) -> Any:
+        from fulmen.module import LightningModule
+
+        if not isinstance(model, LightningModule):
+            raise MisconfigurationException(
+                f"Trainer.{fn.value} needs a fulmen.LightningModule, got {type(model).__name__}. Subclass "
+                "fulmen.LightningModule (it is an nn.Module)."
+            )
+        if fn == TrainerFn.FITTING:
+            loops.check_fit_configuration(model)
+        self.state = TrainerState(TrainerStatus.RUNNING, fn, None)
+        self.lightning_module = model
+        model._trainer = self
+        if datamodule is not None:
+            self.datamodule = datamodule
+            datamodule.trainer = self
+        elif fn == TrainerFn.FITTING or self._model_was_given or self._given_eval_loaders is not None:
+            self.datamodule = None  # keep the fit's datamodule only for e.g. a bare trainer.test()
+        self.ckpt_path = os.fspath(ckpt_path) if ckpt_path is not None else None
+        self._metrics.reset_all()
+        self.train_dataloader = None
+        self.val_dataloaders = self.test_dataloaders = self.predict_dataloaders = None
+        self.strategy.connect(model)
+        anomaly = torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else None
+        try:
+            if anomaly is not None:
+                anomaly.__enter__()
+            try:
+                result = loops.run(self, fn, weights_only)
+                self.state.status = TrainerStatus.FINISHED
+                return result
+            except BaseException as exc:
+                self.state.status = TrainerStatus.INTERRUPTED
+                self._on_exception(exc)
+                if isinstance(exc, KeyboardInterrupt):
+                    rank_zero_info("Training interrupted (KeyboardInterrupt); stopped cleanly.")
+                    return None
+                raise
+        finally:
+            if anomaly is not None:
+                anomaly.__exit__(None, None, None)
+            self.state.stage = None
+
+    def _on_exception(self, exc: BaseException) -> None:
+        module = self.lightning_module
+        for cb in self.callbacks:
+            if is_overridden("on_exception", cb, Callback):
+                cb.on_exception(self, module, exc)
+        if hasattr(module, "on_exception"):
+            module.on_exception(exc)
+        for lg in self.loggers:
+            try:
+                lg.finalize("failed")
+            except Exception:  # never hide the original error behind a logger's
+                pass
+        self.strategy.teardown()
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _collect_hooks(self) -> None:
+        """Once per run: which callbacks override which hook, so unused hooks cost nothing later."""
+        self._hooks = {
+            name: [getattr(cb, name) for cb in self.callbacks if is_overridden(name, cb, Callback)]
+            for name in CALLBACK_HOOKS
+        }
+        self._monitoring_epoch_end = [
+            cb.on_train_epoch_end for cb in self.callbacks
+            if getattr(cb, "_runs_after_module_epoch_end", False) and is_overridden("on_train_epoch_end", cb, Callback)
+        ]
+        self._hooks["on_train_epoch_end"] = [
+            h for h in self._hooks["on_train_epoch_end"] if h not in self._monitoring_epoch_end
+        ]
+
+    def _call_hooks(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Callbacks' ``name`` then the module's (when it has one); returns the module's result."""
+        results = self._metrics.current
+        if results is not None:
+            results.fx = name
+        module = self.lightning_module
+        for hook in self._hooks.get(name, ()):
+            hook(self, module, *args, **kwargs)
+        fn = getattr(module, name, None)
+        out = fn(*args, **kwargs) if fn is not None else None
+        if results is not None:
+            results.fx = None
+        return out
+
+    def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        results = self._metrics.current
+        if results is not None:
+            results.fx = name
+        try:
+            return getattr(self.lightning_module, name)(*args, **kwargs)
+        finally:
+            if results is not None:
+                results.fx = None
+
+    def _call_callbacks(self, name: str, *args: Any, **kwargs: Any) -> None:
+        results = self._metrics.current
+        if results is not None:
+            results.fx = name
+        for hook in self._hooks.get(name, ()):
+            hook(self, self.lightning_module, *args, **kwargs)
+        if results is not None:
+            results.fx = None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, filepath: Any, weights_only: bool = False, storage_options: Any = None) -> None:
+        """Write a checkpoint of the current run to ``filepath`` (atomically: never a half-written file).
+
+        Example::
+
+            trainer.save_checkpoint("manual.ckpt")
+        """
+        if self.lightning_module is None:
+            raise MisconfigurationException(
+                "save_checkpoint needs a model: call it during or after trainer.fit/validate/test/predict."
+            )
+        checkpoint = loops.dump_checkpoint(self, weights_only)
+        self.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        self.strategy.barrier("save_checkpoint")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the main process only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+
+def _reorder(callbacks: list[Callback]) -> list[Callback]:
+    """Checkpoint callbacks run last, so they see what every other callback did first."""
+    from fulmen.callbacks import ModelCheckpoint
+
+    return [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)] + [
+        cb for cb in callbacks if isinstance(cb, ModelCheckpoint)
+    ]

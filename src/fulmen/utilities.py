@@ -1,0 +1,261 @@
+"""Small helpers shared across fulmen: walking nested batches, moving them to a device, rank-zero
+printing, hyperparameter containers and seeding. Nothing here imports more than torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import wraps
+from typing import Any, Callable
+
+import torch
+
+
+class AttributeDict(dict):
+    """A dict whose keys are also attributes; what ``module.hparams`` returns.
+
+    Example::
+
+        hp = AttributeDict(lr=0.1)
+        hp.lr == hp["lr"] == 0.1
+    """
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"hparams has no '{key}'; saved names are: {sorted(self)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self[key]
+
+    def __repr__(self) -> str:
+        if not self:
+            return "AttributeDict()"
+        width = max(len(str(k)) for k in self)
+        return "\n".join(f"{k!s:>{width}}: {v!r}" for k, v in sorted(self.items(), key=lambda kv: str(kv[0])))
+
+
+def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Apply ``function`` to every element of type ``dtype`` inside nested containers, keeping their shape.
+
+    Handles dicts (and other mappings), lists, tuples, namedtuples, sets and dataclass instances.
+
+    Example::
+
+        apply_to_collection({"x": torch.ones(2), "n": 3}, torch.Tensor, lambda t: t * 2)
+        # {'x': tensor([2., 2.]), 'n': 3}
+    """
+    if isinstance(data, dtype):
+        return function(data, *args, **kwargs)
+    if isinstance(data, (str, bytes, int, float, bool, type(None))):
+        return data
+    if isinstance(data, Mapping):
+        items = [(k, apply_to_collection(v, dtype, function, *args, **kwargs)) for k, v in data.items()]
+        try:
+            return type(data)(items)
+        except TypeError:  # e.g. defaultdict needs its factory
+            out = data.copy()
+            out.update(items)
+            return out
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(apply_to_collection(v, dtype, function, *args, **kwargs) for v in data))
+    if isinstance(data, (list, tuple, set, frozenset)):
+        return type(data)(apply_to_collection(v, dtype, function, *args, **kwargs) for v in data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {
+            f.name: apply_to_collection(getattr(data, f.name), dtype, function, *args, **kwargs)
+            for f in dataclasses.fields(data)
+            if f.init
+        }
+        return dataclasses.replace(data, **changes)
+    return data
+
+
+def _to_device(obj: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(obj, torch.Tensor):
+        # non_blocking only helps for pinned CPU -> CUDA copies; elsewhere it can only hurt
+        return obj.to(device, non_blocking=non_blocking and device.type == "cuda")
+    out = obj.to(device)
+    return obj if out is None else out  # some `.to()` methods work in place and return None
+
+
+class _MovableMeta(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, torch.Tensor) or (
+            callable(getattr(obj, "to", None)) and not isinstance(obj, (type, torch.nn.Module))
+        )
+
+
+class Movable(metaclass=_MovableMeta):
+    """Type used with :func:`apply_to_collection` to find everything that has a ``.to(device)``."""
+
+
+def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
+    """Move every tensor (or object with ``.to``) inside a nested batch to ``device``.
+
+    Example::
+
+        move_data_to_device({"x": torch.ones(2)}, "cpu")
+    """
+    device = torch.device(device)
+    return apply_to_collection(batch, Movable, _to_device, device, True)
+
+
+def extract_batch_size(batch: Any) -> int:
+    """The size of the first dimension of the first tensor found in ``batch``.
+
+    Raises ``MisconfigurationException`` when no tensor is found, telling the caller to pass
+    ``batch_size=`` to ``self.log``.
+    """
+    from fulmen.errors import MisconfigurationException
+
+    found: list[int] = []
+
+    def visit(t: torch.Tensor) -> None:
+        if not found:
+            found.append(1 if t.ndim == 0 else t.size(0))
+
+    apply_to_collection(batch, torch.Tensor, visit)
+    if not found:
+        raise MisconfigurationException(
+            "Could not infer the batch size from the batch to weight an epoch mean: it holds no tensor. "
+            "Pass it explicitly: `self.log(name, value, batch_size=N)`."
+        )
+    return found[0]
+
+
+def _rank() -> int:
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def rank_zero_only(fn: Callable) -> Callable:
+    """Decorate a function so it runs on global rank zero only (returns None elsewhere).
+
+    Example::
+
+        @rank_zero_only
+        def announce(msg): print(msg)
+    """
+
+    @wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if rank_zero_only.rank == 0:
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapped
+
+
+rank_zero_only.rank = _rank()  # type: ignore[attr-defined]  # strategies update this when they start processes
+
+
+@rank_zero_only
+def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 4) -> None:
+    """``warnings.warn`` on rank zero only, pointing at the user's line rather than fulmen's."""
+    warnings.warn(message, category, stacklevel=stacklevel)
+
+
+@rank_zero_only
+def rank_zero_info(message: str) -> None:
+    """Print ``message`` on rank zero only."""
+    print(message)
+
+
+def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+    """Seed Python's, NumPy's (if installed) and torch's random generators; return the seed used.
+
+    With ``seed=None`` the ``PL_GLOBAL_SEED`` environment variable is used, else 0. ``workers=True``
+    makes every DataLoader worker derive its own seed from it (see ``pl_worker_init_function``).
+
+    Example::
+
+        import fulmen as pl
+        pl.seed_everything(42)
+    """
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    seed = int(seed)
+    if not (-(2**63) <= seed < 2**64):
+        from fulmen.errors import MisconfigurationException
+
+        raise MisconfigurationException(f"seed {seed} is out of range; pass an integer in [0, 2**32).")
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    os.environ["PL_SEED_WORKERS"] = str(int(workers))
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        np.random.seed(seed % 2**32)
+    return seed
+
+
+def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
+    """DataLoader ``worker_init_fn`` giving every worker of every rank its own, reproducible seed."""
+    base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    rank = rank_zero_only.rank if rank is None else rank
+    ss = hash((base, worker_id, rank)) & 0xFFFFFFFF  # ints hash the same in every process
+    random.seed(ss)
+    torch.manual_seed(ss)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(ss % 2**32)
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """Every global random generator's state, for exact resume."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        states["numpy"] = np.random.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_states`."""
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        import numpy as np
+
+        np.random.set_state(states["numpy"])
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+def is_overridden(name: str, instance: Any, parent: type) -> bool:
+    """Whether ``instance``'s class (or the instance itself) replaces ``parent.name``.
+
+    Used once per run to decide which hooks to call, so unused hooks cost nothing in the loop.
+    """
+    if instance is None:
+        return False
+    if name in getattr(instance, "__dict__", {}):  # patched on the instance, e.g. by a test or a wrapper
+        return True
+    impl = getattr(type(instance), name, None)
+    base = getattr(parent, name, None)
+    if impl is None:
+        return False
+    return getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
