@@ -424,8 +424,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         stepped = manual or (batch_idx + 1) % accumulate == 0 or is_last
         if stepped:
             loop.batches_stepped += 1
-            for cfg in step_schedulers:
-                if loop.batches_stepped % cfg.frequency == 0:
+            for cfg in step_schedulers:  # frequency counts batches of this epoch, as in Lightning
+                if (batch_idx + 1) % cfg.frequency == 0:
                     _step_scheduler(trainer, module, cfg)
         if is_last:
             for cfg in epoch_schedulers:
@@ -449,7 +449,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
                 metrics.current = results
                 trainer.state.stage = RunningStage.TRAINING
         for cfg in plateau_step:
-            if loop.batches_stepped % cfg.frequency == 0:
+            if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
         if stop or (max_steps != -1 and loop.global_step >= max_steps):
             break
@@ -542,6 +542,8 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
             loss = _loss_of(out)
             if loss is not None:
                 strategy.backward(loss, None, module=module)
+            if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last:
+                loop.global_step += 1  # Lightning counts the steps of its stand-in optimizer
             return _outputs(out)
 
         return no_optimizer_step
