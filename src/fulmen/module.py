@@ -42,9 +42,13 @@ class HyperparametersMixin:
         self._log_hyperparams = logger
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
             given = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
+            init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
+            # the __init__ argument holding the dict: load_from_checkpoint passes it back whole under that name
+            self._hparams_name = next((k for k, v in init_args.items() if v is args[0]), None)
             self._set_hparams(given)
             return
         init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
+        self._hparams_name = "kwargs"
         if args:
             missing = [a for a in args if not isinstance(a, str) or a not in init_args]
             if missing:

@@ -916,12 +916,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         if precision_state:
             checkpoint["precision"] = precision_state
     if module.hparams:
-        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
         checkpoint["hyper_parameters"] = dict(module.hparams)
     dm = trainer.datamodule
     if dm is not None:
         if dm.hparams:
-            checkpoint["datamodule_hparams_name"] = "kwargs"
+            checkpoint["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
             checkpoint["datamodule_hyper_parameters"] = dict(dm.hparams)
         if not weights_only:
             state = dm.state_dict()

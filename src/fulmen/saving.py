@@ -1,0 +1,158 @@
+"""Rebuilding a LightningModule or LightningDataModule from a checkpoint: what ``load_from_checkpoint`` does.
+
+The object is constructed from the hyperparameters the checkpoint saved (``save_hyperparameters()``),
+updated by the caller's keyword arguments; a module then gets its weights. Loading is safe by default:
+nothing beyond tensors, containers and registered plain types is unpickled unless ``weights_only=False``.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import os
+from typing import Any
+
+import torch
+
+from fulmen.errors import CheckpointError, MisconfigurationException
+from fulmen.utilities import rank_zero_warn
+
+_KEYS = {  # (hyperparameters, their __init__ argument name) per kind of object
+    "module": ("hyper_parameters", "hparams_name"),
+    "datamodule": ("datamodule_hyper_parameters", "datamodule_hparams_name"),
+}
+
+
+def load_hparams_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The hyperparameters in a YAML file (e.g. a logger's ``hparams.yaml``); ``{}`` when it does not exist.
+
+    Example::
+
+        hp = load_hparams_from_yaml("lightning_logs/version_0/hparams.yaml")
+    """
+    from fulmen.checkpoint import exists, get_filesystem
+
+    path = os.fspath(path)
+    if not exists(path):
+        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
+        return {}
+    import yaml
+
+    with get_filesystem(path).open(path, "r") as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_hparams_from_tags_csv(path: str | os.PathLike) -> dict[str, Any]:
+    """The hyperparameters in a two-column ``key,value`` CSV file; ``{}`` when it does not exist.
+
+    Example::
+
+        hp = load_hparams_from_tags_csv("tags.csv")
+    """
+    import ast
+
+    from fulmen.checkpoint import exists, get_filesystem
+
+    path = os.fspath(path)
+    if not exists(path):
+        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
+        return {}
+
+    def value(text: str) -> Any:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    with get_filesystem(path).open(path, "r", newline="") as f:
+        rows = list(csv.reader(f))
+    return {row[0]: value(row[1]) for row in rows[1:] if len(row) >= 2}
+
+
+def _hparams_from_file(hparams_file: Any) -> dict[str, Any]:
+    ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
+    if ext == "csv":
+        return load_hparams_from_tags_csv(hparams_file)
+    if ext in ("yml", "yaml"):
+        return load_hparams_from_yaml(hparams_file)
+    raise MisconfigurationException(
+        f"hparams_file={os.fspath(hparams_file)!r}: pass a .yaml/.yml file (like a logger's hparams.yaml) or a .csv."
+    )
+
+
+def _init_kwargs(cls: type, checkpoint: dict[str, Any], kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``cls(...)``: saved hyperparameters, then overrides, then filtered to __init__."""
+    hp_key, name_key = _KEYS[kind]
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    names = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    saved: Any = dict(checkpoint.get(hp_key) or {})
+    arg_name = checkpoint.get(name_key)
+    if arg_name and arg_name != "kwargs" and arg_name in names:  # save_hyperparameters(one_dict): pass it whole
+        saved = {arg_name: saved}
+    kwargs = {**saved, **overrides}
+    if not takes_any:
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return kwargs
+
+
+def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                         strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
+    """Build ``cls`` from the checkpoint at ``checkpoint_path`` (local path, URL or open file).
+
+    Used by ``LightningModule.load_from_checkpoint`` and ``LightningDataModule.load_from_checkpoint``.
+    ``hparams_file`` (YAML or CSV) replaces the saved hyperparameters; ``kwargs`` override single ones. A
+    module's weights are loaded with ``strict`` (default: the module's ``strict_loading``, else True) after its
+    ``configure_model`` and ``on_load_checkpoint``; the module ends on ``map_location``'s device, or the device
+    the weights were saved from.
+
+    Example::
+
+        model = LitModel.load_from_checkpoint("best.ckpt", map_location="cpu", lr=1e-4)
+    """
+    from fulmen.checkpoint import load_checkpoint
+    from fulmen.datamodule import LightningDataModule
+    from fulmen.module import LightningModule
+
+    if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
+        from fulmen.checkpoint import _torch_load
+
+        checkpoint = _torch_load(checkpoint_path, map_location, trusted=weights_only is False)
+    else:  # weights_only=None is the safe default; only False unpickles arbitrary objects
+        checkpoint = load_checkpoint(checkpoint_path, map_location=map_location, weights_only=weights_only)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{checkpoint_path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    kind = "datamodule" if issubclass(cls, LightningDataModule) else "module"
+    if hparams_file is not None:
+        checkpoint[_KEYS[kind][0]] = _hparams_from_file(hparams_file)
+    try:
+        obj = cls(**_init_kwargs(cls, checkpoint, kind, kwargs))
+    except TypeError as err:
+        saved = sorted((checkpoint.get(_KEYS[kind][0]) or {}))
+        raise MisconfigurationException(
+            f"Could not build {cls.__name__} from {checkpoint_path!r}: {err}. The checkpoint saved hyperparameters "
+            f"{saved}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
+            f"{cls.__name__}.load_from_checkpoint(path, name=value)."
+        ) from err
+    if isinstance(obj, LightningDataModule):
+        state = checkpoint.get(type(obj).__qualname__)
+        if state:
+            obj.load_state_dict(state)
+        return obj
+    if not isinstance(obj, LightningModule):
+        raise MisconfigurationException(f"load_from_checkpoint builds LightningModules and DataModules, not {cls.__name__}.")
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{checkpoint_path!r} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain "
+            "state_dict use model.load_state_dict(torch.load(path))."
+        )
+    strict = getattr(obj, "strict_loading", True) if strict is None else strict
+    obj.configure_model()
+    obj.on_load_checkpoint(checkpoint)
+    keys = obj.load_state_dict(checkpoint["state_dict"], strict=strict)
+    if not strict and keys.missing_keys:
+        rank_zero_warn(f"Missing keys when loading {checkpoint_path!r}: {keys.missing_keys}")
+    if not strict and keys.unexpected_keys:
+        rank_zero_warn(f"Unexpected keys in {checkpoint_path!r}: {keys.unexpected_keys}")
+    tensors = (t for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor))
+    return obj.to(next(tensors, torch.tensor(0)).device)
