@@ -379,8 +379,10 @@ class LightningModule(HyperparametersMixin, nn.Module):
             raise MisconfigurationException(
                 f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; use 'norm' or 'value'."
             )
-        self.trainer.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), float(gradient_clip_val),
-                                             algorithm)
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        strategy = self.trainer.strategy
+        strategy.precision.unscale_gradients(optimizer)  # clip true-size gradients under 16-mixed scaling
+        strategy.clip_gradients(optimizer, float(gradient_clip_val), algorithm)
 
     def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

@@ -103,6 +103,7 @@ class MixedPrecision(Precision):
         if name == "16-mixed" and scaler is None:
             scaler = torch.amp.GradScaler(device_type)
         self.scaler = scaler if name == "16-mixed" else None
+        self._unscaled: set[int] = set()  # optimizers whose gradients were unscaled since the last step
         self.autocast = lambda: torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:
@@ -120,20 +121,23 @@ class MixedPrecision(Precision):
                 "scaling does not support. Use precision='bf16-mixed' or '32-true'."
             )
         out = closure() if closure is not None else None
-        self.scaler.unscale_(optimizer)
+        # no loss from the closure (training_step returned None): no backward ran, so neither unscale nor step
+        skipped = closure is not None and out is None
+        if not skipped:
+            self.unscale_gradients(optimizer)  # hooks and clipping after the closure see true-size gradients
         if after_closure is not None:
             after_closure()
-        # skip the step when the closure produced no loss (training_step returned None)
-        if closure is not None and out is None:
+        if not skipped:
+            self.scaler.step(optimizer, **kwargs)  # the scaler itself skips steps whose gradients hold inf/NaN
             self.scaler.update()
-            return None
-        self.scaler.step(optimizer, **kwargs)
-        self.scaler.update()
+            self._unscaled.clear()
         return out
 
     def unscale_gradients(self, optimizer: Optimizer) -> None:
-        if self.scaler is not None:
+        # once per step: the scaler refuses a second unscale_ before update()
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
             self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

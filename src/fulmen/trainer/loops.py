@@ -637,27 +637,28 @@ def _before_step_hooks(trainer: Any, module: Any, optimizer: Any) -> Callable[[]
     m_hook = _module_hook(module, "on_before_optimizer_step")
     custom_clip = _module_hook(module, "configure_gradient_clipping")
     clip_val = trainer.gradient_clip_val
-    algorithm = trainer.gradient_clip_algorithm
+    algorithm = trainer.gradient_clip_algorithm  # None unless given; the default clipping is by norm
     manual = not module.automatic_optimization
     if not cb and m_hook is None and custom_clip is None and (not clip_val or manual):
         return None
     results = trainer._metrics.train
 
     def run_hooks() -> None:
+        caller_fx = results.fx  # with manual optimization this runs inside training_step, which may log after it
         if cb:
             trainer._call_callbacks("on_before_optimizer_step", optimizer)
         if m_hook is not None:
             results.fx = "on_before_optimizer_step"
             m_hook(optimizer)
-            results.fx = None
+        results.fx = caller_fx
         if manual:
             return  # with manual optimization the user clips, via self.clip_gradients
         results.fx = "configure_gradient_clipping"
         if clip_val and custom_clip is None:
             trainer.strategy.precision.unscale_gradients(optimizer)
-            trainer.strategy.clip_gradients(optimizer, float(clip_val), algorithm)
+            trainer.strategy.clip_gradients(optimizer, float(clip_val), algorithm or "norm")
         elif custom_clip is not None:
-            custom_clip(optimizer, clip_val, algorithm if clip_val else None)
+            custom_clip(optimizer, clip_val, algorithm)
         results.fx = None
 
     return run_hooks

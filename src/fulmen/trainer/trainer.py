@@ -251,7 +251,8 @@ class Trainer(metaclass=_CheckedInit):
                 f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not known; use 'norm' or 'value'."
             )
         self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = (gradient_clip_algorithm or "norm").lower()
+        # None when not given, as in Lightning: configure_gradient_clipping receives it as is; clipping defaults to norm
+        self.gradient_clip_algorithm = gradient_clip_algorithm.lower() if gradient_clip_algorithm else None
         if not isinstance(reload_dataloaders_every_n_epochs, int) or reload_dataloaders_every_n_epochs < 0:
             raise MisconfigurationException("reload_dataloaders_every_n_epochs: pass an integer >= 0.")
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
