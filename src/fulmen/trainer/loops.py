@@ -104,6 +104,16 @@ def _merge_model_callbacks(trainer: Any, module: Any) -> None:
 
 
 def _setup_optimizers(trainer: Any, module: Any) -> None:
+    if not module.automatic_optimization:
+        for flag, value, default, instead in (
+            ("accumulate_grad_batches", trainer.accumulate_grad_batches, 1, "step every N batches in training_step"),
+            ("gradient_clip_val", trainer.gradient_clip_val, None, "call self.clip_gradients(opt, ...) before opt.step()"),
+        ):
+            if value not in (default, 0):
+                raise MisconfigurationException(
+                    f"Trainer({flag}={value!r}) works with automatic optimization only, and "
+                    f"{type(module).__name__} sets automatic_optimization=False. Remove the flag and {instead}."
+                )
     trainer._metrics.current = None
     optimizers, configs = parse_optimizers(trainer._call_module("configure_optimizers"))
     if len(optimizers) > 1 and module.automatic_optimization:
