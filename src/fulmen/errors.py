@@ -35,6 +35,10 @@ class UntrustedCheckpointError(CheckpointError):
     """
 
 
+class NonFiniteLossError(FulmenError, ArithmeticError):
+    """The training loss became NaN or infinite; the message names the step and how to find or skip it."""
+
+
 class MissingDependencyError(FulmenError, ImportError):
     """An optional feature was used without its extra installed; the message gives the install command."""
 

@@ -140,11 +140,12 @@ class MixedPrecision(Precision):
             self._unscaled.add(id(optimizer))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        """The gradient scaler's state (its scale and growth tracker), as Lightning stores it."""
+        return self.scaler.state_dict() if self.scaler is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 class TruePrecision(Precision):

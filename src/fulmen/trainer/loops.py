@@ -406,6 +406,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     max_time = trainer.max_time
     accumulate = trainer.accumulate_grad_batches
     manual = not module.automatic_optimization
+    check_finite, finite_every = _loss_checker(trainer, loop)
 
     batch_idx = skip - 1
     while True:
@@ -437,6 +438,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             for cfg in step_schedulers:  # frequency counts batches of this epoch, as in Lightning
                 if (batch_idx + 1) % cfg.frequency == 0:
                     _step_scheduler(trainer, module, cfg)
+        if check_finite is not None and stepped and (loop.batches_stepped % finite_every == 0 or is_last):
+            check_finite(outputs, batch_idx)
         if is_last:
             for cfg in epoch_schedulers:
                 if (loop.epoch + 1) % cfg.frequency == 0:
@@ -470,21 +473,61 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
 
     # epoch end: callbacks, the module, then the monitoring callbacks (checkpointing, early stopping)
     metrics.current = results
-    epoch_values = metrics.epoch_end(results)
+    metrics.epoch_end_reached(results)
     trainer._call_callbacks("on_train_epoch_end")
     results.fx = "on_train_epoch_end"
     module.on_train_epoch_end()
-    results.fx = None
-    epoch_values = metrics.epoch_end(results)
-    results.fx = "on_train_epoch_end"
     for hook in trainer._monitoring_epoch_end:
         hook(trainer, module)
     results.fx = None
-    metrics.send_epoch(epoch_values, max(loop.batches_stepped - 1, 0))
+    metrics.train_epoch_end(max(loop.batches_stepped - 1, 0))  # logs the epoch values, then resets them
     if module.automatic_optimization:
         for cfg in trainer.lr_scheduler_configs:
             if cfg.interval == "epoch" and cfg.reduce_on_plateau and (loop.epoch + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
+
+
+def _loss_checker(trainer: Any, loop: LoopState) -> tuple[Callable[[Any, int], None] | None, int]:
+    """A check that the training loss is finite, and how many optimizer steps apart it runs.
+
+    Checking costs a device sync, so by default it runs only every ``log_every_n_steps`` steps (50 when
+    logging is off) and at the epoch's last batch: a loss gone NaN/inf stays so (the weights are then
+    NaN), so a late check still catches it, naming the window it happened in. With
+    ``detect_anomaly=True`` the automatic step checks each loss before its backward instead (see
+    ``_raise_if_not_finite``) and names the exact step. 16-mixed is not checked: its gradient scaler
+    skips non-finite steps, which is what choosing it asks for.
+    """
+    if getattr(trainer.strategy.precision, "scaler", None) is not None:
+        return None, 0
+    every = 1 if trainer.detect_anomaly else (trainer.log_every_n_steps or 50)
+    last_ok = [loop.global_step]
+
+    def check(outputs: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        if bool(torch.isfinite(loss).all()):
+            last_ok[0] = loop.global_step
+            return
+        _raise_if_not_finite(loss, loop, batch_idx, f"between global steps {last_ok[0]} and {loop.global_step} "
+                                                    f"(checked every {every} steps)")
+
+    return check, every
+
+
+def _raise_if_not_finite(loss: Tensor, loop: LoopState, batch_idx: int, where: str | None = None) -> None:
+    if where is None:
+        if bool(torch.isfinite(loss).all()):
+            return
+        where = f"at global step {loop.global_step}"
+    from fulmen.errors import NonFiniteLossError
+
+    raise NonFiniteLossError(
+        f"The training loss became {loss.detach().float().flatten()[0].item()} {where} (epoch {loop.epoch}, "
+        f"batch {batch_idx}). Lower the learning rate, clip gradients (Trainer(gradient_clip_val=1.0)) or check "
+        "the data; Trainer(detect_anomaly=True) stops at the exact step and names the operation. To skip such "
+        "batches instead, return None from training_step when `not torch.isfinite(loss)`."
+    )
 
 
 def _step_scheduler(trainer: Any, module: Any, cfg: Any) -> None:
@@ -570,6 +613,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     custom_backward = is_overridden("backward", module, lm)
     after_closure = _before_step_hooks(trainer, module, optimizer)
     simple_backward = not custom_backward and type(precision).backward is Precision.backward
+    check_each_loss = trainer.detect_anomaly and getattr(precision, "scaler", None) is None
     state = {"out": None, "ran": False}
 
     def step(batch: Any, batch_idx: int, is_last: bool) -> Any:
@@ -598,6 +642,8 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
                     optimizer.zero_grad()
             if loss is None:
                 return None
+            if check_each_loss:
+                _raise_if_not_finite(loss, loop, batch_idx)
             if accumulate > 1:
                 loss = loss / accumulate
             if cb_bwd:
@@ -923,9 +969,10 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
                 checkpoint["callbacks"][cb.state_key] = state
         checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(o) for o in trainer.optimizers]
         checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
-        precision_state = trainer.strategy.precision.state_dict()
-        if precision_state:
-            checkpoint["precision"] = precision_state
+        precision = trainer.strategy.precision
+        precision_state = precision.state_dict()
+        if precision_state:  # under the plugin's class name, as Lightning writes it (e.g. "MixedPrecision")
+            checkpoint[type(precision).__qualname__] = precision_state
     if module.hparams:
         checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
         checkpoint["hyper_parameters"] = dict(module.hparams)
@@ -988,8 +1035,9 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         opt.load_state_dict(state)
     for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
-    if "precision" in checkpoint:
-        trainer.strategy.precision.load_state_dict(checkpoint["precision"])
+    precision = trainer.strategy.precision
+    if type(precision).__qualname__ in checkpoint:
+        precision.load_state_dict(checkpoint[type(precision).__qualname__])
     loop_state = checkpoint.get("loops", {}).get("fulmen")
     trainer._loop = LoopState()
     if loop_state is not None:
