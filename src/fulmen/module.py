@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import AttributeDict, move_data_to_device, rank_zero_only
+from fulmen.utilities import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
 
 
 class HyperparametersMixin:
@@ -224,6 +224,9 @@ class LightningModule(HyperparametersMixin, nn.Module):
             return  # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning
         if not isinstance(name, str):
             raise MisconfigurationException(f"`self.log` needs a string name, got {type(name).__name__}.")
+        if trainer.barebones:
+            rank_zero_warn("`self.log` does nothing with `Trainer(barebones=True)`, which turns logging off for speed.")
+            return
         results = trainer._metrics.current
         if results is None or results.fx is None:
             raise MisconfigurationException(

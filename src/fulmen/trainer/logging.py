@@ -1,8 +1,14 @@
-"""What ``self.log`` records, how it is reduced, and where it goes.
+"""What ``self.log`` records, how it is reduced, and what the trainer's metric views show.
 
-Logged tensors stay on their device: a step value is a reference to a detached tensor and an epoch
-value a running weighted sum on the device. Nothing is turned into a Python number until a logger
-or the progress bar reads it, so logging every step adds no device sync to the loop.
+Each logged name in each hook is a ``_Slot``. A step value is a reference to the detached tensor; an
+epoch value is a running (weighted) reduction kept on the device. Nothing becomes a Python number
+until a logger or the progress bar reads it, so ``self.log`` every step adds no device sync.
+
+The three views (``trainer.callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``) behave as
+in Lightning: each is a dict of everything seen so far, brought up to date with the running stage's
+values whenever it is read. While a batch loop runs, a stage shows step values (``name``/``name_step``);
+once its batches are done, epoch values (``name``/``name_epoch``). Evaluation step values never reach
+``callback_metrics``.
 """
 
 from __future__ import annotations
@@ -15,21 +21,19 @@ from torch import Tensor
 
 from fulmen.errors import MisconfigurationException
 
-# hook -> (default on_step, default on_epoch, may log per step). Hooks missing here may not log.
+# hook -> (default on_step, default on_epoch, per-step hook). A hook missing here may not log.
 _STEP = (True, False, True)
 _EPOCH = (False, True, False)
 _EVAL_STEP = (False, True, True)
 LOGGABLE_HOOKS: dict[str, tuple[bool, bool, bool]] = {
     **dict.fromkeys(
         (
-            "training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward",
-            "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad", "optimizer_step",
-            "optimizer_zero_grad", "configure_gradient_clipping", "clip_gradients", "lr_scheduler_step",
-            "backward", "manual_backward",
+            "training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward", "backward",
+            "on_after_backward", "on_before_optimizer_step", "optimizer_step", "on_before_zero_grad",
+            "optimizer_zero_grad", "configure_gradient_clipping", "clip_gradients",
         ),
         _STEP,
     ),
-    **dict.fromkeys(("on_train_start", "on_train_epoch_start", "on_train_epoch_end"), _EPOCH),
     **dict.fromkeys(
         (
             "validation_step", "on_validation_batch_start", "on_validation_batch_end",
@@ -39,6 +43,7 @@ LOGGABLE_HOOKS: dict[str, tuple[bool, bool, bool]] = {
     ),
     **dict.fromkeys(
         (
+            "on_train_start", "on_train_epoch_start", "on_train_epoch_end",
             "on_validation_start", "on_validation_epoch_start", "on_validation_epoch_end",
             "on_test_start", "on_test_epoch_start", "on_test_epoch_end",
         ),
@@ -47,121 +52,148 @@ LOGGABLE_HOOKS: dict[str, tuple[bool, bool, bool]] = {
 }
 
 _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+_REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", sum: "sum", torch.max: "max", max: "max", torch.min: "min",
+               min: "min"}
+_ALL = object()  # "no dataloader filter"
 
 
 def _is_torchmetric(value: Any) -> bool:
-    # avoids importing torchmetrics: it is optional and slow to import
-    return type(value).__module__.startswith("torchmetrics") or any(
-        c.__module__.startswith("torchmetrics") and c.__name__ == "Metric" for c in type(value).__mro__
-    )
+    # avoids importing torchmetrics, which is optional and slow to import
+    return any(c.__module__.startswith("torchmetrics") for c in type(value).__mro__[:-1])
+
+
+def to_floats(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Tensors to Python numbers with one device transfer for all of them; other values unchanged."""
+    keys = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    if not keys:
+        return dict(metrics)
+    out = dict(metrics)
+    if len(keys) == 1:
+        out[keys[0]] = metrics[keys[0]].item()
+        return out
+    values = torch.stack([metrics[k].detach().reshape(()).to(torch.float64) for k in keys]).tolist()
+    out.update(zip(keys, values))
+    return out
 
 
 class _Slot:
-    """One logged name in one hook: its settings and its step and epoch values."""
+    """One name logged in one hook (and dataloader): its settings, last step value and epoch reduction."""
 
     __slots__ = (
-        "name", "fx", "config", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist",
-        "sync_dist_group", "dataloader_idx", "step_value", "acc", "weight", "values", "metric",
-        "epoch_value",
+        "name", "suffix", "fx", "config", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist",
+        "sync_dist_group", "dataloader_idx", "step_value", "acc", "weight", "values", "metric", "epoch_value",
+        "valid",
     )
 
-    def __init__(self, name: str, fx: str, config: tuple, on_step: bool, on_epoch: bool, prog_bar: bool,
-                 logger: bool, reduce: str | Callable, sync_dist: bool, sync_dist_group: Any,
+    def __init__(self, name: str, suffix: str, fx: str, config: tuple, on_step: bool, on_epoch: bool,
+                 prog_bar: bool, logger: bool, reduce: str | Callable, sync_dist: bool, sync_dist_group: Any,
                  dataloader_idx: int | None) -> None:
-        self.name, self.fx, self.config = name, fx, config
+        self.name, self.suffix, self.fx, self.config = name, suffix, fx, config
         self.on_step, self.on_epoch, self.prog_bar, self.logger = on_step, on_epoch, prog_bar, logger
         self.reduce, self.sync_dist, self.sync_dist_group = reduce, sync_dist, sync_dist_group
         self.dataloader_idx = dataloader_idx
+        self.metric: Any = None
+        self.reset()
+
+    @property
+    def key(self) -> str:
+        return self.name + self.suffix
+
+    @property
+    def step_key(self) -> str:
+        return (f"{self.name}_step" if self.on_epoch else self.name) + self.suffix
+
+    @property
+    def epoch_key(self) -> str:
+        return (f"{self.name}_epoch" if self.on_step else self.name) + self.suffix
+
+    def reset(self) -> None:
         self.step_value: Tensor | None = None
         self.acc: Tensor | None = None
         self.weight: Tensor | float = 0.0
         self.values: list[Tensor] = []
-        self.metric: Any = None
         self.epoch_value: Tensor | None = None
-
-    @property
-    def step_key(self) -> str:
-        return f"{self.name}_step" if self.on_epoch else self.name
-
-    @property
-    def epoch_key(self) -> str:
-        return f"{self.name}_epoch" if self.on_step else self.name
-
-    def reset(self) -> None:
-        self.step_value = self.acc = self.epoch_value = None
-        self.weight = 0.0
-        self.values = []
+        self.valid = False  # logged since the last reset
         if self.metric is not None:
             self.metric.reset()
 
     def update(self, value: Tensor, batch_size: int) -> None:
-        self.step_value = value
+        self.valid = True
+        self.epoch_value = None
+        if self.on_step:
+            self.step_value = value
         if not self.on_epoch:
             return
-        reduce = self.reduce
+        reduce, acc = self.reduce, self.acc
         if reduce == "mean":
             v = value * batch_size
-            self.acc = v if self.acc is None else self.acc + v
+            self.acc = v if acc is None else acc + v
             self.weight += batch_size
         elif reduce == "sum":
-            self.acc = value if self.acc is None else self.acc + value
+            self.acc = value if acc is None else acc + value
         elif reduce == "max":
-            self.acc = value if self.acc is None else torch.maximum(self.acc, value)
+            self.acc = value if acc is None else torch.maximum(acc, value)
         elif reduce == "min":
-            self.acc = value if self.acc is None else torch.minimum(self.acc, value)
+            self.acc = value if acc is None else torch.minimum(acc, value)
         else:
             self.values.append(value)
 
-    def compute_epoch(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
-        """The epoch value; ``reduce_fn`` syncs across processes when ``sync_dist`` asks for it."""
+    def step(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
+        """The value of the latest step (synced across processes when ``sync_dist`` asks for it)."""
+        if self.metric is not None:
+            cache = getattr(self.metric, "_forward_cache", None)
+            return cache.detach() if isinstance(cache, Tensor) else None
+        v = self.step_value
+        if v is not None and self.sync_dist:
+            v = reduce_fn(v, self.reduce if self.reduce in ("sum", "max", "min") else "mean", self.sync_dist_group)
+        return v
+
+    def epoch(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
+        """The reduction over the epoch so far; cached until the next update."""
+        if self.epoch_value is not None or not self.valid:
+            return self.epoch_value
         if self.metric is not None:
             value = self.metric.compute()
+            value = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
         elif self.reduce == "mean":
-            if self.acc is None:
-                return self.epoch_value
             acc, weight = self.acc, self.weight
             if self.sync_dist:
                 acc = reduce_fn(acc, "sum", self.sync_dist_group)
                 weight = reduce_fn(torch.as_tensor(weight, dtype=acc.dtype, device=acc.device), "sum",
                                    self.sync_dist_group)
-            self.epoch_value = acc / weight
-            return self.epoch_value
+            value = acc / weight
         elif self.reduce in ("sum", "max", "min"):
-            if self.acc is None:
-                return self.epoch_value
             value = self.acc
             if self.sync_dist:
                 value = reduce_fn(value, self.reduce, self.sync_dist_group)
         else:
-            if not self.values:
-                return self.epoch_value
-            value = self.reduce(torch.stack(self.values))
+            value = torch.as_tensor(self.reduce(torch.stack(self.values)))
             if self.sync_dist:
                 value = reduce_fn(value, "mean", self.sync_dist_group)
         self.epoch_value = value
         return value
 
-    def current_step_value(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
-        v = self.step_value
-        if v is not None and self.sync_dist:
-            op = self.reduce if self.reduce in ("sum", "max", "min") else "mean"
-            v = reduce_fn(v, op, self.sync_dist_group)
-        return v
-
 
 class ResultCollection:
-    """Everything logged during one stage (training, validation, test) of a run."""
+    """Everything logged during one stage (training, or evaluation) of a run."""
 
-    def __init__(self, training: bool) -> None:
+    def __init__(self, training: bool, reduce_fn: Callable[[Tensor, str, Any], Tensor] | None = None) -> None:
         self.training = training
         self.slots: dict[tuple, _Slot] = {}
         self.fx: str | None = None  # the hook running now; set by the trainer before it calls one
-        self.dataloader_idx: int | None = None  # set when the stage has several loaders
+        self.dataloader_idx: int | None = None  # set while a stage with several loaders runs a batch
         self.batch: Any = None
         self._batch_size: int | None = None
+        self.in_batches = False  # a batch loop is running: the views show step values
+        self.on_dataloader_change: Callable[[ResultCollection], None] | None = None
+        self._reduce = reduce_fn or (lambda v, op, group: v)
+        self.has_logger = True  # whether `logger=True` can reach a logger (else a warning)
 
     def new_batch(self, batch: Any, dataloader_idx: int | None) -> None:
-        self.batch, self._batch_size, self.dataloader_idx = batch, None, dataloader_idx
+        """Called by the loops before each batch (cheap: a few attribute writes)."""
+        if dataloader_idx != self.dataloader_idx and self.in_batches and self.on_dataloader_change is not None:
+            self.on_dataloader_change(self)
+        self.batch, self._batch_size, self.dataloader_idx, self.in_batches = batch, None, dataloader_idx, True
 
     def batch_size(self) -> int:
         if self._batch_size is None:
@@ -171,40 +203,92 @@ class ResultCollection:
         return self._batch_size
 
     def reset(self) -> None:
+        """Forget the values (not the settings) of every slot; torchmetrics objects are reset too."""
         for slot in self.slots.values():
             slot.reset()
+        self.in_batches = False
+        self.dataloader_idx = None
 
-    # -- recording ----------------------------------------------------------------------------------
+    # -- reading --------------------------------------------------------------------------------
+    def view(self, on_step: bool, dataloader_idx: Any = _ALL) -> tuple[dict, dict, dict]:
+        """``(callback, logged, progress bar)`` values of the latest step, or of the epoch so far."""
+        callback: dict[str, Tensor] = {}
+        log: dict[str, Tensor] = {}
+        bar: dict[str, Tensor] = {}
+        reduce_fn = self._reduce
+        for slot in self.slots.values():
+            if not slot.valid:
+                continue
+            if on_step:
+                if not slot.on_step or slot.dataloader_idx != self.dataloader_idx:
+                    continue
+                value, forked = slot.step(reduce_fn), slot.step_key
+            else:
+                if not slot.on_epoch or (dataloader_idx is not _ALL and slot.dataloader_idx != dataloader_idx):
+                    continue
+                value, forked = slot.epoch(reduce_fn), slot.epoch_key
+            if value is None:
+                continue
+            if slot.logger:
+                log[forked] = value
+            if self.training or not on_step:
+                callback[slot.key] = callback[forked] = value
+            if slot.prog_bar:
+                bar[forked] = value
+        return callback, log, bar
+
+    def per_dataloader(self, n: int) -> list[dict[str, float]]:
+        """What ``trainer.validate/test`` return: each loader's logged epoch values, as Python numbers."""
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for slot in self.slots.values():
+            if not (slot.valid and slot.on_epoch and slot.logger):
+                continue
+            value = slot.epoch(self._reduce)
+            if value is None:
+                continue
+            for i in range(n) if slot.dataloader_idx is None else (slot.dataloader_idx,):
+                out[i][slot.epoch_key] = value
+        return [to_floats(d) for d in out]
+
+    # -- recording ------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool, logger: bool | None, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: str | Callable, enable_graph: bool, sync_dist: bool,
             sync_dist_group: Any, add_dataloader_idx: bool, batch_size: int | None, device: torch.device) -> None:
-        fx = self.fx
-        dl_idx = self.dataloader_idx if add_dataloader_idx else None
-        key = (fx, name, dl_idx)
+        fx, dl_idx = self.fx, self.dataloader_idx
+        key = (fx, name, dl_idx if add_dataloader_idx else None)
+        config = (prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist, add_dataloader_idx, dl_idx)
+        if isinstance(value, (Tensor, Number)):
+            metric = None
+        elif _is_torchmetric(value):
+            metric = value
+        else:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, value)` got a {type(value).__name__}; log a Python number, a scalar tensor "
+                "or a torchmetrics Metric. For a dict of values use `self.log_dict(...)`."
+            )
         slot = self.slots.get(key)
-        config = (prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx)
         if slot is None:
-            slot = self._new_slot(key, config, value)
+            slot = self._new_slot(key, config, metric, sync_dist_group)
         elif slot.config != config:
             raise MisconfigurationException(
                 f"`self.log({name!r}, ...)` was called twice in `{fx}` with different arguments "
-                f"(first {self._describe(slot.config)}, now {self._describe(config)}). "
-                "Log it with the same arguments every time, or use another name."
+                f"(first {_describe(slot.config)}; now {_describe(config)}). Log it with the same arguments each "
+                "time, or use a different name."
             )
-        if slot.metric is not None:
-            if value is not slot.metric:
+        if metric is not None or slot.metric is not None:
+            if metric is None or metric is not slot.metric:
                 raise MisconfigurationException(
-                    f"`self.log({name!r}, ...)` got a different torchmetrics object than before in `{fx}`; "
-                    "log the same Metric instance each time."
+                    f"`self.log({name!r}, ...)` in `{fx}` got a {type(value).__name__}, but a different kind of "
+                    "value was logged under this name before. Log the same torchmetrics Metric object each time "
+                    "(or plain values each time), or use a different name."
                 )
-            cached = getattr(value, "_forward_cache", None)
-            slot.step_value = cached.detach() if isinstance(cached, Tensor) else None
+            slot.valid, slot.epoch_value = True, None
             return
         if isinstance(value, Tensor):
             if value.numel() != 1:
                 raise MisconfigurationException(
-                    f"`self.log({name!r}, value)` got a tensor of shape {tuple(value.shape)}; only scalars can be "
-                    f"logged. Reduce it first, e.g. `self.log({name!r}, value.mean())`."
+                    f"`self.log({name!r}, value)` got a tensor of shape {tuple(value.shape)}; only single values "
+                    f"can be logged. Reduce it first, e.g. `self.log({name!r}, value.mean())`."
                 )
             if value.ndim:
                 value = value.reshape(())
@@ -212,174 +296,189 @@ class ResultCollection:
                 value = value.detach()
             if not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
-        elif isinstance(value, Number):
-            value = torch.tensor(float(value), device=device)
         else:
-            raise MisconfigurationException(
-                f"`self.log({name!r}, value)` got a {type(value).__name__}; log a Python number, a scalar tensor "
-                "or a torchmetrics Metric. For a dict of values use `self.log_dict(...)`."
-            )
+            value = torch.tensor(float(value), device=device)
         if slot.on_epoch and slot.reduce == "mean":
             slot.update(value, self.batch_size() if batch_size is None else int(batch_size))
         else:
             slot.update(value, 1)
 
-    def _new_slot(self, key: tuple, config: tuple, value: Any) -> _Slot:
-        fx, name, dl_idx = key
-        prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, _ = config
+    def _new_slot(self, key: tuple, config: tuple, metric: Any, sync_dist_group: Any) -> _Slot:
+        fx, name, suffix_idx = key
+        prog_bar, logger, on_step, on_epoch, reduce_fx, _, sync_dist, add_dataloader_idx, dl_idx = config
         if fx not in LOGGABLE_HOOKS:
             raise MisconfigurationException(
-                f"`self.log({name!r}, ...)` cannot be called in `{fx}`: values are only recorded in the "
-                "training, validation and test steps and their batch/epoch hooks. Move the call into "
-                "one of those, e.g. `on_train_epoch_end` or `validation_step`."
+                f"`self.log({name!r}, ...)` cannot be called in `{fx}`. Values are recorded only in the training, "
+                "validation and test steps and in their batch, epoch and start hooks (e.g. `on_train_epoch_end`, "
+                "`on_validation_batch_end`). Move the call there, or write to `self.logger.experiment` directly."
             )
-        default_step, default_epoch, step_allowed = LOGGABLE_HOOKS[fx]
+        default_step, default_epoch, per_step = LOGGABLE_HOOKS[fx]
         on_step = default_step if on_step is None else bool(on_step)
         on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
-        if on_step and not step_allowed:
+        if not per_step and (on_step or not on_epoch):
             raise MisconfigurationException(
-                f"`self.log({name!r}, on_step=True)` is not possible in `{fx}`, which runs once per epoch. "
-                "Drop `on_step=True`."
+                f"`self.log({name!r}, on_step={on_step}, on_epoch={on_epoch})` is not possible in `{fx}`, which runs "
+                "once per epoch: values logged there are epoch values. Drop the on_step/on_epoch arguments."
             )
         if not on_step and not on_epoch:
             raise MisconfigurationException(
                 f"`self.log({name!r}, on_step=False, on_epoch=False)` would record nothing; set one of them to True."
             )
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ...)`: the name already contains '/dataloader_idx_', which fulmen appends "
+                "itself. Drop it from the name, or pass `add_dataloader_idx=False`."
+            )
         if isinstance(reduce_fx, str):
-            if reduce_fx.lower() not in _REDUCE_NAMES:
-                raise MisconfigurationException(
-                    f"`self.log({name!r}, reduce_fx={reduce_fx!r})` is not supported; use 'mean', 'sum', 'max', "
-                    "'min' or a callable such as torch.median."
-                )
-            reduce: str | Callable = _REDUCE_NAMES[reduce_fx.lower()]
-        elif reduce_fx in (torch.mean,):
-            reduce = "mean"
-        elif reduce_fx in (torch.sum,):
-            reduce = "sum"
-        elif reduce_fx in (torch.max, max):
-            reduce = "max"
-        elif reduce_fx in (torch.min, min):
-            reduce = "min"
-        elif callable(reduce_fx):
-            reduce = reduce_fx
+            reduce: str | Callable | None = _REDUCE_NAMES.get(reduce_fx.lower())
         else:
-            raise MisconfigurationException(f"`reduce_fx` must be a string or a callable, got {reduce_fx!r}.")
-        full = name if dl_idx is None else f"{name}/dataloader_idx_{dl_idx}"
-        slot = _Slot(full, fx, config, on_step, on_epoch, bool(prog_bar), True if logger is None else bool(logger),
-                     reduce, bool(sync_dist), None, dl_idx)
-        if _is_torchmetric(value):
-            slot.metric = value
+            reduce = _REDUCE_FNS.get(reduce_fx) or (reduce_fx if callable(reduce_fx) else None)
+        if reduce is None:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, reduce_fx={reduce_fx!r})` is not supported; use 'mean', 'sum', 'max', 'min' "
+                "or a callable that reduces a 1-d tensor, such as torch.median."
+            )
+        if logger and not self.has_logger:
+            from fulmen.utilities import rank_zero_warn
+
+            rank_zero_warn(f"`self.log({name!r}, ..., logger=True)` was called, but the Trainer has no logger. "
+                           "Pass one, e.g. `Trainer(logger=CSVLogger('logs'))`.")
+        suffix = "" if suffix_idx is None else f"/dataloader_idx_{suffix_idx}"
+        slot = _Slot(name, suffix, fx, config, on_step, on_epoch, bool(prog_bar), True if logger is None else bool(logger),
+                     reduce, bool(sync_dist), sync_dist_group, dl_idx)
+        slot.metric = metric
         self.slots[key] = slot
         return slot
 
-    @staticmethod
-    def _describe(config: tuple) -> str:
-        names = ("prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "sync_dist", "add_dataloader_idx")
-        return ", ".join(f"{n}={v!r}" for n, v in zip(names, config))
 
-
-def _item(v: Tensor) -> float:
-    return v.item()
+def _describe(config: tuple) -> str:
+    names = ("prog_bar", "logger", "on_step", "on_epoch", "reduce_fx", "enable_graph", "sync_dist",
+             "add_dataloader_idx", "dataloader_idx")
+    return ", ".join(f"{n}={v!r}" for n, v in zip(names, config))
 
 
 class MetricsHub:
-    """The trainer's view of logged values: ``callback_metrics``, ``logged_metrics``,
-    ``progress_bar_metrics``, and the hand-over to loggers."""
+    """The trainer's side of logging: the three metric views and the hand-over to loggers.
+
+    ``current`` is the collection ``self.log`` writes to (the running stage's). Assigning another one
+    first folds the old one's values into the views, so they keep what was shown before.
+    """
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.callback: dict[str, Tensor] = {}
         self.logged: dict[str, Tensor] = {}
         self.pbar: dict[str, Tensor] = {}
-        self.train = ResultCollection(training=True)
-        self.eval = ResultCollection(training=False)
-        self.current: ResultCollection | None = None  # the collection self.log writes into now
+        self._current: ResultCollection | None = None
+        self.reset_all()
 
     def _reduce(self, value: Tensor, op: str, group: Any) -> Tensor:
         return self.trainer.strategy.reduce(value, group=group, reduce_op=op)
 
+    def _collection(self, training: bool) -> ResultCollection:
+        results = ResultCollection(training, self._reduce)
+        results.on_dataloader_change = self._dataloader_done
+        results.has_logger = bool(self.trainer.loggers)
+        return results
+
     def reset_all(self) -> None:
+        """A new run (fit, validate, test): empty views, fresh collections."""
         self.callback.clear()
         self.logged.clear()
         self.pbar.clear()
-        self.train = ResultCollection(training=True)
-        self.eval = ResultCollection(training=False)
+        self._current = None
+        self.train = self._collection(training=True)
+        self.eval = self._collection(training=False)
+
+    @property
+    def current(self) -> ResultCollection | None:
+        return self._current
+
+    @current.setter
+    def current(self, results: ResultCollection | None) -> None:
+        if results is not self._current:
+            self._absorb(self._current)
+            self._current = results
 
     # -- views ------------------------------------------------------------------------------------
+    def _absorb(self, results: ResultCollection | None, on_step: bool | None = None,
+                dataloader_idx: Any = _ALL) -> tuple[dict, dict, dict]:
+        if results is None:
+            return {}, {}, {}
+        views = results.view(results.in_batches if on_step is None else on_step, dataloader_idx)
+        self.callback.update(views[0])
+        self.logged.update(views[1])
+        self.pbar.update(views[2])
+        return views
+
     def callback_metrics(self) -> dict[str, Tensor]:
-        """Step values of the running training batch on top of everything reduced so far."""
-        out = dict(self.callback)
-        for slot in self.train.slots.values():
-            if slot.on_step and slot.step_value is not None:
-                v = slot.current_step_value(self._reduce)
-                out[slot.step_key] = v
-                out[slot.name] = v
-        return out
+        self._absorb(self._current)
+        return self.callback
+
+    def logged_metrics(self) -> dict[str, Tensor]:
+        self._absorb(self._current)
+        return self.logged
 
     def progress_bar_metrics(self) -> dict[str, float]:
-        out = {k: _item(v) for k, v in self.pbar.items()}
-        for slot in self.train.slots.values():
-            if slot.prog_bar and slot.on_step and slot.step_value is not None:
-                out[slot.step_key] = _item(slot.current_step_value(self._reduce))
-        return out
+        self._absorb(self._current)
+        return to_floats(self.pbar)
 
-    # -- events -----------------------------------------------------------------------------------
+    def clear_views(self) -> None:
+        self.callback.clear()
+        self.logged.clear()
+        self.pbar.clear()
+
+    # -- events from the loops --------------------------------------------------------------------
+    def _dataloader_done(self, results: ResultCollection) -> None:
+        """Between two evaluation loaders: keep the finished loader's step and epoch values in the views."""
+        self._absorb(results, on_step=True)
+        self._absorb(results, on_step=False, dataloader_idx=results.dataloader_idx)
+
+    def epoch_end_reached(self, results: ResultCollection) -> None:
+        """The batch loop of ``results`` is over: from now on the views show its epoch values."""
+        if results.in_batches:
+            self._absorb(results, on_step=True)
+        results.in_batches = False
+        results.dataloader_idx = None
+
     def train_step_end(self, step: int, flush: bool) -> None:
-        """After a training batch: hand step values to the loggers every ``log_every_n_steps``."""
-        if not flush:
-            return
-        metrics: dict[str, Tensor] = {}
-        for slot in self.train.slots.values():
-            if slot.on_step and slot.step_value is not None:
-                v = slot.current_step_value(self._reduce)
-                self.callback[slot.name] = self.callback[slot.step_key] = v
-                if slot.prog_bar:
-                    self.pbar[slot.step_key] = v
-                if slot.logger:
-                    metrics[slot.step_key] = v
-        if metrics:
-            metrics["epoch"] = self.trainer.current_epoch
-            self._send(metrics, step)
+        """After a training batch: every ``log_every_n_steps`` the step values go to the loggers."""
+        if flush and self.trainer.loggers:
+            self._send(self.train.view(on_step=True)[1], step, with_epoch=True)
 
     def eval_step_end(self, step: int, flush: bool) -> None:
-        if not flush:
+        """After an evaluation batch: its step values go to the loggers (every batch, as in Lightning)."""
+        if flush and self.trainer.loggers:
+            self._send(self.eval.view(on_step=True)[1], step, with_epoch=False)
+
+    def train_epoch_end(self, step: int) -> None:
+        """After the train epoch-end hooks: log the epoch values, then start the next epoch afresh."""
+        results = self.train
+        self.epoch_end_reached(results)
+        self._send(self._absorb(results, on_step=False)[1], step, with_epoch=True)
+        results.reset()
+
+    def eval_epoch_end(self, step: int | None, num_loaders: int) -> list[dict[str, float]]:
+        """After the evaluation epoch-end hooks: log the epoch values (unless ``step`` is None, as in the
+        sanity check) and return them per dataloader."""
+        results = self.eval
+        self.epoch_end_reached(results)
+        log = self._absorb(results, on_step=False)[1]
+        if step is not None:
+            self._send(log, step, with_epoch=True)
+        return results.per_dataloader(num_loaders)
+
+    def _send(self, metrics: dict[str, Tensor], step: int, with_epoch: bool) -> None:
+        trainer = self.trainer
+        loggers = trainer.loggers
+        if not metrics or not loggers:
             return
-        metrics = {s.step_key: s.step_value for s in self.eval.slots.values()
-                   if s.on_step and s.logger and s.step_value is not None}
-        if metrics:
-            self._send(metrics, step)
-
-    def epoch_end(self, results: ResultCollection) -> dict[str, Tensor]:
-        """Reduce epoch values into the views; returns what went to the loggers."""
-        to_log: dict[str, Tensor] = {}
-        for slot in results.slots.values():
-            if not slot.on_epoch:
-                if not results.training and slot.on_step and slot.step_value is not None:
-                    self.callback[slot.name] = slot.step_value
-                continue
-            v = slot.compute_epoch(self._reduce)
-            if v is None:
-                continue
-            v = v.detach()
-            self.callback[slot.epoch_key] = self.callback[slot.name] = v
-            if slot.prog_bar:
-                self.pbar[slot.epoch_key] = v
-            if slot.logger:
-                to_log[slot.epoch_key] = v
-        return to_log
-
-    def send_epoch(self, metrics: dict[str, Tensor], step: int, with_epoch: bool = True) -> None:
-        if metrics:
-            metrics = dict(metrics)
-            if with_epoch:
-                metrics["epoch"] = self.trainer.current_epoch
-            self._send(metrics, step)
-
-    def _send(self, metrics: dict[str, Any], step: int) -> None:
         self.logged.update(metrics)
-        loggers = self.trainer.loggers
-        if not loggers or not self.trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
-        scalars = {k: _item(v) if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        scalars = to_floats(metrics)
+        if with_epoch:
+            scalars.setdefault("epoch", trainer.current_epoch)
         for lg in loggers:
             lg.log_metrics(scalars, step=step)
+            lg.save()

@@ -289,7 +289,7 @@ def fit(trainer: Any, resumed: bool) -> None:
     _log_hyperparams(trainer)
     trainer.state.stage = RunningStage.TRAINING
     trainer._metrics.current = trainer._metrics.train
-    module.train()
+    # no module.train() here: layers the user froze in eval mode stay so, as in Lightning
     trainer._call_hooks("on_train_start")
     if loop.epoch_loop_done:  # the checkpoint was written at an epoch's end: continue with the next one
         loop.epoch += 1
@@ -366,8 +366,6 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     metrics = trainer._metrics
     results = metrics.train
     metrics.current = results
-    if loop.batches_in_epoch == 0:
-        results.reset()
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
     trainer._call_hooks("on_train_epoch_start")
@@ -855,18 +853,20 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
                     results.fx = None
                 if stage != RunningStage.SANITY_CHECKING:
                     if log_steps:
-                        loop.val_batches += 1
-                        step = loop.val_batches
+                        seen = loop.val_batches
+                        if len(seen) <= dl_idx:
+                            seen.extend([0] * (dl_idx + 1 - len(seen)))
+                        seen[dl_idx] += 1
+                        step = seen[dl_idx]
                     else:
                         step = batch_idx + 1
-                    if log_every and step % log_every == 0 or True:
-                        metrics.eval_step_end(step - 1, flush=bool(log_every))
-        metrics.epoch_end(results)
+                    metrics.eval_step_end(step - 1, flush=bool(log_every))  # every batch, as in Lightning
+        metrics.epoch_end_reached(results)
         trainer._call_hooks(f"on_{prefix}_epoch_end")
-        epoch_values = metrics.epoch_end(results)
-    if stage != RunningStage.SANITY_CHECKING:
-        step = max(loop.batches_stepped - 1, 0) if trainer.state.fn == TrainerFn.FITTING else loop.batches_stepped
-        metrics.send_epoch(epoch_values, step)
+        step = None  # the sanity check logs nothing
+        if stage != RunningStage.SANITY_CHECKING:
+            step = max(loop.batches_stepped - 1, 0) if trainer.state.fn == TrainerFn.FITTING else loop.batches_stepped
+        per_loader = metrics.eval_epoch_end(step, len(loaders))
     metrics.current = results
     trainer._call_hooks(f"on_{prefix}_end")
     train_hook = f"on_{prefix}_model_train"
@@ -877,19 +877,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
             m.training = modes.get(name, m.training)
     trainer.state.stage = previous_stage
     metrics.current = None
-    return _per_loader(results, epoch_values, len(loaders))
-
-
-def _per_loader(results: Any, epoch_values: dict[str, Tensor], n: int) -> list[dict[str, float]]:
-    out: list[dict[str, float]] = [{} for _ in range(n)]
-    for slot in results.slots.values():
-        if not slot.on_epoch or slot.epoch_value is None:
-            continue
-        value = slot.epoch_value.item()
-        targets = range(n) if slot.dataloader_idx is None else [slot.dataloader_idx]
-        for i in targets:
-            out[i][slot.epoch_key] = value
-    return out
+    return per_loader
 
 
 def predict(trainer: Any) -> Any:

@@ -88,7 +88,8 @@ class LoopState:
     total_batches: int = 0  # training batches processed over the whole fit
     batches_stepped: int = 0  # training batches that ended an accumulation window (the logging step)
     epoch_loop_done: bool = False
-    val_batches: int = 0  # validation batches over the fit: the x axis of step-level validation logs
+    val_batches: list[int] = field(default_factory=list)  # per validation loader, over the fit: the x axis
+    # of step-level validation logs
     should_stop: bool = False
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
 

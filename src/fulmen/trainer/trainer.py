@@ -442,8 +442,8 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
-        """What was last sent to the loggers."""
-        return dict(self._metrics.logged)
+        """What was last sent to the loggers, brought up to date with the running stage's values."""
+        return self._metrics.logged_metrics()
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
@@ -744,14 +744,14 @@ class Trainer(metaclass=_CheckedInit):
         """Callbacks' ``name`` then the module's (when it has one); returns the module's result."""
         results = self._metrics.current
         if results is not None:
-            results.fx = name
+            caller_fx, results.fx = results.fx, name  # restored after: hooks may run inside a logging hook
         module = self.lightning_module
         for hook in self._hooks.get(name, ()):
             hook(self, module, *args, **kwargs)
         fn = getattr(module, name, None)
         out = fn(*args, **kwargs) if fn is not None else None
         if results is not None:
-            results.fx = None
+            results.fx = caller_fx
         return out
 
     def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -767,11 +767,11 @@ class Trainer(metaclass=_CheckedInit):
     def _call_callbacks(self, name: str, *args: Any, **kwargs: Any) -> None:
         results = self._metrics.current
         if results is not None:
-            results.fx = name
+            caller_fx, results.fx = results.fx, name
         for hook in self._hooks.get(name, ()):
             hook(self, self.lightning_module, *args, **kwargs)
         if results is not None:
-            results.fx = None
+            results.fx = caller_fx
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, filepath: Any, weights_only: bool = False, storage_options: Any = None) -> None:
