@@ -455,7 +455,9 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         stop = loop.should_stop and _can_stop_early(trainer, loop)
         if val_this_epoch:
             current = loop.total_batches if check_every_epoch is None else batch_idx + 1
-            if is_last or stop or (not math.isinf(val_check_batch) and current % val_check_batch == 0):
+            # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning
+            on_interval = is_last if math.isinf(val_check_batch) else current % val_check_batch == 0
+            if on_interval or stop:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
                 trainer.state.stage = RunningStage.TRAINING

@@ -1,0 +1,118 @@
+"""LightningModule's own API: hyperparameters, properties, printing, logging outside a run."""
+
+from argparse import Namespace
+
+import pytest
+import torch
+from torch import nn
+
+import fulmen as pl
+from fulmen.utilities import AttributeDict
+from helpers import BoringModel, make_loader, quiet_trainer
+
+
+class WithHparams(pl.LightningModule):
+    def __init__(self, hidden: int = 8, lr: float = 0.1, backbone=None, **extra):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.layer = nn.Linear(hidden, 1)
+
+
+class Child(WithHparams):
+    def __init__(self, depth: int = 2, **kwargs):
+        super().__init__(**kwargs)
+
+
+def test_save_hyperparameters_all_named_ignored_and_kwargs():
+    m = WithHparams(hidden=4, backbone=nn.Linear(1, 1), dropout=0.5)
+    assert m.hparams == {"hidden": 4, "lr": 0.1, "dropout": 0.5}
+    assert m.hparams.hidden == 4 and isinstance(m.hparams, AttributeDict)
+
+
+def test_save_hyperparameters_through_a_subclass_records_both_inits():
+    m = Child(depth=3, hidden=5)
+    assert m.hparams["depth"] == 3 and m.hparams["hidden"] == 5
+
+
+def test_save_hyperparameters_by_name_and_from_a_dict():
+    class Named(pl.LightningModule):
+        def __init__(self, a=1, b=2):
+            super().__init__()
+            self.save_hyperparameters("a")
+
+    class FromDict(pl.LightningModule):
+        def __init__(self, cfg):
+            super().__init__()
+            self.save_hyperparameters(cfg)
+
+    assert Named(a=5).hparams == {"a": 5}
+    assert FromDict({"x": 1}).hparams == {"x": 1}
+    assert FromDict(Namespace(y=2)).hparams == {"y": 2}
+    with pytest.raises(pl.errors.MisconfigurationException, match="not an argument"):
+        class Bad(pl.LightningModule):
+            def __init__(self, a=1):
+                super().__init__()
+                self.save_hyperparameters("nope")
+
+        Bad()
+
+
+def test_hparams_initial_is_unaffected_by_later_edits():
+    m = WithHparams()
+    m.hparams.lr = 5.0
+    assert m.hparams_initial.lr == 0.1
+
+
+def test_properties_without_and_with_a_trainer():
+    m = BoringModel()
+    assert (m.current_epoch, m.global_step, m.logger, m.loggers) == (0, 0, None, [])
+    assert m.device == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        m.trainer
+    m.log("ignored", 1.0)  # outside a run, as in Lightning, logging does nothing
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(m, make_loader(16, 8))
+    assert m.trainer is trainer and m.global_step == 2
+
+
+def test_print_only_on_rank_zero(capsys, monkeypatch):
+    m = BoringModel()
+    m.print("hello")
+    monkeypatch.setattr(pl.utilities.rank_zero_only, "rank", 1)
+    m.print("hidden")
+    assert capsys.readouterr().out == "hello\n"
+
+
+def test_freeze_and_unfreeze():
+    m = BoringModel()
+    m.freeze()
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+    m.unfreeze()
+    assert m.training and all(p.requires_grad for p in m.parameters())
+
+
+def test_log_dict_and_callback_metrics():
+    class M(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log_dict({"a": 1.0, "b": torch.tensor(2.0)})
+
+    trainer = quiet_trainer()
+    trainer.validate(M(), make_loader(16, 8), verbose=False)
+    assert {k: v.item() for k, v in trainer.callback_metrics.items()} == {"a": 1.0, "b": 2.0}
+
+
+def test_optimizers_and_lr_schedulers_accessors():
+    seen = {}
+
+    class M(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
+
+        def on_train_start(self):
+            seen["opt"] = self.optimizers()
+            seen["sched"] = self.lr_schedulers()
+
+    quiet_trainer(max_epochs=1).fit(M(), make_loader(16, 8))
+    assert isinstance(seen["opt"].optimizer, torch.optim.SGD)
+    assert isinstance(seen["sched"], torch.optim.lr_scheduler.StepLR)

@@ -1,0 +1,61 @@
+"""Helpers: walking nested batches, moving them, seeding."""
+
+import random
+from collections import OrderedDict, defaultdict, namedtuple
+from dataclasses import dataclass
+
+import torch
+
+import fulmen as pl
+from fulmen.utilities import apply_to_collection, move_data_to_device
+
+Point = namedtuple("Point", "x y")
+
+
+@dataclass
+class Item:
+    a: torch.Tensor
+    label: str
+
+
+def test_apply_to_collection_keeps_every_container_type():
+    data = {
+        "list": [torch.ones(1), 2],
+        "tuple": (torch.ones(1),),
+        "named": Point(torch.ones(1), "s"),
+        "ordered": OrderedDict(k=torch.ones(1)),
+        "default": defaultdict(list, k=[torch.ones(1)]),
+        "dc": Item(torch.ones(1), "x"),
+    }
+    out = apply_to_collection(data, torch.Tensor, lambda t: t * 3)
+    assert out["list"][0].item() == 3 and out["list"][1] == 2
+    assert isinstance(out["named"], Point) and out["named"].x.item() == 3 and out["named"].y == "s"
+    assert isinstance(out["ordered"], OrderedDict) and isinstance(out["default"], defaultdict)
+    assert isinstance(out["dc"], Item) and out["dc"].a.item() == 3 and out["dc"].label == "x"
+    assert data["list"][0].item() == 1  # the input is not modified
+
+
+def test_move_data_to_device_handles_objects_with_to():
+    class Box:
+        def __init__(self):
+            self.moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+    box = Box()
+    out = move_data_to_device({"b": box, "t": torch.ones(1)}, "cpu")
+    assert out["b"].moved_to == torch.device("cpu") and out["t"].device.type == "cpu"
+
+
+def test_seed_everything_repeats_every_generator():
+    def draw():
+        import numpy as np
+
+        return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+    assert pl.seed_everything(7) == 7
+    first = draw()
+    pl.seed_everything(7)
+    assert draw() == first

@@ -1,0 +1,274 @@
+"""The fit/validate/test/predict loops honour Lightning's flags: limits, validation cadence, stopping."""
+
+import math
+
+import pytest
+import torch
+
+import fulmen as pl
+from fulmen.trainer.state import RunningStage, TrainerFn, TrainerStatus
+from helpers import BoringModel, make_loader, quiet_trainer
+
+
+class Counting(BoringModel):
+    """Counts the batches each loop saw, per epoch for validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_batches = 0
+        self.val_runs: list[tuple[int, int]] = []  # (epoch, batches) per validation run
+        self._val_batches = 0
+
+    def training_step(self, batch, batch_idx):
+        self.train_batches += 1
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self._val_batches += 1
+        return super().validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self):
+        self.val_runs.append((self.current_epoch, self._val_batches))
+        self._val_batches = 0
+
+
+def fit(model=None, train=80, val=40, bs=8, **flags):
+    model = model or Counting()
+    trainer = quiet_trainer(**{"max_epochs": 1, **flags})
+    trainer.fit(model, make_loader(train, bs), make_loader(val, bs))
+    return trainer, model
+
+
+def test_defaults_sanity_check_then_validation_each_epoch():
+    trainer, model = fit(max_epochs=2)
+    # 2 sanity batches, then all 5 validation batches at the end of each epoch
+    assert model.val_runs == [(0, 2), (0, 5), (1, 5)]
+    assert trainer.global_step == 20 and trainer.current_epoch == 2
+    assert trainer.state.status == TrainerStatus.FINISHED and trainer.state.fn == TrainerFn.FITTING
+
+
+def test_max_epochs_defaults_to_1000_without_limits():
+    assert pl.Trainer(logger=False, enable_checkpointing=False).max_epochs == 1000
+    assert pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False).max_epochs is None
+
+
+@pytest.mark.parametrize("limit, expected", [(3, 3), (0.5, 5), (1.0, 10)])
+def test_limit_train_batches(limit, expected):
+    trainer, model = fit(limit_train_batches=limit, num_sanity_val_steps=0)
+    assert model.train_batches == expected == trainer.num_training_batches
+
+
+def test_limit_val_batches_and_zero_disables_validation():
+    _, model = fit(limit_val_batches=2, num_sanity_val_steps=0)
+    assert model.val_runs == [(0, 2)]
+    _, model = fit(limit_val_batches=0)
+    assert model.val_runs == []
+
+
+@pytest.mark.parametrize("steps, expected", [(0, []), (-1, [(0, 5)]), (3, [(0, 3)])])
+def test_num_sanity_val_steps(steps, expected):
+    _, model = fit(num_sanity_val_steps=steps, limit_val_batches=5, max_steps=1)
+    assert model.val_runs[: len(expected)] == expected
+
+
+def test_val_check_interval_fraction_and_int():
+    _, model = fit(val_check_interval=0.5, num_sanity_val_steps=0)
+    assert model.val_runs == [(0, 5), (0, 5)]
+    _, model = fit(val_check_interval=3, num_sanity_val_steps=0)
+    assert len(model.val_runs) == 3  # after batches 3, 6 and 9: not again at the end (Lightning does the same)
+
+
+def test_val_check_interval_across_epochs():
+    _, model = fit(val_check_interval=15, check_val_every_n_epoch=None, max_epochs=3, num_sanity_val_steps=0)
+    assert [e for e, _ in model.val_runs] == [1, 2]  # after total batches 15 and 30
+
+
+def test_check_val_every_n_epoch():
+    _, model = fit(check_val_every_n_epoch=2, max_epochs=4, num_sanity_val_steps=0)
+    assert [e for e, _ in model.val_runs] == [1, 3]
+
+
+def test_val_check_interval_larger_than_epoch_is_an_error():
+    with pytest.raises(pl.errors.MisconfigurationException, match="check_val_every_n_epoch=None"):
+        fit(val_check_interval=50)
+
+
+def test_max_steps_stops_mid_epoch():
+    trainer, model = fit(max_epochs=5, max_steps=13, num_sanity_val_steps=0)
+    assert trainer.global_step == 13 and model.train_batches == 13
+    assert trainer.current_epoch == 2  # the cut-short epoch still ends (Lightning counts it too)
+
+
+def test_on_train_batch_start_minus_one_ends_the_epoch():
+    class M(Counting):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == 4 else None
+
+    trainer, model = fit(M(), max_epochs=2, num_sanity_val_steps=0)
+    assert model.train_batches == 8 and trainer.current_epoch == 2
+    assert model.val_runs == []  # cut short before its last batch, so no epoch-end validation (as in Lightning)
+
+
+def test_should_stop_respects_min_epochs():
+    class Stopper(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    trainer, _ = fit(max_epochs=10, min_epochs=3, callbacks=[Stopper()], num_sanity_val_steps=0)
+    assert trainer.current_epoch == 3
+    trainer, _ = fit(max_epochs=10, callbacks=[Stopper()], num_sanity_val_steps=0)
+    assert trainer.current_epoch == 1
+
+
+def test_should_stop_mid_epoch_respects_min_steps():
+    class Stopper(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = True
+
+    trainer, _ = fit(max_epochs=10, min_steps=14, callbacks=[Stopper()], num_sanity_val_steps=0)
+    assert (trainer.global_step, trainer.current_epoch) == (14, 2)
+    trainer, _ = fit(max_epochs=10, callbacks=[Stopper()], num_sanity_val_steps=0)
+    assert (trainer.global_step, trainer.current_epoch) == (1, 1)
+
+
+def test_max_time_stops_training():
+    trainer, model = fit(max_epochs=1000, max_time={"seconds": 0}, num_sanity_val_steps=0)
+    assert model.train_batches == 0 and trainer.current_epoch == 0
+    trainer, model = fit(max_epochs=1000, max_time={"seconds": 0.3}, num_sanity_val_steps=0)
+    assert 0 < trainer.current_epoch < 1000
+
+
+def test_fast_dev_run():
+    trainer, model = fit(fast_dev_run=2, max_epochs=5)
+    assert model.train_batches == 2 and model.val_runs == [(0, 2)]
+    assert trainer.logger is None and trainer.checkpoint_callback is None
+
+
+def test_overfit_batches_uses_the_same_batches_unshuffled():
+    seen = []
+
+    class M(BoringModel):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch[0][0, 0].item())
+            return super().training_step(batch, batch_idx)
+
+    trainer = quiet_trainer(overfit_batches=2, max_epochs=3, num_sanity_val_steps=0)
+    trainer.fit(M(), make_loader(80, 8, shuffle=True))
+    assert len(seen) == 6 and seen[0:2] == seen[2:4] == seen[4:6]
+
+
+def test_state_during_hooks():
+    states = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            states.append((trainer.state.fn, trainer.state.stage, trainer.training))
+
+        def on_validation_batch_start(self, trainer, *_):
+            states.append((trainer.state.fn, trainer.state.stage, trainer.validating or trainer.sanity_checking))
+
+    fit(callbacks=[Probe()], limit_train_batches=1, limit_val_batches=1)
+    assert states == [
+        (TrainerFn.FITTING, RunningStage.SANITY_CHECKING, True),
+        (TrainerFn.FITTING, RunningStage.TRAINING, True),
+        (TrainerFn.FITTING, RunningStage.VALIDATING, True),
+    ]
+
+
+def test_estimated_stepping_batches():
+    seen = []
+
+    class M(BoringModel):
+        def configure_optimizers(self):
+            seen.append(self.trainer.estimated_stepping_batches)
+            return super().configure_optimizers()
+
+    quiet_trainer(max_epochs=3, accumulate_grad_batches=3).fit(M(), make_loader(80, 8))
+    assert seen == [12]  # ceil(10 / 3) * 3
+
+
+def test_current_epoch_and_global_step_seen_by_the_module():
+    seen = []
+
+    class M(BoringModel):
+        def on_train_epoch_end(self):
+            seen.append((self.current_epoch, self.global_step))
+
+    quiet_trainer(max_epochs=2).fit(M(), make_loader(32, 8))
+    assert seen == [(0, 4), (1, 8)]
+
+
+def test_validate_and_test_return_metrics_per_loader_and_keep_train_mode():
+    model = BoringModel()
+    trainer = quiet_trainer()
+    out = trainer.validate(model, make_loader(32, 8), verbose=False)
+    assert list(out[0]) == ["val_loss"] and math.isfinite(out[0]["val_loss"])
+    assert model.training
+    assert trainer.callback_metrics["val_loss"].item() == pytest.approx(out[0]["val_loss"])
+
+
+def test_validate_prints_a_results_table(capsys):
+    quiet_trainer().validate(BoringModel(), make_loader(32, 8))
+    printed = capsys.readouterr().out
+    assert "val_loss" in printed and "DataLoader 0" in printed
+
+
+def test_frozen_batchnorm_stays_in_eval_after_validation():
+    class M(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(32)
+            self.bn.eval()
+
+    model = M()
+    fit(model, limit_train_batches=1)
+    assert model.training and not model.bn.training
+
+
+def test_inference_mode_flag():
+    seen = []
+
+    class M(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+
+    quiet_trainer(inference_mode=False).validate(M(), make_loader(8, 8), verbose=False)
+    quiet_trainer(inference_mode=True).validate(M(), make_loader(8, 8), verbose=False)
+    assert seen == [(False, False), (True, False)]
+
+
+def test_intro_example_loss_falls():
+    """The README's example, on scikit-learn's digits, with the Trainer's defaults."""
+    sklearn = pytest.importorskip("sklearn.datasets")
+    from torch import nn
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    losses = []
+
+    class LitModel(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(8 * 8, 10)
+
+        def forward(self, x):
+            return torch.relu(self.l1(x.view(x.size(0), -1)))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            losses.append(loss.item())
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.02)
+
+    x, y = sklearn.load_digits(return_X_y=True)
+    loader = DataLoader(TensorDataset(torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)), batch_size=64,
+                        shuffle=True)
+    trainer = pl.Trainer(max_epochs=3, enable_progress_bar=False)
+    trainer.fit(LitModel(), loader)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first  # ReLU on the logits (as in the original example) limits how low it goes
+    ckpts = trainer.checkpoint_callback.best_model_path
+    assert ckpts.endswith("epoch=2-step=87.ckpt")
