@@ -1032,10 +1032,13 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
     trainer._loop = LoopState()
     if loop_state is not None:
         trainer._loop.load_state_dict(loop_state)
-    else:  # a Lightning checkpoint: it was written at an epoch's end
-        trainer._loop.epoch = checkpoint.get("epoch", 0)
+    else:  # a Lightning checkpoint: continue with the first epoch it had not processed (from its start)
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        processed = fit_loop.get("epoch_progress", {}).get("current", {}).get("processed")
+        trainer._loop.epoch = checkpoint.get("epoch", 0) + 1 if processed is None else processed
         trainer._loop.global_step = checkpoint.get("global_step", 0)
-        trainer._loop.epoch_loop_done = True
+        stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+        trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
     if "rng_states" in checkpoint:
         restore_rng_states(checkpoint["rng_states"])
     return checkpoint

@@ -1,0 +1,92 @@
+"""``DeviceStatsMonitor``: log the accelerator's (and optionally the CPU's) statistics around each batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fulmen.callbacks.callback import Callback
+from fulmen.errors import MisconfigurationException, missing_extra
+
+
+def _cpu_stats() -> dict[str, float]:
+    try:
+        import psutil
+    except ImportError:
+        raise missing_extra("psutil", "psutil", "DeviceStatsMonitor's CPU statistics") from None
+    return {
+        "cpu_vm_percent": psutil.virtual_memory().percent,
+        "cpu_percent": psutil.cpu_percent(),
+        "cpu_swap_percent": psutil.swap_memory().percent,
+    }
+
+
+def _device_stats(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {k: float(v) for k, v in torch.cuda.memory_stats(device).items()}
+    if device.type == "mps":
+        return {"mps.current_allocated_bytes": float(torch.mps.current_allocated_memory()),
+                "mps.driver_allocated_bytes": float(torch.mps.driver_allocated_memory())}
+    return _cpu_stats()
+
+
+class DeviceStatsMonitor(Callback):
+    """Log device statistics at the start and end of every training, validation and test batch (when the
+    Trainer logs that step). Keys are ``DeviceStatsMonitor.<hook>/<stat>``: ``torch.cuda.memory_stats`` on a GPU,
+    CPU load and memory (psutil) on a CPU, or in addition to the GPU's with ``cpu_stats=True``.
+
+    Example::
+
+        fulmen.Trainer(callbacks=[DeviceStatsMonitor()], logger=CSVLogger("logs"))
+    """
+
+    def __init__(self, cpu_stats: bool | None = None) -> None:
+        self._cpu_stats = cpu_stats
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not trainer.loggers:
+            raise MisconfigurationException(
+                "DeviceStatsMonitor has nothing to log to: the Trainer has logger=False. Pass a logger or drop it."
+            )
+        if self._cpu_stats or trainer.strategy.root_device.type == "cpu":
+            _cpu_stats()  # fail now, not mid-epoch, when psutil is missing
+
+    def _log(self, trainer: Any, hook: str) -> None:
+        if not trainer.loggers:
+            return
+        every = trainer.log_every_n_steps
+        if not every or (trainer._loop.batches_stepped + 1) % every != 0:
+            return
+        device = trainer.strategy.root_device
+        stats = _device_stats(device)
+        if self._cpu_stats and device.type != "cpu":
+            stats.update(_cpu_stats())
+        prefix = f"{type(self).__qualname__}.{hook}/"
+        metrics = {prefix + k: v for k, v in stats.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer._loop.batches_stepped)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._log(trainer, "on_train_batch_start")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._log(trainer, "on_train_batch_end")
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._log(trainer, "on_validation_batch_start")
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self._log(trainer, "on_validation_batch_end")
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._log(trainer, "on_test_batch_start")
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        self._log(trainer, "on_test_batch_end")
