@@ -44,9 +44,13 @@ from fulmen.trainer.trainer import Trainer
 from fulmen.utilities import is_overridden, rank_zero_warn, seed_everything
 
 try:
+    import jsonargparse
     from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, class_from_function
 except ImportError:
     raise missing_extra("jsonargparse[signatures]", "cli", "fulmen.cli (LightningCLI and `fulmen fit`)") from None
+
+# jsonargparse 4.49 renamed `skip_none` to `skip_unset` and `instantiate_classes` to `instantiate`
+_NEW_JSONARGPARSE = tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
 
 __all__ = ["LightningArgumentParser", "LightningCLI", "ReduceLROnPlateau", "SaveConfigCallback", "instantiate_class"]
 
@@ -326,8 +330,9 @@ class SaveConfigCallback(Callback):
                 if trainer.logger is not None and getattr(trainer.logger, "log_dir", None) == log_dir:
                     trainer.logger.experiment  # let the logger create its folder first, so it finds it empty
                 os.makedirs(log_dir, exist_ok=True)
-                self.parser.save(self.config, config_path, skip_none=False, overwrite=self.overwrite,
-                                 multifile=self.multifile)
+                keep_nulls = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}
+                self.parser.save(self.config, config_path, overwrite=self.overwrite, multifile=self.multifile,
+                                 **keep_nulls)
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
@@ -547,7 +552,8 @@ class LightningCLI:
 
     def instantiate_classes(self) -> None:
         """Build ``self.datamodule``, ``self.model`` and ``self.trainer`` from the config."""
-        self.config_init = self.parser.instantiate_classes(self.config)
+        build = self.parser.instantiate if _NEW_JSONARGPARSE else self.parser.instantiate_classes
+        self.config_init = build(self.config)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)
