@@ -115,9 +115,19 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
     from fulmen.module import LightningModule
 
     if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
-        from fulmen.checkpoint import _torch_load
+        import pickle
 
-        checkpoint = _torch_load(checkpoint_path, map_location, trusted=weights_only is False)
+        from fulmen.checkpoint import _torch_load
+        from fulmen.errors import UntrustedCheckpointError
+
+        try:
+            checkpoint = _torch_load(checkpoint_path, map_location, trusted=weights_only is False)
+        except pickle.UnpicklingError as err:
+            raise UntrustedCheckpointError(
+                f"The checkpoint in {getattr(checkpoint_path, 'name', 'the given file object')!r} contains objects the "
+                "safe loader does not allow; unpickling them could run arbitrary code. If you created it yourself or "
+                "otherwise trust it, pass weights_only=False."
+            ) from err
     else:  # weights_only=None is the safe default; only False unpickles arbitrary objects
         checkpoint = load_checkpoint(checkpoint_path, map_location=map_location, weights_only=weights_only)
     if not isinstance(checkpoint, dict):
