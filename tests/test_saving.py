@@ -3,8 +3,6 @@
 import argparse
 import os
 import pathlib
-import pickle
-import zipfile
 
 import pytest
 import torch
