@@ -30,6 +30,8 @@ _WHERE = {
     "TQDMProgressBar": "progress",
     "RichProgressBar": "rich_progress",
     "ModelSummary": "model_summary",
+    "LearningRateFinder": "lr_finder",
+    "BatchSizeFinder": "batch_size_finder",
     "RichModelSummary": "model_summary",
 }
 

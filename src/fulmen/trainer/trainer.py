@@ -337,8 +337,6 @@ class Trainer(metaclass=_CheckedInit):
         if benchmark and deterministic:
             rank_zero_warn("benchmark=True with deterministic=True may pick non-deterministic cuDNN kernels.")
         torch.backends.cudnn.benchmark = bool(benchmark)
-        if deterministic:
-            torch.backends.cudnn.deterministic = True
 
     def _make_loggers(self, logger: Any) -> list[Any]:
         if logger is False:
@@ -671,6 +669,7 @@ class Trainer(metaclass=_CheckedInit):
     def _run(self, model: Any, fn: TrainerFn, datamodule: Any, ckpt_path: Any, weights_only: bool | None) -> Any:
         from fulmen.module import LightningModule
 
+        model = _from_compiled(model)
         if not isinstance(model, LightningModule):
             raise MisconfigurationException(
                 f"Trainer.{fn.value} needs a fulmen.LightningModule, got {type(model).__name__}. Subclass "
@@ -700,6 +699,12 @@ class Trainer(metaclass=_CheckedInit):
                 self.state.status = TrainerStatus.FINISHED
                 return result
             except BaseException as exc:
+                from fulmen.tuner import _TunerExitException
+
+                if isinstance(exc, _TunerExitException):  # a tuner finished its search inside fit: a clean stop
+                    self.state.status = TrainerStatus.FINISHED
+                    self.strategy.teardown()
+                    return None
                 self.state.status = TrainerStatus.INTERRUPTED
                 self._on_exception(exc)
                 if isinstance(exc, KeyboardInterrupt):
@@ -793,6 +798,38 @@ class Trainer(metaclass=_CheckedInit):
         """``print`` on the main process only."""
         if self.is_global_zero:
             print(*args, **kwargs)
+
+
+def _from_compiled(model: Any) -> Any:
+    """The LightningModule inside ``torch.compile(module)``, with its forward and steps compiled.
+
+    The Trainer then runs the compiled code while checkpoints, hooks and ``trainer.lightning_module``
+    see the plain module (state_dict keys without the ``_orig_mod.`` prefix), as in Lightning.
+    """
+    dynamo = getattr(torch, "_dynamo", None)
+    optimized = getattr(getattr(dynamo, "eval_frame", None), "OptimizedModule", None)
+    if optimized is None or not isinstance(model, optimized):
+        return model
+    from fulmen.module import LightningModule
+
+    module, ctx = model._orig_mod, model.dynamo_ctx
+    if not isinstance(module, LightningModule):
+        raise MisconfigurationException(
+            f"The compiled model wraps a {type(module).__name__}; the Trainer needs a compiled fulmen.LightningModule: "
+            "`trainer.fit(torch.compile(lit_module))`."
+        )
+    if module._compiler_ctx is not None and module._compiler_ctx["dynamo_ctx"] is ctx:
+        return module  # compiled for an earlier run already
+    if module._compiler_ctx is not None:  # compiled again, differently: start from the plain methods
+        for name in module._compiler_ctx["originals"]:
+            module.__dict__.pop(name, None)
+    steps = [s for s in ("training_step", "validation_step", "test_step", "predict_step")
+             if is_overridden(s, module, LightningModule)]  # wrapping the others would make them look overridden
+    originals = {name: getattr(module, name) for name in ["forward", *steps]}
+    module._compiler_ctx = {"compiler": "dynamo", "dynamo_ctx": ctx, "originals": originals}
+    for name, fn in originals.items():
+        setattr(module, name, ctx(fn))
+    return module
 
 
 def _reorder(callbacks: list[Callback]) -> list[Callback]:

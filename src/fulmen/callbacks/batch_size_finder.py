@@ -1,0 +1,61 @@
+"""``BatchSizeFinder``: the largest batch size that fits, found at the start of ``fit``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fulmen.callbacks.callback import Callback
+
+
+class BatchSizeFinder(Callback):
+    """Find the largest batch size that trains without running out of memory, then fit with it.
+
+    Each trial sets the module's (or datamodule's, or their hparams') ``batch_arg_name`` attribute,
+    rebuilds the training loader from it and trains ``steps_per_trial`` steps; out-of-memory errors mark
+    a size as too large. "power" doubles from ``init_val`` and keeps the last size that fit;
+    "binsearch" then bisects up to the first failure. Weights, optimizers and the Trainer are restored
+    after every trial; ``optimal_batch_size`` holds the result.
+
+    As a callback it tunes ``trainer.fit``; for validate/test/predict use
+    ``Tuner(trainer).scale_batch_size(model, method="validate")``.
+
+    Example::
+
+        trainer = fulmen.Trainer(callbacks=[BatchSizeFinder(mode="binsearch")])
+        trainer.fit(model)       # model.batch_size is now the largest that fits
+    """
+
+    def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
+                 batch_arg_name: str = "batch_size") -> None:
+        from fulmen.errors import MisconfigurationException
+
+        if mode not in ("power", "binsearch"):
+            raise MisconfigurationException(f"BatchSizeFinder mode={mode!r} is not known; use 'power' or 'binsearch'.")
+        self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
+        self._max_trials, self._batch_arg_name = max_trials, batch_arg_name
+        self._early_exit = False  # set by the Tuner: end the fit once the search is done
+        self.optimal_batch_size: int | None = init_val
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            from fulmen.errors import MisconfigurationException
+
+            raise MisconfigurationException(
+                f"BatchSizeFinder as a callback tunes trainer.fit, not trainer.{stage}. Remove it from this Trainer's "
+                f"callbacks and call Tuner(trainer).scale_batch_size(model, method={stage!r}) instead."
+            )
+
+    def scale_batch_size(self, trainer: Any, pl_module: Any) -> None:
+        """Run the search now (``on_fit_start`` calls this)."""
+        from fulmen.tuner import scale_batch_size_in_fit
+
+        self.optimal_batch_size = scale_batch_size_in_fit(
+            trainer, pl_module, mode=self._mode, steps_per_trial=self._steps_per_trial, init_val=self._init_val,
+            max_trials=self._max_trials, batch_arg_name=self._batch_arg_name)
+        if self._early_exit:
+            from fulmen.tuner import _TunerExitException
+
+            raise _TunerExitException()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.scale_batch_size(trainer, pl_module)
