@@ -834,8 +834,8 @@ def _from_compiled(model: Any) -> Any:
 
 def _reorder(callbacks: list[Callback]) -> list[Callback]:
     """Checkpoint callbacks run last, so they see what every other callback did first."""
-    from fulmen.callbacks import ModelCheckpoint
+    from fulmen.callbacks.model_checkpoint import Checkpoint
 
-    return [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)] + [
-        cb for cb in callbacks if isinstance(cb, ModelCheckpoint)
+    return [cb for cb in callbacks if not isinstance(cb, Checkpoint)] + [
+        cb for cb in callbacks if isinstance(cb, Checkpoint)
     ]
