@@ -11,7 +11,7 @@ import math
 import os
 import time
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -25,6 +25,9 @@ from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
 from fulmen.utilities import is_overridden, rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLogger`); no import cost
+    from fulmen.loggers.logger import Logger
 
 
 class _CheckedInit(type):
@@ -125,7 +128,7 @@ class Trainer(metaclass=_CheckedInit):
         devices: list[int] | str | int = "auto",
         num_nodes: int = 1,
         precision: Any = None,
-        logger: Any = None,
+        logger: Logger | Iterable[Logger] | bool | None = None,
         callbacks: list[Callback] | Callback | None = None,
         fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
