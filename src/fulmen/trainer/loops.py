@@ -299,7 +299,8 @@ def fit(trainer: Any, resumed: bool) -> None:
         if trainer.reload_dataloaders_every_n_epochs and loop.epoch and loop.epoch % trainer.reload_dataloaders_every_n_epochs == 0 and loop.batches_in_epoch == 0:
             setup_train_data(trainer)
             trainer._val_loaders = None
-        _train_epoch(trainer, module, loop)
+        with trainer.profiler.profile("run_training_epoch"):
+            _train_epoch(trainer, module, loop)
         if loop.epoch_loop_done:
             loop.epoch += 1
             loop.batches_in_epoch = 0
@@ -389,6 +390,12 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
 
     step = _make_training_step(trainer, module, loop)
     move = _batch_mover(trainer, module)
+    profiler = trainer.profiler
+    if profiler.active:  # decided once per epoch: with profiler=None nothing below is wrapped
+        from fulmen.profilers import _timed, timed_iter
+
+        step = _timed(profiler, "run_training_batch", step)
+        iterator = timed_iter(profiler, "train_dataloader_next", iterator)
     cb_batch_start, cb_batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
     m_batch_start, m_batch_end = _module_hook(module, "on_train_batch_start"), _module_hook(module, "on_train_batch_end")
     log_every = trainer.log_every_n_steps
@@ -612,7 +619,8 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     custom_step = _module_hook(module, "optimizer_step")
     custom_backward = is_overridden("backward", module, lm)
     after_closure = _before_step_hooks(trainer, module, optimizer)
-    simple_backward = not custom_backward and type(precision).backward is Precision.backward
+    simple_backward = (not custom_backward and type(precision).backward is Precision.backward
+                       and not trainer.profiler.active)  # a profiler times strategy.backward
     check_each_loss = trainer.detect_anomaly and getattr(precision, "scaler", None) is None
     state = {"out": None, "ran": False}
 
@@ -829,6 +837,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     log_every = trainer.log_every_n_steps
     log_steps = stage == RunningStage.VALIDATING and trainer.state.fn == TrainerFn.FITTING
     grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    trainer.profiler.start(f"run_{prefix}")
     with grad_ctx:
         trainer._call_hooks(f"on_{prefix}_start")
         trainer._call_hooks(f"on_{prefix}_epoch_start")
@@ -879,6 +888,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
             m.training = modes.get(name, m.training)
     trainer.state.stage = previous_stage
     metrics.current = None
+    trainer.profiler.stop(f"run_{prefix}")
     return per_loader
 
 

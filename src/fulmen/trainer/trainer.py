@@ -278,7 +278,9 @@ class Trainer(metaclass=_CheckedInit):
         self.enable_autolog_hparams = enable_autolog_hparams
         self.deterministic = deterministic
         self._set_torch_flags(deterministic, benchmark)
-        self.profiler = profiler
+        from fulmen.profilers import make_profiler
+
+        self.profiler = make_profiler(profiler)  # a pass-through one for None: loops then wrap nothing
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
 
         if barebones:
@@ -694,9 +696,14 @@ class Trainer(metaclass=_CheckedInit):
         self.val_dataloaders = self.test_dataloaders = self.predict_dataloaders = None
         self.strategy.connect(model)
         anomaly = torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else None
+        detach_profiler = None
         try:
             if anomaly is not None:
                 anomaly.__enter__()
+            if self.profiler.active:
+                from fulmen.profilers import attach
+
+                detach_profiler = attach(self, fn.value)
             try:
                 result = loops.run(self, fn, weights_only)
                 self.state.status = TrainerStatus.FINISHED
@@ -715,6 +722,8 @@ class Trainer(metaclass=_CheckedInit):
                     return None
                 raise
         finally:
+            if detach_profiler is not None:
+                detach_profiler()
             if anomaly is not None:
                 anomaly.__exit__(None, None, None)
             self.state.stage = None
