@@ -1,0 +1,127 @@
+"""Progress bars: a handful of lines when output is not a terminal, metrics read only on redraw."""
+
+import io
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fulmen as pl
+from fulmen.callbacks import ProgressBar, TQDMProgressBar
+from fulmen.errors import MisconfigurationException
+
+
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", self.layer(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def data(n=200):
+    return DataLoader(TensorDataset(torch.randn(n, 4)), batch_size=1)
+
+
+class CountingBar(TQDMProgressBar):
+    reads = 0
+
+    def get_metrics(self, trainer, pl_module):
+        CountingBar.reads += 1
+        return super().get_metrics(trainer, pl_module)
+
+
+def test_default_bar_off_terminal_prints_a_line_per_epoch(capsys, tmp_path):
+    CountingBar.reads = 0
+    trainer = pl.Trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[CountingBar()],
+                         enable_model_summary=False, limit_val_batches=20)
+    trainer.fit(Model(), data(), data())
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 4, out  # three epochs and where the outputs went, not 600 redraws
+    for epoch, line in enumerate(lines[:3]):
+        assert line.startswith(f"Epoch {epoch}: 100% 200/200 [")
+        assert "it/s]" in line and "v_num=0" in line and "train_loss=" in line
+    assert "val_loss=" in lines[1]  # the epoch line shows the last validation too
+    logs = tmp_path / "lightning_logs" / "version_0"
+    assert lines[3] == f"Checkpoints: {logs / 'checkpoints'}  Logs: {logs}"
+    # 600 training batches and 60 validation batches, but the metrics were read only a few times
+    assert CountingBar.reads < 20
+
+
+
+
+def test_stand_alone_test_run_output(capsys):
+    trainer = pl.Trainer(logger=False, enable_model_summary=False)
+    trainer.test(Model(), data(50), verbose=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Testing: 100% 50/50 [")
+
+
+def test_no_outputs_line_without_logger_or_checkpointing(capsys):
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Model(), data(10))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Epoch 0: 100% 10/10") and "v_num" not in lines[0]
+
+
+def test_terminal_bar_draws_with_tqdm(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    bar = TQDMProgressBar(refresh_rate=5)
+    bar._tty = True  # pretend stdout is a terminal
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[bar])
+    trainer.fit(Model(), data(20), data(5))
+    text = out.getvalue()
+    assert "Epoch 1: 100%" in text and "20/20" in text and "train_loss=" in text
+    assert "Validation" in text and "Sanity Checking" in text
+    assert bar.train_progress_bar is None  # closed at the end of training
+
+
+def test_refresh_rate_zero_and_disable_draw_nothing(capsys):
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[TQDMProgressBar(refresh_rate=0)])
+    trainer.fit(Model(), data(10))
+    assert capsys.readouterr().out == ""
+    assert trainer.progress_bar_callback.is_disabled
+
+
+def test_bar_api_and_errors():
+    with pytest.raises(MisconfigurationException, match="refresh_rate"):
+        TQDMProgressBar(refresh_rate=-1)
+    bar = TQDMProgressBar()
+    assert isinstance(bar, ProgressBar) and bar.refresh_rate == 1 and bar.is_enabled
+    bar.disable()
+    assert bar.is_disabled
+    with pytest.raises(MisconfigurationException, match="not attached"):
+        bar.total_train_batches
+    trainer = pl.Trainer(max_epochs=1, enable_progress_bar=False)
+    assert trainer.progress_bar_callback is None
+
+
+def test_rich_bar(capsys, tmp_path):
+    pytest.importorskip("rich")
+    from fulmen.callbacks import RichProgressBar
+
+    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_model_summary=False,
+                         callbacks=[RichProgressBar()])
+    trainer.fit(Model(), data(30), data(5))
+    out = capsys.readouterr().out
+    assert "Epoch 1" in out and "30/30" in out and "train_loss:" in out and "val_loss:" in out
+    assert out.count("\n") < 10
+    assert out.strip().splitlines()[-1].startswith("Checkpoints: ")
