@@ -63,8 +63,6 @@ def test_default_bar_off_terminal_prints_a_line_per_epoch(capsys, tmp_path):
     assert CountingBar.reads < 20
 
 
-
-
 def test_stand_alone_test_run_output(capsys):
     trainer = pl.Trainer(logger=False, enable_model_summary=False)
     trainer.test(Model(), data(50), verbose=False)
