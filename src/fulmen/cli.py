@@ -36,6 +36,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import fulmen
+import fulmen.callbacks  # noqa: F401  (so --trainer.callbacks EarlyStopping finds it by name)
+import fulmen.loggers  # noqa: F401  (so --trainer.logger CSVLogger finds it by name)
 from fulmen.callbacks.callback import Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.errors import FulmenError, MisconfigurationException, missing_extra
@@ -172,7 +174,6 @@ class LightningArgumentParser(ArgumentParser):
         sys.stderr.write(f"{prog}: error: {message} Run `{prog} --help` to see every option.\n")
         self.exit(2)
 
-
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         self._last_args = list(sys.argv[1:] if args is None else args)
         return super().parse_args(args, *rest, **kwargs)
@@ -220,7 +221,8 @@ def _one_paragraph(message: str, known: list[str] = ()) -> str:
         return f"{flags} is required but was not given; pass it on the command line or in a --config file."
     simple = re.search(r'Key "([^"]+)" is required', text)
     if simple:
-        return f"--{_strip_subcommand(simple.group(1))} is required but was not given; pass it on the command line or in a --config file."
+        return (f"--{_strip_subcommand(simple.group(1))} is required but was not given; pass it on the command line "
+                "or in a --config file.")
     if text.startswith("Problems parsing config"):
         where = re.findall(r"line (\d+), column (\d+)", text)
         problem = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.strip().startswith("in ")]
@@ -349,7 +351,17 @@ class SaveConfigCallback(Callback):
 
 
 class ConfigExistsError(FulmenError, RuntimeError):
-    """A run would overwrite the ``config.yaml`` of an earlier run in the same log directory."""
+    """A run would overwrite the ``config.yaml`` of an earlier run in the same log directory.
+
+    Also a ``RuntimeError``, which is what Lightning raises here.
+
+    Example::
+
+        try:
+            LightningCLI(LitModel, args=["fit", "--trainer.logger", "false"])
+        except ConfigExistsError:
+            LightningCLI(LitModel, args=["fit", "--trainer.logger", "false"], save_config_kwargs={"overwrite": True})
+    """
 
 
 class LightningCLI:

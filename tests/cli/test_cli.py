@@ -20,7 +20,8 @@ import yaml
 
 pytest.importorskip("jsonargparse")
 
-from fulmen.callbacks import Callback  # noqa: E402
+from fulmen.callbacks import Callback, EarlyStopping  # noqa: E402
+from fulmen.loggers import CSVLogger  # noqa: E402
 from fulmen.cli import ConfigExistsError, LightningCLI, ReduceLROnPlateau, SaveConfigCallback  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -201,6 +202,12 @@ def test_run_false_builds_model_data_trainer_from_list_or_dict():
                        args={"model": {"lr": 0.5}, "trainer": {"max_steps": 4}})
     assert cli.model.hparams.lr == 0.5 and cli.trainer.max_steps == 4 and cli.datamodule is None
     assert cli.config.seed_everything is False
+    cli = LightningCLI(pkg.BoringModel, run=False, args=[
+        "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "logs", "--trainer.logger.name", "cli",
+        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val_loss"])
+    assert isinstance(cli.trainer.logger, CSVLogger) and cli.trainer.logger.root_dir == os.path.join("logs", "cli")
+    [stopper] = [cb for cb in cli.trainer.callbacks if isinstance(cb, EarlyStopping)]
+    assert stopper.monitor == "val_loss"
 
 
 def test_optimizer_and_scheduler_replace_configure_optimizers():
