@@ -94,7 +94,8 @@ def test_lr_find_writes_into_hparams_and_warns_on_too_few_points():
     assert model.hparams.learning_rate != 1e-3
     with pytest.warns(UserWarning, match="too few"):
         finder = Tuner(quiet_trainer(max_epochs=1)).lr_find(HP(), num_training=5)
-    assert finder.suggestion() is None
+    with pytest.warns(UserWarning, match="5 point"):
+        assert finder.suggestion() is None
 
 
 def test_lr_find_needs_an_lr_attribute():
