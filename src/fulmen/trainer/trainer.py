@@ -118,6 +118,48 @@ class Trainer(metaclass=_CheckedInit):
         trainer = fulmen.Trainer(max_epochs=5, accelerator="auto")
         trainer.fit(model, train_loader, val_loader)
         trainer.test(model, test_loader)
+
+    Args:
+        accelerator: "auto" (a GPU when there is one), "cpu", "cuda"/"gpu" or "mps".
+        strategy: "auto", "single_device" or a Strategy instance.
+        devices: how many devices, which ones (a list or "0,"), or "auto".
+        num_nodes: machines to run on.
+        precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true" (or 32, 64, 16, "bf16").
+        logger: a logger, a list of them, True for the default CSVLogger, or False for none.
+        callbacks: callbacks to add to the default ones.
+        fast_dev_run: run N (True: 1) batches of each loop once to smoke-test the code; no logs or checkpoints.
+        max_epochs: stop after this many epochs (1000 when neither max_epochs nor max_steps is set; -1: no limit).
+        min_epochs: train at least this many epochs even when asked to stop earlier.
+        max_steps: stop after this many optimizer steps (-1: no limit).
+        min_steps: take at least this many optimizer steps even when asked to stop earlier.
+        max_time: stop after this long: "DD:HH:MM:SS", a timedelta or a dict such as {"hours": 2}.
+        limit_train_batches: batches per training epoch: a count, or a fraction of the loader.
+        limit_val_batches: batches per validation run: a count, or a fraction (0 turns validation off).
+        limit_test_batches: batches per test run: a count, or a fraction.
+        limit_predict_batches: batches per predict run: a count, or a fraction.
+        overfit_batches: train and validate on this many (or this fraction of) batches, unshuffled.
+        val_check_interval: validate every N training batches (int) or this fraction of an epoch (float).
+        check_val_every_n_epoch: validate every N epochs; None counts val_check_interval across epochs.
+        num_sanity_val_steps: validation batches run before training to catch bugs early (-1: all).
+        log_every_n_steps: how often step-level values go to the loggers.
+        enable_checkpointing: add a ModelCheckpoint when none is given (default True).
+        enable_progress_bar: show a progress bar (default True).
+        enable_model_summary: print the model summary at the start of fit (default True).
+        accumulate_grad_batches: add up gradients over N batches before each optimizer step.
+        gradient_clip_val: clip gradients at this value before each step (None or 0: no clipping).
+        gradient_clip_algorithm: "norm" (default) or "value".
+        deterministic: use only deterministic algorithms (True), warn about others ("warn"), or leave torch as is (None).
+        benchmark: let cuDNN pick the fastest kernels for fixed input sizes.
+        inference_mode: evaluate under torch.inference_mode() (True) or torch.no_grad() (False).
+        use_distributed_sampler: wrap samplers for multi-process runs.
+        profiler: None, "simple", "advanced", "pytorch", or a Profiler instance.
+        detect_anomaly: run with torch.autograd's anomaly detection and check every loss.
+        barebones: turn off every extra (logging, checkpoints, progress bar, summary) for the bare loop.
+        plugins: a Precision plugin or a CheckpointIO, to replace the default ones.
+        sync_batchnorm: synchronise batch norm statistics across processes.
+        reload_dataloaders_every_n_epochs: ask for fresh training loaders every N epochs (0: never).
+        default_root_dir: where logs and checkpoints go when no other path is given (default: the current directory).
+        enable_autolog_hparams: send the module's and datamodule's hyperparameters to the loggers.
     """
 
     def __init__(
