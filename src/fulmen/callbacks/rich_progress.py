@@ -52,11 +52,14 @@ class RichProgressBar(ProgressBar):
         if self._progress is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.table import Column
 
             self._progress = Progress(
                 TextColumn("[progress.description]{task.description}"), BarColumn(bar_width=20),
                 MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[metrics]}"),
+                TextColumn("{task.fields[rate]}"),
+                # the metrics wrap rather than squeeze the counts when the line is short
+                TextColumn("{task.fields[metrics]}", table_column=Column(overflow="fold", ratio=1)),
                 console=Console(**self._console_kwargs), auto_refresh=False,
             )
             self._progress.start()

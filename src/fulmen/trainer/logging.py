@@ -82,13 +82,14 @@ class _Slot:
     __slots__ = (
         "name", "suffix", "fx", "config", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist",
         "sync_dist_group", "dataloader_idx", "step_value", "acc", "weight", "values", "metric", "epoch_value",
-        "valid",
+        "valid", "device",
     )
 
     def __init__(self, name: str, suffix: str, fx: str, config: tuple, on_step: bool, on_epoch: bool,
                  prog_bar: bool, logger: bool, reduce: str | Callable, sync_dist: bool, sync_dist_group: Any,
-                 dataloader_idx: int | None) -> None:
+                 dataloader_idx: int | None, device: torch.device) -> None:
         self.name, self.suffix, self.fx, self.config = name, suffix, fx, config
+        self.device = device
         self.on_step, self.on_epoch, self.prog_bar, self.logger = on_step, on_epoch, prog_bar, logger
         self.reduce, self.sync_dist, self.sync_dist_group = reduce, sync_dist, sync_dist_group
         self.dataloader_idx = dataloader_idx
@@ -108,16 +109,20 @@ class _Slot:
         return (f"{self.name}_epoch" if self.on_step else self.name) + self.suffix
 
     def reset(self) -> None:
-        self.step_value: Tensor | None = None
-        self.acc: Tensor | None = None
-        self.weight: Tensor | float = 0.0
-        self.values: list[Tensor] = []
+        self.step_value: Tensor | float | None = None
+        self.acc: Tensor | float | None = None
+        self.weight = 0
+        self.values: list[Tensor | float] = []
         self.epoch_value: Tensor | None = None
         self.valid = False  # logged since the last reset
         if self.metric is not None:
             self.metric.reset()
 
-    def update(self, value: Tensor, batch_size: int) -> None:
+    def update(self, value: Tensor | float, batch_size: int) -> None:
+        """Record one value: a detached tensor, or a Python float that stays one until it is read.
+
+        One tensor op per call at most (Python numbers: none), so logging every step stays cheap.
+        """
         self.valid = True
         self.epoch_value = None
         if self.on_step:
@@ -126,17 +131,30 @@ class _Slot:
             return
         reduce, acc = self.reduce, self.acc
         if reduce == "mean":
-            v = value * batch_size
-            self.acc = v if acc is None else acc + v
+            if acc is None:
+                self.acc = value * batch_size
+            elif type(acc) is Tensor and type(value) is Tensor:
+                self.acc = torch.add(acc, value, alpha=batch_size)
+            else:
+                self.acc = acc + value * batch_size
             self.weight += batch_size
         elif reduce == "sum":
             self.acc = value if acc is None else acc + value
-        elif reduce == "max":
-            self.acc = value if acc is None else torch.maximum(acc, value)
-        elif reduce == "min":
-            self.acc = value if acc is None else torch.minimum(acc, value)
+        elif reduce in ("max", "min"):
+            if acc is None:
+                self.acc = value
+            elif type(acc) is float and type(value) is float:
+                self.acc = max(acc, value) if reduce == "max" else min(acc, value)
+            else:
+                pick = torch.maximum if reduce == "max" else torch.minimum
+                self.acc = pick(self._tensor(acc), self._tensor(value))
         else:
             self.values.append(value)
+
+    def _tensor(self, value: Tensor | float) -> Tensor:
+        if type(value) is Tensor or isinstance(value, Tensor):
+            return value
+        return torch.tensor(value, dtype=torch.get_default_dtype(), device=self.device)
 
     def step(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
         """The value of the latest step (synced across processes when ``sync_dist`` asks for it)."""
@@ -144,6 +162,8 @@ class _Slot:
             cache = getattr(self.metric, "_forward_cache", None)
             return cache.detach() if isinstance(cache, Tensor) else None
         v = self.step_value
+        if v is not None and not isinstance(v, Tensor):
+            v = self.step_value = self._tensor(v)
         if v is not None and self.sync_dist:
             v = reduce_fn(v, self.reduce if self.reduce in ("sum", "max", "min") else "mean", self.sync_dist_group)
         return v
@@ -156,18 +176,18 @@ class _Slot:
             value = self.metric.compute()
             value = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
         elif self.reduce == "mean":
-            acc, weight = self.acc, self.weight
+            acc, weight = self._tensor(self.acc), self.weight
             if self.sync_dist:
                 acc = reduce_fn(acc, "sum", self.sync_dist_group)
                 weight = reduce_fn(torch.as_tensor(weight, dtype=acc.dtype, device=acc.device), "sum",
                                    self.sync_dist_group)
             value = acc / weight
         elif self.reduce in ("sum", "max", "min"):
-            value = self.acc
+            value = self._tensor(self.acc)
             if self.sync_dist:
                 value = reduce_fn(value, self.reduce, self.sync_dist_group)
         else:
-            value = torch.as_tensor(self.reduce(torch.stack(self.values)))
+            value = torch.as_tensor(self.reduce(torch.stack([self._tensor(v) for v in self.values])))
             if self.sync_dist:
                 value = reduce_fn(value, "mean", self.sync_dist_group)
         self.epoch_value = value
@@ -268,7 +288,7 @@ class ResultCollection:
             )
         slot = self.slots.get(key)
         if slot is None:
-            slot = self._new_slot(key, config, metric, sync_dist_group)
+            slot = self._new_slot(key, config, metric, sync_dist_group, device)
         elif slot.config != config:
             raise MisconfigurationException(
                 f"`self.log({name!r}, ...)` was called twice in `{fx}` with different arguments "
@@ -297,13 +317,13 @@ class ResultCollection:
             if not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
         else:
-            value = torch.tensor(float(value), device=device)
+            value = float(value)  # becomes a tensor (on the module's device) only when it is read
         if slot.on_epoch and slot.reduce == "mean":
             slot.update(value, self.batch_size() if batch_size is None else int(batch_size))
         else:
             slot.update(value, 1)
 
-    def _new_slot(self, key: tuple, config: tuple, metric: Any, sync_dist_group: Any) -> _Slot:
+    def _new_slot(self, key: tuple, config: tuple, metric: Any, sync_dist_group: Any, device: torch.device) -> _Slot:
         fx, name, suffix_idx = key
         prog_bar, logger, on_step, on_epoch, reduce_fx, _, sync_dist, add_dataloader_idx, dl_idx = config
         if fx not in LOGGABLE_HOOKS:
@@ -345,7 +365,7 @@ class ResultCollection:
                            "Pass one, e.g. `Trainer(logger=CSVLogger('logs'))`.")
         suffix = "" if suffix_idx is None else f"/dataloader_idx_{suffix_idx}"
         slot = _Slot(name, suffix, fx, config, on_step, on_epoch, bool(prog_bar), True if logger is None else bool(logger),
-                     reduce, bool(sync_dist), sync_dist_group, dl_idx)
+                     reduce, bool(sync_dist), sync_dist_group, dl_idx, device)
         slot.metric = metric
         self.slots[key] = slot
         return slot
