@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fulmen.module import HyperparametersMixin
+from fulmen.module import DataHooks, HyperparametersMixin
 
 
-class LightningDataModule(HyperparametersMixin):
+class LightningDataModule(HyperparametersMixin, DataHooks):
     """Everything about the data, so one model can be trained on several datasets and back.
 
     Example::
@@ -35,57 +35,12 @@ class LightningDataModule(HyperparametersMixin):
         super().__init__()
         self.trainer: Any = None
 
-    def prepare_data(self) -> None:
-        """Download or write data, once per machine; do not set state here."""
-
-    def setup(self, stage: str) -> None:
-        """Load and split data for ``stage`` ('fit', 'validate', 'test' or 'predict')."""
-
-    def teardown(self, stage: str) -> None:
-        """Release what ``setup`` built."""
-
-    def train_dataloader(self) -> Any:
-        """The training loader(s)."""
-        raise NotImplementedError
-
-    def val_dataloader(self) -> Any:
-        """The validation loader(s)."""
-        raise NotImplementedError
-
-    def test_dataloader(self) -> Any:
-        """The test loader(s)."""
-        raise NotImplementedError
-
-    def predict_dataloader(self) -> Any:
-        """The predict loader(s)."""
-        raise NotImplementedError
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Move a batch to ``device``; used instead of the module's hook when overridden here."""
-        from fulmen.utilities import move_data_to_device
-
-        return move_data_to_device(batch, device)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change a batch before it moves to the device."""
-        return batch
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change a batch after it reached the device."""
-        return batch
-
     def state_dict(self) -> dict[str, Any]:
         """What this datamodule needs to resume; saved in checkpoints."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add to a checkpoint about to be written."""
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Read what ``on_save_checkpoint`` added."""
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,

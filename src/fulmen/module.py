@@ -104,7 +104,55 @@ def _collect_init_args(obj: Any, frame: Any) -> dict[str, Any]:
     return out
 
 
-class LightningModule(HyperparametersMixin, nn.Module):
+class DataHooks:
+    """The hooks a LightningModule and a LightningDataModule share: preparing data, the four
+    loaders, moving batches to the device, and checkpoint additions."""
+
+    def prepare_data(self) -> None:
+        """Download or write data once per machine; do not set state here."""
+
+    def setup(self, stage: str) -> None:
+        """Build what the run needs; ``stage`` is 'fit', 'validate', 'test' or 'predict'."""
+
+    def teardown(self, stage: str) -> None:
+        """Release what ``setup`` built."""
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch before it moves to the device; return it."""
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a batch to ``device``; override for custom batch types without ``.to()``."""
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch after it reached the device (e.g. GPU augmentation); return it."""
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add to or edit a checkpoint about to be written."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read what ``on_save_checkpoint`` added, before the state is restored."""
+
+    def train_dataloader(self) -> Any:
+        """The training loader(s), when not passed to ``fit``."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        """The validation loader(s), when not passed to ``fit``/``validate``."""
+        raise NotImplementedError
+
+    def test_dataloader(self) -> Any:
+        """The test loader(s), when not passed to ``test``."""
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> Any:
+        """The predict loader(s), when not passed to ``predict``."""
+        raise NotImplementedError
+
+
+class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     """A model together with how to train, validate, test and predict with it.
 
     Override ``training_step`` and ``configure_optimizers`` at least; ``fulmen.Trainer`` does the rest.
@@ -416,16 +464,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         else:
             scheduler.step(metric)
 
-    # -- hooks --------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Download or write data once per machine; do not set state here."""
-
-    def setup(self, stage: str) -> None:
-        """Build what the run needs; ``stage`` is 'fit', 'validate', 'test' or 'predict'."""
-
-    def teardown(self, stage: str) -> None:
-        """Release what ``setup`` built."""
-
+    # -- hooks (the data hooks come from DataHooks) ------------------------------------------------
     def on_fit_start(self) -> None: """When fit begins."""
     def on_fit_end(self) -> None: """When fit ends."""
     def on_train_start(self) -> None: """When the training loop begins, after the sanity check."""
@@ -503,40 +542,6 @@ class LightningModule(HyperparametersMixin, nn.Module):
         """Before ``optimizer.step()``, with gradients unscaled."""
 
     def on_before_zero_grad(self, optimizer: Optimizer) -> None: """Before ``optimizer.zero_grad()``."""
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change a batch before it moves to the device; return it."""
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move a batch to ``device``; override for custom batch types without ``.to()``."""
-        return move_data_to_device(batch, device)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change a batch after it reached the device (e.g. GPU augmentation); return it."""
-        return batch
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add to or edit a checkpoint about to be written."""
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Read what ``on_save_checkpoint`` added, before the state is restored."""
-
-    def train_dataloader(self) -> Any:
-        """The training loader(s), when not passed to ``fit``."""
-        raise NotImplementedError
-
-    def val_dataloader(self) -> Any:
-        """The validation loader(s), when not passed to ``fit``/``validate``."""
-        raise NotImplementedError
-
-    def test_dataloader(self) -> Any:
-        """The test loader(s), when not passed to ``test``."""
-        raise NotImplementedError
-
-    def predict_dataloader(self) -> Any:
-        """The predict loader(s), when not passed to ``predict``."""
-        raise NotImplementedError
 
     # -- utilities ------------------------------------------------------------------------------
     def freeze(self) -> None:
