@@ -171,11 +171,12 @@ def rank_zero_info(message: str) -> None:
     print(message)
 
 
-def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
     """Seed Python's, NumPy's (if installed) and torch's random generators; return the seed used.
 
     With ``seed=None`` the ``PL_GLOBAL_SEED`` environment variable is used, else 0. ``workers=True``
     makes every DataLoader worker derive its own seed from it (see ``pl_worker_init_function``).
+    ``verbose`` is accepted for Lightning compatibility; fulmen seeds quietly either way.
 
     Example::
 
