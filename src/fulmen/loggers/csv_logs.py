@@ -15,7 +15,7 @@ from argparse import Namespace
 from typing import Any
 
 from fulmen.loggers.logger import (
-    Logger,
+    _VersionedLogger,
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
@@ -23,7 +23,6 @@ from fulmen.loggers.logger import (
     _convert_params,
     _filesystem,
     _join,
-    _next_version,
     _scalar,
     _version_dir,
     _warn,
@@ -102,7 +101,7 @@ class ExperimentWriter:
             return list(csv.DictReader(f))
 
 
-class CSVLogger(Logger):
+class CSVLogger(_VersionedLogger):
     """Log to CSV and YAML files on any fsspec filesystem (local paths, ``memory://``, ``s3://`` ...).
 
     Args:
@@ -129,30 +128,10 @@ class CSVLogger(Logger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        self._fs, self._save_dir = _filesystem(save_dir)
-        self._name = name or ""
-        self._version = version
+        self._init_folders(save_dir, name, version)
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self._fs, self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return _join(self._save_dir, self._name)
 
     @property
     def log_dir(self) -> str:

@@ -98,6 +98,33 @@ class Logger(ABC):
         """Called after the checkpoint callback saved a file; loggers that upload models use it."""
 
 
+class _VersionedLogger(Logger):
+    """A logger that writes into ``save_dir/name/version_N``: the folder scheme CSV and TensorBoard share."""
+
+    def _init_folders(self, save_dir: str | os.PathLike, name: str | None, version: int | str | None) -> None:
+        self._fs, self._save_dir = _filesystem(save_dir)
+        self._name = name or ""
+        self._version = version
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self._fs, self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return _join(self._save_dir, self._name)
+
+
 class DummyLogger(Logger):
     """A logger that records nothing; what ``fast_dev_run`` uses so that no files are written.
 

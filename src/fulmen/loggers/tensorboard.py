@@ -15,15 +15,13 @@ from typing import Any
 
 from fulmen.errors import missing_extra
 from fulmen.loggers.logger import (
-    Logger,
+    _VersionedLogger,
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
     _convert_params,
-    _filesystem,
     _flatten_dict,
     _join,
-    _next_version,
     _require,
     _sanitize_params,
     _scalar,
@@ -33,7 +31,7 @@ from fulmen.loggers.logger import (
 )
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_VersionedLogger):
     """Log to TensorBoard event files with ``torch.utils.tensorboard.SummaryWriter``.
 
     Args:
@@ -71,9 +69,7 @@ class TensorBoardLogger(Logger):
     ) -> None:
         # fail at construction, not at the first logged step deep inside fit
         _require("tensorboard", "tensorboard", "tensorboard", "TensorBoardLogger")
-        self._fs, self._save_dir = _filesystem(save_dir)
-        self._name = name or ""
-        self._version = version
+        self._init_folders(save_dir, name, version)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
         self._prefix = prefix
@@ -82,24 +78,6 @@ class TensorBoardLogger(Logger):
         self._experiment: Any = None
         self.hparams: dict[str, Any] = {}
         self._hparams_dirty = False
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self._fs, self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return _join(self._save_dir, self._name)
 
     @property
     def log_dir(self) -> str:
