@@ -45,7 +45,13 @@ class CountingBar(TQDMProgressBar):
         return super().get_metrics(trainer, pl_module)
 
 
-def test_default_bar_off_terminal_prints_a_line_per_epoch(capsys, tmp_path):
+def test_default_bar_off_terminal_prints_a_line_per_epoch(capsys, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fulmen.callbacks import progress
+
+    # a frozen clock: what the bar reads and prints must not depend on how fast this machine is
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: 1000.0))
     CountingBar.reads = 0
     trainer = pl.Trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[CountingBar()],
                          enable_model_summary=False, limit_val_batches=20)
