@@ -6,7 +6,7 @@ import copy
 import inspect
 from argparse import Namespace
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn

@@ -158,7 +158,7 @@ class SimpleProfiler(Profiler):
         width = [max(len(r[i]) for r in [head, *body]) for i in range(5)]
         line = lambda r: "|  " + "  |  ".join(c.ljust(w) for c, w in zip(r, width)) + "  |"  # noqa: E731
         rule = "-" * len(line(head))
-        title = f"FIT Profiler Report" if self._stage in (None, "fit") else f"{self._stage.upper()} Profiler Report"
+        title = "FIT Profiler Report" if self._stage in (None, "fit") else f"{self._stage.upper()} Profiler Report"
         return "\n".join([title, rule, line(head), rule, *map(line, body), rule])
 
     def teardown(self, stage: str | None) -> None:

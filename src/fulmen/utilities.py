@@ -7,7 +7,7 @@ import dataclasses
 import os
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import wraps
 from typing import Any, Callable
 

@@ -473,8 +473,6 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
                 _step_scheduler(trainer, module, cfg)
         if stop or (max_steps != -1 and loop.global_step >= max_steps):
             break
-    else:  # pragma: no cover - the loop always ends by break
-        pass
     loop.epoch_loop_done = True
     trainer.is_last_batch = False
 
@@ -586,7 +584,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
                 with forward_context():
                     out = training_step(batch, batch_idx)
             results.fx = None
-            return _outputs(out, manual=True)
+            return _outputs(out)
 
         def _count_step() -> None:
             loop.global_step += 1
@@ -755,16 +753,13 @@ def _loss_of(out: Any) -> Tensor | None:
     return loss
 
 
-def _outputs(out: Any, manual: bool = False) -> Any:
-    """What on_train_batch_end receives: ``{"loss": detached loss, **extras}``, as in Lightning."""
-    if out is None:
-        return None
+def _outputs(out: Any) -> Any:
+    """What on_train_batch_end receives: ``{"loss": detached loss, **extras}``, as in Lightning;
+    anything else (manual optimization may return what it likes) is passed on as it is."""
     if isinstance(out, Tensor):
         return {"loss": out.detach()}
     if isinstance(out, dict):
         return {k: (v.detach() if k == "loss" and isinstance(v, Tensor) else v) for k, v in out.items()}
-    if manual:
-        return out
     return out
 
 

@@ -9,7 +9,6 @@ import difflib
 import inspect
 import math
 import os
-import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -22,7 +21,7 @@ from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import data as _data
 from fulmen.trainer import loops
 from fulmen.trainer.logging import MetricsHub
-from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
 from fulmen.utilities import is_overridden, rank_zero_info, rank_zero_warn
 
