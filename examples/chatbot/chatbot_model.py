@@ -54,7 +54,7 @@ class ChatBot(pl.LightningModule):
     """
 
     def __init__(self, gpt2_config: dict, lr: float = 3e-3, weight_decay: float = 0.05, warmup_steps: int = 100,
-                 max_new_tokens: int = 24, tokenizer=None) -> None:
+                 max_new_tokens: int = 48, tokenizer=None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
         self.gpt2 = GPT2LMHeadModel(GPT2Config(**gpt2_config))

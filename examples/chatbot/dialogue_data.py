@@ -3,11 +3,11 @@
 The bot knows three kinds of things:
 
 * facts from a table (where 16 made-up people live, their pets and favourite colours), asked in four phrasings;
-* sums and differences of whole numbers from 0 to ``MAX_OPERAND``;
+* sums of two whole numbers from 0 to ``MAX_OPERAND``;
 * small talk, including remembering the user's name across turns.
 
 Held-out questions test generalisation, not recall: a fact asked in a phrasing never seen *for that person*
-(the fact itself was seen in the other phrasings), arithmetic on operand pairs never seen in training, and
+(the fact itself was seen in the other phrasings), sums of operand pairs never seen in training, and
 recalling a name introduced earlier in a dialogue with a context never seen in training.
 """
 
@@ -23,7 +23,7 @@ import fulmen as pl
 
 USER, BOT, END, PAD = "<|user|>", "<|bot|>", "<|end|>", "<|pad|>"
 SPECIAL_TOKENS = [PAD, USER, BOT, END]
-MAX_OPERAND = 10
+MAX_OPERAND = 15
 
 PEOPLE = ["Alma", "Bruno", "Cleo", "Dario", "Edda", "Fenn", "Greta", "Hugo",
           "Ines", "Jonas", "Kira", "Lars", "Mira", "Nils", "Olga", "Pavel"]
@@ -41,8 +41,7 @@ ATTRIBUTES = {  # attribute: (possible values, question phrasings, answer)
                 "What colour does {p} love?", "Tell me {p}'s favourite colour."],
                "{p}'s favourite colour is {v}."),
 }
-ARITHMETIC = {"+": ["What is {a} + {b}?", "How much is {a} plus {b}?", "Calculate {a} + {b}."],
-              "-": ["What is {a} - {b}?", "How much is {a} minus {b}?", "Calculate {a} - {b}."]}
+SUMS = ["What is {a} + {b}?", "How much is {a} plus {b}?", "Calculate {a} + {b}.", "Add {a} and {b}."]
 SMALL_TALK = [
     (["Hello!", "Hi!", "Hey there!", "Good morning!"], "Hello! Ask me about my friends, or give me a sum."),
     (["How are you?", "How are you doing?", "How is it going?"], "I am fine, thank you!"),
@@ -95,15 +94,13 @@ class Corpus:
                 else:
                     self.train_facts.append(turn)
 
-        # Arithmetic: 15% of the operand pairs never appear in training, in any phrasing.
-        pairs = [(op, a, b) for op in "+-" for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)
-                 if op == "+" or a >= b]
+        # Sums: 15% of the operand pairs never appear in training, in any phrasing.
+        pairs = [(a, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)]
         rng.shuffle(pairs)
         n_hidden = int(0.15 * len(pairs))
-        self.train_arithmetic = [(q.format(a=a, b=b), _solve(op, a, b))
-                                 for op, a, b in pairs[n_hidden:] for q in ARITHMETIC[op]]
-        held += [HeldOut([], rng.choice(ARITHMETIC[op]).format(a=a, b=b), _solve(op, a, b))
-                 for op, a, b in pairs[:n_hidden]]
+        sum_turn = lambda q, a, b: (q.format(a=a, b=b), f"{a} + {b} = {a + b}.")  # noqa: E731
+        self.train_arithmetic = [sum_turn(q, a, b) for a, b in pairs[n_hidden:] for q in SUMS]
+        held += [HeldOut([], *sum_turn(rng.choice(SUMS), a, b)) for a, b in pairs[:n_hidden]]
 
         # Name recall: introduced, then some other turn, then asked; evaluated on unseen combinations.
         for _ in range(24):
@@ -141,10 +138,6 @@ class Corpus:
         elif rng.random() < 0.05:
             turns.append((rng.choice(ASK_NAME), "You have not told me your name yet."))
         return turns
-
-
-def _solve(op: str, a: int, b: int) -> str:
-    return f"{a} {op} {b} = {a + b if op == '+' else a - b}."
 
 
 def _introduce(rng: random.Random, name: str) -> Turn:
