@@ -92,9 +92,9 @@ class DigitsDataModule(pl.LightningDataModule):
         x, y = load_digits(return_X_y=True)
         data = TensorDataset(torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y))
         n_val = n_test = int(0.15 * len(data))
-        self.train_set, self.val_set, self.test_set = random_split(
-            data, [len(data) - n_val - n_test, n_val, n_test], generator=torch.Generator().manual_seed(self.hparams.seed)
-        )
+        split = torch.Generator().manual_seed(self.hparams.seed)
+        self.train_set, self.val_set, self.test_set = random_split(data, [len(data) - n_val - n_test, n_val, n_test],
+                                                                   generator=split)
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
