@@ -353,3 +353,28 @@ def test_callback_hooks_state_and_exception():
     with pytest.raises(ValueError):
         _trainer([cb]).fit(Bad(), _loader())
     assert calls[-1] == "exception:ValueError"
+
+
+def test_fast_dev_run_writes_no_checkpoint_even_with_save_last(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import fulmen as pl
+    from fulmen.callbacks import ModelCheckpoint
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(fast_dev_run=2, enable_progress_bar=False,
+                         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)])
+    trainer.fit(M(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=2))
+    assert trainer.global_step == 2
+    assert not (tmp_path / "ckpts").exists()  # as in Lightning: fast_dev_run is a smoke test, nothing is kept

@@ -196,7 +196,7 @@ class ModelCheckpoint(Checkpoint):
         self._save_for_epoch(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.save_last and not self._last_checkpoint_saved and trainer.global_step > 0:
+        if self.save_last and not self._last_checkpoint_saved and trainer.global_step > 0 and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
