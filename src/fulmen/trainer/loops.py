@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -572,31 +571,33 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     training_step = module.training_step
     manual = not module.automatic_optimization
 
-    if manual:
-        def manual_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
-            for lopt in trainer._lightning_optimizers:
-                lopt.__dict__["_on_before_step"] = _before_step_hooks(trainer, module, lopt.optimizer)
-                lopt.__dict__["_on_after_step"] = _count_step
-            results.fx = "training_step"
-            if plain_precision:
+    def run_training_step(batch: Any, batch_idx: int) -> Any:
+        results.fx = "training_step"
+        if plain_precision:
+            out = training_step(batch, batch_idx)
+        else:
+            with forward_context():
                 out = training_step(batch, batch_idx)
-            else:
-                with forward_context():
-                    out = training_step(batch, batch_idx)
-            results.fx = None
-            return _outputs(out)
+        results.fx = None
+        return out
 
-        def _count_step() -> None:
+    if manual:
+        def count_step() -> None:
             loop.global_step += 1
+
+        # the user's opt.step() runs the hooks and counts global_step through these
+        for lopt in trainer._lightning_optimizers:
+            lopt.__dict__["_on_before_step"] = _before_step_hooks(trainer, module, lopt.optimizer)
+            lopt.__dict__["_on_after_step"] = count_step
+
+        def manual_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+            return _outputs(run_training_step(batch, batch_idx))
 
         return manual_step
 
     if not trainer.optimizers:
         def no_optimizer_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
-            results.fx = "training_step"
-            with (nullcontext() if plain_precision else forward_context()):
-                out = training_step(batch, batch_idx)
-            results.fx = None
+            out = run_training_step(batch, batch_idx)
             loss = _loss_of(out)
             if loss is not None:
                 strategy.backward(loss, None, module=module)
@@ -628,14 +629,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
 
         def closure() -> Tensor | None:
             state["ran"] = True
-            results.fx = "training_step"
-            if plain_precision:
-                out = training_step(batch, batch_idx)
-            else:
-                with forward_context():
-                    out = training_step(batch, batch_idx)
-            results.fx = None
-            state["out"] = out
+            state["out"] = out = run_training_step(batch, batch_idx)
             loss = _loss_of(out)
             if first_in_window:
                 if cb_zero:
