@@ -218,7 +218,31 @@ class _LineBar:
         pass
 
 
-class TQDMProgressBar(ProgressBar):
+class _EvalBatchBars:
+    """The test and predict batch hooks both bars share; each bar supplies ``_eval_batch_start`` and ``_advance``."""
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._eval_batch_start("test", self.test_description, self.total_test_batches_current_dataloader,
+                               dataloader_idx, len(trainer.num_test_batches) > 1)
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        if self.is_enabled:
+            self._advance("test", batch_idx + 1, self.total_test_batches_current_dataloader)
+
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        self._eval_batch_start("predict", self.predict_description, self.total_predict_batches_current_dataloader,
+                               dataloader_idx, len(trainer.num_predict_batches) > 1)
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        if self.is_enabled:
+            self._advance("predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
+
+
+class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     """The default progress bar: a ``tqdm`` bar per stage with it/s, ``v_num`` and ``prog_bar`` metrics.
 
     Args:
@@ -402,31 +426,11 @@ class TQDMProgressBar(ProgressBar):
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._eval_start("test")
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("test", self.test_description, self.total_test_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_test_batches) > 1)
-
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("test", batch_idx + 1, self.total_test_batches_current_dataloader)
-
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end("test")
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         self._eval_start("predict")
-
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                               dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("predict", self.predict_description, self.total_predict_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_predict_batches) > 1)
-
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                             dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end("predict")

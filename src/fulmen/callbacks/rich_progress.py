@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fulmen.callbacks.progress import _POSTFIX_INTERVAL, ProgressBar, _fmt_value
+from fulmen.callbacks.progress import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
 from fulmen.errors import MisconfigurationException, missing_extra
 
 
-class RichProgressBar(ProgressBar):
+class RichProgressBar(_EvalBatchBars, ProgressBar):
     """A progress bar drawn with ``rich``: one task per stage with count, time, it/s and the metrics.
 
     Metrics are read at most a few times a second. When the output is not a terminal, rich draws each
@@ -162,31 +162,11 @@ class RichProgressBar(ProgressBar):
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._current_eval_dataloader_idx = None
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("test", self.test_description, self.total_test_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_test_batches) > 1)
-
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("test", batch_idx + 1, self.total_test_batches_current_dataloader)
-
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         self._current_eval_dataloader_idx = None
-
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                               dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("predict", self.predict_description, self.total_predict_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_predict_batches) > 1)
-
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                             dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
