@@ -272,3 +272,13 @@ def test_intro_example_loss_falls():
     assert last < 0.7 * first  # ReLU on the logits (as in the original example) limits how low it goes
     ckpts = trainer.checkpoint_callback.best_model_path
     assert ckpts.endswith("epoch=2-step=87.ckpt")
+
+
+def test_a_default_run_in_a_fresh_directory_is_quiet(capsys, recwarn):
+    """Trainer defaults: no warning at all, and output limited to summary, progress and where things went."""
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu")  # fewer steps than log_every_n_steps: epoch logs only
+    trainer.fit(BoringModel(), make_loader(64, 8))
+    assert [str(w.message) for w in recwarn.list] == []
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("Checkpoints: ") and "Logs: " in out[-1]
+    assert sum(line.startswith("Epoch ") for line in out) == 2

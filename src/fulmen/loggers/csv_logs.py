@@ -53,7 +53,8 @@ class ExperimentWriter:
         self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
         self.metrics_keys: list[str] = []  # the header of the file on disk
         self._rows_saved = 0
-        if self.fs.isdir(self.log_dir) and self.fs.listdir(self.log_dir):
+        # only files this writer replaces count: a checkpoints/ folder written first is expected
+        if any(self.fs.exists(_join(self.log_dir, f)) for f in (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)):
             _warn(
                 f"Log directory {self.log_dir} exists and is not empty; its metrics.csv and hparams.yaml "
                 "will be replaced. Pass a new `version` to keep them."

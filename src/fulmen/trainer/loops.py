@@ -143,8 +143,7 @@ def _log_hyperparams(trainer: Any) -> None:
         params.update(dm.hparams_initial)
     if trainer.is_global_zero:
         for lg in trainer.loggers:
-            if params:
-                lg.log_hyperparams(params)
+            lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
             if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
                 lg.log_graph(module)
             lg.save()
