@@ -312,7 +312,8 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
             from tqdm.auto import tqdm
 
             bar = tqdm(desc=desc, total=total, position=self._process_position + (1 if nested else 0),
-                       leave=self._leave if key == "train" else not nested, dynamic_ncols=True, file=sys.stdout,
+                       # the training bar stays on screen when done (``leave`` only asks for one per epoch)
+                       leave=key == "train" or not nested, dynamic_ncols=True, file=sys.stdout,
                        smoothing=0, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
                        "{rate_fmt}{postfix}]")
         else:
