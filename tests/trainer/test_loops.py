@@ -282,3 +282,19 @@ def test_a_default_run_in_a_fresh_directory_is_quiet(capsys, recwarn):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("Checkpoints: ") and "Logs: " in out[-1]
     assert sum(line.startswith("Epoch ") for line in out) == 2
+
+
+def test_train_dataloader_is_requested_once_even_when_configure_optimizers_needs_its_length():
+    calls = []
+
+    class M(BoringModel):
+        def train_dataloader(self):
+            calls.append(1)
+            return make_loader(32, 8)
+
+        def configure_optimizers(self):
+            assert self.trainer.estimated_stepping_batches == 8
+            return super().configure_optimizers()
+
+    quiet_trainer(max_epochs=2).fit(M())
+    assert len(calls) == 1

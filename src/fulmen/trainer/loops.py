@@ -283,7 +283,8 @@ def fit(trainer: Any, resumed: bool) -> None:
     trainer._val_loaders = None
     if trainer._enable_validation and trainer.num_sanity_val_steps != 0 and not resumed:
         _sanity_check(trainer)
-    setup_train_data(trainer)
+    if trainer.train_dataloader is None:  # estimated_stepping_batches may have set it up already
+        setup_train_data(trainer)
     _log_hyperparams(trainer)
     trainer.state.stage = RunningStage.TRAINING
     trainer._metrics.current = trainer._metrics.train
