@@ -3,6 +3,7 @@
 import argparse
 import json
 import struct
+import time
 
 import pytest
 
@@ -47,9 +48,24 @@ def _records(run_file):
     return records
 
 
+def _settled_records(run_file, timeout=60.0):
+    """The file's records once wandb's service has stopped appending to it.
+
+    ``finish()`` returns when the service has the run's data, and the service (a separate process)
+    may still be writing the file; on a loaded machine a read right away sees part of it.
+    """
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        size = run_file.stat().st_size
+        if size == last or time.monotonic() > deadline:
+            return _records(run_file)
+        last = size
+        time.sleep(0.5)
+
+
 def _history(run_file):
     rows = []
-    for record in _records(run_file):
+    for record in _settled_records(run_file):
         if record.WhichOneof("record_type") == "history":
             items = record.history.item
             rows.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in items})
@@ -58,7 +74,7 @@ def _history(run_file):
 
 def _config(run_file):
     config = {}
-    for record in _records(run_file):
+    for record in _settled_records(run_file):
         kind = record.WhichOneof("record_type")
         updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
         config.update({item.key: json.loads(item.value_json) for item in updates})
@@ -112,7 +128,7 @@ def test_log_model_all_stores_checkpoints_offline(tmp_path):
     logger.after_save_checkpoint(callback)
     logger.after_save_checkpoint(callback)  # unchanged file: not uploaded twice
     logger.finalize("success")
-    artifacts = [r.artifact for r in _records(_run_files(tmp_path)[0]) if r.WhichOneof("record_type") == "artifact"]
+    artifacts = [r.artifact for r in _settled_records(_run_files(tmp_path)[0]) if r.WhichOneof("record_type") == "artifact"]
     assert len(artifacts) == 1
     assert artifacts[0].name == f"model-{logger.version}" and artifacts[0].type == "model"
     assert sorted(artifacts[0].aliases) == ["best", "latest"]
