@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fulmen as pl
+from fulmen.errors import MisconfigurationException
 from fulmen.trainer.state import RunningStage, TrainerFn, TrainerStatus
 from helpers import BoringModel, make_loader, quiet_trainer
 
@@ -298,3 +299,46 @@ def test_train_dataloader_is_requested_once_even_when_configure_optimizers_needs
 
     quiet_trainer(max_epochs=2).fit(M())
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("hook", ["validation_step", "val_dataloader"])
+def test_a_step_or_loader_set_to_none_switches_validation_off(hook):
+    class WithLoader(Counting):
+        def val_dataloader(self):
+            return make_loader(16)
+
+    model = WithLoader()
+    setattr(model, hook, None)
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2)
+    trainer.fit(model, make_loader())
+    assert model.train_batches == 4
+    assert model.val_runs == []
+    assert not trainer.enable_validation
+    assert "val_loss" not in trainer.callback_metrics
+
+
+def test_test_step_set_to_none_is_a_clear_error_and_predict_step_none_too():
+    model = BoringModel()
+    model.test_step = None
+    with pytest.raises(MisconfigurationException, match="test_step"):
+        quiet_trainer().test(model, make_loader())
+    model.predict_step = None
+    with pytest.raises(MisconfigurationException, match="predict_step is None"):
+        quiet_trainer().predict(model, make_loader())
+
+
+def test_batch_hooks_set_to_none_are_skipped():
+    class Hooked(BoringModel):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            raise AssertionError("switched off, must not run")
+
+        def on_validation_model_eval(self):
+            raise AssertionError("switched off, must not run")
+
+    model = Hooked()
+    model.on_train_batch_end = None
+    model.on_validation_model_eval = None
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2)
+    trainer.fit(model, make_loader(), make_loader())
+    assert trainer.global_step == 2
+    assert "val_loss" in trainer.callback_metrics

@@ -480,7 +480,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     metrics.epoch_end_reached(results)
     trainer._call_callbacks("on_train_epoch_end")
     results.fx = "on_train_epoch_end"
-    module.on_train_epoch_end()
+    if module.on_train_epoch_end is not None:
+        module.on_train_epoch_end()
     for hook in trainer._monitoring_epoch_end:
         hook(trainer, module)
     results.fx = None
@@ -883,6 +884,11 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
 
 def predict(trainer: Any) -> Any:
     module = trainer.lightning_module
+    if module.predict_step is None:
+        raise MisconfigurationException(
+            f"{type(module).__name__}.predict_step is None, so trainer.predict() has nothing to run. Remove the "
+            "assignment (the default predicts `self(batch)`) or define `predict_step(self, batch, batch_idx)`."
+        )
     stage = RunningStage.PREDICTING
     trainer.state.stage = stage
     loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)

@@ -813,11 +813,14 @@ class Trainer(metaclass=_CheckedInit):
         return out
 
     def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.lightning_module, name, None)
+        if fn is None:  # a hook the user switched off with `model.<hook> = None`
+            return None
         results = self._metrics.current
         if results is not None:
             results.fx = name
         try:
-            return getattr(self.lightning_module, name)(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             if results is not None:
                 results.fx = None

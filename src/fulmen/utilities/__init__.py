@@ -249,14 +249,21 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 def is_overridden(name: str, instance: Any, parent: type) -> bool:
     """Whether ``instance``'s class (or the instance itself) replaces ``parent.name``.
 
-    Used once per run to decide which hooks to call, so unused hooks cost nothing in the loop.
+    A hook set to ``None`` (``model.validation_step = None``) counts as not overridden: that is how
+    users switch a loop off. The trainer asks once per run, so unused hooks cost nothing in the loop.
+
+    Example::
+
+        model.validation_step = None
+        assert not is_overridden("validation_step", model, fulmen.LightningModule)
     """
     if instance is None:
         return False
-    if name in getattr(instance, "__dict__", {}):  # patched on the instance, e.g. by a test or a wrapper
-        return True
+    attached = getattr(instance, "__dict__", {})
+    if name in attached:  # patched on the instance, e.g. by a test or a wrapper; `= None` switches it off
+        return attached[name] is not None
     impl = getattr(type(instance), name, None)
     base = getattr(parent, name, None)
-    if impl is None:
+    if impl is None:  # absent, or set to None in the class body
         return False
     return getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
