@@ -201,6 +201,13 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     def trainer(self, trainer: Any) -> None:
         self._trainer = trainer
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled or deep-copied module travels without its Trainer (which holds the module again,
+        # its loaders and its loggers), as in Lightning: the copy is detached, ready for another run
+        state = super().__getstate__()
+        state["_trainer"] = None
+        return state
+
     @property
     def device(self) -> torch.device:
         """The device of the module's parameters (CPU when it has none)."""

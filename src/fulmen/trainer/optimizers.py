@@ -158,7 +158,16 @@ class LightningOptimizer:
         return self._optimizer
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_optimizer":  # asked before __init__/__setstate__ filled __dict__ (copy, pickle)
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the step hooks are closures over this run's loop, rebuilt by the next run; they do not pickle
+        return {**self.__dict__, "_on_before_step": None, "_on_after_step": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._optimizer, name, value)
