@@ -57,6 +57,10 @@ class Precision:
     def forward_context(self) -> ContextManager:
         return nullcontext() if self.autocast is None else self.autocast()
 
+    def tensor_init_context(self) -> ContextManager:
+        """What tensors created inside get (``Trainer.init_module``): the default dtype here."""
+        return nullcontext()
+
     def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:
         if module is not None and hasattr(module, "backward"):
             module.backward(loss, *args, **kwargs)
@@ -164,6 +168,9 @@ class TruePrecision(Precision):
         return apply_to_collection(data, Tensor, lambda t: t.to(self.dtype) if t.is_floating_point() else t)
 
     def forward_context(self) -> ContextManager:
+        return _default_dtype(self.dtype)
+
+    def tensor_init_context(self) -> ContextManager:
         return _default_dtype(self.dtype)
 
 

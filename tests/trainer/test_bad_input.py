@@ -114,7 +114,7 @@ def test_unavailable_accelerator():
 
 
 def test_fraction_that_gives_no_batch():
-    with pytest.raises(MisconfigurationException, match="less than one batch"):
+    with pytest.raises(MisconfigurationException, match=r"0.01 \* 2 < 1 batch.*limit_train_batches=0.5"):
         quiet_trainer(limit_train_batches=0.01, max_epochs=1).fit(BoringModel(), make_loader(16, 8))
 
 

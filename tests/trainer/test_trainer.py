@@ -72,3 +72,124 @@ def test_trainer_and_module_pickle_and_torch_save_round_trip(tmp_path, model_cls
     assert loaded._trainer is None and torch.equal(loaded.layer.weight, model.layer.weight)
 
     assert pickle.loads(pickle.dumps(Holder(trainer))).trainer.global_step == 2
+
+
+class ValRuns(BoringModel):
+    """Records (epoch, global_step) at every validation run outside the sanity check, and can stall a batch."""
+
+    def __init__(self, stall_at=None):
+        super().__init__()
+        self.runs = []
+        self.stall_at = stall_at
+
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == self.stall_at:
+            import time
+
+            time.sleep(0.3)
+        return super().training_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.runs.append((self.current_epoch, self.global_step))
+
+
+@pytest.mark.parametrize("interval", ["00:01:00:00", {"hours": 1}, __import__("datetime").timedelta(hours=1)])
+def test_time_based_val_check_interval_that_never_elapses_never_validates(interval):
+    model = ValRuns()
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, val_check_interval=interval)
+    trainer.fit(model, make_loader(), make_loader())
+    assert model.runs == []  # only the clock decides, the epoch's end included (as in Lightning)
+    assert trainer.global_step == 6
+
+
+@pytest.mark.parametrize("check_every, expected", [(1, [(0, 2)]), (2, [(1, 4)]), (None, [(0, 2)])])
+def test_time_based_val_check_interval_validates_after_the_batch_where_time_is_up(check_every, expected):
+    # batch 1 of epoch 0 stalls past the 0.2 s interval; validation then resets the clock. With
+    # check_val_every_n_epoch=2 it waits for epoch 1 and runs after that epoch's first batch.
+    model = ValRuns(stall_at=(0, 1))
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1,
+                            val_check_interval={"seconds": 0.2}, check_val_every_n_epoch=check_every)
+    trainer.fit(model, make_loader(), make_loader())
+    assert model.runs == expected
+
+
+@pytest.mark.parametrize("value, match", [("1:2:3", "DD:HH:MM:SS"), ("a:b:c:d", "DD:HH:MM:SS"),
+                                          ({"hourz": 1}, "timedelta's arguments")])
+def test_bad_time_based_val_check_interval(value, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        pl.Trainer(val_check_interval=value)
+
+
+def test_fraction_limits_round_down_and_integral_floats_count_batches():
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=0.5, limit_val_batches=10.0, num_sanity_val_steps=0)
+    assert trainer.limit_val_batches == 10 and isinstance(trainer.limit_val_batches, int)
+    trainer.fit(BoringModel(), make_loader(24, 8), make_loader(64, 8))  # 3 batches * 0.5 -> 1
+    assert trainer.num_training_batches == 1 and trainer.global_step == 1
+    assert trainer.num_val_batches == [8]
+    with pytest.raises(MisconfigurationException, match=r"0.25 \* 3 < 1 batch.*limit_train_batches=0.333"):
+        quiet_trainer(max_epochs=1, limit_train_batches=0.25).fit(BoringModel(), make_loader(24, 8))
+
+
+def test_num_sanity_val_steps_minus_one_is_inf_and_runs_every_batch():
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if trainer.sanity_checking:
+                seen.append(batch_idx)
+
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, num_sanity_val_steps=-1, callbacks=[Spy()])
+    assert trainer.num_sanity_val_steps == float("inf")
+    trainer.fit(BoringModel(), make_loader(), make_loader(40, 8))
+    assert seen == [0, 1, 2, 3, 4]
+    assert trainer.num_sanity_val_batches == [5]
+
+
+@pytest.mark.parametrize("precision, dtype", [("32-true", torch.float32), ("64-true", torch.float64)])
+def test_init_module_builds_in_the_precision_dtype(precision, dtype):
+    trainer = quiet_trainer(precision=precision)
+    with trainer.init_module():
+        model = BoringModel()
+        inside = torch.get_default_dtype()
+    assert model.layer.weight.dtype == dtype and inside == dtype
+    assert torch.get_default_dtype() == torch.float32  # restored after
+
+
+def test_init_module_empty_init_skips_weight_initialisation():
+    trainer = quiet_trainer()
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(64, 64)
+    torch.manual_seed(0)
+    with trainer.init_module(empty_init=False):
+        initialised = torch.nn.Linear(64, 64)
+    torch.manual_seed(0)
+    with trainer.init_module(empty_init=True):
+        empty = torch.nn.Linear(64, 64)
+    assert torch.equal(initialised.weight, reference.weight)
+    assert not torch.equal(empty.weight, reference.weight)
+    # the RNG was not used: the next draw is what it would be right after seeding
+    drawn = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(1))
+
+
+def test_fast_dev_run_replaces_the_loggers_with_a_dummy_and_writes_nothing(tmp_path, monkeypatch):
+    from fulmen.loggers import CSVLogger
+    from fulmen.loggers.logger import DummyLogger
+
+    monkeypatch.chdir(tmp_path)
+
+    class UsesLogger(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.logger.experiment.add_scalar("x", 1.0)  # runs, does nothing
+            self.logger.log_metrics({"y": 2.0}, step=0)
+            return super().training_step(batch, batch_idx)
+
+    for logger in (None, True, CSVLogger(tmp_path / "csv"), [CSVLogger(tmp_path / "a"), CSVLogger(tmp_path / "b")]):
+        trainer = pl.Trainer(fast_dev_run=True, logger=logger, enable_progress_bar=False, accelerator="cpu")
+        assert len(trainer.loggers) == 1 and isinstance(trainer.logger, DummyLogger)
+        trainer.fit(UsesLogger(), make_loader(), make_loader())
+        assert trainer.global_step == 1
+    assert pl.Trainer(fast_dev_run=2, logger=False).loggers == []
+    assert list(tmp_path.iterdir()) == []

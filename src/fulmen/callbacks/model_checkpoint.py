@@ -245,8 +245,8 @@ class ModelCheckpoint(Checkpoint):
     def _save_at_train_epoch_end(self, trainer: Any) -> bool:
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
-        if trainer.check_val_every_n_epoch != 1:
-            return False
+        if trainer.check_val_every_n_epoch != 1 or trainer._val_check_seconds is not None:
+            return False  # validation decides when to save (a time-based interval: after each validation)
         if sum(trainer.num_val_batches or []) == 0 or not trainer.enable_validation:
             return True
         return trainer.val_check_interval == 1.0

@@ -7,11 +7,13 @@ asks which strategy it has: single device, DDP, FSDP and DeepSpeed each live in 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.overrides import TorchFunctionMode
 
 from fulmen.precision import Precision
 from fulmen.utilities import move_data_to_device
@@ -144,6 +146,33 @@ class Strategy:
 
     def teardown(self) -> None:
         """Release devices and processes after a run."""
+
+    @contextmanager
+    def tensor_init_context(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Tensors created inside land on this strategy's device in the precision's dtype; with
+        ``empty_init=True`` ``torch.nn.init`` is skipped (for weights a checkpoint overwrites anyway).
+
+        Example::
+
+            with trainer.strategy.tensor_init_context(empty_init=True):
+                model = BigModel()
+        """
+        with _SkipInit(enabled=bool(empty_init)), self.root_device, self.precision.tensor_init_context():
+            yield
+
+
+class _SkipInit(TorchFunctionMode):
+    """Turns every ``torch.nn.init`` function into a no-op: parameters keep uninitialised memory."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.enabled and getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
 
 
 class SingleDeviceStrategy(Strategy):

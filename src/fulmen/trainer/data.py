@@ -163,11 +163,11 @@ def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) ->
                 f"{flag}={limit} is a fraction, but the {what} dataloader has no length. Pass an integer number of "
                 f"batches, e.g. {flag}=100."
             )
-        taken = int(n * limit)
+        taken = int(n * limit)  # rounded down, as in Lightning
         if limit > 0 and taken == 0:
             raise MisconfigurationException(
-                f"{flag}={limit} of {n} {what} batches is less than one batch. Use at least {flag}={1 / n:.4g}, "
-                f"or an integer {flag}=1."
+                f"You requested to check {limit} of the {what} dataloader but {limit} * {n} < 1 batch. Increase "
+                f"`{flag}`: try at least `{flag}={1.0 / n}`, or an integer number of batches such as `{flag}=1`."
             )
         return taken
     return min(n, int(limit))
@@ -180,6 +180,8 @@ def check_limit(value: Any, flag: str) -> int | float | None:
     if isinstance(value, bool):
         raise MisconfigurationException(f"{flag}={value!r}: pass an int (batches) or a float fraction in (0, 1].")
     if isinstance(value, float):
+        if value > 1 and value.is_integer():  # 10.0 means 10 batches, as in Lightning
+            return int(value)
         if not 0.0 <= value <= 1.0:
             raise MisconfigurationException(
                 f"{flag}={value} is outside [0.0, 1.0]. Pass a fraction of the batches, e.g. {flag}=0.25, or an "

@@ -169,7 +169,9 @@ def setup_train_data(trainer: Any) -> None:
     n = _data.num_batches(iterable, trainer.limit_train_batches, "limit_train_batches", "training")
     trainer.num_training_batches = n
     vci = trainer.val_check_interval
-    if isinstance(vci, int):
+    if trainer._val_check_seconds is not None:
+        trainer._val_check_batch = math.inf  # unused: the clock decides (see _train_epoch)
+    elif isinstance(vci, int):
         if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
             raise MisconfigurationException(
                 f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
@@ -290,6 +292,8 @@ def fit(trainer: Any, resumed: bool) -> None:
     trainer._metrics.current = trainer._metrics.train
     # no module.train() here: layers the user froze in eval mode stay so, as in Lightning
     trainer._call_hooks("on_train_start")
+    if trainer._val_check_seconds is not None:  # a time-based val_check_interval counts from here
+        trainer._last_val_time = time.monotonic()
     if loop.epoch_loop_done:  # the checkpoint was written at an epoch's end: continue with the next one
         loop.epoch += 1
         loop.batches_in_epoch = 0
@@ -339,7 +343,7 @@ def _sanity_check(trainer: Any) -> None:
     loaders = _val_loaders(trainer)
     if loaders:
         n = trainer.num_sanity_val_steps
-        limits = [b if n == -1 else min(n, b) for b in trainer.num_val_batches]
+        limits = [min(n, b) for b in trainer.num_val_batches]
         trainer.num_sanity_val_batches = limits
         evaluate(trainer, RunningStage.SANITY_CHECKING, loaders, limits)
     trainer.state.stage = RunningStage.SANITY_CHECKING
@@ -403,6 +407,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     check_every_epoch = trainer.check_val_every_n_epoch
     val_this_epoch = enable_val and (check_every_epoch is None or (loop.epoch + 1) % check_every_epoch == 0)
     val_check_batch = trainer._val_check_batch
+    val_check_seconds = trainer._val_check_seconds
     step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if module.automatic_optimization else []
     epoch_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch" and not c.reduce_on_plateau] if module.automatic_optimization else []
     plateau_step = [c for c in step_schedulers if c.reduce_on_plateau]
@@ -462,7 +467,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         if val_this_epoch:
             current = loop.total_batches if check_every_epoch is None else batch_idx + 1
             # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning
-            on_interval = is_last if math.isinf(val_check_batch) else current % val_check_batch == 0
+            if val_check_seconds is not None:  # only the clock decides, the epoch's end included, as in Lightning
+                on_interval = time.monotonic() - trainer._last_val_time >= val_check_seconds
+            else:
+                on_interval = is_last if math.isinf(val_check_batch) else current % val_check_batch == 0
             if on_interval or stop:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
@@ -879,6 +887,8 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     trainer.state.stage = previous_stage
     metrics.current = None
     trainer.profiler.stop(f"run_{prefix}")
+    if trainer._val_check_seconds is not None:
+        trainer._last_val_time = time.monotonic()
     return per_loader
 
 

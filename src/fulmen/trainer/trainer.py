@@ -9,8 +9,9 @@ import difflib
 import inspect
 import math
 import os
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
@@ -87,22 +88,28 @@ def _resolve_accelerator(accelerator: Any) -> str:
     return name
 
 
-def _parse_max_time(value: Any) -> float | None:
+def _parse_duration(value: Any, flag: str) -> float | None:
+    """Seconds in ``value``: 'DD:HH:MM:SS', a timedelta or a dict of timedelta arguments (None stays None)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, dict):
-        return timedelta(**value).total_seconds()
+        try:
+            return timedelta(**value).total_seconds()
+        except TypeError as exc:
+            raise MisconfigurationException(
+                f"{flag}={value!r}: the dict holds timedelta's arguments, e.g. {{'hours': 2, 'minutes': 30}} ({exc})."
+            ) from None
     if isinstance(value, str):
         try:
             d, h, m, s = (int(x) for x in value.split(":"))
         except ValueError:
             raise MisconfigurationException(
-                f"max_time={value!r}: write it as 'DD:HH:MM:SS', e.g. '00:12:00:00' for twelve hours."
+                f"{flag}={value!r}: write it as 'DD:HH:MM:SS', e.g. '00:12:00:00' for twelve hours."
             ) from None
         return timedelta(days=d, hours=h, minutes=m, seconds=s).total_seconds()
-    raise MisconfigurationException(f"max_time={value!r}: pass 'DD:HH:MM:SS', a timedelta or a dict like {{'hours': 2}}.")
+    raise MisconfigurationException(f"{flag}={value!r}: pass 'DD:HH:MM:SS', a timedelta or a dict like {{'hours': 2}}.")
 
 
 class Trainer(metaclass=_CheckedInit):
@@ -137,7 +144,9 @@ class Trainer(metaclass=_CheckedInit):
         limit_test_batches: batches per test run: a count, or a fraction.
         limit_predict_batches: batches per predict run: a count, or a fraction.
         overfit_batches: train and validate on this many (or this fraction of) batches, unshuffled.
-        val_check_interval: validate every N training batches (int) or this fraction of an epoch (float).
+        val_check_interval: validate every N training batches (int), at this fraction of an epoch (float), or
+            whenever this much time passed since the last validation ("DD:HH:MM:SS", a timedelta or a dict
+            such as {"minutes": 30}; checked after each batch, in the epochs check_val_every_n_epoch allows).
         check_val_every_n_epoch: validate every N epochs; None counts val_check_interval across epochs.
         num_sanity_val_steps: validation batches run before training to catch bugs early (-1: all).
         log_every_n_steps: how often step-level values go to the loggers.
@@ -182,7 +191,7 @@ class Trainer(metaclass=_CheckedInit):
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
         overfit_batches: int | float = 0.0,
-        val_check_interval: int | float | None = None,
+        val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
@@ -252,15 +261,20 @@ class Trainer(metaclass=_CheckedInit):
         self.min_epochs = min_epochs
         self.max_steps = max_steps
         self.min_steps = min_steps
-        self.max_time = _parse_max_time(max_time)
+        self.max_time = _parse_duration(max_time, "max_time")
         self.limit_train_batches = _data.check_limit(limit_train_batches, "limit_train_batches")
         self.limit_val_batches = _data.check_limit(limit_val_batches, "limit_val_batches")
         self.limit_test_batches = _data.check_limit(limit_test_batches, "limit_test_batches")
         self.limit_predict_batches = _data.check_limit(limit_predict_batches, "limit_predict_batches")
         self.overfit_batches = _data.check_limit(overfit_batches, "overfit_batches") or 0
-        if val_check_interval is not None:
+        # a duration validates whenever that much wall-clock time has passed since the last validation
+        self._val_check_seconds = None
+        if isinstance(val_check_interval, (str, dict, timedelta)):
+            self._val_check_seconds = _parse_duration(val_check_interval, "val_check_interval")
+        elif val_check_interval is not None:
             if isinstance(val_check_interval, float):
-                _data.check_limit(val_check_interval, "val_check_interval")
+                val_check_interval = _data.check_limit(val_check_interval, "val_check_interval")  # 10.0 -> 10
+            if isinstance(val_check_interval, float):
                 if val_check_interval == 0:
                     raise MisconfigurationException(
                         "val_check_interval=0.0 would validate never; to turn validation off set limit_val_batches=0."
@@ -279,7 +293,10 @@ class Trainer(metaclass=_CheckedInit):
         self.check_val_every_n_epoch = check_val_every_n_epoch
         if num_sanity_val_steps is not None and (not isinstance(num_sanity_val_steps, int) or num_sanity_val_steps < -1):
             raise MisconfigurationException(f"num_sanity_val_steps={num_sanity_val_steps!r}: pass -1 (all), 0 (none) or a count.")
-        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        # -1 means every batch, which Lightning reports as inf
+        self.num_sanity_val_steps: int | float = (
+            2 if num_sanity_val_steps is None else math.inf if num_sanity_val_steps == -1 else num_sanity_val_steps
+        )
         if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 0):
             raise MisconfigurationException(f"log_every_n_steps={log_every_n_steps!r}: pass an integer >= 0.")
         self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
@@ -306,6 +323,7 @@ class Trainer(metaclass=_CheckedInit):
             self.limit_test_batches = self.limit_predict_batches = n
             self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch, self.log_every_n_steps = 1.0, 1, 1
+            self._val_check_seconds = None
         if self.overfit_batches:
             self.limit_train_batches = self.limit_val_batches = self.overfit_batches
 
@@ -332,9 +350,13 @@ class Trainer(metaclass=_CheckedInit):
                     raise MisconfigurationException(f"barebones=True turns {flag} off; drop `{flag}={value!r}`.")
             enable_checkpointing = enable_progress_bar = enable_model_summary = False
             logger = False
-        if fast_dev_run:
-            logger = False if logger in (None, True) else logger
-        self._loggers = self._make_loggers(logger)
+        if not fast_dev_run:
+            self._loggers = self._make_loggers(logger)
+        else:  # as Lightning: code that calls self.logger still runs, and nothing is written
+            from fulmen.loggers.logger import DummyLogger
+
+            wanted = logger is None or logger is True or bool(self._make_loggers(logger))
+            self._loggers = [DummyLogger()] if wanted else []
         self.callbacks = self._make_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
 
         # -- run state ------------------------------------------------------------------------------
@@ -366,6 +388,7 @@ class Trainer(metaclass=_CheckedInit):
         self._return_predictions = True
         self._start_time: float | None = None
         self._val_check_batch: float = math.inf
+        self._last_val_time = 0.0  # when validation last ended (time-based val_check_interval)
         self._enable_validation = False
 
     # -- construction helpers ---------------------------------------------------------------------
@@ -598,6 +621,23 @@ class Trainer(metaclass=_CheckedInit):
         return total
 
     # -- entry points ---------------------------------------------------------------------------
+    @contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Create the model inside this to build it directly on the Trainer's device, in its precision's
+        dtype (``"bf16-true"``: bfloat16 weights from the start, never a float32 copy).
+
+        ``empty_init=True`` skips the weight initialisation, for weights a checkpoint will overwrite:
+        faster, and the values are garbage until loaded.
+
+        Example::
+
+            trainer = fulmen.Trainer(accelerator="cuda", precision="bf16-true")
+            with trainer.init_module(empty_init=True):
+                model = MyModel.load_from_checkpoint("big.ckpt")
+        """
+        with self.strategy.tensor_init_context(empty_init=empty_init):
+            yield
+
     def fit(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None, datamodule: Any = None,
             ckpt_path: str | None = None, weights_only: bool | None = None) -> None:
         """Train ``model``, validating as the flags say; resume from ``ckpt_path`` when given.
