@@ -23,6 +23,13 @@ class MisconfigurationException(FulmenError, ValueError):
     """
 
 
+class LegacyAPIError(MisconfigurationException, NotImplementedError):
+    """A Lightning 1.x hook, signature or flag that 2.x removed; the message gives the 2.x way.
+
+    Also a ``NotImplementedError``, what Lightning raises for its removed epoch-end hooks.
+    """
+
+
 class CheckpointError(FulmenError):
     """A checkpoint cannot be written or read: missing, corrupt, or not a fulmen/Lightning checkpoint."""
 

@@ -51,6 +51,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     module = trainer.lightning_module
     stage = fn.value
     _merge_model_callbacks(trainer, module)
+    _check_legacy(trainer, module)
     trainer._collect_hooks()
     trainer._metrics.current = None
     dm = trainer.datamodule
@@ -87,6 +88,16 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
         lg.finalize("success")
     trainer.strategy.teardown()
     return result
+
+
+def _check_legacy(trainer: Any, module: Any) -> None:
+    """Lightning 1.x hooks and signatures fail here, with the 2.x way, instead of never running."""
+    from fulmen.callbacks.callback import Callback
+    from fulmen.trainer import legacy
+
+    legacy.check_module(module, _module_cls())
+    for cb in trainer.callbacks:
+        legacy.check_callback(cb, Callback)
 
 
 def _merge_model_callbacks(trainer: Any, module: Any) -> None:

@@ -41,6 +41,11 @@ class _CheckedInit(type):
         params = inspect.signature(cls.__init__).parameters
         for name in kwargs:
             if name not in params:
+                from fulmen.trainer.legacy import trainer_flag_hint
+
+                legacy = trainer_flag_hint(name)
+                if legacy is not None:
+                    raise UnknownArgumentError(legacy)
                 close = difflib.get_close_matches(name, list(params), n=1)
                 hint = f" Did you mean `{close[0]}`?" if close else ""
                 raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
