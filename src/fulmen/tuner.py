@@ -320,23 +320,36 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
 # ==================================================================================================
 # batch-size scaling
 # ==================================================================================================
-def _search(try_size: Callable[[int], bool], mode: str, init_val: int, max_trials: int,
-            cap: Callable[[], int | None]) -> int:
-    """The largest batch size for which ``try_size`` succeeds: doubling from ``init_val`` until a trial
-    fails ("power" keeps the last success), then bisecting between the last success and the first
-    failure ("binsearch"). ``cap()`` (the dataset's length, known once a loader was built) bounds the
-    growth: a larger batch would hold no more samples."""
+def check_search_args(mode: str, init_val: int, margin: float, max_val: int) -> None:
+    """Fail early, naming the argument, on what the batch-size search cannot use."""
     if mode not in ("power", "binsearch"):
         raise MisconfigurationException(f"scale_batch_size mode={mode!r} is not known; use 'power' or 'binsearch'.")
     if not isinstance(init_val, int) or init_val < 1:
         raise MisconfigurationException(f"scale_batch_size init_val={init_val!r}: pass a batch size >= 1.")
-    size, good, bad = init_val, 0, None
+    if not 0.0 <= margin < 1.0:
+        raise MisconfigurationException(
+            f"scale_batch_size margin={margin!r}: pass a fraction in [0, 1), e.g. 0.05 to keep 5% of headroom."
+        )
+    if not isinstance(max_val, int) or max_val < 1:
+        raise MisconfigurationException(f"scale_batch_size max_val={max_val!r}: pass the largest batch size to try, >= 1.")
+
+
+def _search(try_size: Callable[[int], bool], mode: str, init_val: int, max_trials: int,
+            cap: Callable[[], int | None], margin: float = 0.05, max_val: int = 8192) -> int:
+    """The largest batch size for which ``try_size`` succeeds: doubling from ``init_val`` until a trial
+    fails ("power" keeps the last success), then bisecting between the last success and the first
+    failure ("binsearch", which then keeps ``margin`` of headroom). Sizes above ``max_val`` are never
+    tried. ``cap()`` (the dataset's length, known once a loader was built) bounds the growth: a larger
+    batch would hold no more samples."""
+    check_search_args(mode, init_val, margin, max_val)
+    size, good, bad = min(init_val, max_val), 0, None
     for _ in range(max_trials):
         if try_size(size):
             good = size
             if bad is None:  # still growing
                 limit = cap()
-                nxt = size * 2 if limit is None else max(min(size * 2, limit), size)
+                nxt = min(size * 2, max_val)
+                nxt = nxt if limit is None else max(min(nxt, limit), size)
                 if nxt == size:
                     break
             else:
@@ -357,6 +370,8 @@ def _search(try_size: Callable[[int], bool], mode: str, init_val: int, max_trial
             f"scale_batch_size found no batch size that fits within max_trials={max_trials} (last tried {size}). "
             "Raise max_trials or lower init_val."
         )
+    if mode == "binsearch" and margin > 0:  # headroom for what the trials did not see (longer inputs, fragmentation)
+        good = max(1, int(good * (1 - margin)))
     return good
 
 
@@ -390,7 +405,8 @@ def _trial(run: Callable[[], None]) -> bool:
 
 
 def scale_batch_size_in_fit(trainer: Any, module: Any, mode: str = "power", steps_per_trial: int = 3,
-                            init_val: int = 2, max_trials: int = 25, batch_arg_name: str = "batch_size") -> int:
+                            init_val: int = 2, max_trials: int = 25, batch_arg_name: str = "batch_size",
+                            margin: float = 0.05, max_val: int = 8192) -> int:
     """The search itself, run from inside ``trainer.fit`` (what ``BatchSizeFinder`` calls): each trial trains
     ``steps_per_trial`` steps with the candidate size; the state is restored after every trial."""
     if trainer._given_train_loaders is not None:
@@ -412,7 +428,8 @@ def scale_batch_size_in_fit(trainer: Any, module: Any, mode: str = "power", step
             trainer.train_dataloader = loader
 
     try:
-        found = _search(try_size, mode, init_val, max_trials, lambda: _dataset_len(trainer.train_dataloader))
+        found = _search(try_size, mode, init_val, max_trials, lambda: _dataset_len(trainer.train_dataloader),
+                        margin, max_val)
     finally:
         snapshot.restore()
     _set_attr(holders, batch_arg_name, found)
@@ -488,11 +505,12 @@ class Tuner:
     def scale_batch_size(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,
                          dataloaders: Any = None, datamodule: Any = None, method: str = "fit", mode: str = "power",
                          steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
-                         batch_arg_name: str = "batch_size") -> int | None:
+                         batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> int | None:
         """Find the largest batch size that runs without running out of memory, and set it on the model.
 
         "power" doubles the size until a trial fails; "binsearch" then bisects between the last success and
-        the failure. Each trial runs ``steps_per_trial`` steps of ``method`` ("fit", "validate", "test" or
+        the failure, and keeps ``margin`` (a fraction) of headroom below it. No size above ``max_val`` is
+        tried. Each trial runs ``steps_per_trial`` steps of ``method`` ("fit", "validate", "test" or
         "predict"); weights, optimizers and the Trainer are restored afterwards. Returns the size found.
 
         Example::
@@ -504,6 +522,7 @@ class Tuner:
                 f"scale_batch_size(method={method!r}) is not known; use 'fit', 'validate', 'test' or 'predict'."
             )
         self._check_no_callback("BatchSizeFinder")
+        check_search_args(mode, init_val, margin, max_val)
         if self._trainer.fast_dev_run:
             rank_zero_warn("scale_batch_size is skipped with fast_dev_run; the batch size stays as it is.")
             return None
@@ -511,15 +530,16 @@ class Tuner:
             from fulmen.callbacks.batch_size_finder import BatchSizeFinder
 
             cb = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val, max_trials=max_trials,
-                                 batch_arg_name=batch_arg_name)
+                                 batch_arg_name=batch_arg_name, margin=margin, max_val=max_val)
             cb._early_exit = True
             self._fit_with(cb, model, train_dataloaders, val_dataloaders, datamodule)
             return cb.optimal_batch_size
         return self._scale_for_evaluation(model, dataloaders, datamodule, method, mode, steps_per_trial, init_val,
-                                          max_trials, batch_arg_name)
+                                          max_trials, batch_arg_name, margin, max_val)
 
     def _scale_for_evaluation(self, model: Any, dataloaders: Any, datamodule: Any, method: str, mode: str,
-                              steps: int, init_val: int, max_trials: int, name: str) -> int:
+                              steps: int, init_val: int, max_trials: int, name: str, margin: float,
+                              max_val: int) -> int:
         """Each trial is a real ``trainer.validate/test/predict`` over ``steps`` batches, without callbacks or loggers."""
         trainer = self._trainer
         if dataloaders is not None:
@@ -555,7 +575,7 @@ class Tuner:
             return _dataset_len(first) if first is not None else None
 
         try:
-            found = _search(try_size, mode, init_val, max_trials, cap)
+            found = _search(try_size, mode, init_val, max_trials, cap, margin, max_val)
         finally:
             model.load_state_dict(weights)
         _set_attr(holders, name, found)

@@ -138,7 +138,7 @@ def test_scale_batch_size_finds_the_simulated_memory_limit_and_restores_state(mo
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = quiet_trainer(max_epochs=1)
     callbacks = list(trainer.callbacks)
-    found = Tuner(trainer).scale_batch_size(model, mode=mode, init_val=2)
+    found = Tuner(trainer).scale_batch_size(model, mode=mode, init_val=2, margin=0.0)
     assert found == expected == model.batch_size
     tried = sorted(set(model.seen_sizes))
     assert 64 in tried and (mode == "power" or 49 in tried)
@@ -156,16 +156,17 @@ def test_scale_batch_size_is_capped_by_the_dataset():
 
 def test_scale_batch_size_for_validation():
     model = LinearRegression(memory_limit=20)
-    assert Tuner(quiet_trainer()).scale_batch_size(model, method="validate", mode="binsearch") == 20
+    assert Tuner(quiet_trainer()).scale_batch_size(model, method="validate", mode="binsearch",
+                                                        margin=0.0) == 20
 
 
 def test_batch_size_finder_callback_then_fits():
     model = LinearRegression(memory_limit=40)
-    cb = BatchSizeFinder(mode="binsearch", init_val=8)
+    cb = BatchSizeFinder(mode="binsearch", init_val=8)  # Lightning's default margin keeps 5% of headroom
     trainer = quiet_trainer(max_epochs=1, callbacks=[cb])
     trainer.fit(model)
-    assert cb.optimal_batch_size == 40 == model.batch_size
-    assert trainer.global_step == -(-512 // 40)
+    assert cb.optimal_batch_size == 38 == model.batch_size  # int(40 * 0.95)
+    assert trainer.global_step == -(-512 // 38)
 
 
 def test_scale_batch_size_rejects_passed_loaders_and_missing_attribute():
@@ -185,3 +186,47 @@ def test_other_errors_are_not_swallowed_and_one_that_never_fits_is_reported():
         Tuner(quiet_trainer(max_epochs=1)).scale_batch_size(Broken())
     with pytest.raises(FulmenError, match="even a batch of 1"):
         _search(lambda size: False, "power", 4, 25, lambda: None)
+
+
+@pytest.mark.parametrize("mode, margin, max_val, expected", [
+    ("binsearch", 0.05, 8192, 45),  # Lightning's defaults: 48 fits, 5% of headroom is kept
+    ("binsearch", 0.25, 8192, 36),
+    ("power", 0.25, 8192, 32),  # the margin is binsearch's only, as in Lightning
+    ("power", 0.05, 16, 16),  # never tries above max_val
+    ("binsearch", 0.0, 24, 24),
+])
+def test_scale_batch_size_margin_and_max_val(mode, margin, max_val, expected):
+    model = LinearRegression(memory_limit=48)
+    found = Tuner(quiet_trainer(max_epochs=1)).scale_batch_size(model, mode=mode, init_val=2, margin=margin,
+                                                               max_val=max_val)
+    assert found == expected == model.batch_size
+    assert max(model.seen_sizes) <= max(max_val, 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"margin": 1.0}, "margin=1.0"), ({"max_val": 0}, "max_val=0")])
+def test_scale_batch_size_rejects_bad_margin_and_max_val(kwargs, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        Tuner(quiet_trainer(max_epochs=1)).scale_batch_size(LinearRegression(), **kwargs)
+    with pytest.raises(MisconfigurationException, match=match):
+        BatchSizeFinder(**kwargs)
+
+
+def test_lr_find_signature_and_finder_api_match_lightning(tmp_path):
+    import inspect
+
+    params = list(inspect.signature(Tuner.lr_find).parameters)
+    assert params == ["self", "model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule", "method",
+                      "min_lr", "max_lr", "num_training", "mode", "early_stop_threshold", "update_attr", "attr_name"]
+    params = list(inspect.signature(Tuner.scale_batch_size).parameters)
+    assert params == ["self", "model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule", "method",
+                      "mode", "steps_per_trial", "init_val", "max_trials", "batch_arg_name", "margin", "max_val"]
+    model = LinearRegression(batch_size=64, n=1024)
+    finder = Tuner(quiet_trainer(max_epochs=1)).lr_find(model, min_lr=1e-4, max_lr=1.0, num_training=30,
+                                                        early_stop_threshold=None)
+    assert set(finder.results) == {"lr", "loss"} and len(finder.results["lr"]) == 30
+    suggestion = finder.suggestion(skip_begin=5, skip_end=2)
+    assert suggestion in finder.results["lr"][5:-2]
+    pytest.importorskip("matplotlib")
+    fig = finder.plot(suggest=True, show=False)
+    red = [line for line in fig.axes[0].get_lines() if line.get_color() == "red"]
+    assert len(red) == 1 and red[0].get_xdata()[0] == suggestion

@@ -13,7 +13,8 @@ class BatchSizeFinder(Callback):
     Each trial sets the module's (or datamodule's, or their hparams') ``batch_arg_name`` attribute,
     rebuilds the training loader from it and trains ``steps_per_trial`` steps; out-of-memory errors mark
     a size as too large. "power" doubles from ``init_val`` and keeps the last size that fit;
-    "binsearch" then bisects up to the first failure. Weights, optimizers and the Trainer are restored
+    "binsearch" then bisects up to the first failure and keeps ``margin`` (a fraction) of headroom below
+    it; no size above ``max_val`` is tried. Weights, optimizers and the Trainer are restored
     after every trial; ``optimal_batch_size`` holds the result.
 
     As a callback it tunes ``trainer.fit``; for validate/test/predict use
@@ -26,13 +27,13 @@ class BatchSizeFinder(Callback):
     """
 
     def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
-                 batch_arg_name: str = "batch_size") -> None:
-        from fulmen.errors import MisconfigurationException
+                 batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> None:
+        from fulmen.tuner import check_search_args
 
-        if mode not in ("power", "binsearch"):
-            raise MisconfigurationException(f"BatchSizeFinder mode={mode!r} is not known; use 'power' or 'binsearch'.")
+        check_search_args(mode, init_val, margin, max_val)
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
         self._max_trials, self._batch_arg_name = max_trials, batch_arg_name
+        self._margin, self._max_val = margin, max_val
         self._early_exit = False  # set by the Tuner: end the fit once the search is done
         self.optimal_batch_size: int | None = init_val
 
@@ -51,7 +52,8 @@ class BatchSizeFinder(Callback):
 
         self.optimal_batch_size = scale_batch_size_in_fit(
             trainer, pl_module, mode=self._mode, steps_per_trial=self._steps_per_trial, init_val=self._init_val,
-            max_trials=self._max_trials, batch_arg_name=self._batch_arg_name)
+            max_trials=self._max_trials, batch_arg_name=self._batch_arg_name, margin=self._margin,
+            max_val=self._max_val)
         if self._early_exit:
             from fulmen.tuner import _TunerExitException
 
