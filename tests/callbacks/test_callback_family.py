@@ -102,6 +102,18 @@ def test_lr_monitor_param_groups_and_errors():
         _trainer([LearningRateMonitor()]).fit(Two(), _loader())
 
 
+def test_lr_monitor_keeps_the_last_momentum_and_weight_decay_values():
+    monitor = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
+    assert monitor.last_momentum_values == {} and monitor.last_weight_decay_values == {}
+    _trainer([monitor], logger=Recorder(), epochs=1, log_every_n_steps=1).fit(Two("sched"), _loader())
+    # as Lightning 2.6: Adam's momentum is betas[0]; keys are the logged names
+    assert monitor.last_momentum_values == {"lr-Adam-momentum": 0.9}
+    assert monitor.last_weight_decay_values == {"lr-Adam-weight_decay": 0.01}
+    plain = LearningRateMonitor()
+    _trainer([plain], logger=Recorder(), epochs=1).fit(Two("sched"), _loader())
+    assert plain.last_momentum_values == {"lr-Adam-momentum": None}  # named at train start, never logged
+
+
 def test_timer_stops_and_measures(monkeypatch):
     import fulmen.callbacks.timer as timer_mod
 

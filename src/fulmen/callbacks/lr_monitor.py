@@ -19,6 +19,7 @@ class LearningRateMonitor(Callback):
     With ``logging_interval=None`` a scheduler's rate is logged when it steps ("step" or "epoch" interval),
     and optimizers without a scheduler at both; ``"step"`` or ``"epoch"`` forces one. ``log_momentum`` adds
     ``<name>-momentum`` (``betas[0]`` for Adam-like optimizers), ``log_weight_decay`` adds ``<name>-weight_decay``.
+    ``lrs`` keeps every rate logged; ``last_momentum_values`` and ``last_weight_decay_values`` the latest others.
 
     Example::
 
@@ -35,6 +36,9 @@ class LearningRateMonitor(Callback):
         self.log_momentum = log_momentum
         self.log_weight_decay = log_weight_decay
         self.lrs: dict[str, list[float]] = {}
+        #: the latest momentum / weight decay logged per name (``<name>-momentum``), None before the first
+        self.last_momentum_values: dict[str, float | None] = {}
+        self.last_weight_decay_values: dict[str, float | None] = {}
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.loggers:
@@ -46,7 +50,10 @@ class LearningRateMonitor(Callback):
             "momentum" in o.defaults or "betas" in o.defaults for o in trainer.optimizers
         ):
             rank_zero_warn("LearningRateMonitor(log_momentum=True), but no optimizer has a momentum; none is logged.")
-        self.lrs = {name: [] for name in self._names(trainer)[0]}
+        names = self._names(trainer)[0]
+        self.lrs = {name: [] for name in names}
+        self.last_momentum_values = {f"{name}-momentum": None for name in names}
+        self.last_weight_decay_values = {f"{name}-weight_decay": None for name in names}
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.logging_interval == "epoch":
@@ -106,8 +113,10 @@ class LearningRateMonitor(Callback):
                 self.lrs.setdefault(name, []).append(stats[name])
                 if self.log_momentum:
                     stats[f"{name}-momentum"] = float(group["betas"][0] if betas else group.get("momentum", 0))
+                    self.last_momentum_values[f"{name}-momentum"] = stats[f"{name}-momentum"]
                 if self.log_weight_decay:
                     stats[f"{name}-weight_decay"] = float(group.get("weight_decay", 0))
+                    self.last_weight_decay_values[f"{name}-weight_decay"] = stats[f"{name}-weight_decay"]
         if not stats:
             return
         device = trainer.strategy.root_device
