@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import fulmen
-import fulmen.callbacks  # noqa: F401  (so --trainer.callbacks EarlyStopping finds it by name)
+import fulmen.callbacks
 import fulmen.loggers  # noqa: F401  (so --trainer.logger CSVLogger finds it by name)
 from fulmen.callbacks.callback import Callback
 from fulmen.datamodule import LightningDataModule
@@ -55,6 +55,11 @@ except ImportError:
 _NEW_JSONARGPARSE = tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
 
 __all__ = ["LightningArgumentParser", "LightningCLI", "ReduceLROnPlateau", "SaveConfigCallback", "instantiate_class"]
+
+# jsonargparse finds a class given by its short name (`--trainer.callbacks+=ModelCheckpoint`) only among
+# subclasses already imported; fulmen.callbacks imports each on first use, so the CLI imports them all
+for _name in fulmen.callbacks._WHERE:
+    getattr(fulmen.callbacks, _name)
 
 ArgsType = Union[list[str], dict[str, Any], Namespace, None]
 

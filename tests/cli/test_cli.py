@@ -294,3 +294,22 @@ def test_random_seed_is_recorded_so_the_saved_config_repeats_the_run(tmp_path):
                          args=["fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "b")])
     for a, b in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_builtin_callbacks_by_short_name_and_their_arguments_parse_as_in_lightning():
+    from datetime import timedelta
+
+    cli = LightningCLI(pkg.BoringModel, pkg.RandomData, run=False, save_config_callback=None, args=[
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last=link",
+        "--trainer.callbacks.every_n_epochs=2", "--trainer.callbacks.monitor=val_loss", "--trainer.callbacks.mode=max",
+        "--trainer.callbacks+=LearningRateMonitor", "--trainer.callbacks.logging_interval=step",
+        "--trainer.callbacks.log_momentum=true",
+        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val_loss", "--trainer.callbacks.patience=3",
+        "--trainer.val_check_interval=00:00:10:00"])
+    by_type = {type(cb).__name__: cb for cb in cli.trainer.callbacks}
+    ckpt = cli.trainer.checkpoint_callback
+    assert ckpt.save_last == "link" and ckpt._every_n_epochs == 2 and (ckpt.monitor, ckpt.mode) == ("val_loss", "max")
+    lr = by_type["LearningRateMonitor"]
+    assert lr.logging_interval == "step" and lr.log_momentum is True
+    assert by_type["EarlyStopping"].patience == 3
+    assert cli.trainer._val_check_seconds == timedelta(minutes=10).total_seconds()
