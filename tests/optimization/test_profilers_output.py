@@ -1,6 +1,8 @@
 """Each profiler's output, and that profiler=None wraps nothing."""
 
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -74,6 +76,7 @@ def test_advanced_profiler_reports_cprofile_stats_per_action(tmp_path):
                                                                      line_count_restriction=10))
     trainer.fit(Regressor(), loader())
     text = (tmp_path / "fit-adv.txt").read_text()
+    assert text.startswith("FIT Profiler Report")
     assert "Profile stats for: run_training_batch" in text
     assert "Profile stats for: [LightningModule]Regressor.training_step" in text
     assert "function calls" in text and "cumulative" in text and "mse_loss" in text
@@ -83,12 +86,73 @@ def test_pytorch_profiler_writes_a_chrome_trace(tmp_path, capsys):
     trainer = quiet_trainer(max_steps=2, profiler="pytorch", default_root_dir=tmp_path)
     trainer.fit(Regressor(), loader())
     prof = trainer.profiler
-    assert isinstance(prof, PyTorchProfiler) and prof.trace_path.endswith("pytorch-fit.pt.trace.json")
+    # Lightning's name: {stage}-{action of the last step}.{time_ns}.pt.trace.json
+    assert isinstance(prof, PyTorchProfiler)
+    assert re.fullmatch(r"fit-\[LightningModule\]Regressor\.training_step\.\d+\.pt\.trace\.json",
+                        os.path.basename(prof.trace_path))
     with open(prof.trace_path) as f:
         trace = json.load(f)
     names = {e.get("name") for e in trace["traceEvents"]}
-    assert {"run_training_batch", "[LightningModule]Regressor.training_step", "aten::addmm"} <= names
-    assert "Self CPU" in capsys.readouterr().out  # torch's operator table
+    assert {"[pl][profile]run_training_batch", "[pl][profile][LightningModule]Regressor.training_step",
+            "aten::addmm"} <= names
+    out = capsys.readouterr().out
+    assert out.index("FIT Profiler Report") < out.index("Profile stats for: records") < out.index("Self CPU")
+
+
+def test_pytorch_profiler_takes_lightnings_arguments(tmp_path):
+    prof = PyTorchProfiler(dirpath=tmp_path, filename="prof", group_by_input_shapes=True, emit_nvtx=False,
+                           export_to_chrome=True, row_limit=5, sort_by_key="cpu_time", record_module_names=True,
+                           table_kwargs={"max_name_column_width": 30}, record_shapes=True)
+    quiet_trainer(max_steps=3, profiler=prof).fit(Regressor(), loader())
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert [f for f in files if f.endswith(".txt")] == ["fit-prof.txt"]
+    traces = [f for f in files if f.endswith(".pt.trace.json")]
+    assert len(traces) == 1 and traces[0].startswith("fit-prof-") and "training_step" in traces[0]
+    report = (tmp_path / "fit-prof.txt").read_text()
+    assert report.startswith("FIT Profiler Report") and "Profile stats for: records" in report
+    assert "Input Shapes" in report  # grouped by input shapes
+    table_rows = [ln for ln in report.splitlines() if ln.startswith(("aten::", "[pl]", "Optimizer"))]
+    assert 0 < len(table_rows) <= 5  # row_limit
+    events = prof.function_events
+    names = {e.name for e in events}
+    assert any(n.startswith("[pl][module]torch.nn.modules.linear.Linear: ") for n in names)  # module names
+    assert "aten::addmm" in names
+    with open(tmp_path / traces[0]) as f:
+        assert "aten::addmm" in {e.get("name") for e in json.load(f)["traceEvents"]}
+
+
+def test_pytorch_profiler_without_chrome_or_module_names(tmp_path):
+    prof = PyTorchProfiler(dirpath=tmp_path, filename="p", export_to_chrome=False, record_module_names=False)
+    quiet_trainer(max_steps=2, profiler=prof).fit(Regressor(), loader())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".json")]
+    assert not any(e.name.startswith("[pl][module]") for e in prof.function_events)
+
+
+def test_pytorch_profiler_schedule_records_only_the_active_steps(tmp_path):
+    schedule = torch.profiler.schedule(wait=1, warmup=1, active=2, repeat=1)
+    prof = PyTorchProfiler(dirpath=tmp_path, filename="s", schedule=schedule, export_to_chrome=False)
+    quiet_trainer(max_steps=8, profiler=prof).fit(Regressor(), loader())
+    steps = [e for e in prof.function_events if e.name == "[pl][profile][LightningModule]Regressor.training_step"]
+    assert len(steps) == 2
+
+
+def test_pytorch_profiler_rejects_bad_arguments_with_lightnings_words():
+    with pytest.raises(MisconfigurationException, match="Found sort_by_key: cpu. Should be within"):
+        PyTorchProfiler(sort_by_key="cpu")
+    with pytest.raises(KeyError, match="Found invalid table_kwargs key: sort_by. This is already a positional"):
+        PyTorchProfiler(table_kwargs={"sort_by": "cpu_time"})
+    with pytest.raises(KeyError, match="Found invalid table_kwargs key: colour"):
+        PyTorchProfiler(table_kwargs={"colour": 1})
+    with pytest.raises(MisconfigurationException, match="Schedule should be a callable"):
+        PyTorchProfiler(schedule=3)
+
+
+def test_profiler_submodules_hold_the_classes():
+    from fulmen.profilers import advanced, base, profiler, pytorch, simple
+
+    assert simple.SimpleProfiler is SimpleProfiler and advanced.AdvancedProfiler is AdvancedProfiler
+    assert pytorch.PyTorchProfiler is PyTorchProfiler and base.PassThroughProfiler is PassThroughProfiler
+    assert issubclass(SimpleProfiler, profiler.Profiler)
 
 
 def test_no_profiler_wraps_nothing():
