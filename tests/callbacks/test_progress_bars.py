@@ -48,7 +48,7 @@ class CountingBar(TQDMProgressBar):
 def test_default_bar_off_terminal_prints_a_line_per_epoch(capsys, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from fulmen.callbacks import progress
+    from fulmen.callbacks.progress import tqdm_progress as progress
 
     # a frozen clock: what the bar reads and prints must not depend on how fast this machine is
     monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: 1000.0))
@@ -129,3 +129,88 @@ def test_rich_bar(capsys, tmp_path):
     assert "Epoch 1" in out and "30/30" in out and "train_loss:" in out and "val_loss:" in out
     assert out.count("\n") < 10
     assert out.strip().splitlines()[-1].startswith("Checkpoints: ")
+
+
+def test_tqdm_class_pads_numbers_like_lightnings():
+    from fulmen.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+
+    assert [Tqdm.format_num(x) for x in (1.0, 0.5, 3, "0.1", 1e-9, "abc")] == ["1.000", "0.500", "3", "0.100",
+                                                                              "1e-9", "abc"]
+    assert convert_inf(float("inf")) is None and convert_inf(float("nan")) is None and convert_inf(7) == 7
+    from tqdm.auto import tqdm
+
+    assert issubclass(Tqdm, tqdm)
+
+
+def test_init_tqdm_overrides_shape_the_bars_on_and_off_a_terminal(monkeypatch):
+    from fulmen.callbacks.progress.tqdm_progress import Tqdm
+
+    made = []
+
+    class Custom(TQDMProgressBar):
+        def init_train_tqdm(self):
+            bar = super().init_train_tqdm()
+            bar.custom = True
+            made.append("train")
+            return bar
+
+        def init_validation_tqdm(self):
+            bar = super().init_validation_tqdm()
+            bar.disable = True  # how users hide the validation bar
+            made.append("val")
+            return bar
+
+    seen = {}
+
+    class Look(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["train"] = trainer.progress_bar_callback.train_progress_bar
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen["val"] = trainer.progress_bar_callback.val_progress_bar
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)  # not a terminal: only the customised bars become tqdm bars
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[Custom(), Look()])
+    trainer.fit(Model(), data(12), data(6))
+    assert made == ["train", "val"]
+    assert isinstance(seen["train"], Tqdm) and seen["train"].custom and seen["train"].total == 12
+    assert isinstance(seen["val"], Tqdm) and seen["val"].disable
+    text = out.getvalue()
+    assert "Epoch 0: 100%" in text and "Validation: 100%" not in text and "6/6" not in text  # val bar disabled
+
+
+def test_default_bars_are_tqdm_on_a_terminal_with_lightnings_positions(monkeypatch):
+    from fulmen.callbacks.progress.tqdm_progress import Tqdm
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    bar = TQDMProgressBar(process_position=1)
+    bar._tty = True
+    bars = {}
+
+    class Look(pl.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            bars["train"], bars["val"] = bar.train_progress_bar, bar.val_progress_bar
+
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+               num_sanity_val_steps=0, callbacks=[bar, Look()]).fit(Model(), data(4), data(2))
+    assert isinstance(bars["train"], Tqdm) and bars["train"].pos in (1, -1)
+    assert isinstance(bars["val"], Tqdm) and abs(bars["val"].pos) == 2 and not bars["val"].leave
+
+
+def test_rich_bar_exposes_its_progress_while_running():
+    pytest.importorskip("rich")
+    from rich.progress import Progress
+
+    from fulmen.callbacks import RichProgressBar
+
+    bar, seen = RichProgressBar(), []
+
+    class Look(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(bar.progress)
+
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+               callbacks=[bar, Look()]).fit(Model(), data(3))
+    assert seen and isinstance(seen[0], Progress)

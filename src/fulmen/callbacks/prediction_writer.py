@@ -8,8 +8,25 @@ from typing import Any
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
 from fulmen.trainer import data as _data
+from fulmen.utilities.enums import LightningEnum
 
 _INTERVALS = ("batch", "epoch", "batch_and_epoch")
+
+
+class WriteInterval(LightningEnum):
+    """When a prediction writer writes: after each batch, at the end of the predict epoch, or both."""
+
+    BATCH = "batch"
+    EPOCH = "epoch"
+    BATCH_AND_EPOCH = "batch_and_epoch"
+
+    @property
+    def on_batch(self) -> bool:
+        return self in (WriteInterval.BATCH, WriteInterval.BATCH_AND_EPOCH)
+
+    @property
+    def on_epoch(self) -> bool:
+        return self in (WriteInterval.EPOCH, WriteInterval.BATCH_AND_EPOCH)
 
 
 def _record_indices(batch_sampler: Any, queue: deque) -> type:
@@ -52,6 +69,7 @@ class BasePredictionWriter(Callback):
                 f"BasePredictionWriter(write_interval={write_interval!r}): use 'batch', 'epoch' or 'batch_and_epoch'."
             )
         self.write_interval = write_interval
+        self.interval = WriteInterval(write_interval)
         self._on_batch = write_interval in ("batch", "batch_and_epoch")
         self._on_epoch = write_interval in ("epoch", "batch_and_epoch")
         self._queues: list[deque] = []

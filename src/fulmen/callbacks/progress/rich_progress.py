@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fulmen.callbacks.progress import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
+from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
 from fulmen.errors import MisconfigurationException, missing_extra
 
 
@@ -43,6 +43,11 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
     @property
     def refresh_rate(self) -> int:
         return self._refresh_rate
+
+    @property
+    def progress(self) -> Any:
+        """The ``rich.progress.Progress`` drawing the bars while a stage runs; None before and after."""
+        return self._progress
 
     @property
     def is_enabled(self) -> bool:

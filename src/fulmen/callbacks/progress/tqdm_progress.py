@@ -1,178 +1,77 @@
-"""Progress bars: the ``ProgressBar`` base and the default ``TQDMProgressBar``.
+"""``TQDMProgressBar``, the default progress bar, drawn with ``tqdm``.
 
-A bar reads ``trainer.progress_bar_metrics`` (which turns logged tensors into numbers, a device sync)
-only when it redraws, at most a few times a second, never once per step. When the output is not a
-terminal (a log file, CI), ``TQDMProgressBar`` prints one compact line per epoch, and between two at
-most one every ``TQDMProgressBar.line_interval`` seconds, instead of redrawing.
+When the output is not a terminal (a log file, CI) it prints one compact line per epoch, and between
+two at most one every ``TQDMProgressBar.line_interval`` seconds, instead of redrawing.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import sys
 import time
+from functools import lru_cache
 from typing import Any
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.progress.progress_bar import (
+    _POSTFIX_INTERVAL,
+    ProgressBar,
+    _EvalBatchBars,
+    _fmt_time,
+    _fmt_value,
+)
 from fulmen.errors import MisconfigurationException
 
-_POSTFIX_INTERVAL = 0.5  # seconds between two reads of the progress-bar metrics while a bar runs
+_PAD_SIZE = 5  # a float in the bar's postfix is padded to this many characters, so the line does not jitter
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
-def get_standard_metrics(trainer: Any) -> dict[str, int | str]:
-    """``{"v_num": <version of the first logger>}`` (the last 4 characters of a string version), or ``{}``.
-
-    Example::
-
-        get_standard_metrics(trainer)  # {'v_num': 3}
-    """
-    logger = trainer.logger
-    version = getattr(logger, "version", None) if logger is not None else None
-    if version is None:
-        return {}
-    return {"v_num": version[-4:] if isinstance(version, str) else version}
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _fmt_time(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-class ProgressBar(Callback):
-    """Base class of progress bars: batch totals of the running stage, the metrics to show, on/off.
-
-    Subclass it to draw progress your own way; the Trainer uses at most one progress bar.
+def convert_inf(x: int | float | None) -> int | float | None:
+    """``None`` for an infinite or NaN total (tqdm's "unknown"), else ``x``.
 
     Example::
 
-        class DotBar(fulmen.callbacks.ProgressBar):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if self.is_enabled:
-                    print(".", end="", flush=True)
-
-        trainer = fulmen.Trainer(callbacks=[DotBar()])
+        convert_inf(float("inf")), convert_inf(12)  # (None, 12)
     """
+    if x is None or math.isinf(x) or math.isnan(x):
+        return None
+    return x
 
-    sanity_check_description = "Sanity Checking"
-    train_description = "Training"
-    validation_description = "Validation"
-    test_description = "Testing"
-    predict_description = "Predicting"
 
-    def __init__(self) -> None:
-        self._trainer: Any = None
-        self._current_eval_dataloader_idx: int | None = None
-        self._enabled = True
+@lru_cache(maxsize=None)
+def _tqdm_class() -> type:
+    """Build :class:`Tqdm` on first use, so tqdm is imported only when a bar is drawn."""
+    from tqdm.auto import tqdm
 
-    @property
-    def trainer(self) -> Any:
-        if self._trainer is None:
-            raise MisconfigurationException(
-                f"{type(self).__name__} is not attached to a Trainer yet; pass it in `Trainer(callbacks=[...])`."
-            )
-        return self._trainer
-
-    # -- totals -------------------------------------------------------------------------------------
-    @property
-    def total_train_batches(self) -> int | float:
-        """Training batches in an epoch (``inf`` for a loader without length)."""
-        return self.trainer.num_training_batches
-
-    @property
-    def total_val_batches_current_dataloader(self) -> int | float:
-        trainer = self.trainer
-        batches = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
-        return _at(batches, self._current_eval_dataloader_idx)
-
-    @property
-    def total_test_batches_current_dataloader(self) -> int | float:
-        return _at(self.trainer.num_test_batches, self._current_eval_dataloader_idx)
-
-    @property
-    def total_predict_batches_current_dataloader(self) -> int | float:
-        return _at(self.trainer.num_predict_batches, self._current_eval_dataloader_idx)
-
-    @property
-    def total_val_batches(self) -> int | float:
-        """Validation batches of one validation run during fit (0 when validation is off)."""
-        trainer = self.trainer
-        return sum(trainer.num_val_batches) if trainer.state.fn == "fit" and trainer.enable_validation else 0
-
-    # -- on/off --------------------------------------------------------------------------------------
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        """Stop drawing (the Trainer calls it on every process but the first)."""
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
-    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
-        """Print without breaking the bar's drawing."""
-        print(*args, sep=sep, **kwargs)
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._trainer = trainer
-        if not trainer.is_global_zero:
-            self.disable()
-
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, int | float | str]:
-        """What the bar shows: ``v_num`` and everything logged with ``prog_bar=True``. Override to change it.
+    class Tqdm(tqdm):
+        """``tqdm`` whose postfix numbers keep a fixed width: floats are padded to 5 characters.
 
         Example::
 
-            def get_metrics(self, trainer, pl_module):
-                items = super().get_metrics(trainer, pl_module)
-                items.pop("v_num", None)
-                return items
+            Tqdm.format_num(1.0), Tqdm.format_num(0.5), Tqdm.format_num(3)  # ('1.000', '0.500', '3')
         """
-        return {**get_standard_metrics(trainer), **trainer.progress_bar_metrics}
 
-    def _eval_dataloader_changed(self, dataloader_idx: int) -> bool:
-        changed = dataloader_idx != self._current_eval_dataloader_idx
-        self._current_eval_dataloader_idx = dataloader_idx
-        return changed
+        @staticmethod
+        def format_num(n: int | float | str) -> str:
+            padded = isinstance(n, (float, str))
+            text = n if isinstance(n, str) else tqdm.format_num(n)
+            if padded and "e" not in text:
+                if "." not in text and len(text) < _PAD_SIZE:
+                    try:
+                        float(text)
+                    except ValueError:
+                        return text
+                    text += "."
+                text += "0" * (_PAD_SIZE - len(text))
+            return text
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and self.is_enabled and trainer.is_global_zero:
-            line = _where_outputs_went(trainer)
-            if line:
-                self.print(line)
+    Tqdm.__module__ = __name__
+    return Tqdm
 
 
-def _at(batches: Any, idx: int | None) -> int | float:
-    if not batches:
-        return 0
-    return batches[idx or 0] if isinstance(batches, (list, tuple)) else batches
-
-
-def _where_outputs_went(trainer: Any) -> str:
-    """``Checkpoints: <dir>  Logs: <dir>`` for what this fit wrote; empty when it wrote neither."""
-    parts = []
-    cb = trainer.checkpoint_callback
-    ckpt_dir = getattr(cb, "dirpath", None) if cb is not None else None
-    if ckpt_dir and os.path.isdir(ckpt_dir):
-        parts.append(f"Checkpoints: {ckpt_dir}")
-    if trainer.loggers:
-        logger = trainer.logger
-        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if log_dir:
-            parts.append(f"Logs: {log_dir}")
-    return "  ".join(parts)
+def __getattr__(name: str) -> Any:
+    if name == "Tqdm":
+        return _tqdm_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _LineBar:
@@ -218,30 +117,6 @@ class _LineBar:
         pass
 
 
-class _EvalBatchBars:
-    """The test and predict batch hooks both bars share; each bar supplies ``_eval_batch_start`` and ``_advance``."""
-
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("test", self.test_description, self.total_test_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_test_batches) > 1)
-
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("test", batch_idx + 1, self.total_test_batches_current_dataloader)
-
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                               dataloader_idx: int = 0) -> None:
-        self._eval_batch_start("predict", self.predict_description, self.total_predict_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_predict_batches) > 1)
-
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                             dataloader_idx: int = 0) -> None:
-        if self.is_enabled:
-            self._advance("predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
-
-
 class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     """The default progress bar: a ``tqdm`` bar per stage with it/s, ``v_num`` and ``prog_bar`` metrics.
 
@@ -283,21 +158,68 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     def is_enabled(self) -> bool:
         return self._enabled and self._refresh_rate > 0
 
+    # -- the bars (Lightning's attributes: read them, or replace a bar from a hook) --------------------
     @property
     def train_progress_bar(self) -> Any:
         return self._bars.get("train")
+
+    @train_progress_bar.setter
+    def train_progress_bar(self, bar: Any) -> None:
+        self._bars["train"] = bar
 
     @property
     def val_progress_bar(self) -> Any:
         return self._bars.get("val")
 
+    @val_progress_bar.setter
+    def val_progress_bar(self, bar: Any) -> None:
+        self._bars["val"] = bar
+
     @property
     def test_progress_bar(self) -> Any:
         return self._bars.get("test")
 
+    @test_progress_bar.setter
+    def test_progress_bar(self, bar: Any) -> None:
+        self._bars["test"] = bar
+
     @property
     def predict_progress_bar(self) -> Any:
         return self._bars.get("predict")
+
+    @predict_progress_bar.setter
+    def predict_progress_bar(self, bar: Any) -> None:
+        self._bars["predict"] = bar
+
+    # Override these to change how a bar looks (its description and total are set when it opens):
+    #     def init_validation_tqdm(self):
+    #         bar = super().init_validation_tqdm()
+    #         bar.disable = True
+    #         return bar
+    def _tqdm(self, desc: str, position: int, leave: bool, **kwargs: Any) -> Any:
+        return _tqdm_class()(desc=desc, position=position, disable=self.is_disabled, leave=leave,
+                             dynamic_ncols=True, file=sys.stdout, bar_format=_BAR_FORMAT, **kwargs)
+
+    def init_sanity_tqdm(self) -> Any:
+        """The bar of the sanity check (under the training bar, removed when done)."""
+        return self._tqdm(self.sanity_check_description, self._process_position + 1, leave=False)
+
+    def init_train_tqdm(self) -> Any:
+        """The training bar (it stays on screen when fit ends)."""
+        return self._tqdm(self.train_description, self._process_position, leave=True, smoothing=0)
+
+    def init_validation_tqdm(self) -> Any:
+        """The validation bar: under the training bar during fit, on its own in ``trainer.validate``."""
+        in_fit = self._trainer is not None and self._trainer.state.fn == "fit"
+        return self._tqdm(self.validation_description, self._process_position + in_fit, leave=not in_fit)
+
+    def init_test_tqdm(self) -> Any:
+        """The bar of ``trainer.test``."""
+        return self._tqdm(self.test_description, self._process_position, leave=True)
+
+    def init_predict_tqdm(self) -> Any:
+        """The bar of ``trainer.predict``."""
+        return self._tqdm(self.predict_description, self._process_position, leave=True)
 
     # -- drawing --------------------------------------------------------------------------------
     def _is_tty(self) -> bool:
@@ -305,17 +227,21 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
             self._tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
         return self._tty
 
+    def _init_method(self, key: str) -> str:
+        if key == "val":
+            return "init_sanity_tqdm" if self._trainer is not None and self._trainer.sanity_checking \
+                else "init_validation_tqdm"
+        return {"train": "init_train_tqdm", "test": "init_test_tqdm", "predict": "init_predict_tqdm"}[key]
+
     def _open(self, key: str, desc: str, total: float, nested: bool) -> Any:
         self._close(key)
         total = None if total in (None, float("inf")) else int(total)
-        if self._is_tty():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc=desc, total=total, position=self._process_position + (1 if nested else 0),
-                       # the training bar stays on screen when done (``leave`` only asks for one per epoch)
-                       leave=key == "train" or not nested, dynamic_ncols=True, file=sys.stdout,
-                       smoothing=0, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
-                       "{rate_fmt}{postfix}]")
+        method = self._init_method(key)
+        # a terminal gets tqdm bars; so does any bar whose init_*_tqdm a subclass customised
+        if self._is_tty() or getattr(type(self), method) is not getattr(TQDMProgressBar, method):
+            bar = getattr(self, method)()
+            bar.reset(total=total)
+            bar.set_description(desc, refresh=False)
         else:
             # in a log, only the training epochs and stand-alone evaluation get lines; nested bars stay quiet
             bar = _LineBar(desc, float("inf") if total is None else total, self.line_interval, quiet=nested)

@@ -1,0 +1,197 @@
+"""``ProgressBar``: the base of progress bars (batch totals, metrics to show, on/off).
+
+A bar reads ``trainer.progress_bar_metrics`` (which turns logged tensors into numbers, a device sync)
+only when it redraws, at most a few times a second, never once per step. When the output is not a
+terminal (a log file, CI), ``TQDMProgressBar`` prints one compact line per epoch, and between two at
+most one every ``TQDMProgressBar.line_interval`` seconds, instead of redrawing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fulmen.callbacks.callback import Callback
+from fulmen.errors import MisconfigurationException
+
+_POSTFIX_INTERVAL = 0.5  # seconds between two reads of the progress-bar metrics while a bar runs
+
+
+def get_standard_metrics(trainer: Any) -> dict[str, int | str]:
+    """``{"v_num": <version of the first logger>}`` (the last 4 characters of a string version), or ``{}``.
+
+    Example::
+
+        get_standard_metrics(trainer)  # {'v_num': 3}
+    """
+    logger = trainer.logger
+    version = getattr(logger, "version", None) if logger is not None else None
+    if version is None:
+        return {}
+    return {"v_num": version[-4:] if isinstance(version, str) else version}
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar(Callback):
+    """Base class of progress bars: batch totals of the running stage, the metrics to show, on/off.
+
+    Subclass it to draw progress your own way; the Trainer uses at most one progress bar.
+
+    Example::
+
+        class DotBar(fulmen.callbacks.ProgressBar):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if self.is_enabled:
+                    print(".", end="", flush=True)
+
+        trainer = fulmen.Trainer(callbacks=[DotBar()])
+    """
+
+    sanity_check_description = "Sanity Checking"
+    train_description = "Training"
+    validation_description = "Validation"
+    test_description = "Testing"
+    predict_description = "Predicting"
+
+    def __init__(self) -> None:
+        self._trainer: Any = None
+        self._current_eval_dataloader_idx: int | None = None
+        self._enabled = True
+
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            raise MisconfigurationException(
+                f"{type(self).__name__} is not attached to a Trainer yet; pass it in `Trainer(callbacks=[...])`."
+            )
+        return self._trainer
+
+    # -- totals -------------------------------------------------------------------------------------
+    @property
+    def total_train_batches(self) -> int | float:
+        """Training batches in an epoch (``inf`` for a loader without length)."""
+        return self.trainer.num_training_batches
+
+    @property
+    def total_val_batches_current_dataloader(self) -> int | float:
+        trainer = self.trainer
+        batches = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+        return _at(batches, self._current_eval_dataloader_idx)
+
+    @property
+    def total_test_batches_current_dataloader(self) -> int | float:
+        return _at(self.trainer.num_test_batches, self._current_eval_dataloader_idx)
+
+    @property
+    def total_predict_batches_current_dataloader(self) -> int | float:
+        return _at(self.trainer.num_predict_batches, self._current_eval_dataloader_idx)
+
+    @property
+    def total_val_batches(self) -> int | float:
+        """Validation batches of one validation run during fit (0 when validation is off)."""
+        trainer = self.trainer
+        return sum(trainer.num_val_batches) if trainer.state.fn == "fit" and trainer.enable_validation else 0
+
+    # -- on/off --------------------------------------------------------------------------------------
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        """Stop drawing (the Trainer calls it on every process but the first)."""
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """Print without breaking the bar's drawing."""
+        print(*args, sep=sep, **kwargs)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._trainer = trainer
+        if not trainer.is_global_zero:
+            self.disable()
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, int | float | str]:
+        """What the bar shows: ``v_num`` and everything logged with ``prog_bar=True``. Override to change it.
+
+        Example::
+
+            def get_metrics(self, trainer, pl_module):
+                items = super().get_metrics(trainer, pl_module)
+                items.pop("v_num", None)
+                return items
+        """
+        return {**get_standard_metrics(trainer), **trainer.progress_bar_metrics}
+
+    def _eval_dataloader_changed(self, dataloader_idx: int) -> bool:
+        changed = dataloader_idx != self._current_eval_dataloader_idx
+        self._current_eval_dataloader_idx = dataloader_idx
+        return changed
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit" and self.is_enabled and trainer.is_global_zero:
+            line = _where_outputs_went(trainer)
+            if line:
+                self.print(line)
+
+
+def _at(batches: Any, idx: int | None) -> int | float:
+    if not batches:
+        return 0
+    return batches[idx or 0] if isinstance(batches, (list, tuple)) else batches
+
+
+def _where_outputs_went(trainer: Any) -> str:
+    """``Checkpoints: <dir>  Logs: <dir>`` for what this fit wrote; empty when it wrote neither."""
+    parts = []
+    cb = trainer.checkpoint_callback
+    ckpt_dir = getattr(cb, "dirpath", None) if cb is not None else None
+    if ckpt_dir and os.path.isdir(ckpt_dir):
+        parts.append(f"Checkpoints: {ckpt_dir}")
+    if trainer.loggers:
+        logger = trainer.logger
+        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if log_dir:
+            parts.append(f"Logs: {log_dir}")
+    return "  ".join(parts)
+
+
+class _EvalBatchBars:
+    """The test and predict batch hooks both bars share; each bar supplies ``_eval_batch_start`` and ``_advance``."""
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._eval_batch_start("test", self.test_description, self.total_test_batches_current_dataloader,
+                               dataloader_idx, len(trainer.num_test_batches) > 1)
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        if self.is_enabled:
+            self._advance("test", batch_idx + 1, self.total_test_batches_current_dataloader)
+
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        self._eval_batch_start("predict", self.predict_description, self.total_predict_batches_current_dataloader,
+                               dataloader_idx, len(trainer.num_predict_batches) > 1)
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        if self.is_enabled:
+            self._advance("predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
