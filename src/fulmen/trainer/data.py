@@ -127,7 +127,9 @@ def as_list(loaders: Any) -> list[Any]:
     if loaders is None:
         return []
     if isinstance(loaders, CombinedLoader):
-        return loaders.flattened
+        # sequential: one loader after another, each with its dataloader_idx; the other modes give combined
+        # batches from one stream, as in Lightning
+        return loaders.flattened if loaders.mode == "sequential" else [loaders]
     if isinstance(loaders, Mapping):
         return list(loaders.values())
     if isinstance(loaders, (list, tuple)):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import warnings
 from collections.abc import Mapping
 from functools import wraps
+from warnings import warn as _warn  # plain `warnings` would be shadowed by the submodule fulmen.utilities.warnings
 from typing import Any, Callable
 
 import torch
@@ -162,7 +162,7 @@ rank_zero_only.rank = _rank()  # type: ignore[attr-defined]  # strategies update
 @rank_zero_only
 def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 4) -> None:
     """``warnings.warn`` on rank zero only, pointing at the user's line rather than fulmen's."""
-    warnings.warn(message, category, stacklevel=stacklevel)
+    _warn(message, category, stacklevel=stacklevel)
 
 
 @rank_zero_only
@@ -267,3 +267,25 @@ def is_overridden(name: str, instance: Any, parent: type) -> bool:
     if impl is None:  # absent, or set to None in the class body
         return False
     return getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
+
+
+# Lightning's other names under ``fulmen.utilities``, loaded on first use (they live in submodules)
+_LAZY = {
+    "CombinedLoader": "fulmen.trainer.data",
+    "GradClipAlgorithmType": "fulmen.utilities.enums",
+    "LightningEnum": "fulmen.utilities.enums",
+    "grad_norm": "fulmen.utilities.grads",
+    "is_picklable": "fulmen.utilities.parsing",
+    "rank_zero_debug": "fulmen.utilities.rank_zero",
+    "rank_zero_deprecation": "fulmen.utilities.rank_zero",
+    "disable_possible_user_warnings": "fulmen.utilities.warnings",
+    "isolate_rng": "fulmen.utilities.seed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fulmen.utilities' has no attribute {name!r}")

@@ -1,0 +1,23 @@
+"""Lightning's path for model summaries: ``ModelSummary`` objects and ``summarize``.
+
+Example::
+
+    from fulmen.utilities.model_summary import summarize
+
+    summary = summarize(model, max_depth=2)
+    summary.total_parameters, summary.layer_names
+"""
+
+from fulmen.utilities.model_summary.model_summary import (
+    LayerSummary,
+    ModelSummary,
+    get_formatted_model_size,
+    get_human_readable_count,
+    parse_batch_shape,
+    summarize,
+)
+
+__all__ = [
+    "LayerSummary", "ModelSummary", "get_formatted_model_size", "get_human_readable_count", "parse_batch_shape",
+    "summarize",
+]

@@ -1,0 +1,240 @@
+"""``ModelSummary``: the layer table of a model as an object, with Lightning's attribute names.
+
+The table itself is computed by :func:`fulmen.summary.summarize` (one pass over the submodules, and
+one forward pass of ``example_input_array`` when the model has one for sizes and FLOPs).
+
+Example::
+
+    from fulmen.utilities.model_summary import ModelSummary
+
+    summary = ModelSummary(model, max_depth=1)
+    summary.layer_names, summary.param_nums, summary.trainable_parameters
+    print(summary)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fulmen.summary import _UNKNOWN, Summary
+from fulmen.summary import summarize as _summarize
+
+__all__ = [
+    "LayerSummary", "ModelSummary", "get_formatted_model_size", "get_human_readable_count", "parse_batch_shape",
+    "summarize",
+]
+
+UNKNOWN_SIZE = _UNKNOWN
+
+
+def get_human_readable_count(number: int) -> str:
+    """A count as Lightning's summary spells it: ``123 -> '123  '``, ``1234 -> '1.2 K'``, ``2e6 -> '2.0 M'``.
+
+    Example::
+
+        get_human_readable_count(2_176)  # '2.2 K'
+    """
+    if number < 0:
+        from fulmen.errors import MisconfigurationException
+
+        raise MisconfigurationException(f"get_human_readable_count({number}): counts are never negative.")
+    units = [" ", "K", "M", "B", "T"]
+    value, unit = float(number), 0
+    while value >= 1000 and unit < len(units) - 1:
+        value /= 1000
+        unit += 1
+    return f"{int(value):,d} {units[0]}" if unit == 0 else f"{value:,.1f} {units[unit]}"
+
+
+def get_formatted_model_size(total_model_size: float) -> str:
+    """A size in megabytes with three decimals, as under the summary table."""
+    return f"{total_model_size:,.3f}"
+
+
+def parse_batch_shape(batch: Any) -> Any:
+    """The shape of ``batch`` as a list, nested like the batch; ``"?"`` for what has no shape.
+
+    Example::
+
+        parse_batch_shape((torch.zeros(2, 3), [torch.zeros(4)]))  # [[2, 3], [[4]]]
+    """
+    if hasattr(batch, "shape"):
+        return list(batch.shape)
+    if isinstance(batch, (list, tuple)):
+        return [parse_batch_shape(el) for el in batch]
+    return UNKNOWN_SIZE
+
+
+def _size(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, (list, tuple)):
+        sizes = [_size(v) for v in x]
+        return sizes[0] if len(sizes) == 1 else sizes
+    return UNKNOWN_SIZE
+
+
+class LayerSummary:
+    """One submodule's row: its type, parameter count, mode, and the sizes of its last forward call.
+
+    A forward hook records the sizes until :meth:`detach_hook` (or garbage collection) removes it.
+
+    Example::
+
+        row = LayerSummary(model.layer)
+        model(torch.randn(4, 32))
+        row.in_size, row.out_size, row.num_parameters  # [4, 32], [4, 2], 66
+        row.detach_hook()
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+        self._in_size: Any = UNKNOWN_SIZE
+        self._out_size: Any = UNKNOWN_SIZE
+        self._hook = module.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: Any, out: Any) -> None:
+        self._in_size, self._out_size = _size(args), _size(out)
+        self.detach_hook()  # the first call is the one that is reported
+
+    def __del__(self) -> None:
+        self.detach_hook()
+
+    def detach_hook(self) -> None:
+        if getattr(self, "_hook", None) is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @property
+    def in_size(self) -> Any:
+        return self._in_size
+
+    @property
+    def out_size(self) -> Any:
+        return self._out_size
+
+    @property
+    def layer_type(self) -> str:
+        return type(self._module).__name__
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
+                   for p in self._module.parameters())
+
+    @property
+    def training(self) -> bool:
+        return self._module.training
+
+
+class ModelSummary:
+    """The summary of ``model`` down to ``max_depth`` levels of submodules (-1: all; 0: no rows).
+
+    Attributes are lists with one entry per row (``layer_names``, ``layer_types``, ``in_sizes``,
+    ``out_sizes``, ``param_nums``, ``training_modes``) and totals (``total_parameters``,
+    ``trainable_parameters``, ``total_layer_params``, ``model_size`` in MB, ``total_training_modes``,
+    ``total_flops``). ``str(summary)`` is the table printed at the start of fit.
+
+    Example::
+
+        summary = ModelSummary(model, max_depth=-1)
+        dict(zip(summary.layer_names, summary.param_nums))
+    """
+
+    def __init__(self, model: nn.Module, max_depth: int = 1) -> None:
+        self._model = model
+        self._max_depth = max_depth
+        self._summary: Summary = _summarize(model, max_depth=max_depth)
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    @property
+    def named_modules(self) -> list[tuple[str, nn.Module]]:
+        modules = dict(self._model.named_modules())
+        return [(layer.name, modules[layer.name]) for layer in self._summary.layers]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._summary.layers]
+
+    @property
+    def layer_types(self) -> list[str]:
+        return [layer.type for layer in self._summary.layers]
+
+    @property
+    def in_sizes(self) -> list[Any]:
+        return [layer.in_size for layer in self._summary.layers]
+
+    @property
+    def out_sizes(self) -> list[Any]:
+        return [layer.out_size for layer in self._summary.layers]
+
+    @property
+    def param_nums(self) -> list[int]:
+        return [layer.params for layer in self._summary.layers]
+
+    @property
+    def training_modes(self) -> list[bool]:
+        return [layer.training for layer in self._summary.layers]
+
+    @property
+    def total_training_modes(self) -> dict[str, int]:
+        return {"train": self._summary.train_modules, "eval": self._summary.eval_modules}
+
+    @property
+    def total_parameters(self) -> int:
+        return self._summary.total_params
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self._summary.trainable_params
+
+    @property
+    def total_layer_params(self) -> int:
+        return sum(self.param_nums)
+
+    @property
+    def model_size(self) -> float:
+        """Memory of all parameters in megabytes (1e6 bytes)."""
+        return self._summary.model_size_mb
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs of one forward pass of ``example_input_array``; 0 without one."""
+        return self._summary.total_flops or 0
+
+    def _get_summary_data(self) -> list[tuple[str, list[str]]]:
+        """The table by column, ``(header, cells)``: what ``ModelSummary.summarize`` callbacks receive."""
+        layers = self._summary.layers
+        data = [
+            (" ", [str(i) for i in range(len(layers))]),
+            ("Name", self.layer_names),
+            ("Type", self.layer_types),
+            ("Params", [get_human_readable_count(n) for n in self.param_nums]),
+            ("Mode", ["train" if t else "eval" for t in self.training_modes]),
+            ("FLOPs", [get_human_readable_count(layer.flops or 0) for layer in layers]),
+        ]
+        if getattr(self._model, "example_input_array", None) is not None:
+            data += [("In sizes", [str(s) for s in self.in_sizes]), ("Out sizes", [str(s) for s in self.out_sizes])]
+        return data
+
+    def __str__(self) -> str:
+        return str(self._summary)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def summarize(lightning_module: nn.Module, max_depth: int = 1) -> ModelSummary:
+    """The :class:`ModelSummary` of ``lightning_module``.
+
+    Example::
+
+        print(summarize(model, max_depth=2))
+    """
+    return ModelSummary(lightning_module, max_depth=max_depth)
