@@ -174,6 +174,35 @@ class TruePrecision(Precision):
         return _default_dtype(self.dtype)
 
 
+class DoublePrecision(TruePrecision):
+    """Float64 parameters and inputs (``precision="64-true"``), under Lightning's plugin name.
+
+    Example::
+
+        trainer = fulmen.Trainer(plugins=[DoublePrecision()])
+    """
+
+    def __init__(self) -> None:
+        super().__init__("64-true")
+
+
+class HalfPrecision(TruePrecision):
+    """Half-precision parameters and inputs: ``"16-true"`` (float16) or ``"bf16-true"`` (bfloat16).
+
+    Example::
+
+        trainer = fulmen.Trainer(plugins=[HalfPrecision("bf16-true")])
+    """
+
+    def __init__(self, precision: str = "16-true") -> None:
+        if precision not in ("16-true", "bf16-true"):
+            raise MisconfigurationException(
+                f"HalfPrecision(precision={precision!r}): pass '16-true' or 'bf16-true' "
+                "(for mixed precision use MixedPrecision or Trainer(precision='16-mixed'))."
+            )
+        super().__init__(precision)
+
+
 class _default_dtype:
     """Tensors created inside (e.g. ``torch.zeros`` in forward) get the run's dtype."""
 

@@ -139,6 +139,8 @@ class LightningOptimizer:
     ``on_before_optimizer_step`` hooks, gradient clipping, and step counting. Everything else
     (``param_groups``, ``state``, ``zero_grad`` ...) is the wrapped optimizer's own.
 
+    Constructed by itself (``LightningOptimizer(optimizer)``, no Trainer), ``step()`` is the optimizer's own.
+
     Example (manual optimization)::
 
         opt = self.optimizers()
@@ -147,7 +149,7 @@ class LightningOptimizer:
         opt.zero_grad()
     """
 
-    def __init__(self, optimizer: Optimizer, trainer: Any) -> None:
+    def __init__(self, optimizer: Optimizer, trainer: Any = None) -> None:
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_trainer"] = trainer
         self.__dict__["_on_before_step"] = None  # set by the loop to run hooks + clipping after the closure
@@ -178,6 +180,8 @@ class LightningOptimizer:
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Take an optimizer step through the Trainer's strategy; ``closure`` recomputes the loss (LBFGS)."""
         trainer = self._trainer
+        if trainer is None:  # standalone: nothing to route through
+            return self._optimizer.step(closure, **kwargs) if closure is not None else self._optimizer.step(**kwargs)
         out = trainer.strategy.optimizer_step(self._optimizer, closure, trainer.lightning_module,
                                               self._on_before_step, **kwargs)
         if self._on_after_step is not None:
