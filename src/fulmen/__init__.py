@@ -15,7 +15,28 @@ from fulmen.trainer.trainer import Trainer
 from fulmen.utilities import seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "callbacks", "loggers"]
+__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",
+           "callbacks", "loggers"]
+
+_LOGO = r"""
+     __       _
+    / _|_   _| |_ __ ___   ___ _ __
+   | |_| | | | | '_ ` _ \ / _ \ '_ \
+   |  _| |_| | | | | | | |  __/ | | |
+   |_|  \__,_|_|_| |_| |_|\___|_| |_|
+"""
+
+
+def cli_lightning_logo() -> None:
+    """Print fulmen's logo; what Lightning's example scripts call first in ``__main__``.
+
+    Example::
+
+        if __name__ == "__main__":
+            fulmen.cli_lightning_logo()
+            main()
+    """
+    print(_LOGO)
 
 
 def __getattr__(name: str):
@@ -23,6 +44,6 @@ def __getattr__(name: str):
     import importlib
 
     if name in ("callbacks", "loggers", "strategies", "profilers", "tuner", "cli", "generation", "utilities",
-                "precision", "checkpoint", "errors", "plot"):
+                "precision", "checkpoint", "errors", "plot", "core", "demos", "plugins"):
         return importlib.import_module(f"fulmen.{name}")
     raise AttributeError(f"module 'fulmen' has no attribute {name!r}")

@@ -27,6 +27,7 @@ import random
 import re
 import sys
 import textwrap
+from collections.abc import Iterable
 from functools import partial, update_wrapper
 from types import MethodType
 from typing import Any, Callable, Union
@@ -54,7 +55,8 @@ except ImportError:
 # jsonargparse 4.49 renamed `skip_none` to `skip_unset` and `instantiate_classes` to `instantiate`
 _NEW_JSONARGPARSE = tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
 
-__all__ = ["LightningArgumentParser", "LightningCLI", "ReduceLROnPlateau", "SaveConfigCallback", "instantiate_class"]
+__all__ = ["LRSchedulerCallable", "LightningArgumentParser", "LightningCLI", "OptimizerCallable", "ReduceLROnPlateau",
+           "SaveConfigCallback", "instantiate_class"]
 
 # jsonargparse finds a class given by its short name (`--trainer.callbacks+=ModelCheckpoint`) only among
 # subclasses already imported; fulmen.callbacks imports each on first use, so the CLI imports them all
@@ -80,6 +82,12 @@ class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 LRSchedulerTypeTuple = (LRScheduler, ReduceLROnPlateau)
 LRSchedulerTypeUnion = Union[LRScheduler, ReduceLROnPlateau]
 LRSchedulerType = Union[type[LRScheduler], type[ReduceLROnPlateau]]
+
+# Type hints for a module's __init__ that the command line fills with a class and its arguments, e.g.
+# `def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam)` then `--model.optimizer SGD
+# --model.optimizer.lr 0.1`; the module calls `self.optimizer(self.parameters())` in configure_optimizers.
+OptimizerCallable = Callable[[Iterable], Optimizer]
+LRSchedulerCallable = Callable[[Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
 
 
 class LightningArgumentParser(ArgumentParser):

@@ -22,7 +22,14 @@ pytest.importorskip("jsonargparse")
 
 from fulmen.callbacks import Callback, EarlyStopping  # noqa: E402
 from fulmen.loggers import CSVLogger  # noqa: E402
-from fulmen.cli import ConfigExistsError, LightningCLI, ReduceLROnPlateau, SaveConfigCallback  # noqa: E402
+from fulmen.cli import (  # noqa: E402
+    ConfigExistsError,
+    LightningCLI,
+    LRSchedulerCallable,
+    OptimizerCallable,
+    ReduceLROnPlateau,
+    SaveConfigCallback,
+)
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -208,6 +215,30 @@ def test_run_false_builds_model_data_trainer_from_list_or_dict():
     assert isinstance(cli.trainer.logger, CSVLogger) and cli.trainer.logger.root_dir == os.path.join("logs", "cli")
     [stopper] = [cb for cb in cli.trainer.callbacks if isinstance(cb, EarlyStopping)]
     assert stopper.monitor == "val_loss"
+
+
+class WithCallables(pkg.BoringModel):
+    # at module level: jsonargparse resolves the (postponed) annotations from the module's globals
+    def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam,
+                 scheduler: LRSchedulerCallable = torch.optim.lr_scheduler.ConstantLR):
+        super().__init__()
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def configure_optimizers(self):
+        opt = self.optimizer(self.parameters())
+        return {"optimizer": opt, "lr_scheduler": self.scheduler(opt)}
+
+
+def test_optimizer_callable_hints_take_a_class_and_its_arguments_from_the_command_line():
+    cli = LightningCLI(WithCallables, run=False, args=[
+        "--model.optimizer", "SGD", "--model.optimizer.lr", "0.25", "--model.scheduler", "StepLR",
+        "--model.scheduler.step_size", "3"])
+    config = cli.model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD) and config["optimizer"].param_groups[0]["lr"] == 0.25
+    assert isinstance(config["lr_scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert config["lr_scheduler"].step_size == 3
+    default = LightningCLI(WithCallables, run=False, args=[]).model.configure_optimizers()
+    assert isinstance(default["optimizer"], torch.optim.Adam)
 
 
 def test_optimizer_and_scheduler_replace_configure_optimizers():

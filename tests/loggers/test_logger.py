@@ -103,6 +103,23 @@ def test_dummy_logger_accepts_anything():
     assert logger[0] is logger
 
 
+def test_dummy_experiment_and_lightnings_log_hyperparams_signatures(tmp_path):
+    from fulmen.loggers import CSVLogger
+    from fulmen.loggers.logger import DummyExperiment
+
+    experiment = DummyLogger().experiment
+    assert isinstance(experiment, DummyExperiment) and experiment["any"] is experiment
+    experiment["key"] = 1
+    assert experiment.nop(1, a=2) is None and experiment.add_histogram("h", [1]) is None
+    DummyLogger().log_hyperparams()  # Lightning's DummyLogger takes any arguments, none included
+    DummyLogger().log_metrics()
+    csv = CSVLogger(tmp_path, name="n", version=0)
+    csv.log_hyperparams()  # `params` is optional in Lightning's CSVLogger
+    csv.log_hyperparams({"lr": 0.1})
+    csv.save()
+    assert yaml.safe_load((tmp_path / "n" / "version_0" / "hparams.yaml").read_text()) == {"lr": 0.1}
+
+
 def test_convert_and_flatten():
     @dataclasses.dataclass
     class Opt:

@@ -147,7 +147,7 @@ class CSVLogger(_VersionedLogger):
         return self._experiment
 
     @_rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(self, params: dict[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any) -> None:
         self.experiment.log_hparams(_convert_params(params))
 
     @_rank_zero_only

@@ -143,13 +143,13 @@ class DummyLogger(Logger):
         return ""
 
     @property
-    def experiment(self) -> Any:
-        return _NoOp()
+    def experiment(self) -> DummyExperiment:
+        return DummyExperiment()
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def __getitem__(self, index: int) -> DummyLogger:
@@ -168,6 +168,26 @@ class _NoOp:
 
     def __getattr__(self, _: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+class DummyExperiment(_NoOp):
+    """The experiment of :class:`DummyLogger`: every method call, index and assignment is accepted and ignored.
+
+    Example::
+
+        exp = DummyExperiment()
+        exp.add_image("x", image)   # does nothing
+        exp["key"] = 1              # does nothing
+    """
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        """Do nothing."""
+
+    def __getitem__(self, index: Any) -> DummyExperiment:
+        return self
+
+    def __setitem__(self, *args: Any) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- rank zero

@@ -37,6 +37,7 @@ from fulmen.loggers.logger import (
     _warn,
 )
 
+LOCAL_FILE_URI_PREFIX = "file:"  # Lightning's name for the scheme of a local MLflow store
 _RUN_NAME_TAG = "mlflow.runName"
 _STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 

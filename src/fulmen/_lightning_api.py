@@ -1,0 +1,385 @@
+"""Lightning 2.x's public API, and where fulmen stands on each module path and name.
+
+This is the data behind the documentation's "Coming from Lightning" page and behind
+``tests/test_lightning_api.py``, which checks every entry against fulmen itself: a name listed as
+supported must import from the same path under ``fulmen``, and a name left out must really be absent
+(so when it arrives, the test says to move it out of :data:`OMITTED`).
+
+Paths are relative to Lightning's package: ``"callbacks.progress"`` is ``lightning.pytorch.callbacks.progress``
+(or ``pytorch_lightning.callbacks.progress``) and ``fulmen.callbacks.progress``; ``""`` is the package itself.
+
+Example (what the docs page does)::
+
+    from fulmen._lightning_api import rows
+
+    for row in rows():
+        print(row["lightning"], "->", row["fulmen"] or "not in fulmen: " + row["note"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+__all__ = ["LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fulmen_path", "omission", "rows"]
+
+#: the Lightning release the table was taken from
+LIGHTNING_VERSION = "2.6.6"
+
+#: Every public module of Lightning (walked from the installed package: ``__all__`` where a module has
+#: one, else what it defines or re-exports on purpose) and its public names; plus the few names published
+#: code imports although they are underscored (``utilities.imports._TORCHVISION_AVAILABLE`` ...).
+LIGHTNING_API: dict[str, tuple[str, ...]] = {
+    "": ("Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",),
+    "accelerators": (
+        "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "XLAAccelerator",
+        "find_usable_cuda_devices",
+    ),
+    "accelerators.accelerator": ("Accelerator",),
+    "accelerators.cpu": ("CPUAccelerator", "get_cpu_stats",),
+    "accelerators.cuda": ("CUDAAccelerator", "get_nvidia_gpu_stats",),
+    "accelerators.mps": ("MPSAccelerator", "get_device_stats",),
+    "accelerators.xla": ("XLAAccelerator",),
+    "callbacks": (
+        "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "BatchSizeFinder", "Callback", "Checkpoint",
+        "DeviceStatsMonitor", "EMAWeightAveraging", "EarlyStopping", "GradientAccumulationScheduler",
+        "LambdaCallback", "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint", "ModelPruning",
+        "ModelSummary", "OnExceptionCheckpoint", "ProgressBar", "RichModelSummary", "RichProgressBar",
+        "SpikeDetection", "StochasticWeightAveraging", "TQDMProgressBar", "ThroughputMonitor", "Timer",
+        "WeightAveraging",
+    ),
+    "callbacks.batch_size_finder": ("BatchSizeFinder",),
+    "callbacks.callback": ("Callback",),
+    "callbacks.checkpoint": ("Checkpoint",),
+    "callbacks.device_stats_monitor": ("DeviceStatsMonitor",),
+    "callbacks.early_stopping": ("EarlyStopping", "EarlyStoppingReason",),
+    "callbacks.finetuning": ("BackboneFinetuning", "BaseFinetuning", "multiplicative",),
+    "callbacks.gradient_accumulation_scheduler": ("GradientAccumulationScheduler",),
+    "callbacks.lambda_function": ("LambdaCallback",),
+    "callbacks.lr_finder": ("LearningRateFinder",),
+    "callbacks.lr_monitor": ("LearningRateMonitor",),
+    "callbacks.model_checkpoint": ("ModelCheckpoint",),
+    "callbacks.model_summary": ("ModelSummary",),
+    "callbacks.on_exception_checkpoint": ("OnExceptionCheckpoint",),
+    "callbacks.prediction_writer": ("BasePredictionWriter", "WriteInterval",),
+    "callbacks.progress": ("ProgressBar", "RichProgressBar", "TQDMProgressBar",),
+    "callbacks.progress.progress_bar": ("ProgressBar", "get_standard_metrics",),
+    "callbacks.progress.rich_progress": ("RichProgressBar", "RichProgressBarTheme",),
+    "callbacks.progress.tqdm_progress": ("TQDMProgressBar", "Tqdm", "convert_inf",),
+    "callbacks.pruning": ("ModelPruning",),
+    "callbacks.rich_model_summary": ("RichModelSummary",),
+    "callbacks.spike": ("SpikeDetection",),
+    "callbacks.stochastic_weight_avg": ("StochasticWeightAveraging",),
+    "callbacks.throughput_monitor": ("ThroughputMonitor",),
+    "callbacks.timer": ("Interval", "Timer",),
+    "callbacks.weight_averaging": ("EMAWeightAveraging", "WeightAveraging",),
+    "cli": (
+        "ArgsType", "LRSchedulerCallable", "LRSchedulerType", "LRSchedulerTypeTuple", "LRSchedulerTypeUnion",
+        "LightningArgumentParser", "LightningCLI", "ModuleType", "OptimizerCallable", "ReduceLROnPlateau",
+        "SaveConfigCallback", "instantiate_class", "instantiate_module",
+    ),
+    "core": ("LightningDataModule", "LightningModule",),
+    "core.datamodule": ("LightningDataModule",),
+    "core.hooks": ("CheckpointHooks", "DataHooks", "ModelHooks",),
+    "core.mixins": ("HyperparametersMixin",),
+    "core.mixins.hparams_mixin": ("HyperparametersMixin",),
+    "core.module": ("LightningModule", "MODULE_OPTIMIZERS",),
+    "core.optimizer": ("LightningOptimizer", "do_nothing_closure",),
+    "core.saving": (
+        "CHECKPOINT_PAST_HPARAMS_KEYS", "convert", "load_hparams_from_tags_csv", "load_hparams_from_yaml",
+        "save_hparams_to_tags_csv", "save_hparams_to_yaml", "update_hparams",
+    ),
+    "demos": (
+        "BoringDataModule", "BoringModel", "DemoModel", "LightningLSTM", "LightningTransformer", "SequenceSampler",
+        "SimpleLSTM", "Transformer", "WikiText2",
+    ),
+    "demos.boring_classes": (
+        "BoringDataModule", "BoringDataModuleNoLen", "BoringModel", "DemoModel", "IterableBoringDataModule",
+        "ManualOptimBoringModel", "Net", "RandomDataset", "RandomDictDataset", "RandomIterableDataset",
+        "RandomIterableDatasetWithLen",
+    ),
+    "demos.lstm": ("LightningLSTM", "SequenceSampler", "SimpleLSTM",),
+    "demos.mnist_datamodule": ("MNIST", "MNISTDataModule",),
+    "demos.transformer": (
+        "Dictionary", "LightningTransformer", "PositionalEncoding", "Transformer", "WikiText2", "tokenize",
+    ),
+    "loggers": ("CSVLogger", "CometLogger", "LitLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger",),
+    "loggers.comet": ("CometLogger", "FRAMEWORK_NAME", "comet_experiment",),
+    "loggers.csv_logs": ("CSVLogger", "ExperimentWriter",),
+    "loggers.litlogger": ("LitLogger",),
+    "loggers.logger": ("DummyExperiment", "DummyLogger", "Logger", "merge_dicts", "rank_zero_experiment",),
+    "loggers.mlflow": ("LOCAL_FILE_URI_PREFIX", "MLFlowLogger",),
+    "loggers.neptune": ("NeptuneLogger",),
+    "loggers.tensorboard": ("TensorBoardLogger",),
+    "loggers.wandb": ("WandbLogger",),
+    "loops.evaluation_loop": ("RestartStage",),
+    "loops.fit_loop": ("RestartStage",),
+    "loops.optimization.automatic": ("Closure", "ClosureResult",),
+    "loops.optimization.closure": ("AbstractClosure", "OutputResult",),
+    "loops.optimization.manual": ("ManualResult",),
+    "loops.training_epoch_loop": ("RestartStage",),
+    "loops.utilities": ("check_finite_loss",),
+    "overrides.distributed": (
+        "UnrepeatedDistributedSampler", "UnrepeatedDistributedSamplerWrapper", "prepare_for_backward",
+    ),
+    "plugins": (
+        "AsyncCheckpointIO", "BitsandbytesPrecision", "CheckpointIO", "DeepSpeedPrecision", "DoublePrecision",
+        "FSDPPrecision", "HalfPrecision", "LayerSync", "MixedPrecision", "Precision", "TorchCheckpointIO",
+        "TorchSyncBatchNorm", "TransformerEnginePrecision", "XLACheckpointIO", "XLAPrecision",
+    ),
+    "plugins.environments": (
+        "ClusterEnvironment", "KubeflowEnvironment", "LSFEnvironment", "LightningEnvironment", "MPIEnvironment",
+        "SLURMEnvironment", "TorchElasticEnvironment", "XLAEnvironment",
+    ),
+    "plugins.io": ("AsyncCheckpointIO", "CheckpointIO", "TorchCheckpointIO", "XLACheckpointIO",),
+    "plugins.io.async_plugin": ("AsyncCheckpointIO",),
+    "plugins.io.checkpoint_plugin": ("CheckpointIO",),
+    "plugins.io.torch_plugin": ("TorchCheckpointIO",),
+    "plugins.io.xla_plugin": ("XLACheckpointIO",),
+    "plugins.layer_sync": ("LayerSync", "TorchSyncBatchNorm",),
+    "plugins.precision": (
+        "BitsandbytesPrecision", "DeepSpeedPrecision", "DoublePrecision", "FSDPPrecision", "HalfPrecision",
+        "MixedPrecision", "Precision", "TransformerEnginePrecision", "XLAPrecision",
+    ),
+    "plugins.precision.amp": ("MixedPrecision",),
+    "plugins.precision.bitsandbytes": ("BitsandbytesPrecision",),
+    "plugins.precision.deepspeed": ("DeepSpeedPrecision",),
+    "plugins.precision.double": ("DoublePrecision", "LightningDoublePrecisionModule",),
+    "plugins.precision.fsdp": ("FSDPPrecision",),
+    "plugins.precision.half": ("HalfPrecision",),
+    "plugins.precision.precision": ("Precision",),
+    "plugins.precision.transformer_engine": ("TransformerEnginePrecision",),
+    "plugins.precision.xla": ("XLAPrecision",),
+    "profilers": (
+        "AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "XLAProfiler",
+    ),
+    "profilers.advanced": ("AdvancedProfiler",),
+    "profilers.base": ("PassThroughProfiler",),
+    "profilers.profiler": ("Profiler",),
+    "profilers.pytorch": ("PyTorchProfiler", "RegisterRecordFunction", "ScheduleWrapper",),
+    "profilers.simple": ("SimpleProfiler",),
+    "profilers.xla": ("XLAProfiler",),
+    "strategies": (
+        "DDPStrategy", "DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy", "ParallelStrategy",
+        "SingleDeviceStrategy", "Strategy",
+    ),
+    "strategies.ddp": ("DDPStrategy",),
+    "strategies.deepspeed": ("DeepSpeedStrategy", "remove_module_hooks",),
+    "strategies.fsdp": ("FSDPStrategy",),
+    "strategies.model_parallel": ("ModelParallelStrategy",),
+    "strategies.parallel": ("ParallelStrategy",),
+    "strategies.single_device": ("SingleDeviceStrategy",),
+    "strategies.single_xla": ("SingleDeviceXLAStrategy",),
+    "strategies.strategy": ("Strategy",),
+    "strategies.xla": ("XLAStrategy",),
+    "trainer": ("Trainer", "seed_everything",),
+    "trainer.states": ("RunningStage", "TrainerFn", "TrainerState", "TrainerStatus",),
+    "trainer.trainer": ("Trainer",),
+    "tuner": ("Tuner",),
+    "tuner.tuning": ("Tuner",),
+    "utilities": (
+        "AttributeDict", "CombinedLoader", "GradClipAlgorithmType", "LightningEnum", "disable_possible_user_warnings",
+        "find_shared_parameters", "grad_norm", "is_picklable", "is_shared_filesystem", "measure_flops",
+        "move_data_to_device", "rank_zero_deprecation", "rank_zero_info", "rank_zero_only", "rank_zero_warn",
+        "set_shared_parameters", "suggested_max_num_workers",
+    ),
+    "utilities.combined_loader": ("CombinedLoader",),
+    "utilities.compile": ("from_compiled", "to_uncompiled",),
+    "utilities.data": ("extract_batch_size", "has_len_all_ranks",),
+    "utilities.deepspeed": ("convert_zero_checkpoint_to_fp32_state_dict", "ds_checkpoint_dir",),
+    "utilities.enums": ("GradClipAlgorithmType",),
+    "utilities.exceptions": ("MisconfigurationException", "SIGTERMException",),
+    "utilities.grads": ("grad_norm",),
+    "utilities.imports": ("_OMEGACONF_AVAILABLE", "_RICH_AVAILABLE", "_TORCHVISION_AVAILABLE",),
+    "utilities.memory": (
+        "garbage_collection_cuda", "is_cuda_out_of_memory", "is_cudnn_snafu", "is_oom_error", "is_out_of_cpu_memory",
+        "recursive_detach",
+    ),
+    "utilities.migration": ("migrate_checkpoint", "pl_legacy_patch",),
+    "utilities.migration.utils": ("migrate_checkpoint", "pl_legacy_patch",),
+    "utilities.model_helpers": ("get_torchvision_model", "is_overridden",),
+    "utilities.model_registry": ("download_model_from_registry", "find_model_local_ckpt_path",),
+    "utilities.model_summary": (
+        "DeepSpeedSummary", "LayerSummary", "ModelSummary", "get_formatted_model_size", "get_human_readable_count",
+        "parse_batch_shape", "summarize",
+    ),
+    "utilities.model_summary.model_summary": (
+        "LEFTOVER_PARAMS_NAME", "LayerSummary", "ModelSummary", "NOT_APPLICABLE", "PARAMETER_NUM_UNITS",
+        "UNKNOWN_SIZE", "get_formatted_model_size", "get_human_readable_count", "parse_batch_shape", "summarize",
+    ),
+    "utilities.model_summary.model_summary_deepspeed": (
+        "DeepSpeedLayerSummary", "DeepSpeedSummary", "deepspeed_param_size",
+    ),
+    "utilities.parameter_tying": ("find_shared_parameters", "set_shared_parameters",),
+    "utilities.parsing": (
+        "AttributeDict", "clean_namespace", "collect_init_args", "get_init_args", "is_picklable", "lightning_getattr",
+        "lightning_hasattr", "lightning_setattr", "parse_class_init_keys", "save_hyperparameters",
+    ),
+    "utilities.rank_zero": (
+        "LightningDeprecationWarning", "WarningCache", "rank_prefixed_message", "rank_zero_debug",
+        "rank_zero_deprecation", "rank_zero_info", "rank_zero_module", "rank_zero_only", "rank_zero_warn",
+    ),
+    "utilities.seed": ("isolate_rng",),
+    "utilities.signature_utils": ("is_param_in_hook_signature",),
+    "utilities.types": (
+        "DistributedDataParallel", "EVAL_DATALOADERS", "LRSchedulerConfig", "LRSchedulerConfigType",
+        "LRSchedulerPLType", "LRSchedulerType", "LRSchedulerTypeTuple", "LRSchedulerTypeUnion", "OptimizerConfig",
+        "OptimizerLRScheduler", "OptimizerLRSchedulerConfig", "STEP_OUTPUT", "TRAIN_DATALOADERS",
+    ),
+    "utilities.upgrade_checkpoint": ("main",),
+    "utilities.warnings": ("PossibleUserWarning",),
+}
+
+_XLA = "TPUs (XLA) are not supported by fulmen; run on CPU, CUDA or MPS."
+_SHARDED = ("Comes with fulmen's FSDP/DeepSpeed strategies; meanwhile pass `precision=` (e.g. 'bf16-mixed') "
+            "to the Trainer.")
+_DDP = "Comes with fulmen's multi-process (DDP) strategies."
+_LOGGER = ("Not shipped with fulmen: subclass `fulmen.loggers.Logger` (`log_metrics`, `log_hyperparams`) around "
+           "that service's client, or use CSVLogger, TensorBoardLogger, MLFlowLogger or WandbLogger.")
+_INTERNAL = "An internal helper of Lightning, not needed with fulmen."
+
+#: What fulmen leaves out on purpose, and what to write instead. Keys are a module path (the module and
+#: everything under it) or ``"module:Name"`` for one name.
+OMITTED: dict[str, str] = {
+    # whole modules
+    "accelerators": ("fulmen has no Accelerator classes: pass `accelerator='cpu'|'cuda'|'mps'|'auto'` and "
+                     "`devices=` to the Trainer; the strategy owns the device."),
+    "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
+              "run does with hooks and callbacks."),
+    "overrides": _INTERNAL,
+    "callbacks.spike": ("Spike detection is not ported; a non-finite loss stops fit with `NonFiniteLossError` "
+                        "naming the step."),
+    "demos.lstm": "The LSTM demo is not ported; `fulmen.demos.transformer` covers language modelling.",
+    "loggers.comet": _LOGGER,
+    "loggers.litlogger": _LOGGER,
+    "loggers.neptune": _LOGGER,
+    "plugins.environments": _DDP,
+    "plugins.layer_sync": _DDP,
+    "plugins.io.async_plugin": "Comes with fulmen's asynchronous checkpoint writes.",
+    "plugins.io.xla_plugin": _XLA,
+    "plugins.precision.bitsandbytes": "Not ported: quantize the model with bitsandbytes yourself before fit.",
+    "plugins.precision.deepspeed": _SHARDED,
+    "plugins.precision.fsdp": _SHARDED,
+    "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
+    "plugins.precision.xla": _XLA,
+    "profilers.xla": _XLA,
+    "strategies.ddp": _DDP,
+    "strategies.parallel": _DDP,
+    "strategies.fsdp": _SHARDED,
+    "strategies.deepspeed": _SHARDED,
+    "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
+    "strategies.single_xla": _XLA,
+    "strategies.xla": _XLA,
+    "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
+    "utilities.compile": ("The Trainer unwraps a `torch.compile`d module itself; `module._orig_mod` is the "
+                          "uncompiled one."),
+    "utilities.deepspeed": _SHARDED,
+    "utilities.migration": ("fulmen reads Lightning 2.x checkpoints as they are; upgrade 1.x checkpoints with "
+                            "Lightning's `python -m lightning.pytorch.utilities.upgrade_checkpoint` first."),
+    "utilities.upgrade_checkpoint": ("Upgrade 1.x checkpoints with Lightning's "
+                                     "`python -m lightning.pytorch.utilities.upgrade_checkpoint`."),
+    "utilities.model_registry": ("Lightning's hosted model registry is not supported; pass a local, fsspec or "
+                                 "http(s) path as `ckpt_path`."),
+    "utilities.model_summary.model_summary_deepspeed": _SHARDED,
+    "utilities.parameter_tying": ("Not ported: tie weights by assigning the same `nn.Parameter` to both modules "
+                                  "in `__init__`."),
+    # single names
+    "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
+                                 "`NonFiniteLossError` naming the step."),
+    "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
+    "cli:ModuleType": _INTERNAL,
+    "cli:instantiate_module": _INTERNAL,
+    "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "
+                                   "themselves; subclass them (or `Callback`)."),
+    "core.hooks:ModelHooks": ("fulmen's LightningModule defines its hooks itself; subclass it (or `Callback`)."),
+    "core.module:MODULE_OPTIMIZERS": _INTERNAL,
+    "core.optimizer:do_nothing_closure": _INTERNAL,
+    "core.saving:CHECKPOINT_PAST_HPARAMS_KEYS": _INTERNAL,
+    "core.saving:convert": _INTERNAL,
+    "core.saving:update_hparams": _INTERNAL,
+    "core.saving:save_hparams_to_tags_csv": "tags.csv is a pre-1.0 format; use `save_hparams_to_yaml`.",
+    "demos:LightningLSTM": "The LSTM demo is not ported; use `fulmen.demos.LightningTransformer`.",
+    "demos:SequenceSampler": "The LSTM demo is not ported; use `fulmen.demos.WikiText2`.",
+    "demos:SimpleLSTM": "The LSTM demo is not ported; use `fulmen.demos.Transformer`.",
+    "demos.boring_classes:IterableBoringDataModule": ("Not ported: wrap `RandomIterableDataset`s in a "
+                                                      "`CombinedLoader` in your own data module."),
+    "demos.boring_classes:Net": "Not ported (an MNIST convnet); write the network in your module.",
+    "loggers:CometLogger": _LOGGER,
+    "loggers:LitLogger": _LOGGER,
+    "loggers.logger:merge_dicts": _INTERNAL,
+    "plugins:AsyncCheckpointIO": "Comes with fulmen's asynchronous checkpoint writes.",
+    "plugins.io:AsyncCheckpointIO": "Comes with fulmen's asynchronous checkpoint writes.",
+    "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before fit.",
+    "plugins:DeepSpeedPrecision": _SHARDED,
+    "plugins:FSDPPrecision": _SHARDED,
+    "plugins:LayerSync": _DDP,
+    "plugins:TorchSyncBatchNorm": _DDP,
+    "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
+    "plugins:XLACheckpointIO": _XLA,
+    "plugins:XLAPrecision": _XLA,
+    "plugins.io:XLACheckpointIO": _XLA,
+    "plugins.precision:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before fit.",
+    "plugins.precision:DeepSpeedPrecision": _SHARDED,
+    "plugins.precision:FSDPPrecision": _SHARDED,
+    "plugins.precision:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
+    "plugins.precision:XLAPrecision": _XLA,
+    "plugins.precision.double:LightningDoublePrecisionModule": _INTERNAL,
+    "profilers:XLAProfiler": _XLA,
+    "profilers.pytorch:RegisterRecordFunction": ("Internal to Lightning's PyTorchProfiler; "
+                                                 "`PyTorchProfiler(record_module_names=True)` does it."),
+    "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
+                                          "`schedule=torch.profiler.schedule(...)`."),
+    "strategies:DDPStrategy": _DDP,
+    "strategies:ParallelStrategy": _DDP,
+    "strategies:FSDPStrategy": _SHARDED,
+    "strategies:DeepSpeedStrategy": _SHARDED,
+    "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
+    "utilities:find_shared_parameters": "Not ported: tie weights by assigning the same `nn.Parameter` in `__init__`.",
+    "utilities:set_shared_parameters": "Not ported: tie weights by assigning the same `nn.Parameter` in `__init__`.",
+    "utilities:is_shared_filesystem": _INTERNAL,
+    "utilities:measure_flops": ("Use `torch.utils.flop_counter.FlopCounterMode`; the model summary shows FLOPs "
+                                "when the module has an `example_input_array`."),
+    "utilities:suggested_max_num_workers": "Not ported: `os.cpu_count() // devices` is the usual bound.",
+    "utilities.data:has_len_all_ranks": _INTERNAL,
+    "utilities.exceptions:SIGTERMException": "Not raised by fulmen: on SIGTERM the Trainer stops the run itself.",
+    "utilities.model_summary:DeepSpeedSummary": _SHARDED,
+    "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,
+    "utilities.model_summary.model_summary:NOT_APPLICABLE": _INTERNAL,
+    "utilities.model_summary.model_summary:PARAMETER_NUM_UNITS": _INTERNAL,
+    "utilities.parsing:clean_namespace": _INTERNAL,
+    "utilities.parsing:collect_init_args": "Internal to `save_hyperparameters()`; call that instead.",
+    "utilities.parsing:get_init_args": "Internal to `save_hyperparameters()`; call that instead.",
+    "utilities.parsing:parse_class_init_keys": _INTERNAL,
+    "utilities.parsing:save_hyperparameters": "Call `self.save_hyperparameters()` on the module or data module.",
+    "utilities.parsing:lightning_getattr": "Internal to the Tuner; use `getattr(model, name)`.",
+    "utilities.parsing:lightning_hasattr": "Internal to the Tuner; use `hasattr(model, name)`.",
+    "utilities.parsing:lightning_setattr": "Internal to the Tuner; use `setattr(model, name, value)`.",
+    "utilities.rank_zero:rank_zero_module": ("fulmen's messages go through `logging.getLogger('fulmen')`; "
+                                             "configure that logger instead."),
+}
+
+
+def fulmen_path(module: str) -> str:
+    """fulmen's module for Lightning's relative module path: ``"callbacks.progress" -> "fulmen.callbacks.progress"``."""
+    return f"fulmen.{module}" if module else "fulmen"
+
+
+def omission(module: str, name: str | None = None) -> str | None:
+    """Why fulmen leaves out ``module`` (or ``name`` in it), or None when fulmen supports it."""
+    if name is not None and f"{module}:{name}" in OMITTED:
+        return OMITTED[f"{module}:{name}"]
+    parts = module.split(".") if module else []
+    for end in range(len(parts), 0, -1):
+        reason = OMITTED.get(".".join(parts[:end]))
+        if reason is not None:
+            return reason
+    return None
+
+
+def rows() -> Iterator[dict[str, str | None]]:
+    """One row per Lightning name: ``{"lightning": path, "fulmen": path or None, "note": why it is left out}``."""
+    for module, names in LIGHTNING_API.items():
+        for name in names:
+            lightning = ".".join(p for p in ("lightning.pytorch", module, name) if p)
+            reason = omission(module, name)
+            fulmen = None if reason is not None else ".".join(p for p in (fulmen_path(module), name) if p)
+            yield {"lightning": lightning, "fulmen": fulmen, "note": reason or ""}
