@@ -288,6 +288,8 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
                 f"`self.log({name!r}, ...)` was called outside a hook where logging is possible (in predict or "
                 "set-up hooks, say). Log from the training/validation/test steps or their batch/epoch hooks."
             )
+        if rank_zero_only:  # called on rank zero only: nothing to reduce across ranks
+            sync_dist = False
         results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
                     sync_dist_group, add_dataloader_idx, batch_size, trainer.strategy.root_device)
 
@@ -307,6 +309,20 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
                      reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
                      sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx,
                      batch_size=batch_size, rank_zero_only=rank_zero_only)
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every process's ``data`` (a tensor or a collection of them), stacked on a new first dimension;
+        in one process, ``data`` itself. ``sync_grads=True`` lets gradients flow back through the gather.
+
+        Example::
+
+            def validation_step(self, batch, batch_idx):
+                preds = self.all_gather(self(batch[0]))  # (world_size, batch, ...)
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return data
+        return trainer.strategy.all_gather(data, group=group, sync_grads=sync_grads)
 
     @rank_zero_only
     def print(self, *args: Any, **kwargs: Any) -> None:

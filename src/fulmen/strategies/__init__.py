@@ -1,5 +1,50 @@
-"""Where a run executes: one device now; multi-process strategies plug in behind the same seam."""
+"""Where a run executes: one device, or several processes behind the same seam (see ``strategy.py``)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 
-__all__ = ["SingleDeviceStrategy", "Strategy"]
+# Trainer(strategy="name") -> (module, class, keyword arguments). Imported only when the name is used.
+STRATEGY_NAMES: dict[str, tuple[str, str, dict[str, Any]]] = {}
+for _method, _names in (("popen", ("ddp",)), ("spawn", ("ddp_spawn",)), ("fork", ("ddp_fork", "ddp_notebook"))):
+    for _name in _names:
+        STRATEGY_NAMES[_name] = ("fulmen.strategies.ddp", "DDPStrategy", {"start_method": _method})
+        for _flag in (True, False):
+            STRATEGY_NAMES[f"{_name}_find_unused_parameters_{str(_flag).lower()}"] = (
+                "fulmen.strategies.ddp", "DDPStrategy", {"start_method": _method, "find_unused_parameters": _flag})
+
+
+def resolve_strategy_name(name: str) -> Strategy:
+    """A fresh strategy object for one of ``STRATEGY_NAMES``.
+
+    Example::
+
+        resolve_strategy_name("ddp_spawn")  # DDPStrategy(start_method="spawn")
+    """
+    module, cls, kwargs = STRATEGY_NAMES[name]
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+_LAZY = {
+    "DDPStrategy": "fulmen.strategies.ddp",
+    "ParallelStrategy": "fulmen.strategies.ddp",
+    "ClusterEnvironment": "fulmen.strategies.environments",
+    "LightningEnvironment": "fulmen.strategies.environments",
+    "TorchElasticEnvironment": "fulmen.strategies.environments",
+    "SLURMEnvironment": "fulmen.strategies.environments",
+    "KubeflowEnvironment": "fulmen.strategies.environments",
+    "LSFEnvironment": "fulmen.strategies.environments",
+    "MPIEnvironment": "fulmen.strategies.environments",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fulmen.strategies' has no attribute {name!r}")
+
+
+__all__ = ["SingleDeviceStrategy", "Strategy", "STRATEGY_NAMES", "resolve_strategy_name", *_LAZY]

@@ -95,6 +95,20 @@ class Strategy:
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         return move_data_to_device(batch, device or self.root_device)
 
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` (a whole fit/validate/test/predict) in every process of this strategy; here, just this one."""
+        kwargs.pop("trainer", None)
+        return function(*args, **kwargs)
+
+    def step_function(self, name: str) -> Callable[..., Any]:
+        """What the loops call for ``name`` ("training_step", "validation_step", ...): the module's own method.
+        Distributed strategies route the training step through their wrapper instead."""
+        return getattr(self.lightning_module, name)
+
+    def no_backward_sync(self) -> Callable[[], Any] | None:
+        """A context factory that skips the gradient sync of a backward (accumulating batches), or None."""
+        return None
+
     # -- optimization ---------------------------------------------------------------------------
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
         self.precision.backward(loss, module if module is not None else self.lightning_module, *args, **kwargs)
@@ -116,6 +130,9 @@ class Strategy:
 
     def all_gather(self, tensor: Any, group: Any = None, sync_grads: bool = False) -> Any:
         return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
 
     def barrier(self, name: str | None = None) -> None:
         pass

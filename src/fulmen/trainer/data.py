@@ -214,3 +214,179 @@ def with_sequential_sampler(loader: Any) -> Any:
 
 def islice(iterable: Iterable, n: float) -> Iterator:
     return iter(iterable) if math.isinf(n) else itertools.islice(iterable, int(n))
+
+
+# ==================================================================================================
+# several processes: each rank reads its own share
+# ==================================================================================================
+def distribute(trainer: Any, loaders: Any, stage: str) -> Any:
+    """Give every DataLoader in ``loaders`` a DistributedSampler (``use_distributed_sampler=True`` and several
+    processes), keeping the loader's other arguments; anything else is returned as it is."""
+    if loaders is None or trainer.world_size <= 1 or not trainer.use_distributed_sampler:
+        return loaders
+    if isinstance(loaders, CombinedLoader):
+        return CombinedLoader(distribute(trainer, loaders.iterables, stage), loaders.mode)
+    if isinstance(loaders, Mapping):
+        return {k: distribute(trainer, v, stage) for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(distribute(trainer, v, stage) for v in loaders)
+    return _with_distributed_sampler(loaders, trainer, stage)
+
+
+class _SamplerShard:
+    """The indices a (custom) sampler yields, split across ranks like a DistributedSampler splits a dataset."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._order[i]
+
+    def refresh(self) -> None:
+        self._order = list(self.sampler)
+
+
+def _distributed_sampler(trainer: Any, dataset: Any, shuffle: bool, drop_last: bool, stage: str) -> Any:
+    from torch.utils.data import DistributedSampler
+
+    seed = sampler_seed()
+    cls = DistributedSampler if stage == "train" else UnrepeatedDistributedSampler
+    if stage != "train":
+        return cls(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=seed)
+    return cls(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=seed,
+               drop_last=drop_last)
+
+
+class UnrepeatedDistributedSampler:
+    """Evaluation and prediction: every sample exactly once over all ranks (rank r takes r, r+W, r+2W, ...),
+    so no rank repeats samples to even out the counts; ranks may get one batch fewer.
+
+    Example::
+
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=2, rank=0)
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0) -> None:
+        self.dataset, self.num_replicas, self.rank, self.shuffle, self.seed = dataset, num_replicas, rank, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        import torch
+
+        n = len(self.dataset)
+        order = list(range(n))
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        return iter(order[self.rank::self.num_replicas])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class _ShardedSampler:
+    """A custom sampler under several processes: each rank takes its share of the indices it yields."""
+
+    def __init__(self, sampler: Any, inner: Any) -> None:
+        self.source, self.inner = sampler, inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.inner.dataset.refresh()
+        shard = self.inner.dataset
+        return (shard[i] for i in self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+
+_LOADER_ATTRS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+                 "generator", "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order")
+
+
+def _with_distributed_sampler(loader: Any, trainer: Any, stage: str) -> Any:
+    import inspect
+
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+    from torch.utils.data import SequentialSampler
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader  # iterables and iterable datasets shard themselves
+    batch_sampler = loader.batch_sampler
+    sampler = batch_sampler.sampler if batch_sampler is not None and hasattr(batch_sampler, "sampler") else loader.sampler
+    if isinstance(sampler, (DistributedSampler, UnrepeatedDistributedSampler, _ShardedSampler)):
+        return loader  # the user distributed it already
+    drop_last = batch_sampler.drop_last if isinstance(batch_sampler, BatchSampler) else loader.drop_last
+    if type(sampler) in (RandomSampler, SequentialSampler):
+        shuffle = isinstance(sampler, RandomSampler) and stage == "train" and not trainer.overfit_batches
+        new_sampler: Any = _distributed_sampler(trainer, loader.dataset, shuffle, drop_last, stage)
+    else:
+        inner = _distributed_sampler(trainer, _SamplerShard(sampler), False, drop_last, stage)
+        new_sampler = _ShardedSampler(sampler, inner)
+    kwargs: dict[str, Any] = {name: getattr(loader, name) for name in _LOADER_ATTRS if hasattr(loader, name)}
+    if not loader.num_workers:
+        kwargs.pop("prefetch_factor", None)
+        kwargs["persistent_workers"] = False
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        try:
+            kwargs["batch_sampler"] = type(batch_sampler)(new_sampler, batch_size=batch_sampler.batch_size,
+                                                          drop_last=drop_last)
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot rebuild it
+            raise MisconfigurationException(
+                f"The {stage} loader's batch sampler {type(batch_sampler).__name__} cannot be re-created around a "
+                f"DistributedSampler ({exc}). Give it an __init__(sampler, batch_size, drop_last), or pass "
+                "Trainer(use_distributed_sampler=False) and shard the data yourself."
+            ) from exc
+    else:
+        kwargs.update(sampler=new_sampler, batch_size=loader.batch_size, drop_last=drop_last)
+    cls = type(loader)
+    if cls is not DataLoader:
+        params = inspect.signature(cls.__init__).parameters
+        base = set(inspect.signature(DataLoader.__init__).parameters)
+        for name, p in list(params.items())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in base:
+                continue
+            if hasattr(loader, name):
+                kwargs[name] = getattr(loader, name)
+            elif p.default is p.empty:
+                raise MisconfigurationException(
+                    f"The {stage} loader is a {cls.__name__}, whose __init__ takes `{name}`, which is not an attribute "
+                    f"of it, so fulmen cannot re-create it with a DistributedSampler. Store it in __init__ "
+                    f"(`self.{name} = {name}`), or pass Trainer(use_distributed_sampler=False) and give the loader a "
+                    "DistributedSampler yourself."
+                )
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return cls(loader.dataset, **kwargs)
+
+
+def sampler_seed() -> int:
+    """The seed distributed samplers shuffle with: ``seed_everything``'s, as in Lightning."""
+    import os
+
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def set_epoch(loaders: Any, epoch: int, seed: int | None = None) -> None:
+    """Tell every sampler of ``loaders`` the epoch, so shuffling changes per epoch, the same on every rank;
+    ``seed`` (a resumed run's) replaces the distributed samplers' own."""
+    from torch.utils.data import DistributedSampler
+
+    for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
+        for holder in (loader, getattr(loader, "batch_sampler", None)):
+            sampler = getattr(holder, "sampler", None)
+            if seed is not None and isinstance(sampler, DistributedSampler):
+                sampler.seed = seed
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)

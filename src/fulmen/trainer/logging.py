@@ -164,9 +164,7 @@ class _Slot:
         v = self.step_value
         if v is not None and not isinstance(v, Tensor):
             v = self.step_value = self._tensor(v)
-        if v is not None and self.sync_dist:
-            v = reduce_fn(v, self.reduce if self.reduce in ("sum", "max", "min") else "mean", self.sync_dist_group)
-        return v
+        return v  # with sync_dist it was reduced when logged (ResultCollection.log), on every rank at once
 
     def epoch(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
         """The reduction over the epoch so far; cached until the next update."""
@@ -208,6 +206,9 @@ class ResultCollection:
         self.on_dataloader_change: Callable[[ResultCollection], None] | None = None
         self._reduce = reduce_fn or (lambda v, op, group: v)
         self.has_logger = True  # whether `logger=True` can reach a logger (else a warning)
+        # several processes: sync_dist values are reduced at points every rank passes (when logged, and when
+        # the batch loop ends), never when a view is read, which may happen on rank zero only (progress bar)
+        self.distributed = False
 
     def new_batch(self, batch: Any, dataloader_idx: int | None) -> None:
         """Called by the loops before each batch (cheap: a few attribute writes)."""
@@ -322,6 +323,20 @@ class ResultCollection:
             slot.update(value, self.batch_size() if batch_size is None else int(batch_size))
         else:
             slot.update(value, 1)
+        if self.distributed and slot.sync_dist:
+            if slot.on_step:
+                op = slot.reduce if slot.reduce in ("sum", "max", "min") else "mean"
+                slot.step_value = self._reduce(slot._tensor(slot.step_value), op, slot.sync_dist_group)
+            if not LOGGABLE_HOOKS[slot.fx][2]:  # an epoch-level hook: its value is final now
+                slot.epoch(self._reduce)
+
+    def sync_epoch_values(self) -> None:
+        """Reduce every epoch value that needs other ranks (sync_dist, torchmetrics); all ranks call this."""
+        if not self.distributed:
+            return
+        for slot in self.slots.values():
+            if slot.valid and slot.on_epoch and (slot.sync_dist or slot.metric is not None):
+                slot.epoch(self._reduce)
 
     def _new_slot(self, key: tuple, config: tuple, metric: Any, sync_dist_group: Any, device: torch.device) -> _Slot:
         fx, name, suffix_idx = key
@@ -399,6 +414,7 @@ class MetricsHub:
         results = ResultCollection(training, self._reduce)
         results.on_dataloader_change = self._dataloader_done
         results.has_logger = bool(self.trainer.loggers)
+        results.distributed = self.trainer.world_size > 1
         return results
 
     def reset_all(self) -> None:
@@ -456,6 +472,7 @@ class MetricsHub:
 
     def epoch_end_reached(self, results: ResultCollection) -> None:
         """The batch loop of ``results`` is over: from now on the views show its epoch values."""
+        results.sync_epoch_values()
         if results.in_batches:
             self._absorb(results, on_step=True)
         results.in_batches = False

@@ -54,16 +54,24 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     _check_legacy(trainer, module)
     trainer._collect_hooks()
     trainer._metrics.current = None
+    trainer.strategy.setup_environment()
+    if trainer.world_size > 1:  # every rank writes into (and checkpoints next to) rank zero's log folder
+        for lg in trainer.loggers:
+            if getattr(lg, "_version", 0) is None:
+                lg._version = trainer.strategy.broadcast(lg.version if trainer.is_global_zero else None)
     dm = trainer.datamodule
-    if dm is not None:
-        dm.prepare_data()
-    module.prepare_data()
+    # once per machine (or once in all with prepare_data_per_node=False), the others wait for it
+    per_node = getattr(dm if dm is not None else module, "prepare_data_per_node", True)
+    if trainer.local_rank == 0 if per_node else trainer.is_global_zero:
+        if dm is not None:
+            dm.prepare_data()
+        module.prepare_data()
+    trainer.strategy.barrier("prepare_data")
     if dm is not None:
         dm.setup(stage)
     trainer._call_callbacks("setup", stage=stage)
     module.setup(stage)
     module.configure_model()
-    trainer.strategy.setup_environment()
     trainer.strategy.setup_module(module)
     if fn == TrainerFn.FITTING:
         _setup_optimizers(trainer, module)
@@ -172,6 +180,7 @@ def setup_train_data(trainer: Any) -> None:
         )
     if trainer.overfit_batches:
         loaders = _map_loaders(loaders, _data.with_sequential_sampler)
+    loaders = _data.distribute(trainer, loaders, "train")
     iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
     for ld in _data.as_list(loaders):
         _data.check_iterable(ld, "training")
@@ -211,7 +220,7 @@ def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
 def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
-    loaders = _data.resolve(trainer, prefix, given)
+    loaders = _data.distribute(trainer, _data.resolve(trainer, prefix, given), prefix)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)
     flat = _data.as_list(loaders)
@@ -392,9 +401,9 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         restore_rng_states(loop.epoch_start_rng)
     else:
         loop.epoch_start_rng = collect_rng_states()
-    sampler = getattr(trainer._train_iterable, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(loop.epoch)
+    if loop.sampler_seed is None:
+        loop.sampler_seed = _data.sampler_seed()
+    _data.set_epoch(trainer._train_iterable, loop.epoch, loop.sampler_seed)
     n_batches = trainer.num_training_batches
     iterator = iter(trainer._train_iterable)
     for _ in range(skip):
@@ -588,7 +597,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     lm = _module_cls()
     plain_precision = type(precision).forward_context is Precision.forward_context and precision.autocast is None
     forward_context = precision.forward_context
-    training_step = module.training_step
+    training_step = strategy.step_function("training_step")
     manual = not module.automatic_optimization
 
     def run_training_step(batch: Any, batch_idx: int) -> Any:
@@ -642,6 +651,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
                        and not trainer.profiler.active)  # a profiler times strategy.backward
     check_each_loss = trainer.detect_anomaly and getattr(precision, "scaler", None) is None
     state = {"out": None, "ran": False}
+    no_sync = strategy.no_backward_sync() if accumulate > 1 else None  # accumulating: no gradient all-reduce
 
     def step(batch: Any, batch_idx: int, is_last: bool) -> Any:
         first_in_window = batch_idx % accumulate == 0
@@ -685,7 +695,11 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
             return loss
 
         if not boundary:
-            closure()
+            if no_sync is None:
+                closure()
+            else:
+                with no_sync():
+                    closure()
             return _outputs(state["out"])
         if custom_step is not None:
             state["ran"] = False
@@ -836,7 +850,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
-    step_fn = getattr(module, f"{prefix}_step")
+    step_fn = trainer.strategy.step_function(f"{prefix}_step")
     hooks = trainer._hooks
     cb_start, cb_end = hooks[f"on_{prefix}_batch_start"], hooks[f"on_{prefix}_batch_end"]
     m_start, m_end = _module_hook(module, f"on_{prefix}_batch_start"), _module_hook(module, f"on_{prefix}_batch_end")
@@ -928,6 +942,7 @@ def predict(trainer: Any) -> Any:
     precision = trainer.strategy.precision
     keep = trainer._return_predictions
     multi = len(loaders) > 1
+    predict_step = trainer.strategy.step_function("predict_step")
     all_preds: list[list[Any]] = []
     grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     with grad_ctx:
@@ -943,7 +958,7 @@ def predict(trainer: Any) -> Any:
                 if m_start is not None:
                     m_start(batch, batch_idx, *extra)
                 with precision.forward_context():
-                    out = module.predict_step(batch, batch_idx, *extra)
+                    out = predict_step(batch, batch_idx, *extra)
                 if cb_end:
                     trainer._call_callbacks("on_predict_batch_end", out, batch, batch_idx, *extra)
                 if m_end is not None:
@@ -957,7 +972,42 @@ def predict(trainer: Any) -> Any:
         m.training = modes.get(name, m.training)
     if not keep:
         return None
+    if trainer.world_size > 1:
+        all_preds = [_gather_predictions(trainer, ld, preds) for ld, preds in zip(loaders, all_preds)]
     return all_preds if multi else all_preds[0]
+
+
+def _gather_predictions(trainer: Any, loader: Any, preds: list[Any]) -> list[Any]:
+    """Every rank's predictions, back in the loader's sample order and batch size (as one process gives them)."""
+    from torch.utils.data import default_collate
+
+    sampler = getattr(loader, "sampler", None)
+    indices = list(sampler) if isinstance(sampler, _data.UnrepeatedDistributedSampler) else None
+    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
+    from fulmen.utilities import apply_to_collection
+
+    gathered = trainer.strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
+    batch_size = getattr(loader, "batch_size", None)
+    samples: dict[int, Any] = {}
+    for rank_indices, rank_preds in gathered:
+        pieces = [piece for batch in rank_preds for piece in _unbatch(batch)] if rank_indices is not None else None
+        if pieces is None or batch_size is None or len(pieces) != len(rank_indices):
+            rank_zero_warn("The predictions of several processes could not be put back in sample order (they are not "
+                           "tensors with one row per sample); trainer.predict returns them rank after rank.")
+            return [p for _, rank_preds_ in gathered for p in rank_preds_]
+        samples.update(zip(rank_indices, pieces))
+    ordered = [samples[i] for i in sorted(samples)]
+    return [default_collate(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+def _unbatch(batch: Any) -> list[Any]:
+    found: list[int] = []
+    from fulmen.utilities import apply_to_collection
+
+    apply_to_collection(batch, Tensor, lambda t: found.append(t.shape[0] if t.ndim else -1))
+    if not found or len(set(found)) != 1 or found[0] < 0:
+        return []  # not one row per sample: the caller falls back to rank order
+    return [apply_to_collection(batch, Tensor, lambda t, i=i: t[i]) for i in range(found[0])]
 
 
 # ==================================================================================================
@@ -978,6 +1028,9 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     }
     if not weights_only:
         checkpoint["rng_states"] = collect_rng_states()
+        if trainer.world_size > 1:  # each rank draws its own random numbers (dropout, loader seeds): keep them all
+            checkpoint["rng_states_per_rank"] = trainer.strategy.all_gather_object(
+                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng})
         checkpoint["callbacks"] = {}
         for cb in trainer.callbacks:
             state = cb.state_dict()
@@ -1065,6 +1118,11 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         trainer._loop.global_step = checkpoint.get("global_step", 0)
         stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
         trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
-    if "rng_states" in checkpoint:
+    per_rank = checkpoint.get("rng_states_per_rank")
+    if per_rank is not None and len(per_rank) == trainer.world_size:
+        own = per_rank[trainer.global_rank]
+        restore_rng_states(own["rng_states"])
+        trainer._loop.epoch_start_rng = own["epoch_start_rng"]
+    elif "rng_states" in checkpoint:
         restore_rng_states(checkpoint["rng_states"])
     return checkpoint

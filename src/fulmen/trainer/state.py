@@ -92,6 +92,9 @@ class LoopState:
     # of step-level validation logs
     should_stop: bool = False
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
+    # the seed of the distributed samplers' shuffle (with the epoch, it fixes every rank's order), kept so a
+    # resumed run reads the same order whatever it was seeded with
+    sampler_seed: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -53,20 +53,95 @@ class _CheckedInit(type):
 
 
 def _parse_devices(devices: Any, accelerator: str) -> list[int]:
-    if devices in ("auto", None, 1, "1", -1, "-1") or (accelerator == "cpu" and devices in (1, "1")):
-        return [0]
-    if isinstance(devices, str):
-        parts = [p for p in devices.split(",") if p.strip()]
-        if devices.strip().endswith(",") or len(parts) > 1:
-            return [int(p) for p in parts]
+    """Device indices from Lightning's forms: an int, a list of indices, "0,1", "auto" or -1."""
+    available = torch.cuda.device_count() if accelerator == "cuda" else 1
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit() and "," not in devices:
         devices = int(devices)
-    if isinstance(devices, int):
+    if devices in ("auto", None) or devices == -1:
+        return list(range(available)) if accelerator == "cuda" else [0]
+    if isinstance(devices, bool):
+        raise MisconfigurationException(f"devices={devices!r}: pass a number of devices, a list of indices or 'auto'.")
+    if isinstance(devices, str):
+        try:
+            ids = [int(p) for p in devices.split(",") if p.strip()]
+        except ValueError:
+            raise MisconfigurationException(
+                f"devices={devices!r} is not understood; pass an int, a list of indices, '0,1' or 'auto'."
+            ) from None
+    elif isinstance(devices, int):
         if devices < 1:
-            raise MisconfigurationException(f"devices={devices}: pass a positive number of devices, or 'auto'.")
-        return list(range(devices))
-    if isinstance(devices, (list, tuple)):
-        return [int(d) for d in devices]
-    raise MisconfigurationException(f"devices={devices!r} is not understood; pass an int, a list of indices or 'auto'.")
+            raise MisconfigurationException(f"devices={devices}: pass a positive number of devices, -1 (all) or 'auto'.")
+        ids = list(range(devices))
+        if accelerator == "cuda" and devices > available:
+            raise MisconfigurationException(
+                f"devices={devices} asks for {devices} GPUs, but torch sees {available} here. Pass devices<={available} "
+                "(or devices=-1 for all of them)."
+            )
+        return ids
+    elif isinstance(devices, (list, tuple)):
+        ids = [int(d) for d in devices]
+    else:
+        raise MisconfigurationException(f"devices={devices!r} is not understood; pass an int, a list of indices or 'auto'.")
+    if not ids or len(set(ids)) != len(ids):
+        raise MisconfigurationException(f"devices={devices!r}: list each device index once, e.g. devices=[0, 1].")
+    if accelerator == "cuda":
+        missing = [i for i in ids if not 0 <= i < available]
+        if missing:
+            raise MisconfigurationException(
+                f"devices={devices!r} names GPU(s) {missing}, but torch sees {available} GPU(s) (indices 0..{available - 1})."
+            )
+    elif accelerator == "cpu":  # CPU processes are counted, not indexed: [0, 1] or "0,1" mean two processes
+        return list(range(len(ids)))
+    return ids
+
+
+def _make_strategy(strategy: Any, accelerator: str, device_ids: list[int], num_nodes: int, precision: Any,
+                   checkpoint_io: Any, environment: Any, sync_batchnorm: bool) -> Strategy:
+    """The strategy object for the flags; a multi-process one learns its ranks from the cluster environment."""
+    from fulmen.strategies import STRATEGY_NAMES, ParallelStrategy, resolve_strategy_name
+
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+        raise MisconfigurationException(f"num_nodes={num_nodes!r}: pass the number of machines, an integer >= 1.")
+    devices = [torch.device(accelerator, i) if accelerator != "cpu" else torch.device("cpu") for i in device_ids]
+    several = len(devices) * num_nodes > 1
+    if strategy is None or strategy == "auto":
+        strategy = "ddp" if several else "single_device"
+    if isinstance(strategy, str):
+        name = strategy.lower()
+        if name == "single_device":
+            if several:
+                raise MisconfigurationException(
+                    f"strategy='single_device' runs one process, but devices={device_ids} x num_nodes={num_nodes} asks "
+                    "for several. Use strategy='ddp' (or 'auto'), or devices=1."
+                )
+            return SingleDeviceStrategy(devices[0], precision, checkpoint_io)
+        if name not in STRATEGY_NAMES:
+            close = difflib.get_close_matches(name, list(STRATEGY_NAMES) + ["auto", "single_device"], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MisconfigurationException(
+                f"strategy={strategy!r} is not known.{hint} Use 'auto', 'single_device', "
+                + ", ".join(repr(n) for n in STRATEGY_NAMES) + ", or a Strategy instance."
+            )
+        strategy = resolve_strategy_name(name)
+    if not isinstance(strategy, Strategy):
+        raise MisconfigurationException(
+            f"strategy={strategy!r} is not a strategy; pass a name such as 'ddp', or a fulmen Strategy instance."
+        )
+    if precision is not None:
+        strategy.precision = precision
+    if checkpoint_io is not None:
+        strategy.checkpoint_io = checkpoint_io
+    if isinstance(strategy, ParallelStrategy):
+        from fulmen.strategies.environments import detect_environment
+
+        strategy.sync_batchnorm = sync_batchnorm
+        strategy.configure(accelerator, devices, num_nodes, environment or detect_environment())
+    elif several:
+        raise MisconfigurationException(
+            f"{type(strategy).__name__} runs one process, but devices={device_ids} x num_nodes={num_nodes} asks for "
+            "several. Pass strategy='ddp', or devices=1."
+        )
+    return strategy
 
 
 def _resolve_accelerator(accelerator: Any) -> str:
@@ -226,29 +301,21 @@ class Trainer(metaclass=_CheckedInit):
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = _resolve_accelerator(accelerator)
         self._device_ids = _parse_devices(devices, self._accelerator)
-        if num_nodes != 1 or len(self._device_ids) > 1 or strategy not in ("auto", "single_device", None) and not isinstance(strategy, Strategy):
-            raise MisconfigurationException(
-                f"strategy={strategy!r}, devices={devices!r}, num_nodes={num_nodes} asks for several processes, "
-                "which this version of fulmen does not run yet. Use devices=1 (one process, one device)."
-            )
-        device = torch.device(self._accelerator, self._device_ids[0]) if self._accelerator != "cpu" else torch.device("cpu")
         plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
         from fulmen.precision import Precision
+        from fulmen.strategies.environments import ClusterEnvironment
 
         precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
         if precision_plugin is not None and precision is not None:
             raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
         self._precision_flag = precision
+        given_precision = precision is not None or precision_plugin is not None
         prec = precision_plugin or make_precision(precision, self._accelerator)
         checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
-        if isinstance(strategy, Strategy):
-            self.strategy = strategy
-            if precision is not None or precision_plugin is not None:
-                strategy.precision = prec
-        else:
-            self.strategy = SingleDeviceStrategy(device, prec, checkpoint_io)
-        if checkpoint_io is not None:
-            self.strategy.checkpoint_io = checkpoint_io
+        environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
+        keep_own = isinstance(strategy, Strategy) and not given_precision
+        self.strategy = _make_strategy(strategy, self._accelerator, self._device_ids, num_nodes,
+                                       None if keep_own else prec, checkpoint_io, environment, sync_batchnorm)
 
         # -- loop limits --------------------------------------------------------------------------
         fast_dev_run = int(fast_dev_run) if isinstance(fast_dev_run, bool) else fast_dev_run
@@ -781,6 +848,20 @@ class Trainer(metaclass=_CheckedInit):
         self.train_dataloader = None
         self.val_dataloaders = self.test_dataloaders = self.predict_dataloaders = None
         self.strategy.connect(model)
+        try:
+            result = self.strategy.launch(self._run_stage, fn, weights_only, trainer=self)
+            if self.state.status == TrainerStatus.RUNNING:  # the run happened in spawned workers
+                self.state.status = TrainerStatus.FINISHED
+            return result
+        except BaseException:
+            self.state.status = TrainerStatus.INTERRUPTED
+            raise
+        finally:
+            self.state.stage = None
+
+    def _run_stage(self, fn: TrainerFn, weights_only: bool | None) -> Any:
+        """The run itself, in each process of the strategy (a spawned worker runs it on its own copy)."""
+        self.lightning_module._trainer = self  # a pickled module (spawned workers) comes without its trainer
         anomaly = torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else None
         detach_profiler = None
         try:
@@ -805,6 +886,8 @@ class Trainer(metaclass=_CheckedInit):
                 self._on_exception(exc)
                 if isinstance(exc, KeyboardInterrupt):
                     rank_zero_info("Training interrupted (KeyboardInterrupt); stopped cleanly.")
+                    if self.world_size > 1:  # the other processes cannot go on alone: end the run everywhere
+                        raise SystemExit(1) from None
                     return None
                 raise
         finally:

@@ -156,7 +156,19 @@ def rank_zero_only(fn: Callable) -> Callable:
     return wrapped
 
 
-rank_zero_only.rank = _rank()  # type: ignore[attr-defined]  # strategies update this when they start processes
+rank_zero_only.rank = _rank()  # type: ignore[attr-defined]  # from the launcher's variables, before user code runs
+
+
+def set_global_rank(rank: int) -> None:
+    """Make ``rank_zero_only`` (and everything built on it) answer for global rank ``rank``.
+
+    The one place the rank is set: strategies call it once they know this process's rank.
+
+    Example::
+
+        set_global_rank(int(os.environ["RANK"]))
+    """
+    rank_zero_only.rank = rank  # type: ignore[attr-defined]
 
 
 @rank_zero_only
@@ -169,6 +181,14 @@ def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklev
 def rank_zero_info(message: str) -> None:
     """Print ``message`` on rank zero only."""
     print(message)
+
+
+@rank_zero_only
+def rank_zero_debug(message: str) -> None:
+    """Log ``message`` at debug level (logger "fulmen") on rank zero only."""
+    import logging
+
+    logging.getLogger("fulmen").debug(message)
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:

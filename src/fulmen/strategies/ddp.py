@@ -1,0 +1,382 @@
+"""Data-parallel training on ``torch.distributed``: one process per device, gradients all-reduced by
+``DistributedDataParallel``.
+
+``ParallelStrategy`` holds what every multi-process strategy shares (topology from a cluster
+environment, the process group, the collectives, rank-zero checkpoint writes); ``DDPStrategy`` adds
+the DDP wrapper. Sharded strategies (FSDP, DeepSpeed) subclass ``ParallelStrategy`` the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.errors import MisconfigurationException
+from fulmen.strategies.environments import ClusterEnvironment
+from fulmen.strategies.strategy import Strategy
+from fulmen.utilities import apply_to_collection, set_global_rank
+
+_REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT"}
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
+def _training(module: Any) -> bool:
+    trainer = getattr(module, "_trainer", None)
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return fn is not None and fn.value == "fit"
+
+
+class ParallelStrategy(Strategy):
+    """Several processes, one device each: topology, process group and collectives.
+
+    Subclasses decide how the module is wrapped (``setup_module``) and how the steps reach it.
+
+    Example::
+
+        class MyStrategy(ParallelStrategy):
+            def setup_module(self, module): ...
+    """
+
+    def __init__(self, accelerator: Any = None, parallel_devices: list[torch.device] | None = None,
+                 cluster_environment: ClusterEnvironment | None = None, checkpoint_io: Any = None,
+                 precision_plugin: Any = None, process_group_backend: str | None = None,
+                 timeout: timedelta | None = None, start_method: str = "popen", precision: Any = None) -> None:
+        super().__init__(None, precision_plugin or precision, checkpoint_io)
+        self.accelerator = accelerator
+        self.parallel_devices = parallel_devices
+        self.cluster_environment = cluster_environment
+        self._process_group_backend = process_group_backend
+        self._timeout = timeout if timeout is not None else timedelta(minutes=30)
+        self._start_method = start_method
+        self.num_nodes = 1
+        self.sync_batchnorm = False
+        self._launcher: Any = None
+
+    # -- topology -------------------------------------------------------------------------------
+    @property
+    def num_processes(self) -> int:
+        return len(self.parallel_devices) if self.parallel_devices else 1
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size() if self.cluster_environment else 1
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank() if self.cluster_environment else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank() if self.cluster_environment else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank() if self.cluster_environment else 0
+
+    @property
+    def root_device(self) -> torch.device:
+        if not self.parallel_devices:
+            return torch.device("cpu")
+        device = self.parallel_devices[self.local_rank % len(self.parallel_devices)]
+        return torch.device(device)
+
+    @property
+    def process_group_backend(self) -> str:
+        if self._process_group_backend:
+            return self._process_group_backend
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
+
+    @property
+    def launcher(self) -> Any:
+        if self._launcher is None:
+            from fulmen.strategies.launcher import make_launcher
+
+            self._launcher = make_launcher(self)
+        return self._launcher
+
+    def configure(self, accelerator: str, devices: list[torch.device], num_nodes: int,
+                  environment: ClusterEnvironment) -> None:
+        """Called by the Trainer: fill in what was not given, fix this process's ranks, check the cluster agrees."""
+        self.accelerator = self.accelerator or accelerator
+        if self.parallel_devices is None:
+            self.parallel_devices = devices
+        self.num_nodes = num_nodes
+        if self.cluster_environment is None:
+            self.cluster_environment = environment
+        self.cluster_environment.validate_settings(self.num_processes, num_nodes)
+        self.set_world_ranks()
+
+    def set_world_ranks(self) -> None:
+        env = self.cluster_environment
+        env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        env.set_world_size(self.num_nodes * self.num_processes)
+        set_global_rank(self.global_rank)
+
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.launcher.launch(function, *args, **kwargs)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        dist = _dist()
+        if dist.is_initialized():
+            return
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        try:
+            dist.init_process_group(self.process_group_backend, rank=self.global_rank, world_size=self.world_size,
+                                    timeout=self._timeout)
+        except (RuntimeError, ValueError) as exc:
+            text = str(exc).lower()
+            if "address already in use" in text or "eaddrinuse" in text:
+                raise MisconfigurationException(
+                    f"MASTER_PORT={os.environ['MASTER_PORT']} is already in use on {os.environ['MASTER_ADDR']}, so the "
+                    "processes cannot meet there. Pick another port (MASTER_PORT=<free port>), or leave MASTER_PORT "
+                    "unset and fulmen chooses a free one."
+                ) from exc
+            raise
+        import atexit
+
+        atexit.register(_destroy_process_group)  # else gloo's threads are killed mid-flight at exit
+
+    def teardown(self) -> None:
+        self.model = self.lightning_module
+
+    # -- collectives ----------------------------------------------------------------------------
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
+        """Reduce ``tensor`` over every process: ``"mean"`` (default), ``"sum"``, ``"max"``, ``"min"``.
+
+        Example::
+
+            mean_loss = trainer.strategy.reduce(loss, reduce_op="mean")
+        """
+        if not isinstance(tensor, Tensor):
+            return tensor
+        dist = _dist()
+        op_name = reduce_op if isinstance(reduce_op, str) else None
+        if op_name is None:
+            op = reduce_op if reduce_op is not None else dist.ReduceOp.SUM
+            mean = False
+        else:
+            key = op_name.lower()
+            if key not in _REDUCE_OPS:
+                raise MisconfigurationException(f"reduce_op={reduce_op!r} is not known; use 'mean', 'sum', 'max' or 'min'.")
+            op, mean = getattr(dist.ReduceOp, _REDUCE_OPS[key]), key in ("mean", "avg")
+        out = tensor.detach().clone()
+        low = out.dtype in (torch.float16, torch.bfloat16) and self.process_group_backend == "gloo"
+        if low or not out.is_floating_point() and mean:
+            out = out.to(torch.float32 if low else torch.get_default_dtype())
+        dist.all_reduce(out, op=op, group=group)
+        if mean:
+            out = out / dist.get_world_size(group)
+        return out.to(tensor.dtype) if low else out
+
+    def all_gather(self, tensor: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every process's tensor (or each tensor of a collection), stacked on a new first dimension.
+
+        Example::
+
+            everyone = self.all_gather(preds)  # shape (world_size, *preds.shape)
+        """
+        dist = _dist()
+
+        def gather(t: Tensor) -> Tensor:
+            t = t.contiguous()
+            if sync_grads:
+                from torch.distributed import nn as dist_nn
+
+                return torch.stack(dist_nn.functional.all_gather(t, group))
+            parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+            with torch.no_grad():
+                dist.all_gather(parts, t, group=group)
+            return torch.stack(parts)
+
+        return apply_to_collection(tensor, Tensor, gather)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        _dist().all_gather_object(out, obj)
+        return out
+
+    def barrier(self, name: str | None = None) -> None:
+        dist = _dist()
+        if not dist.is_initialized():
+            return
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[self.root_device.index or 0])
+        else:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        dist = _dist()
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src)
+        return box[0]
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        dist = _dist()
+        if not dist.is_initialized():
+            return decision
+        votes = torch.tensor(int(bool(decision)), device=self.root_device)
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        if self.is_global_zero:
+            self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+
+class DDPStrategy(ParallelStrategy):
+    """``torch.nn.parallel.DistributedDataParallel``: one process per device; Lightning's arguments.
+
+    Extra keyword arguments (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``,
+    ``broadcast_buffers``, ...) go to ``DistributedDataParallel``. ``start_method`` is ``"popen"``
+    (re-run the script once per process, like torchrun), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+
+    Example::
+
+        trainer = fulmen.Trainer(accelerator="gpu", devices=4, strategy=DDPStrategy(static_graph=True))
+        trainer = fulmen.Trainer(accelerator="cpu", devices=2, strategy="ddp")
+    """
+
+    def __init__(self, accelerator: Any = None, parallel_devices: list[torch.device] | None = None,
+                 cluster_environment: ClusterEnvironment | None = None, checkpoint_io: Any = None,
+                 precision_plugin: Any = None, ddp_comm_state: object | None = None,
+                 ddp_comm_hook: Callable | None = None, ddp_comm_wrapper: Callable | None = None,
+                 model_averaging_period: int | None = None, process_group_backend: str | None = None,
+                 timeout: timedelta | None = timedelta(minutes=30), start_method: str = "popen",
+                 precision: Any = None, **kwargs: Any) -> None:
+        if start_method not in ("popen", "spawn", "fork", "forkserver"):
+            raise MisconfigurationException(
+                f"DDPStrategy(start_method={start_method!r}) is not known; use 'popen', 'spawn', 'fork' or 'forkserver'."
+            )
+        super().__init__(accelerator, parallel_devices, cluster_environment, checkpoint_io, precision_plugin,
+                         process_group_backend, timeout, start_method, precision)
+        self._ddp_comm_state = ddp_comm_state
+        self._ddp_comm_hook = ddp_comm_hook
+        self._ddp_comm_wrapper = ddp_comm_wrapper
+        self._model_averaging_period = model_averaging_period
+        self._ddp_kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"DDPStrategy(start_method={self._start_method!r}, world_size={self.world_size})"
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = self.precision.convert_module(module)
+        module.to(self.root_device)
+        if self.sync_batchnorm:
+            module = _convert_sync_batchnorm(module)
+        self.lightning_module = module
+        self.model = module
+        if _training(module) and any(p.requires_grad for p in module.parameters()):
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.root_device.index or 0] if self.root_device.type == "cuda" else None
+            self.model = DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
+            self._register_comm_hook()
+        return self.model
+
+    def _register_comm_hook(self) -> None:
+        hook = self._ddp_comm_hook
+        if hook is None:
+            return
+        if self._ddp_comm_wrapper is not None:
+            hook = self._ddp_comm_wrapper(hook)
+        self.model.register_comm_hook(state=self._ddp_comm_state, hook=hook)
+
+    def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
+        if not self._model_averaging_period:
+            return optimizers
+        from torch.distributed.algorithms.ddp_comm_hooks import post_localSGD_hook
+        from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+        from torch.distributed.optim import PostLocalSGDOptimizer
+
+        state = self._ddp_comm_state
+        if not isinstance(state, post_localSGD_hook.PostLocalSGDState):
+            raise MisconfigurationException(
+                "DDPStrategy(model_averaging_period=...) needs ddp_comm_state=PostLocalSGDState(...) and "
+                "ddp_comm_hook=post_localSGD_hook, which decide when local SGD starts."
+            )
+        averager = PeriodicModelAverager(period=self._model_averaging_period, warmup_steps=state.start_localSGD_iter)
+        return [PostLocalSGDOptimizer(optim=o, averager=averager) for o in optimizers]
+
+    # -- what the loops call ----------------------------------------------------------------------
+    def step_function(self, name: str) -> Callable[..., Any]:
+        """Training (and in-fit validation) steps go through DDP's forward, so it prepares the gradient
+        all-reduce and keeps buffers in step; the others call the module directly, as in Lightning."""
+        module = self.lightning_module
+        wrapper = self.model
+        if wrapper is module or name not in ("training_step", "validation_step"):
+            return getattr(module, name)
+        manual = name == "training_step" and not module.automatic_optimization
+
+        def through_wrapper(*args: Any, **kwargs: Any) -> Any:
+            had_own = "forward" in module.__dict__
+            own = module.__dict__.get("forward")
+            step = getattr(module, name)
+
+            def forward(*a: Any, **k: Any) -> Any:
+                # DDP calls this as the module's forward: put the real one back, run the step instead
+                if had_own:
+                    module.__dict__["forward"] = own
+                else:
+                    module.__dict__.pop("forward", None)
+                out = step(*a, **k)
+                if manual:  # manual_backward prepares the reducer itself (several backwards per step)
+                    wrapper.require_backward_grad_sync = False
+                return out
+
+            module.__dict__["forward"] = forward
+            try:
+                return wrapper(*args, **kwargs)
+            finally:
+                if module.__dict__.get("forward") is forward:
+                    if had_own:
+                        module.__dict__["forward"] = own
+                    else:
+                        module.__dict__.pop("forward", None)
+                if manual:
+                    wrapper.require_backward_grad_sync = True
+
+        return through_wrapper
+
+    def no_backward_sync(self) -> Callable[[], ContextManager] | None:
+        model = self.model
+        return model.no_sync if model is not self.lightning_module and hasattr(model, "no_sync") else None
+
+    def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
+        model = self.model
+        lm = self.lightning_module
+        if model is not lm and not lm.automatic_optimization and torch.is_grad_enabled() and model.require_backward_grad_sync:
+            from torch.nn.parallel.distributed import _find_tensors
+
+            model.require_forward_param_sync = True
+            unused = model.find_unused_parameters and not getattr(model, "static_graph", False)
+            model.reducer._rebuild_buckets()
+            model.reducer.prepare_for_backward(list(_find_tensors(loss)) if unused else [])
+        super().backward(loss, optimizer, *args, module=module, **kwargs)
+
+
+def _convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place for a LightningModule's children
+
+
+
+def _destroy_process_group() -> None:
+    dist = _dist()
+    if dist.is_initialized():
+        dist.destroy_process_group()

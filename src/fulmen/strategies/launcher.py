@@ -1,0 +1,347 @@
+"""Starting the processes of a multi-process run, and ending them all when one fails.
+
+``ScriptLauncher`` (``strategy="ddp"``) re-runs the same command once per extra process with the rank
+environment set (``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT``), as torchrun does;
+the launching process is rank 0. A thread watches the children: when one fails, the others are
+ended and the launching process exits with its code. Under torchrun, SLURM & co. nothing is started.
+
+``SpawnLauncher`` (``"ddp_spawn"``, ``"ddp_fork"``/``"ddp_notebook"``) runs the stage in
+``torch.multiprocessing`` workers and hands rank 0's fitted weights, callback metrics and results
+back to the calling process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+
+from fulmen.errors import FulmenError, MisconfigurationException
+
+_PARENT_ENV = "FULMEN_LAUNCHER_PID"
+
+
+def make_launcher(strategy: Any) -> Any:
+    if strategy._start_method == "popen":
+        return ScriptLauncher(strategy)
+    return SpawnLauncher(strategy)
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    """An error raised because a peer process went away (the consequence of a failure elsewhere)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo", "NCCL"))
+
+
+def _report_failure(rank: int, exc: BaseException) -> None:
+    if _is_comm_error(exc):
+        print(f"fulmen: rank {rank} stopped because another process ended ({str(exc).splitlines()[0][:200]})",
+              file=sys.stderr, flush=True)
+    elif not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        print(f"fulmen: the error below was raised on global rank {rank}", file=sys.stderr, flush=True)
+
+
+# ==================================================================================================
+# re-running the script
+# ==================================================================================================
+def _command() -> list[str]:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in (None, "__main__"):  # python -m package.module
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    script = sys.argv[0] if sys.argv else ""
+    if not script or script == "-c" or not os.path.exists(script) or hasattr(sys, "ps1"):
+        raise MisconfigurationException(
+            "strategy='ddp' starts the other processes by re-running your script, but this is an interactive "
+            "session (or `python -c`), which cannot be re-run. Use strategy='ddp_notebook' (or 'ddp_spawn'), or "
+            "put the code in a file and run `python train.py`."
+        )
+    return [sys.executable, *sys.argv]
+
+
+class ScriptLauncher:
+    """Starts processes 1..N-1 of this node by re-running the command; this process is local rank 0.
+
+    Example::
+
+        # python train.py  with Trainer(devices=2, strategy="ddp"): a second `python train.py` starts
+    """
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+        self.procs: list[subprocess.Popen] = []
+        self._failure: tuple[int, int] | None = None
+
+    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        env = self.strategy.cluster_environment
+        if not env.creates_processes_externally and not self.procs:
+            self._start_children()
+        elif os.environ.get(_PARENT_ENV):
+            _watch_parent(int(os.environ[_PARENT_ENV]))
+        try:
+            return function(*args, **kwargs)
+        except BaseException as exc:
+            rank = self.strategy.global_rank
+            if self.procs:
+                failed = self._wait_for_failure(2.0) if _is_comm_error(exc) else None
+                self._end_children()
+                if failed is not None:  # a child failed first; its traceback is already on screen
+                    print(f"fulmen: rank {failed[0]} failed (exit code {failed[1]}); ended every process.",
+                          file=sys.stderr, flush=True)
+                    raise SystemExit(failed[1] or 1) from None
+            _report_failure(rank, exc)
+            raise
+
+    def _start_children(self) -> None:
+        strategy = self.strategy
+        env = strategy.cluster_environment
+        command = _command()
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        n = strategy.num_processes
+        node = strategy.node_rank
+        world = strategy.num_nodes * n
+        for local in range(1, n):
+            child_env = dict(os.environ, LOCAL_RANK=str(local), NODE_RANK=str(node), WORLD_SIZE=str(world),
+                             RANK=str(node * n + local), LOCAL_WORLD_SIZE=str(n), **{_PARENT_ENV: str(os.getpid())})
+            self.procs.append(subprocess.Popen(command, env=child_env))
+        # from now on this process is rank 0 of a run someone started: later Trainers do not launch again
+        os.environ.update(LOCAL_RANK="0", NODE_RANK=str(node), WORLD_SIZE=str(world), RANK=str(node * n),
+                          LOCAL_WORLD_SIZE=str(n))
+        threading.Thread(target=self._watch_children, name="fulmen-children", daemon=True).start()
+        _end_children_on_sigterm(self)
+        import atexit
+
+        atexit.register(self._wait_at_exit)
+
+    def _poll(self) -> tuple[int, int] | None:
+        n = self.strategy.num_processes
+        for i, proc in enumerate(self.procs, start=1):
+            code = proc.poll()
+            if code not in (None, 0):
+                return self.strategy.node_rank * n + i, code if code > 0 else 128 - code
+        return None
+
+    def _wait_for_failure(self, seconds: float) -> tuple[int, int] | None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            failed = self._poll()
+            if failed is not None:
+                return failed
+            time.sleep(0.05)
+        return None
+
+    def _watch_children(self) -> None:
+        while True:
+            failed = self._poll()
+            if failed is not None:
+                break
+            if all(p.poll() is not None for p in self.procs):
+                return
+            time.sleep(0.2)
+        self._failure = failed
+        # give this process a moment to notice on its own (its collective fails), then end everything
+        time.sleep(3.0)
+        self._end_children()
+        print(f"fulmen: rank {failed[0]} failed (exit code {failed[1]}); ended every process.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(failed[1] or 1)
+
+    def _end_children(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _wait_at_exit(self) -> None:
+        """At interpreter exit: the children finish their copy of the script; a failure becomes our exit code."""
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        failed = self._poll()
+        if failed is not None:
+            os._exit(failed[1])
+
+
+def _end_children_on_sigterm(launcher: ScriptLauncher) -> None:
+    """SIGTERM to the launching process ends its children too (Ctrl-C reaches the whole process group)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        launcher._end_children()
+        if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+_watching_parent = False
+
+
+def _watch_parent(parent: int) -> None:
+    """In a child: exit when the launching process is gone, instead of waiting in a collective for ever."""
+    global _watching_parent
+    if _watching_parent:
+        return
+    _watching_parent = True
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="fulmen-parent", daemon=True).start()
+
+
+# ==================================================================================================
+# torch.multiprocessing
+# ==================================================================================================
+class _WorkerOutput:
+    def __init__(self, weights: dict[str, Any], callback_metrics: dict[str, Any], loop_state: dict[str, Any],
+                 checkpoint_states: list[dict[str, Any]], result: Any) -> None:
+        self.weights, self.callback_metrics, self.loop_state = weights, callback_metrics, loop_state
+        self.checkpoint_states, self.result = checkpoint_states, result
+
+
+class SpawnLauncher:
+    """Runs the stage in N ``torch.multiprocessing`` workers (spawn, fork or forkserver) and brings rank 0's
+    weights, callback metrics, loop progress, checkpoint paths and results back to this process.
+
+    Example::
+
+        trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn")
+        trainer.fit(model)  # model holds the trained weights afterwards
+    """
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+
+    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        import torch.multiprocessing as mp
+
+        strategy = self.strategy
+        method = strategy._start_method
+        if method == "fork" and sys.platform == "win32":
+            raise MisconfigurationException("strategy='ddp_fork' needs fork, which Windows lacks; use 'ddp_spawn'.")
+        os.environ["MASTER_ADDR"] = strategy.cluster_environment.main_address
+        os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
+        if method != "fork":
+            _check_picklable(trainer, function, args)
+        ctx = mp.get_context(method)
+        queue = ctx.SimpleQueue()
+        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue),
+                                     nprocs=strategy.num_processes, start_method=method, join=False)
+        output = None
+        while not context.join(0.1):
+            if output is None and not queue.empty():
+                output = queue.get()
+        if output is None and not queue.empty():
+            output = queue.get()
+        if output is None:
+            raise FulmenError("The rank 0 worker ended without returning its results.")
+
+        output = torch.load(io.BytesIO(output), weights_only=False)  # written by our own worker just now
+        _recover(trainer, output)
+        return output.result
+
+
+def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
+            trainer: Any, queue: Any) -> None:
+    os.environ["LOCAL_RANK"] = str(local_rank)  # read by the environment (and by user code, as under torchrun)
+    strategy.set_world_ranks()
+    if trainer is not None and strategy._start_method != "fork":
+        # pickling for the workers put the weights in shared memory: each worker needs its own copy
+        module = trainer.lightning_module
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                t.data = t.data.clone()
+    result = function(*args, **kwargs)
+    if strategy.global_rank != 0:
+        return
+    module = trainer.lightning_module
+    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
+    from fulmen.utilities import apply_to_collection
+
+    weights = {k: to_cpu(v) for k, v in module.state_dict().items()}
+    metrics = apply_to_collection(dict(trainer.callback_metrics), torch.Tensor, to_cpu)
+    states = [cb.state_dict() for cb in trainer.checkpoint_callbacks]
+    output = _WorkerOutput(weights, metrics, trainer._loop.state_dict(), states,
+                           apply_to_collection(result, torch.Tensor, to_cpu))
+    # as bytes: shared-memory tensors would need this worker alive until the parent reads them
+    buffer = io.BytesIO()
+    torch.save(output, buffer)
+    queue.put(buffer.getvalue())
+
+
+def _recover(trainer: Any, output: _WorkerOutput) -> None:
+    if trainer is None:
+        return
+    module = trainer.lightning_module
+    module.load_state_dict(output.weights)
+    trainer._metrics.callback.clear()
+    trainer._metrics.callback.update(output.callback_metrics)
+    trainer._loop.load_state_dict(output.loop_state)
+    for cb, state in zip(trainer.checkpoint_callbacks, output.checkpoint_states):
+        cb.load_state_dict(state)
+
+
+def _check_picklable(trainer: Any, function: Callable, args: tuple) -> None:
+    """Name the attribute that cannot be sent to spawned workers, instead of pickle's bare error."""
+    try:
+        pickle.dumps((trainer, function, args))
+        return
+    except Exception as exc:  # noqa: BLE001 - any pickling failure is reported below
+        error = exc
+    suspects: list[tuple[str, Any]] = []
+    if trainer is not None:
+        suspects += [("the LightningModule", trainer.lightning_module), ("the datamodule", trainer.datamodule)]
+        for name in ("_given_train_loaders", "_given_val_loaders", "_given_eval_loaders"):
+            loaders = getattr(trainer, name, None)
+            for i, ld in enumerate(loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+                if ld is not None:
+                    suspects.append((f"a dataloader's dataset", getattr(ld, "dataset", ld)))
+    where = ""
+    for what, obj in suspects:
+        if obj is None:
+            continue
+        for attr, value in vars(obj).items() if hasattr(obj, "__dict__") else []:
+            try:
+                pickle.dumps(value)
+            except Exception:  # noqa: BLE001
+                where = f" {what} ({type(obj).__name__}) has the attribute `{attr}` ({type(value).__name__}), which"
+                break
+        if where:
+            break
+    raise MisconfigurationException(
+        f"strategy='ddp_spawn' sends the trainer, model and data to new processes by pickling them, and{where or ' something'} "
+        f"cannot be pickled ({type(error).__name__}: {error}). Use strategy='ddp' (which re-runs your script instead), or "
+        "make that attribute picklable (e.g. create it in setup())."
+    ) from error
