@@ -71,6 +71,46 @@ class Net(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class GAN(pl.LightningModule):
+    """Manual optimization with two optimizers and two backwards per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.automatic_optimization = False
+        self.gen = nn.Linear(FEATURES, FEATURES)
+        self.disc = nn.Linear(FEATURES, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        opt_g, opt_d = self.optimizers()
+        fake = self.gen(x)
+        d_loss = self.disc(fake.detach()).mean() - self.disc(x).mean()
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        g_loss = -self.disc(self.gen(x)).mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.gen.parameters(), lr=0.1), torch.optim.SGD(self.disc.parameters(), lr=0.1)
+
+
+def counting_hook(state, bucket):
+    """A DDP communication hook (DDPStrategy(ddp_comm_hook=...)): counts all-reduces, then does the default one."""
+    state["calls"] += 1
+    import torch.distributed as dist
+
+    tensor = bucket.buffer().div_(dist.get_world_size())
+    return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
+
+
+def weights(model) -> list:
+    return [p.detach().float().flatten().tolist() for p in model.parameters()]
+
+
 class SaveAt(pl.Callback):
     """Writes a checkpoint after the given global step (mid-epoch)."""
 
@@ -158,6 +198,26 @@ def main() -> None:
     trainer(args, max_epochs=2).fit(resumed, DataLoader(data(), batch_size=BATCH, shuffle=True), ckpt_path=ckpt)
     report["resume_bitwise"] = all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
     report["resume_changed"] = not torch.equal(full.layer.weight, Net().layer.weight)
+
+    # 5. accumulation skips the all-reduce of non-stepping batches; the comm hook sees every all-reduce
+    from fulmen.strategies import DDPStrategy
+
+    state = {"calls": 0}
+    acc = Net()
+    trainer(args, strategy=DDPStrategy(ddp_comm_hook=counting_hook, ddp_comm_state=state), max_steps=2,
+            accumulate_grad_batches=2).fit(acc, DataLoader(data(), batch_size=BATCH))
+    report["accumulate"] = {"weights": weights(acc), "allreduces": state["calls"]}
+    # manual optimization, two optimizers, two backwards per step
+    gan = GAN()
+    trainer(args, strategy="ddp_find_unused_parameters_true", max_steps=4).fit(gan, DataLoader(data(), batch_size=BATCH))
+    report["gan"] = weights(gan)
+    # precision and torch.compile under DDP
+    half = Net()
+    trainer(args, max_steps=3, precision="bf16-mixed").fit(half, DataLoader(data(), batch_size=BATCH))
+    report["bf16"] = weights(half)
+    compiled = Net()
+    trainer(args, max_steps=STEPS).fit(torch.compile(compiled, backend="eager"), DataLoader(data(), batch_size=BATCH))
+    report["compiled"] = weights(compiled)
 
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

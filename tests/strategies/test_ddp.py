@@ -89,8 +89,20 @@ def reference() -> dict:
                          num_sanity_val_steps=0, val_check_interval=ddp_script.STEPS)
     batch = 2 * ddp_script.BATCH
     trainer.fit(model, DataLoader(ddp_script.data(), batch_size=batch), DataLoader(ddp_script.data(1), batch_size=batch))
-    return {"weights": [p.detach().flatten().tolist() for p in model.parameters()],
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+    out = {"weights": ddp_script.weights(model), "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+    def fit(model, **kwargs):
+        pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, **kwargs).fit(model, DataLoader(ddp_script.data(), batch_size=batch))
+        return model
+
+    out["accumulate"] = ddp_script.weights(fit(ddp_script.Net(), max_steps=2, accumulate_grad_batches=2))
+    return out
+
+
+def _close(got: list, want: list) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-5)
 
 
 def _check_training(reports: list[dict], reference: dict, nodes: int = 1) -> None:
@@ -127,6 +139,15 @@ def test_self_launch_trains_like_one_process_with_twice_the_batch(tmp_path, refe
         assert rep["predictions"] == [[0.0, 10.0, 20.0], [30.0, 40.0, 50.0], [60.0, 70.0, 80.0], [90.0]]
         assert rep["resume_bitwise"] and rep["resume_changed"]
     assert reports[0]["pid"] != reports[1]["pid"]
+    for rep in reports:
+        # accumulation: the same weights as one process, and one all-reduce per optimizer step, not per batch
+        _close(rep["accumulate"]["weights"], reference["accumulate"])
+        assert rep["accumulate"]["allreduces"] == 2
+        _close(rep["compiled"], reference["weights"])
+        # the ranks saw different data; equal weights show the gradients were all-reduced
+        for key in ("gan", "bf16"):
+            assert rep[key] == reports[0][key]
+        assert rep["gan"] != ddp_script.weights(ddp_script.GAN())
     # one logger folder, written by rank 0 only; one checkpoint
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["version_0"]
     assert len(list((tmp_path / "ckpt").iterdir())) == 1

@@ -103,6 +103,8 @@ def test_strategy_misconfigurations(monkeypatch):
         pl.Trainer(accelerator="cpu", devices=2, strategy="single_device")
     with pytest.raises(FulmenError, match="num_nodes"):
         pl.Trainer(accelerator="cpu", num_nodes=0)
+    with pytest.raises(FulmenError, match="sync_batchnorm=True needs CUDA"):
+        pl.Trainer(accelerator="cpu", devices=2, sync_batchnorm=True)
     with pytest.raises(FulmenError, match="start_method"):
         DDPStrategy(start_method="thread")
     if not torch.cuda.is_available():

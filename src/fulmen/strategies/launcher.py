@@ -313,6 +313,20 @@ def _recover(trainer: Any, output: _WorkerOutput) -> None:
         cb.load_state_dict(state)
 
 
+def _unpicklable_attribute(obj: Any, trainer: Any) -> tuple[str, Any] | None:
+    items = list(getattr(obj, "__dict__", {}).items())
+    for name in ("_modules", "_parameters", "_buffers"):  # a module's children and tensors live in these dicts
+        items += [(k, v) for k, v in getattr(obj, "__dict__", {}).get(name, {}).items()]
+    for name, value in items:
+        if value is trainer or name in ("_modules", "_parameters", "_buffers"):
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:  # noqa: BLE001 - any failure names this attribute
+            return name, value
+    return None
+
+
 def _check_picklable(trainer: Any, function: Callable, args: tuple) -> None:
     """Name the attribute that cannot be sent to spawned workers, instead of pickle's bare error."""
     try:
@@ -330,15 +344,9 @@ def _check_picklable(trainer: Any, function: Callable, args: tuple) -> None:
                     suspects.append((f"a dataloader's dataset", getattr(ld, "dataset", ld)))
     where = ""
     for what, obj in suspects:
-        if obj is None:
-            continue
-        for attr, value in vars(obj).items() if hasattr(obj, "__dict__") else []:
-            try:
-                pickle.dumps(value)
-            except Exception:  # noqa: BLE001
-                where = f" {what} ({type(obj).__name__}) has the attribute `{attr}` ({type(value).__name__}), which"
-                break
-        if where:
+        attr = _unpicklable_attribute(obj, trainer) if obj is not None else None
+        if attr is not None:
+            where = f" {what} ({type(obj).__name__}) has the attribute `{attr[0]}` ({type(attr[1]).__name__}), which"
             break
     raise MisconfigurationException(
         f"strategy='ddp_spawn' sends the trainer, model and data to new processes by pickling them, and{where or ' something'} "

@@ -134,6 +134,11 @@ def _make_strategy(strategy: Any, accelerator: str, device_ids: list[int], num_n
     if isinstance(strategy, ParallelStrategy):
         from fulmen.strategies.environments import detect_environment
 
+        if sync_batchnorm and accelerator != "cuda":
+            raise MisconfigurationException(
+                f"sync_batchnorm=True needs CUDA GPUs: torch's SyncBatchNorm does not run on {accelerator}. Remove the "
+                "flag here (each process then keeps its own batch statistics)."
+            )
         strategy.sync_batchnorm = sync_batchnorm
         strategy.configure(accelerator, devices, num_nodes, environment or detect_environment())
     elif several:
