@@ -232,7 +232,7 @@ LIGHTNING_API: dict[str, tuple[str, ...]] = {
 _XLA = "TPUs (XLA) are not supported by fulmen; run on CPU, CUDA or MPS."
 _SHARDED = ("Comes with fulmen's FSDP/DeepSpeed strategies; meanwhile pass `precision=` (e.g. 'bf16-mixed') "
             "to the Trainer.")
-_DDP = "Comes with fulmen's multi-process (DDP) strategies."
+_LAYER_SYNC = "Pass `Trainer(sync_batchnorm=True)`; fulmen has no layer-sync plugin objects."
 _LOGGER = ("Not shipped with fulmen: subclass `fulmen.loggers.Logger` (`log_metrics`, `log_hyperparams`) around "
            "that service's client, or use CSVLogger, TensorBoardLogger, MLFlowLogger or WandbLogger.")
 _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
@@ -252,8 +252,7 @@ OMITTED: dict[str, str] = {
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,
-    "plugins.environments": _DDP,
-    "plugins.layer_sync": _DDP,
+    "plugins.layer_sync": _LAYER_SYNC,
     "plugins.io.async_plugin": "Comes with fulmen's asynchronous checkpoint writes.",
     "plugins.io.xla_plugin": _XLA,
     "plugins.precision.bitsandbytes": "Not ported: quantize the model with bitsandbytes yourself before fit.",
@@ -262,8 +261,6 @@ OMITTED: dict[str, str] = {
     "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
-    "strategies.ddp": _DDP,
-    "strategies.parallel": _DDP,
     "strategies.fsdp": _SHARDED,
     "strategies.deepspeed": _SHARDED,
     "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
@@ -311,8 +308,8 @@ OMITTED: dict[str, str] = {
     "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before fit.",
     "plugins:DeepSpeedPrecision": _SHARDED,
     "plugins:FSDPPrecision": _SHARDED,
-    "plugins:LayerSync": _DDP,
-    "plugins:TorchSyncBatchNorm": _DDP,
+    "plugins:LayerSync": _LAYER_SYNC,
+    "plugins:TorchSyncBatchNorm": _LAYER_SYNC,
     "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins:XLACheckpointIO": _XLA,
     "plugins:XLAPrecision": _XLA,
@@ -322,14 +319,13 @@ OMITTED: dict[str, str] = {
     "plugins.precision:FSDPPrecision": _SHARDED,
     "plugins.precision:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision:XLAPrecision": _XLA,
+    "plugins.environments:XLAEnvironment": _XLA,
     "plugins.precision.double:LightningDoublePrecisionModule": _INTERNAL,
     "profilers:XLAProfiler": _XLA,
     "profilers.pytorch:RegisterRecordFunction": ("Internal to Lightning's PyTorchProfiler; "
                                                  "`PyTorchProfiler(record_module_names=True)` does it."),
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
-    "strategies:DDPStrategy": _DDP,
-    "strategies:ParallelStrategy": _DDP,
     "strategies:FSDPStrategy": _SHARDED,
     "strategies:DeepSpeedStrategy": _SHARDED,
     "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",

@@ -183,14 +183,6 @@ def rank_zero_info(message: str) -> None:
     print(message)
 
 
-@rank_zero_only
-def rank_zero_debug(message: str) -> None:
-    """Log ``message`` at debug level (logger "fulmen") on rank zero only."""
-    import logging
-
-    logging.getLogger("fulmen").debug(message)
-
-
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
     """Seed Python's, NumPy's (if installed) and torch's random generators; return the seed used.
 
