@@ -465,3 +465,68 @@ def test_type_the_safe_unpickler_cannot_build_is_reported_as_untrusted(tmp_path)
     with pytest.raises(UntrustedCheckpointError, match="defaultdict"):
         ck.load_checkpoint(tmp_path / "d.ckpt")
     assert ck.load_checkpoint(tmp_path / "d.ckpt", trusted=True)["d"]["a"] == [1]
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A directory served over HTTP on 127.0.0.1 (a free port) for the test's duration, then shut down."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        timeout = 10  # a stuck client cannot hold the server past the test
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_http_checkpoint_paths_load_safely(http_dir):
+    pytest.importorskip("aiohttp")
+    from helpers import BoringModel, make_loader, quiet_trainer
+
+    root, url = http_dir
+    model = BoringModel()
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3)
+    trainer.fit(model, make_loader())
+    trainer.save_checkpoint(root / "run.ckpt")
+
+    loaded = BoringModel.load_from_checkpoint(f"{url}/run.ckpt")
+    assert torch.equal(loaded.layer.weight, model.layer.weight)
+    resumed = quiet_trainer(max_epochs=2, limit_train_batches=3)
+    resumed.fit(BoringModel(), make_loader(), ckpt_path=f"{url}/run.ckpt")
+    assert resumed.global_step == 6 and resumed.current_epoch == 2  # continued from step 3, not from 0
+
+    with pytest.raises(ck.CheckpointNotFoundError, match="does not exist"):
+        ck.load_checkpoint(f"{url}/missing.ckpt")
+    # the safe-loading rules hold over HTTP: a file with other pickled objects is refused unless trusted
+    import io
+
+    torch.save({"state_dict": {}, "payload": io.StringIO("text")}, root / "odd.ckpt")
+    with pytest.raises(UntrustedCheckpointError, match="StringIO"):
+        ck.load_checkpoint(f"{url}/odd.ckpt")
+    assert ck.load_checkpoint(f"{url}/odd.ckpt", trusted=True)["payload"].getvalue() == "text"
+
+
+def test_http_without_aiohttp_names_the_extra(monkeypatch):
+    import fsspec
+
+    registry = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` itself is a read-only view of it
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "fsspec.implementations.http", raising=False)
+    for scheme in ("http", "https"):
+        monkeypatch.delitem(registry, scheme, raising=False)
+    assert "http" not in fsspec.registry
+    with pytest.raises(ImportError, match=r"pip install 'fulmen\[http\]'") as err:
+        ck.load_checkpoint("https://127.0.0.1:9/never-contacted.ckpt")
+    assert isinstance(err.value, FulmenError)

@@ -90,15 +90,24 @@ def get_filesystem(path: PathLike, **storage_options: Any):
         fs = get_filesystem("s3://bucket/run", anon=False)
         fs.ls("s3://bucket/run")
     """
-    from fsspec.core import url_to_fs  # lazily: `import fulmen` must stay free of fsspec
+    return _remote(path, storage_options)[0]
 
-    return url_to_fs(os.fspath(path), **storage_options)[0]
+
+def _is_http(path: PathLike) -> bool:
+    return os.fspath(path).lower().startswith(("http://", "https://"))
 
 
 def _remote(path: PathLike, storage_options: dict | None):
-    from fsspec.core import url_to_fs
+    from fsspec.core import url_to_fs  # lazily: `import fulmen` must stay free of fsspec
 
-    return url_to_fs(os.fspath(path), **(storage_options or {}))
+    try:
+        return url_to_fs(os.fspath(path), **(storage_options or {}))
+    except ImportError:
+        if not _is_http(path):
+            raise
+        from fulmen.errors import missing_extra
+
+        raise missing_extra("aiohttp", "http", f"Reading {os.fspath(path)!r} over HTTP(S)") from None
 
 
 def exists(path: PathLike, **storage_options: Any) -> bool:
@@ -476,7 +485,8 @@ def load_checkpoint(
         fs, remote_path = _remote(path, storage_options)
         if not fs.exists(remote_path):
             raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
-        if fs.isdir(remote_path):
+        # over HTTP every URL is a file, and asking whether it is a directory can download it whole
+        if not _is_http(path) and fs.isdir(remote_path):
             raise CheckpointError(f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.")
         with fs.open(remote_path, "rb") as f:
             data = f.read()  # torch.load reads the whole file anyway; read it once and verify in memory
