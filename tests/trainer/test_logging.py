@@ -270,3 +270,75 @@ def test_no_device_sync_per_step(monkeypatch):
         trainer.fit(LogModel(log), data)
     # 120 steps: the loggers got step values twice (steps 50 and 100), two tensors each time, as one transfer
     assert count.during_batches == 2
+
+
+def test_pl_module_log_from_callback_hooks_follows_lightnings_rules():
+    """What Lightning 2.6 does with the same callback (values recorded from it): which hooks may log with
+    which on_step/on_epoch, and where the values end up."""
+    errors = {}
+    rows = []
+
+    class Rows(pl.loggers.logger.Logger):
+        name, version = "rows", 0
+
+        def log_metrics(self, metrics, step=None):
+            rows.append(dict(metrics))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    def logs(hook):
+        def fn(self, trainer, pl_module, *args, **kwargs):
+            if trainer.sanity_checking:
+                return
+            value = float(trainer.global_step + 1)
+            for suffix, kw in (("d", {}), ("se", {"on_step": True, "on_epoch": True}),
+                               ("s", {"on_step": True, "on_epoch": False})):
+                try:
+                    pl_module.log(f"{hook}_{suffix}", value, prog_bar=suffix == "d", **kw)
+                except MisconfigurationException:
+                    errors.setdefault(hook, set()).add(suffix)
+        return fn
+
+    hooks = ["setup", "on_fit_start", "on_train_start", "on_train_batch_end", "on_train_epoch_end",
+             "on_validation_batch_end", "on_validation_epoch_end", "on_validation_end", "on_test_epoch_end"]
+    CB = type("CB", (pl.Callback,), {h: logs(h) for h in hooks})
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.l(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        def test_step(self, batch, batch_idx):
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    trainer = pl.Trainer(max_epochs=2, logger=Rows(), callbacks=[CB()], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, accelerator="cpu")
+    trainer.fit(M(), loader, loader)
+    as_floats = lambda d: {k: round(float(v), 4) for k, v in d.items() if not k.startswith(("epoch", "step"))}  # noqa: E731
+    assert errors == {"setup": {"d", "se", "s"}, "on_fit_start": {"d", "se", "s"}, "on_train_start": {"se", "s"},
+                      "on_train_epoch_end": {"se", "s"}, "on_validation_epoch_end": {"se", "s"},
+                      "on_validation_end": {"d", "se", "s"}}
+    assert as_floats(trainer.callback_metrics) == {
+        "on_train_start_d": 1.0, "on_train_batch_end_d": 9.0, "on_train_batch_end_s": 9.0,
+        "on_train_batch_end_se": 7.5, "on_train_batch_end_se_epoch": 7.5, "on_train_batch_end_se_step": 9.0,
+        "on_train_epoch_end_d": 9.0, "on_validation_batch_end_d": 9.0, "on_validation_batch_end_se": 9.0,
+        "on_validation_batch_end_se_epoch": 9.0, "on_validation_epoch_end_d": 9.0}
+    assert trainer.progress_bar_metrics == {"on_train_start_d": 1.0, "on_train_batch_end_d": 9.0,
+                                            "on_train_epoch_end_d": 9.0, "on_validation_batch_end_d": 9.0,
+                                            "on_validation_epoch_end_d": 9.0}
+    logged = {k for row in rows for k in row}
+    assert {"on_train_batch_end_se_step", "on_train_batch_end_se_epoch", "on_validation_batch_end_s",
+            "on_validation_batch_end_se_step", "on_validation_epoch_end_d", "on_train_start_d"} <= logged
+    assert as_floats(trainer.test(M(), loader, verbose=False)[0]) == {"on_test_epoch_end_d": 9.0}
+    assert errors["on_test_epoch_end"] == {"se", "s"}
