@@ -336,8 +336,9 @@ def test_batch_hooks_set_to_none_are_skipped():
             raise AssertionError("switched off, must not run")
 
     model = Hooked()
-    model.on_train_batch_end = None
-    model.on_validation_model_eval = None
+    for hook in ("on_train_batch_end", "on_validation_model_eval", "prepare_data", "setup", "configure_model",
+                 "teardown"):
+        setattr(model, hook, None)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2)
     trainer.fit(model, make_loader(), make_loader())
     assert trainer.global_step == 2

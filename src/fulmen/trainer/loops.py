@@ -65,13 +65,13 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     if trainer.local_rank == 0 if per_node else trainer.is_global_zero:
         if dm is not None:
             dm.prepare_data()
-        module.prepare_data()
+        trainer._call_module("prepare_data")
     trainer.strategy.barrier("prepare_data")
     if dm is not None:
         dm.setup(stage)
     trainer._call_callbacks("setup", stage=stage)
-    module.setup(stage)
-    module.configure_model()
+    trainer._call_module("setup", stage)  # these skip a hook set to None, as Lightning does
+    trainer._call_module("configure_model")
     trainer.strategy.setup_module(module)
     if fn == TrainerFn.FITTING:
         _setup_optimizers(trainer, module)
@@ -90,7 +90,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     if dm is not None:
         dm.teardown(stage)
     trainer._call_callbacks("teardown", stage=stage)
-    module.teardown(stage)
+    trainer._call_module("teardown", stage)
     for lg in trainer.loggers:
         lg.save()
         lg.finalize("success")
