@@ -130,6 +130,18 @@ def test_fraction_limits_round_down_and_integral_floats_count_batches():
     with pytest.raises(MisconfigurationException, match=r"0.25 \* 3 < 1 batch.*limit_train_batches=0.333"):
         quiet_trainer(max_epochs=1, limit_train_batches=0.25).fit(BoringModel(), make_loader(24, 8))
 
+    class Combined(BoringModel):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch["a"], batch_idx)
+
+    # several training loaders: the fraction applies to each, as in Lightning (8 * 0.25 = 2, but 3 * 0.25 < 1)
+    loaders = {"a": make_loader(64, 8), "b": make_loader(24, 8)}
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=0.5)
+    trainer.fit(Combined(), loaders)
+    assert trainer.num_training_batches == 4
+    with pytest.raises(MisconfigurationException, match=r"0.25 \* 3 < 1 batch"):
+        quiet_trainer(max_epochs=1, limit_train_batches=0.25).fit(Combined(), loaders)
+
 
 def test_num_sanity_val_steps_minus_one_is_inf_and_runs_every_batch():
     seen = []

@@ -182,8 +182,12 @@ def setup_train_data(trainer: Any) -> None:
         loaders = _map_loaders(loaders, _data.with_sequential_sampler)
     loaders = _data.distribute(trainer, loaders, "train")
     iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
+    limit = trainer.limit_train_batches
     for ld in _data.as_list(loaders):
         _data.check_iterable(ld, "training")
+        if iterable is not loaders and isinstance(limit, float) and not math.isinf(_data._sized_len(ld)):
+            # as Lightning, a fraction applies to each loader: one that gets no batch is an error
+            _data.num_batches(ld, limit, "limit_train_batches", "training")
     trainer.train_dataloader = loaders
     trainer._train_iterable = iterable
     n = _data.num_batches(iterable, trainer.limit_train_batches, "limit_train_batches", "training")
