@@ -72,6 +72,8 @@ def test_the_paths_published_code_imports_are_supported():
         "plugins": ["MixedPrecision", "HalfPrecision", "DoublePrecision", "Precision", "CheckpointIO",
                     "TorchCheckpointIO"],
         "plugins.precision": ["MixedPrecision"], "plugins.io": ["TorchCheckpointIO"],
+        "plugins.environments": ["SLURMEnvironment", "TorchElasticEnvironment", "ClusterEnvironment"],
+        "strategies": ["DDPStrategy", "SingleDeviceStrategy"], "strategies.ddp": ["DDPStrategy"],
         "cli": ["LightningCLI", "OptimizerCallable", "LRSchedulerCallable"],
     }
     for module, names in wanted.items():

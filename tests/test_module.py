@@ -116,3 +116,89 @@ def test_optimizers_and_lr_schedulers_accessors():
     quiet_trainer(max_epochs=1).fit(M(), make_loader(16, 8))
     assert isinstance(seen["opt"].optimizer, torch.optim.SGD)
     assert isinstance(seen["sched"], torch.optim.lr_scheduler.StepLR)
+
+
+class _Exportable(pl.LightningModule):
+    """A module whose inputs arrive through the batch-transfer hooks, to check exports use them."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.layer(x))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return batch * 0 + 1 if isinstance(batch, torch.Tensor) else batch
+
+
+def test_to_torchscript_scripts_and_traces_in_eval_mode_and_saves(tmp_path):
+    model = _Exportable()
+    x = torch.randn(2, 4)
+    scripted = model.to_torchscript(tmp_path / "scripted.pt")
+    assert model.training  # the mode is restored
+    loaded = torch.jit.load(str(tmp_path / "scripted.pt"))
+    expected = model.eval()(x)
+    assert torch.allclose(scripted(x), expected) and torch.allclose(loaded(x), expected)  # dropout off: eval mode
+
+    model.train()
+    traced = model.to_torchscript(method="trace", example_inputs=torch.randn(5, 4))
+    assert torch.allclose(traced(x), model.eval()(x))
+    model.example_input_array = torch.randn(1, 4)
+    assert isinstance(model.to_torchscript(method="trace"), torch.jit.ScriptModule)
+
+    trainer = quiet_trainer(max_steps=1)
+    model2 = BoringModel()
+    trainer.fit(model2, make_loader())
+    assert torch.allclose(model2.to_torchscript()(torch.ones(1, 32)), model2(torch.ones(1, 32)))  # after fit too
+
+
+def test_to_torchscript_errors_keep_lightnings_words():
+    model = _Exportable()
+    with pytest.raises(ValueError, match="The 'method' parameter only supports 'script' or 'trace', but value given"):
+        model.to_torchscript(method="compile")
+    with pytest.raises(pl.errors.MisconfigurationException,
+                       match="Choosing method=`trace` requires either `example_inputs` or `model.example_input_array`"):
+        model.to_torchscript(method="trace")
+
+
+def test_to_onnx_exports_a_graph_that_computes_the_same(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = _Exportable().eval()
+    model.example_input_array = torch.randn(2, 4)
+    path = tmp_path / "m.onnx"
+    model.train()
+    model.to_onnx(path, dynamo=False, input_names=["x"])
+    assert model.training
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["x"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    assert any(w.shape == (3, 4) and torch.allclose(torch.from_numpy(w.copy()), model.layer.weight) for w in weights.values())
+
+
+def test_to_onnx_with_torchs_default_exporter(tmp_path):
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    model = _Exportable()
+    program = model.to_onnx(tmp_path / "d.onnx", torch.randn(2, 4))
+    onnx.checker.check_model(onnx.load(str(tmp_path / "d.onnx")))
+    assert program is not None  # torch's ONNXProgram
+
+
+def test_to_onnx_names_what_is_missing(monkeypatch):
+    import fulmen.utilities.imports as imports
+
+    model = _Exportable()
+    present = {"onnx", "onnxscript"}
+    monkeypatch.setattr(imports, "package_available", lambda name: name in present)
+    with pytest.raises(pl.errors.MisconfigurationException,
+                       match="Could not export to ONNX since neither `input_sample` nor `model.example_input_array`"):
+        model.to_onnx("x.onnx")
+    present.discard("onnxscript")
+    with pytest.raises(pl.errors.MissingDependencyError, match=r"onnxscript.*pip install 'fulmen\[onnx\]'"):
+        model.to_onnx("x.onnx", torch.randn(1, 4))
+    present.discard("onnx")
+    with pytest.raises(pl.errors.MissingDependencyError, match=r"`onnx`.*pip install 'fulmen\[onnx\]'"):
+        model.to_onnx("x.onnx", torch.randn(1, 4), dynamo=False)

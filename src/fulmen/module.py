@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
@@ -179,6 +180,8 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         fulmen.Trainer(max_epochs=3).fit(LitModel(), train_loader)
     """
 
+    _jit_is_scripting = False  # True while to_torchscript compiles: properties then answer without a Trainer
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         self._trainer: Any = None
@@ -190,7 +193,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     @property
     def trainer(self) -> Any:
         """The Trainer running this module; an error when there is none."""
-        if self._trainer is None:
+        if self._trainer is None and not self._jit_is_scripting:
             raise RuntimeError(
                 f"{type(self).__qualname__} is not attached to a Trainer. Use it inside trainer.fit/validate/"
                 "test/predict, or check `module._trainer is not None` first."
@@ -579,6 +582,94 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
             p.requires_grad = True
         self.train()
 
+    # -- export -----------------------------------------------------------------------------------
+    def _example_on_device(self, example: Any) -> Any:
+        """An example input through the batch-transfer hooks to the module's device, as a batch would go."""
+        example = self.on_before_batch_transfer(example, 0)
+        example = self.transfer_batch_to_device(example, self.device, 0)
+        return self.on_after_batch_transfer(example, 0)
+
+    @torch.no_grad()
+    def to_torchscript(self, file_path: Any = None, method: str = "script", example_inputs: Any = None,
+                       **kwargs: Any) -> Any:
+        """The module compiled to TorchScript (in eval mode), saved to ``file_path`` when given.
+
+        ``method="script"`` compiles ``forward`` with ``torch.jit.script``; ``"trace"`` records one call
+        of ``example_inputs`` (default ``self.example_input_array``) with ``torch.jit.trace``. Extra keyword
+        arguments go to that function. The module's train/eval mode is restored afterwards.
+
+        Example::
+
+            scripted = model.to_torchscript("model.pt")
+            traced = model.to_torchscript(method="trace", example_inputs=torch.randn(1, 64))
+            torch.jit.load("model.pt")(torch.randn(1, 64))
+        """
+        if method not in ("script", "trace"):
+            raise MisconfigurationException(
+                f"The 'method' parameter only supports 'script' or 'trace', but value given was: {method}"
+            )
+        if method == "trace" and example_inputs is None:
+            if self.example_input_array is None:
+                raise MisconfigurationException(
+                    "Choosing method=`trace` requires either `example_inputs` or `model.example_input_array` "
+                    "to be defined. Pass `example_inputs=` or set `self.example_input_array` in `__init__`."
+                )
+            example_inputs = self.example_input_array
+        mode = self.training
+        self._jit_is_scripting = True  # torch.jit reads every property; without a Trainer `trainer` must not raise
+        try:
+            if method == "script":
+                compiled = torch.jit.script(self.eval(), **kwargs)
+            else:
+                compiled = torch.jit.trace(func=self.eval(), example_inputs=self._example_on_device(example_inputs),
+                                           **kwargs)
+        finally:
+            del self._jit_is_scripting  # back to the class default
+            self.train(mode)
+        if file_path is not None:
+            from fulmen.checkpoint import get_filesystem
+
+            with get_filesystem(file_path).open(str(file_path), "wb") as f:
+                torch.jit.save(compiled, f)
+        return compiled
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: Any = None, input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export the module to ONNX at ``file_path`` with ``torch.onnx.export``; return what that returns.
+
+        ``input_sample`` (default ``self.example_input_array``) goes through the batch-transfer hooks
+        to the module's device first. Keyword arguments go to ``torch.onnx.export``; torch's default
+        exporter (``dynamo=True``) needs ``onnx`` and ``onnxscript``: ``pip install 'fulmen[onnx]'``.
+
+        Example::
+
+            model.to_onnx("model.onnx", torch.randn(1, 64))
+            model.to_onnx("model.onnx", torch.randn(1, 64), dynamo=False, export_params=True)
+        """
+        from fulmen.errors import missing_extra
+        from fulmen.utilities.imports import package_available
+
+        feature = f"`{type(self).__name__}.to_onnx()`"
+        if not package_available("onnx"):
+            raise missing_extra("onnx", "onnx", feature)
+        if kwargs.get("dynamo", True) and not package_available("onnxscript"):
+            raise missing_extra("onnxscript", "onnx", feature + " (torch's default exporter, dynamo=True)")
+        if input_sample is None:
+            if self.example_input_array is None:
+                raise MisconfigurationException(
+                    "Could not export to ONNX since neither `input_sample` nor `model.example_input_array` attribute "
+                    "is set. Pass `input_sample=` or set `self.example_input_array` in `__init__`."
+                )
+            input_sample = self.example_input_array
+        input_sample = self._example_on_device(input_sample)
+        if isinstance(file_path, os.PathLike):
+            file_path = os.fspath(file_path)
+        mode = self.training
+        try:
+            return torch.onnx.export(self, input_sample, file_path, **kwargs)
+        finally:
+            self.train(mode)
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
@@ -593,3 +684,10 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
         return load_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                     strict=strict, weights_only=weights_only, **kwargs)
+
+
+# properties TorchScript must not compile (see to_torchscript): they reach the Trainer or Python-only state
+LightningModule.__jit_unused_properties__ = sorted(
+    {name for cls in (LightningModule, HyperparametersMixin) for name, value in vars(cls).items()
+     if isinstance(value, property)}
+)
