@@ -99,3 +99,37 @@ def test_rich_summary(capsys):
     RichModelSummary(max_depth=2).summarize(summarize(Known(), max_depth=2))
     out = capsys.readouterr().out
     assert "BatchNorm1d" in out and "2.4 K" in out and "Total params" in out and "eval" in out
+
+
+def test_summarize_override_with_lightnings_signature_gets_the_table_and_totals(capsys):
+    got = {}
+
+    class Capture(ModelSummary):
+        @staticmethod
+        def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                      total_flops, **summarize_kwargs):
+            got.update(data=dict(summary_data), total=total_parameters, trainable=trainable_parameters,
+                       size=model_size, modes=total_training_modes, flops=total_flops, kwargs=summarize_kwargs)
+
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[Capture(max_depth=1, extra="x")])
+    trainer.fit(Known(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 32)), batch_size=2))
+    assert capsys.readouterr().out == ""
+    assert got["data"]["Name"] == ["enc", "head"] and got["data"]["Params"] == ["2.2 K", "130  "]
+    assert got["data"]["FLOPs"] == ["16.4 K", "1.0 K"] and got["data"]["In sizes"] == ["[4, 32]", "[4, 64]"]
+    assert (got["total"], got["trainable"], got["modes"], got["flops"]) == (2370, 2240, {"train": 4, "eval": 1}, 17408)
+    assert got["size"] == pytest.approx(2370 * 4 / 1e6) and got["kwargs"] == {"extra": "x"}
+
+
+def test_default_callback_prints_lightnings_table(capsys):
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False)
+    trainer.fit(Known(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 32)), batch_size=2))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [
+        "  | Name | Type       | Params | Mode  | FLOPs  | In sizes | Out sizes",
+        "-" * 76,
+        "0 | enc  | Sequential | 2.2 K  | train | 16.4 K | [4, 32]  | [4, 64]  ",
+        "1 | head | Linear     | 130    | train | 1.0 K  | [4, 64]  | [4, 2]   ",
+    ]
+    assert "130       Non-trainable params" in lines and "17.4 K    Total Flops" in lines

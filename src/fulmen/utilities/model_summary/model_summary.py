@@ -23,11 +23,12 @@ from fulmen.summary import _UNKNOWN, Summary
 from fulmen.summary import summarize as _summarize
 
 __all__ = [
-    "LayerSummary", "ModelSummary", "get_formatted_model_size", "get_human_readable_count", "parse_batch_shape",
-    "summarize",
+    "LayerSummary", "ModelSummary", "format_summary_table", "get_formatted_model_size", "get_human_readable_count",
+    "parse_batch_shape", "summarize",
 ]
 
 UNKNOWN_SIZE = _UNKNOWN
+NOT_APPLICABLE = "n/a"
 
 
 def get_human_readable_count(number: int) -> str:
@@ -148,6 +149,8 @@ class ModelSummary:
         self._model = model
         self._max_depth = max_depth
         self._summary: Summary = _summarize(model, max_depth=max_depth)
+        if not self._summary.layers and getattr(model, "example_input_array", None) is not None:
+            self._summary.total_flops = _summarize(model, max_depth=1).total_flops  # no rows, but the total counts
 
     @property
     def max_depth(self) -> int:
@@ -221,13 +224,59 @@ class ModelSummary:
         ]
         if getattr(self._model, "example_input_array", None) is not None:
             data += [("In sizes", [str(s) for s in self.in_sizes]), ("Out sizes", [str(s) for s in self.out_sizes])]
+        leftover = self.total_parameters - self.total_layer_params
+        if leftover > 0:  # parameters of the module itself, or of rows below max_depth: one more row, as Lightning
+            for i, (header, cells) in enumerate(data):
+                cells.append(" " if i == 0 else "other params" if header == "Name" else
+                             get_human_readable_count(leftover) if header == "Params" else NOT_APPLICABLE)
         return data
 
     def __str__(self) -> str:
-        return str(self._summary)
+        return format_summary_table(self.total_parameters, self.trainable_parameters, self.model_size,
+                                    self.total_training_modes, self.total_flops, *self._get_summary_data())
 
     def __repr__(self) -> str:
         return str(self)
+
+
+def summary_totals(total_parameters: int, trainable_parameters: int, model_size: float,
+                   total_training_modes: dict[str, int], total_flops: int) -> list[tuple[str, str]]:
+    """The lines under the table as ``(value, label)``, spelled as Lightning spells them."""
+    return [
+        (get_human_readable_count(trainable_parameters), "Trainable params"),
+        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+        (get_human_readable_count(total_parameters), "Total params"),
+        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+        (str(total_training_modes.get("train", 0)), "Modules in train mode"),
+        (str(total_training_modes.get("eval", 0)), "Modules in eval mode"),
+        (get_human_readable_count(total_flops), "Total Flops"),
+    ]
+
+
+def format_summary_table(total_parameters: int, trainable_parameters: int, model_size: float,
+                         total_training_modes: dict[str, int], total_flops: int,
+                         *summary_data: tuple[str, list[str]]) -> str:
+    """The summary table from its columns (``(header, cells)``, as ``ModelSummary._get_summary_data()``
+    gives them) and the totals under it.
+
+    Example::
+
+        s = ModelSummary(model)
+        print(format_summary_table(s.total_parameters, s.trainable_parameters, s.model_size,
+                                   s.total_training_modes, s.total_flops, *s._get_summary_data()))
+    """
+    widths = [max([len(header), *map(len, cells)]) for header, cells in summary_data]
+    rows = max((len(cells) for _, cells in summary_data), default=0)
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    rule = "-" * (sum(widths) + 3 * (len(widths) + 1))
+    out = []
+    if summary_data:
+        out += [line([h for h, _ in summary_data]), rule]
+        out += [line([cells[i] for _, cells in summary_data]) for i in range(rows)]
+        out.append(rule)
+    totals = summary_totals(total_parameters, trainable_parameters, model_size, total_training_modes, total_flops)
+    out += [f"{value:<10}{label}" for value, label in totals]
+    return "\n".join(out)
 
 
 def summarize(lightning_module: nn.Module, max_depth: int = 1) -> ModelSummary:
