@@ -71,3 +71,10 @@ class UnknownArgumentError(MisconfigurationException, TypeError):
 
     Also a ``TypeError``, like Python's own error for an unexpected keyword argument.
     """
+
+
+class MonitorNotFoundError(MisconfigurationException, RuntimeError):
+    """A callback monitors a metric that was not logged; the message lists the metrics that were.
+
+    Also a ``RuntimeError``, the type Lightning raises here, so ``except RuntimeError`` in ported code still works.
+    """

@@ -64,8 +64,12 @@ def test_stops_where_lightning_stops(case):
 
 
 def test_missing_metric_strict_and_not_strict():
-    with pytest.raises(MisconfigurationException, match=r"'nope'.*\['val_loss'\].*strict=False"):
+    # Lightning's wording and type (RuntimeError) first, then fulmen's hint
+    with pytest.raises(RuntimeError, match=r"^Early stopping conditioned on metric `nope` which is not available\. Pass "
+                       r"in or modify your `EarlyStopping` callback to use any of the following: `val_loss`.*strict=False"
+                       ) as err:
         _fit(EarlyStopping(monitor="nope"))
+    assert isinstance(err.value, MisconfigurationException)
     es = EarlyStopping(monitor="nope", strict=False)
     assert _fit(es).current_epoch == len(VAL) and es.stopping_reason == EarlyStoppingReason.NOT_STOPPED
 
@@ -95,5 +99,5 @@ def test_state_is_checkpointed(tmp_path):
 
 
 def test_invalid_mode():
-    with pytest.raises(MisconfigurationException, match="mode='min' or mode='max'"):
+    with pytest.raises(MisconfigurationException, match="^`mode` can be min, max, got lowest.*mode='min' or mode='max'"):
         EarlyStopping(monitor="x", mode="lowest")

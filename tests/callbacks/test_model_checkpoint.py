@@ -164,16 +164,31 @@ def test_format_checkpoint_name():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(save_top_k=-2), "save_top_k"),
-    (dict(save_top_k=3), "needs a `monitor`"),
-    (dict(every_n_epochs=1, every_n_train_steps=5), "pick one"),
-    (dict(mode="maximum"), "mode='min' or mode='max'"),
-    (dict(every_n_train_steps=-1), "every_n_train_steps"),
+    # Lightning's words first (matched by code and tests written for it), then fulmen's hint
+    (dict(save_top_k=-2), r"^Invalid value for save_top_k=-2\. Must be >= -1"),
+    (dict(save_top_k=3), r"^ModelCheckpoint\(save_top_k=3, monitor=None\) is not a valid configuration.*monitor="),
+    (dict(every_n_epochs=1, every_n_train_steps=5), "should be mutually exclusive. Pick one"),
+    (dict(mode="maximum"), "^`mode` can be min, max but got maximum. Use mode='min' or mode='max'"),
+    (dict(every_n_train_steps=-1), r"^Invalid value for every_n_train_steps=-1\. Must be >= 0"),
     (dict(save_last="yes"), "save_last"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(MisconfigurationException, match=match):
         ModelCheckpoint(**kwargs)
+
+
+def test_missing_monitor_keeps_lightnings_wording_and_type(tmp_path):
+    import fulmen as pl
+    from fulmen.demos import BoringModel
+
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, default_root_dir=tmp_path,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[ModelCheckpoint(monitor="val_acc")])
+    with pytest.raises(RuntimeError, match=r"^`ModelCheckpoint\(monitor='val_acc'\)` could not find the monitored key "
+                       r"in the returned metrics: .*HINT: Did you call `log\('val_acc', value\)` in the "
+                       r"`LightningModule`\?") as err:
+        trainer.fit(BoringModel())
+    assert isinstance(err.value, MisconfigurationException)
 
 
 def test_best_and_last_for_evaluation(tmp_path):

@@ -154,3 +154,49 @@ def test_logging_outside_a_loggable_hook():
 def test_every_error_is_in_the_family():
     for cls in (MisconfigurationException, UnknownArgumentError, pl.errors.CheckpointError):
         assert issubclass(cls, FulmenError)
+
+
+def test_configuration_errors_begin_with_lightnings_sentences():
+    # code and tests written for Lightning match on these sentences; fulmen's fix follows them
+    import torch
+    from torch.utils.data import DataLoader
+
+    from fulmen.errors import MisconfigurationException
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Manual(M):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    class NoStep(pl.LightningModule):
+        def configure_optimizers(self):
+            return None
+
+    loader = DataLoader(torch.randn(4, 2))
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    cases = [
+        (lambda: pl.Trainer(**quiet).validate(M(), loader),
+         r"^No `validation_step\(\)` method defined to run `Trainer.validate`\. Define"),
+        (lambda: pl.Trainer(**quiet).test(M(), loader), r"^No `test_step\(\)` method defined to run `Trainer.test`\."),
+        (lambda: pl.Trainer(max_steps=1, gradient_clip_val=1.0, **quiet).fit(Manual(), loader),
+         r"^Automatic gradient clipping is not supported for manual optimization\. Remove "
+         r"`Trainer\(gradient_clip_val=1\.0\)` or switch to automatic optimization.*clip_gradients"),
+        (lambda: pl.Trainer(max_steps=1, accumulate_grad_batches=2, **quiet).fit(Manual(), loader),
+         r"^Automatic gradient accumulation is not supported for manual optimization\. Remove "
+         r"`Trainer\(accumulate_grad_batches=2\)`"),
+        (lambda: pl.Trainer(max_steps=1, **quiet).fit(NoStep(), loader), r"^No `training_step\(\)` method defined\."),
+    ]
+    for run, match in cases:
+        with pytest.raises(MisconfigurationException, match=match):
+            run()

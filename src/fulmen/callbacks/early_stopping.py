@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fulmen.callbacks.callback import Callback
-from fulmen.errors import MisconfigurationException
+from fulmen.errors import MisconfigurationException, MonitorNotFoundError
 from fulmen.trainer.state import TrainerFn
 from fulmen.utilities import rank_zero_info, rank_zero_warn
 
@@ -60,7 +60,10 @@ class EarlyStopping(Callback):
         log_rank_zero_only: bool = False,
     ) -> None:
         if mode not in self.mode_dict:
-            raise MisconfigurationException(f"EarlyStopping(mode={mode!r}): use mode='min' or mode='max'.")
+            # Lightning's words first: code and tests match on them
+            raise MisconfigurationException(
+                f"`mode` can be {', '.join(self.mode_dict)}, got {mode}. Use mode='min' or mode='max'."
+            )
         self.monitor = monitor
         self.patience = patience
         self.verbose = verbose
@@ -123,13 +126,14 @@ class EarlyStopping(Callback):
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
         if logs.get(self.monitor) is not None:
             return True
+        # Lightning's words first (code and tests match on them), then how to fix it
         message = (
-            f"EarlyStopping(monitor={self.monitor!r}) found no metric {self.monitor!r}; the metrics logged are "
-            f"{sorted(logs)}. Log it with `self.log({self.monitor!r}, value)`, monitor one of those, or pass "
-            "strict=False to skip checks where it is missing."
+            f"Early stopping conditioned on metric `{self.monitor}` which is not available. Pass in or modify your "
+            f"`EarlyStopping` callback to use any of the following: `{'`, `'.join(logs)}`. Log it with "
+            f"`self.log({self.monitor!r}, value)`, or pass strict=False to skip checks where it is missing."
         )
         if self.strict:
-            raise MisconfigurationException(message)
+            raise MonitorNotFoundError(message)
         if self.verbose:
             rank_zero_warn(message, RuntimeWarning)
         return False

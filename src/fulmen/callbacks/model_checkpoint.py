@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fulmen import checkpoint as _io
 from fulmen.callbacks.callback import Callback
-from fulmen.errors import MisconfigurationException
+from fulmen.errors import MisconfigurationException, MonitorNotFoundError
 from fulmen.trainer.state import TrainerFn
 from fulmen.utilities import rank_zero_info, rank_zero_warn
 
@@ -84,28 +84,31 @@ class ModelCheckpoint(Checkpoint):
         enable_version_counter: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
-            raise MisconfigurationException(f"ModelCheckpoint(mode={mode!r}): use mode='min' or mode='max'.")
+            # Lightning's words first in these messages: code and tests match on them
+            raise MisconfigurationException(f"`mode` can be min, max but got {mode}. Use mode='min' or mode='max'.")
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationException(f"ModelCheckpoint(save_last={save_last!r}): use True, False or 'link'.")
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise MisconfigurationException(
-                f"ModelCheckpoint(save_top_k={save_top_k!r}): use -1 (keep all), 0 (keep none) or a count k >= 1."
+                f"Invalid value for save_top_k={save_top_k!r}. Must be >= -1: -1 keeps all, 0 none, k >= 1 the best k."
             )
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs, every_n_train_steps = 1, 0
         every_n_epochs, every_n_train_steps = every_n_epochs or 0, every_n_train_steps or 0
         for flag, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if not isinstance(value, int) or value < 0:
-                raise MisconfigurationException(f"ModelCheckpoint({flag}={value!r}): pass an integer >= 0.")
+                raise MisconfigurationException(f"Invalid value for {flag}={value!r}. Must be >= 0 (an integer).")
         if (every_n_train_steps > 0) + (every_n_epochs > 0) + (train_time_interval is not None) > 1:
             raise MisconfigurationException(
-                f"ModelCheckpoint got every_n_train_steps={every_n_train_steps}, every_n_epochs={every_n_epochs} and "
-                f"train_time_interval={train_time_interval}; pick one of them to say when to save."
+                f"Combination of parameters every_n_train_steps={every_n_train_steps}, every_n_epochs={every_n_epochs} "
+                f"and train_time_interval={train_time_interval} should be mutually exclusive. Pick one of them to say "
+                "when to save."
             )
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationException(
-                f"ModelCheckpoint(save_top_k={save_top_k}) needs a `monitor` to rank checkpoints by. Pass "
-                "monitor='val_loss' (say), or save_top_k=-1 to keep every checkpoint."
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration. No quantity "
+                "for top_k to track: it needs a `monitor` to rank checkpoints by. Pass monitor='val_loss' (say), or "
+                "save_top_k=-1 to keep every checkpoint."
             )
         self.monitor = monitor
         self.verbose = verbose
@@ -285,10 +288,11 @@ class ModelCheckpoint(Checkpoint):
             return
         if self.monitor not in candidates:
             logged = sorted(k for k in candidates if k not in ("epoch", "step"))
-            raise MisconfigurationException(
-                f"ModelCheckpoint(monitor={self.monitor!r}) found no metric {self.monitor!r}; the metrics logged are "
-                f"{logged}. Log it with `self.log({self.monitor!r}, value)` (in validation_step for a validation "
-                "metric), or monitor one of those."
+            raise MonitorNotFoundError(
+                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find the monitored key in the returned "
+                f"metrics: {logged}. HINT: Did you call `log({self.monitor!r}, value)` in the `LightningModule`? "
+                f"Log it with `self.log({self.monitor!r}, value)` (in validation_step for a validation metric), or "
+                "monitor one of those."
             )
         current = candidates[self.monitor]
         if self.check_monitor_top_k(trainer, current):

@@ -33,13 +33,14 @@ def check_fit_configuration(model: Any) -> None:
     lm = _module_cls()
     if not is_overridden("training_step", model, lm):
         raise MisconfigurationException(
-            f"{type(model).__name__} has no `training_step(self, batch, batch_idx)`, which trainer.fit needs. Define it "
-            "and return the loss."
+            # Lightning's first sentence (users and tests match on it), then fulmen's fix
+            f"No `training_step()` method defined. {type(model).__name__} needs `training_step(self, batch, "
+            "batch_idx)` for trainer.fit: define it and return the loss."
         )
     if not is_overridden("configure_optimizers", model, lm):
         raise MisconfigurationException(
-            f"{type(model).__name__} has no `configure_optimizers(self)`, which trainer.fit needs. Define it, e.g. "
-            "`return torch.optim.Adam(self.parameters(), lr=1e-3)`."
+            f"No `configure_optimizers()` method defined. {type(model).__name__} needs `configure_optimizers(self)` "
+            "for trainer.fit: define it, e.g. `return torch.optim.Adam(self.parameters(), lr=1e-3)`."
         )
 
 
@@ -123,14 +124,17 @@ def _merge_model_callbacks(trainer: Any, module: Any) -> None:
 
 def _setup_optimizers(trainer: Any, module: Any) -> None:
     if not module.automatic_optimization:
-        for flag, value, default, instead in (
-            ("accumulate_grad_batches", trainer.accumulate_grad_batches, 1, "step every N batches in training_step"),
-            ("gradient_clip_val", trainer.gradient_clip_val, None, "call self.clip_gradients(opt, ...) before opt.step()"),
+        for what, flag, value, default, instead in (
+            ("accumulation", "accumulate_grad_batches", trainer.accumulate_grad_batches, 1,
+             "step every N batches in training_step"),
+            ("clipping", "gradient_clip_val", trainer.gradient_clip_val, None,
+             "call self.clip_gradients(opt, ...) before opt.step()"),
         ):
             if value not in (default, 0):
-                raise MisconfigurationException(
-                    f"Trainer({flag}={value!r}) works with automatic optimization only, and "
-                    f"{type(module).__name__} sets automatic_optimization=False. Remove the flag and {instead}."
+                raise MisconfigurationException(  # Lightning's first sentence, then fulmen's fix
+                    f"Automatic gradient {what} is not supported for manual optimization. Remove "
+                    f"`Trainer({flag}={value!r})` or switch to automatic optimization: {type(module).__name__} sets "
+                    f"automatic_optimization=False, so {instead}."
                 )
     trainer._metrics.current = None
     optimizers, configs = parse_optimizers(trainer._call_module("configure_optimizers"))
@@ -812,8 +816,8 @@ def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
     step = "validation_step" if stage == RunningStage.VALIDATING else "test_step"
     if not is_overridden(step, trainer.lightning_module, _module_cls()):
         raise MisconfigurationException(
-            f"trainer.{stage.value}() needs `{step}(self, batch, batch_idx)` on {type(trainer.lightning_module).__name__}. "
-            "Define it and log metrics in it with self.log."
+            f"No `{step}()` method defined to run `Trainer.{stage.value}`. Define `{step}(self, batch, batch_idx)` "
+            f"on {type(trainer.lightning_module).__name__} and log metrics in it with self.log."
         )
     loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)
     if not loaders:
