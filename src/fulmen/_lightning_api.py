@@ -339,7 +339,6 @@ OMITTED: dict[str, str] = {
     "utilities.exceptions:SIGTERMException": "Not raised by fulmen: on SIGTERM the Trainer stops the run itself.",
     "utilities.model_summary:DeepSpeedSummary": _SHARDED,
     "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,
-    "utilities.model_summary.model_summary:NOT_APPLICABLE": _INTERNAL,
     "utilities.model_summary.model_summary:PARAMETER_NUM_UNITS": _INTERNAL,
     "utilities.parsing:clean_namespace": _INTERNAL,
     "utilities.parsing:collect_init_args": "Internal to `save_hyperparameters()`; call that instead.",
