@@ -530,3 +530,76 @@ def test_http_without_aiohttp_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'fulmen\[http\]'") as err:
         ck.load_checkpoint("https://127.0.0.1:9/never-contacted.ckpt")
     assert isinstance(err.value, FulmenError)
+
+
+# --- damaged files are named, with what is wrong (issue 13, item 3) ------------------------------
+
+
+def test_cut_at_any_length_is_reported_as_corrupted_naming_the_file(tmp_path):
+    """The zip end records fix a file's length, so no cut (even inside the checksum comment) loads."""
+    from fulmen.errors import CheckpointCorruptedError
+
+    path = tmp_path / "small.ckpt"
+    ck.save_checkpoint({"state_dict": {"w": torch.randn(8, 8)}, "epoch": 1}, path)
+    data = path.read_bytes()
+    for cut in list(range(0, len(data), 97)) + list(range(len(data) - 140, len(data))):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointCorruptedError, match="corrupt or truncated") as info:
+            ck.load_checkpoint(path)
+        assert str(path) in str(info.value)
+        assert ("empty" if cut == 0 else f"it is {cut} bytes long") in str(info.value) or "damaged" in str(info.value)
+    path.write_bytes(data)
+    assert ck.load_checkpoint(path)["epoch"] == 1
+
+
+def test_bit_flip_and_zero_length_are_corrupted_errors(tmp_path):
+    from fulmen.errors import CheckpointCorruptedError
+
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptedError, match="checksum mismatch"):
+        ck.load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointCorruptedError, match=r"empty \(0 bytes\)"):
+        ck.load_checkpoint(path)
+
+
+def test_header_read_is_cheap_and_checks_the_length(tmp_path):
+    from fulmen.errors import CheckpointCorruptedError
+
+    path = tmp_path / "h.ckpt"
+    ck.save_checkpoint({"global_step": 7, "state_dict": {"w": torch.randn(64, 64)}}, path)
+    assert ck.read_checkpoint_header(path)["global_step"] == 7
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CheckpointCorruptedError, match="h.ckpt"):
+        ck.read_checkpoint_header(path)
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
+def test_failed_save_names_path_and_cause_and_keeps_the_old_file(tmp_path, monkeypatch, errno_name):
+    import errno
+
+    from fulmen.errors import CheckpointSaveError
+
+    path = tmp_path / "last.ckpt"
+    ck.save_checkpoint({"v": 1}, path)
+
+    def fail(self, data):
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+
+    monkeypatch.setattr(ck._ChecksumWriter, "write", fail)
+    with pytest.raises(CheckpointSaveError, match=os.strerror(getattr(errno, errno_name))) as info:
+        ck.save_checkpoint({"v": 2}, path)
+    assert str(path) in str(info.value) and isinstance(info.value, OSError)
+    monkeypatch.undo()
+    assert ck.load_checkpoint(path) == {"v": 1} and leftovers(tmp_path) == []
+
+
+def test_save_under_a_path_that_is_a_file_names_it(tmp_path):
+    from fulmen.errors import CheckpointSaveError
+
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(CheckpointSaveError, match="blocker.*A file stands where a directory is needed"):
+        ck.save_checkpoint({"v": 1}, tmp_path / "blocker" / "a.ckpt")

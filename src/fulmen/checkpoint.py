@@ -4,6 +4,9 @@
   so ``path`` always holds either the old file or the complete new one, never a half-written one.
 - The file is an ordinary ``torch.save`` zip archive; fulmen puts a SHA-256 of the archive in the zip's
   comment field, which zip readers (``torch.load`` included) ignore. :func:`load_checkpoint` verifies it.
+  The zip's end records fix the file's exact length, so a file cut short anywhere (even inside the
+  comment) is caught before loading; damage raises :class:`~fulmen.errors.CheckpointCorruptedError`,
+  naming the file and the problem, and a failed save raises :class:`~fulmen.errors.CheckpointSaveError`.
   Files without it (e.g. written by Lightning) load without verification.
 - :func:`load_checkpoint` unpickles only tensors, containers and an allowlist of plain types
   (``torch.load(weights_only=True)``); anything else needs an explicit ``trusted=True``.
@@ -33,7 +36,7 @@ from typing import IO, Any, Callable, Union
 
 import torch
 
-from fulmen.errors import CheckpointError, UntrustedCheckpointError
+from fulmen.errors import CheckpointCorruptedError, CheckpointError, CheckpointSaveError, UntrustedCheckpointError
 
 __all__ = [
     "CheckpointIO",
@@ -277,19 +280,55 @@ class _ChecksumWriter:
         self.raw.write(end[:-2] + struct.pack("<H", len(footer)) + footer)
 
 
-def _stored_checksum(tail: bytes, path: str) -> str | None:
-    """The digest recorded in a file's last bytes; ``None`` for files without one (e.g. from Lightning)."""
-    end = tail[-(_EOCD_SIZE + _FOOTER_SIZE) :]
-    if (
-        len(end) == _EOCD_SIZE + _FOOTER_SIZE
-        and end.startswith(_EOCD_SIGNATURE)
-        and end[_EOCD_SIZE - 2 : _EOCD_SIZE] == struct.pack("<H", _FOOTER_SIZE)
-        and end[_EOCD_SIZE:].startswith(_CHECKSUM_MAGIC)
-    ):
-        return end[_EOCD_SIZE + len(_CHECKSUM_MAGIC) :].decode("ascii", "replace")
-    if _CHECKSUM_MAGIC in tail:  # our footer, but not where it belongs: truncated or damaged
-        raise CheckpointError(_corrupt_message(path, "its checksum record is damaged or misplaced"))
-    return None
+class _Archive:
+    """What a checkpoint's last bytes say about it: the checksum it carries, if any."""
+
+    def __init__(self, checksum: str | None) -> None:
+        self.checksum = checksum
+
+
+def _check_archive(size: int, read_at: Callable[[int, int], bytes], path: str) -> _Archive:
+    """Check a zip checkpoint's end records against its length; return the checksum it carries, if any.
+
+    A zip archive ends with an end record that gives the central directory's offset and size and the
+    comment's length (torch adds a zip64 record and locator before it). Together they fix the file's exact
+    length, so a file cut anywhere (even inside fulmen's checksum comment) fails here, by name.
+    """
+    tail_len = min(size, _EOCD_SIZE + _FOOTER_SIZE + 1024)
+    tail = read_at(size - tail_len, tail_len)
+    pos = tail.rfind(_EOCD_SIGNATURE, 0, max(0, len(tail) - _EOCD_SIZE + 4))
+    while pos >= 0:  # the real end record is the last one whose comment ends exactly at the end of the file
+        (comment_len,) = struct.unpack("<H", tail[pos + 20 : pos + 22])
+        if pos + _EOCD_SIZE + comment_len == len(tail):
+            break
+        pos = tail.rfind(_EOCD_SIGNATURE, 0, pos)
+    if pos < 0:
+        found = _CHECKSUM_MAGIC in tail or _EOCD_SIGNATURE in tail
+        raise CheckpointCorruptedError(_corrupt_message(
+            path, f"it is {size} bytes long, but its zip end record "
+            + ("is incomplete" if found else "is missing") + ": the file was cut short"))
+    eocd_at = size - tail_len + pos
+    cd_size, cd_offset = struct.unpack("<II", tail[pos + 12 : pos + 20])
+    locator = tail[pos - 20 : pos] if pos >= 20 else read_at(eocd_at - 20, 20) if eocd_at >= 20 else b""
+    if locator[:4] == b"PK\x06\x07":  # zip64: the real offsets live in the zip64 end record
+        (z64_at,) = struct.unpack("<Q", locator[8:16])
+        record = read_at(z64_at, 56) if z64_at + 56 <= size else b""
+        if record[:4] != b"PK\x06\x06":
+            raise CheckpointCorruptedError(_corrupt_message(path, "its zip64 end record is missing or damaged"))
+        (rest,) = struct.unpack("<Q", record[4:12])
+        cd_size, cd_offset = struct.unpack("<QQ", record[40:56])
+        end_of_cd, expected_at = z64_at, z64_at + 12 + rest + 20
+    else:
+        end_of_cd, expected_at = eocd_at, eocd_at
+    if cd_offset + cd_size != end_of_cd or expected_at != eocd_at:
+        raise CheckpointCorruptedError(_corrupt_message(
+            path, f"its zip records disagree about its length ({size} bytes on disk): part of it is missing"))
+    comment = tail[pos + _EOCD_SIZE :]
+    if comment.startswith(_CHECKSUM_MAGIC):
+        if len(comment) != _FOOTER_SIZE:
+            raise CheckpointCorruptedError(_corrupt_message(path, "its checksum record is damaged"))
+        return _Archive(comment[len(_CHECKSUM_MAGIC) :].decode("ascii", "replace"))
+    return _Archive(None)
 
 
 def _sha256_of_file(path: str, length: int) -> str:
@@ -436,6 +475,95 @@ def _looks_damaged(err: BaseException) -> bool:
     )
 
 
+class _Source:
+    """One checkpoint file opened for reading: its size, first bytes, random access, and a torch.load source."""
+
+    def __init__(self, path: PathLike, storage_options: dict | None) -> None:
+        self.shown = shown = os.fspath(path)
+        self.local = local = _local_path(path)
+        self.data: bytes | None = None
+        if local is not None:
+            if not os.path.exists(local):
+                raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
+            if os.path.isdir(local):
+                candidates = sorted(n for n in os.listdir(local) if n.endswith(".ckpt"))[:5]
+                hint = f" It contains: {', '.join(candidates)}." if candidates else ""
+                raise CheckpointError(
+                    f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.{hint} "
+                    "(Sharded DeepSpeed/FSDP checkpoints are directories read by their strategy, not by this function.)"
+                )
+            self.size = os.path.getsize(local)
+            with open(local, "rb") as f:
+                self.head = f.read(4)
+        else:
+            fs, remote_path = _remote(path, storage_options)
+            if not fs.exists(remote_path):
+                raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
+            # over HTTP every URL is a file, and asking whether it is a directory can download it whole
+            if not _is_http(path) and fs.isdir(remote_path):
+                raise CheckpointError(f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.")
+            with fs.open(remote_path, "rb") as f:
+                self.data = f.read()  # torch.load reads the whole file anyway; read it once and verify in memory
+            self.size, self.head = len(self.data), self.data[:4]
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        if self.data is not None:
+            return self.data[max(0, offset) : max(0, offset) + n]
+        with open(self.local, "rb") as f:
+            f.seek(max(0, offset))
+            return f.read(n)
+
+    def opener(self) -> Any:
+        return self.local if self.data is None else io.BytesIO(self.data)
+
+    def check(self) -> _Archive:
+        """Fail with :class:`CheckpointCorruptedError` unless the file is whole; return what its end says."""
+        if self.size == 0:
+            raise CheckpointCorruptedError(_corrupt_message(self.shown, "the file is empty (0 bytes)"))
+        if self.head.startswith(b"\x80"):  # torch's legacy (non-zip) format: no end records to check
+            return _Archive(None)
+        if self.head != b"PK\x03\x04":
+            raise CheckpointError(
+                f"{self.shown!r} is not a PyTorch checkpoint (expected a file written by torch.save, "
+                "Trainer.save_checkpoint or fulmen.checkpoint.save_checkpoint)."
+            )
+        return _check_archive(self.size, self.read_at, self.shown)
+
+
+def read_checkpoint_header(path: PathLike, storage_options: dict | None = None) -> dict[str, Any]:
+    """The checkpoint's top-level entries without reading its tensors' data (local files are memory-mapped).
+
+    The file's length and end records are checked (not its checksum, which needs every byte): a cut-short
+    file raises :class:`~fulmen.errors.CheckpointCorruptedError`. Used to rank candidate checkpoints cheaply.
+
+    Example::
+
+        read_checkpoint_header("runs/last.ckpt")["global_step"]  # 1200
+    """
+    source = _Source(path, storage_options)
+    source.check()
+    try:
+        if source.local is not None and source.head == b"PK\x03\x04":
+            with torch.serialization.safe_globals(_default_safe_types()) if hasattr(
+                torch.serialization, "safe_globals"
+            ) else _nullcontext():
+                return torch.load(source.local, map_location="cpu", weights_only=True, mmap=True)
+        return _torch_load(source.opener(), "cpu", False)
+    except Exception as err:
+        if _looks_damaged(err):
+            first_line = str(err).strip().split("\n")[0][:160]
+            raise CheckpointCorruptedError(_corrupt_message(source.shown, f"{type(err).__name__}: {first_line}")) from err
+        raise
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 def load_checkpoint(
     path: PathLike,
     map_location: Any = None,
@@ -463,45 +591,12 @@ def load_checkpoint(
         legacy = load_checkpoint("my_own_old.ckpt", trusted=True)
     """
     trusted = trusted or weights_only is False
-    shown = os.fspath(path)
-    local = _local_path(path)
-    if local is not None:
-        if not os.path.exists(local):
-            raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
-        if os.path.isdir(local):
-            candidates = sorted(n for n in os.listdir(local) if n.endswith(".ckpt"))[:5]
-            hint = f" It contains: {', '.join(candidates)}." if candidates else ""
-            raise CheckpointError(
-                f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.{hint} "
-                "(Sharded DeepSpeed/FSDP checkpoints are directories read by their strategy, not by this function.)"
-            )
-        size = os.path.getsize(local)
-        with open(local, "rb") as f:
-            head = f.read(4)
-            f.seek(max(0, size - 2 * (_EOCD_SIZE + _FOOTER_SIZE)))
-            tail = f.read()
-        opener: Callable[[], Any] = lambda: local  # noqa: E731
-    else:
-        fs, remote_path = _remote(path, storage_options)
-        if not fs.exists(remote_path):
-            raise CheckpointNotFoundError(f"Checkpoint {shown!r} does not exist. Check the path (and the run directory).")
-        # over HTTP every URL is a file, and asking whether it is a directory can download it whole
-        if not _is_http(path) and fs.isdir(remote_path):
-            raise CheckpointError(f"Checkpoint path {shown!r} is a directory; pass the checkpoint file inside it.")
-        with fs.open(remote_path, "rb") as f:
-            data = f.read()  # torch.load reads the whole file anyway; read it once and verify in memory
-        size, head, tail = len(data), data[:4], data[-2 * (_EOCD_SIZE + _FOOTER_SIZE) :]
-        opener = lambda: io.BytesIO(data)  # noqa: E731
-
-    if size == 0:
-        raise CheckpointError(_corrupt_message(shown, "the file is empty"))
-    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # zip format, or torch's legacy pickle format
-        raise CheckpointError(
-            f"{shown!r} is not a PyTorch checkpoint (expected a file written by torch.save, "
-            "Trainer.save_checkpoint or fulmen.checkpoint.save_checkpoint)."
-        )
-    expected = _stored_checksum(tail, shown) if verify else None
+    source = _Source(path, storage_options)
+    shown, local, size = source.shown, source.local, source.size
+    expected = source.check().checksum if verify else None
     hashed_length = size - _FOOTER_SIZE - 2
+    opener = source.opener
+    data = source.data
 
     # Hash on a second thread while torch.load reads: both release the GIL, so verification costs
     # little wall time. The result is returned only once the checksum has matched.
@@ -519,7 +614,7 @@ def load_checkpoint(
         except Exception as err:  # decided below, after the checksum is known
             error = err
         if actual is not None and actual.result() != expected:
-            raise CheckpointError(_corrupt_message(shown, "checksum mismatch")) from error
+            raise CheckpointCorruptedError(_corrupt_message(shown, "checksum mismatch: its bytes were altered")) from error
 
     if error is None:
         return result
@@ -535,7 +630,7 @@ def load_checkpoint(
             ) from error
     if expected is None and _looks_damaged(error):  # with a matching checksum the bytes are fine
         first_line = str(error).strip().split("\n")[0][:160]  # torch's messages run long; the cause is chained
-        raise CheckpointError(_corrupt_message(shown, f"{type(error).__name__}: {first_line}")) from error
+        raise CheckpointCorruptedError(_corrupt_message(shown, f"{type(error).__name__}: {first_line}")) from error
     raise error
 
 
@@ -553,6 +648,33 @@ def save_checkpoint(checkpoint: dict, path: PathLike, *, storage_options: dict |
         save_checkpoint({"state_dict": model.state_dict(), "epoch": 3}, "runs/epoch=3.ckpt")
         save_checkpoint(ckpt, "s3://bucket/run/last.ckpt", storage_options={"anon": False})
     """
+    try:
+        _save(checkpoint, path, storage_options)
+    except OSError as err:
+        if isinstance(err, CheckpointSaveError):
+            raise
+        raise CheckpointSaveError(_save_message(os.fspath(path), err)) from err
+
+
+def _save_message(path: str, err: OSError) -> str:
+    import errno
+
+    cause = err.strerror or str(err) or type(err).__name__
+    where = f" ({err.filename})" if getattr(err, "filename", None) and os.fspath(err.filename) != path else ""
+    fix = {
+        errno.ENOSPC: "Free some space or save elsewhere (ModelCheckpoint(dirpath=...)).",
+        errno.EDQUOT: "Free some space or save elsewhere (ModelCheckpoint(dirpath=...)).",
+        errno.EACCES: "Make the directory writable or save elsewhere (ModelCheckpoint(dirpath=...)).",
+        errno.EPERM: "Make the directory writable or save elsewhere (ModelCheckpoint(dirpath=...)).",
+        errno.EROFS: "The filesystem is read-only; save elsewhere (ModelCheckpoint(dirpath=...)).",
+        errno.EEXIST: "A file stands where a directory is needed; remove it or choose another dirpath.",
+        errno.ENOTDIR: "A file stands where a directory is needed; remove it or choose another dirpath.",
+        errno.EISDIR: "A directory stands at the checkpoint's path; remove it or choose another file name.",
+    }.get(err.errno or -1, "Check the path and the storage.")
+    return (f"Could not write checkpoint {path!r}: {cause}{where}. Earlier checkpoints are unchanged. {fix}")
+
+
+def _save(checkpoint: dict, path: PathLike, storage_options: dict | None) -> None:
     local = _local_path(path)
     if local is None:
         fs, remote_path = _remote(path, storage_options)
@@ -591,6 +713,8 @@ def save_checkpoint(checkpoint: dict, path: PathLike, *, storage_options: dict |
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
 
 
 # ---------------------------------------------------------------------------------------------------------

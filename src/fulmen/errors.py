@@ -34,6 +34,21 @@ class CheckpointError(FulmenError):
     """A checkpoint cannot be written or read: missing, corrupt, or not a fulmen/Lightning checkpoint."""
 
 
+class CheckpointCorruptedError(CheckpointError):
+    """A checkpoint file is damaged: cut short, empty, or with bytes that do not match its checksum.
+
+    The message names the file and what is wrong. ``ckpt_path="last"`` skips such files.
+    """
+
+
+class CheckpointSaveError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, permission denied, a path that is a file ...).
+
+    The message names the path and the cause; earlier checkpoints are left as they were. Also an
+    ``OSError``, so ``except OSError`` keeps working.
+    """
+
+
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint holds pickled objects beyond plain tensors and containers.
 

@@ -246,3 +246,39 @@ def test_save_on_exception(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(Boom(), _loader(), _loader())
     assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt"]
+
+
+def test_failed_save_keeps_earlier_files_and_consistent_bookkeeping(tmp_path, monkeypatch):
+    """A save that fails mid-run (here: the directory turns read-only) raises naming the path, and
+    top-k/best/last describe only files that are on disk and loadable."""
+    import errno
+
+    from fulmen import checkpoint as ck
+    from fulmen.errors import CheckpointSaveError
+
+    real_open = os.open
+
+    def read_only_after_epoch_1(path, flags, *args):
+        if str(path).startswith(str(tmp_path)) and trainer_ref[0].current_epoch >= 2 and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args)
+
+    trainer_ref = []
+
+    class Keep(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            trainer_ref.append(trainer)
+
+    monkeypatch.setattr(ck.os, "open", read_only_after_epoch_1)
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2, save_last=True)
+    with pytest.raises(CheckpointSaveError, match="Permission denied") as info:
+        _fit([Keep(), cb], epochs=4)
+    assert str(tmp_path) in str(info.value)
+    monkeypatch.undo()
+    on_disk = sorted(os.listdir(tmp_path))
+    assert on_disk == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert sorted(os.path.basename(p) for p in cb.best_k_models) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert os.path.basename(cb.best_model_path) == "epoch=1-step=8.ckpt" and float(cb.best_model_score) == pytest.approx(0.3)
+    assert os.path.basename(cb.last_model_path) == "last.ckpt"
+    for name in on_disk:
+        assert load_checkpoint(tmp_path / name)["global_step"] in (4, 8)

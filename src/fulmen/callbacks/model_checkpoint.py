@@ -281,8 +281,9 @@ class ModelCheckpoint(Checkpoint):
             return
         if self.monitor is None:
             path = self._free_path(trainer, candidates, self.best_model_path)
-            previous, self.best_model_path = self.best_model_path, path
-            self._save_checkpoint(trainer, path)
+            previous = self.best_model_path
+            self._save_checkpoint(trainer, path)  # bookkeeping changes only once the file is written
+            self.best_model_path = path
             if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, path):
                 trainer.strategy.remove_checkpoint(previous)
             return
@@ -313,28 +314,30 @@ class ModelCheckpoint(Checkpoint):
 
     def _update_best_and_save(self, current: Tensor, trainer: Any, candidates: dict[str, Tensor]) -> None:
         k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        best_k = dict(self.best_k_models)  # committed only once the file is written: a failed save changes nothing
         dropped = None
-        if len(self.best_k_models) == k:
+        if len(best_k) == k:
             dropped = self.kth_best_model_path
-            self.best_k_models.pop(dropped)
+            best_k.pop(dropped)
         if torch.isnan(current):  # a NaN never ranks as best
             current = torch.tensor(float("inf") if self.mode == "min" else float("-inf"), device=current.device)
         path = self._free_path(trainer, candidates, dropped)
-        self.current_score = current
-        self.best_k_models[path] = current
-        if len(self.best_k_models) == k:
-            worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        best_k[path] = current
         best = min if self.mode == "min" else max
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.get)
-        self.best_model_score = self.best_k_models[self.best_model_path]
+        best_path = best(best_k, key=best_k.get)
         if self.verbose:
             rank_zero_info(
                 f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}: {self.monitor!r} reached "
-                f"{float(current):0.5f} (best {float(self.best_model_score):0.5f}), saving model to {path!r} as top {k}"
+                f"{float(current):0.5f} (best {float(best_k[best_path]):0.5f}), saving model to {path!r} as top {k}"
             )
         self._save_checkpoint(trainer, path)
+        self.current_score = current
+        self.best_k_models = best_k
+        if len(best_k) == k:
+            worst = max if self.mode == "min" else min
+            self.kth_best_model_path = worst(best_k, key=best_k.get)
+            self.kth_value = best_k[self.kth_best_model_path]
+        self.best_model_path, self.best_model_score = best_path, best_k[best_path]
         if dropped and self._may_remove(trainer, dropped, path):
             trainer.strategy.remove_checkpoint(dropped)
 
@@ -347,13 +350,14 @@ class ModelCheckpoint(Checkpoint):
             while path != self.last_model_path and self.file_exists(path, trainer):
                 path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST, ver=version)
                 version += 1
-        previous, self.last_model_path = self.last_model_path, path
+        previous = self.last_model_path
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             if trainer.is_global_zero:
                 _io.link_or_copy(self._last_checkpoint_saved, path)
             trainer.strategy.barrier("ModelCheckpoint.link")
         else:
             self._save_checkpoint(trainer, path)
+        self.last_model_path = path
         if previous and self._may_remove(trainer, previous, path):
             trainer.strategy.remove_checkpoint(previous)
 
