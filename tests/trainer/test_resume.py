@@ -68,3 +68,128 @@ def test_resume_anywhere_is_bit_for_bit(tmp_path, at):
     assert trainer.global_step == 30 and trainer.current_epoch == 3
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+# --- ckpt_path="last" (issue 13, item 1) ---------------------------------------------------------
+import os
+import time
+
+from fulmen.callbacks import ModelCheckpoint
+from fulmen.errors import MisconfigurationException
+
+
+def _fit_with_checkpoints(tmp_path, model, callbacks=(), ckpt_path=None, **kwargs):
+    pl.seed_everything(3)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=3, save_top_k=-1, save_last=True)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[ckpt, *callbacks], enable_checkpointing=True, **kwargs)
+    trainer.fit(model, make_loader(80, 8, shuffle=True), ckpt_path=ckpt_path)
+    return trainer
+
+
+class Crash(pl.Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+def test_last_on_a_fresh_run_starts_from_scratch_with_one_line(tmp_path, capsys):
+    trainer = _fit_with_checkpoints(tmp_path, Dropout(), ckpt_path="last")
+    assert trainer.global_step == 30
+    out = capsys.readouterr().out
+    assert out.count('ckpt_path="last": no checkpoint of this run was found') == 1
+
+
+def test_last_after_a_crash_resumes_bit_for_bit(tmp_path):
+    torch.manual_seed(0)
+    straight = Dropout()
+    reference = {k: v.clone() for k, v in straight.state_dict().items()}
+    _fit(straight)
+
+    crashed = Dropout()
+    crashed.load_state_dict(reference)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_with_checkpoints(tmp_path, crashed, [Crash(at=14)])  # last save at step 12: two steps are redone
+    resumed = Dropout()
+    trainer = _fit_with_checkpoints(tmp_path, resumed, ckpt_path="last")
+    assert os.path.basename(trainer.ckpt_path) in ("epoch=1-step=12.ckpt", "last.ckpt")
+    assert trainer.global_step == 30
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def _write(path, step, saved_at, **extra):
+    from fulmen.checkpoint import save_checkpoint
+
+    save_checkpoint({"state_dict": {}, "optimizer_states": [], "global_step": step, "fulmen_saved_at": saved_at,
+                     **extra}, path)
+
+
+def test_last_ranks_by_what_is_inside_not_by_name(tmp_path):
+    from fulmen.trainer.resume import last_candidates
+
+    d = tmp_path / "ckpts"
+    d.mkdir()
+    now = time.time()
+    _write(d / "zzz-epoch=99.ckpt", 5, now - 100)
+    _write(d / "aaa.ckpt", 9, now)
+    _write(d / "weights.ckpt", 50, now + 1)
+    (d / "weights.ckpt").unlink()  # a weights-only file cannot continue a fit
+    from fulmen.checkpoint import save_checkpoint
+
+    save_checkpoint({"state_dict": {}, "global_step": 50, "fulmen_saved_at": now + 1}, d / "weights.ckpt")
+    trainer = quiet_trainer(callbacks=[ModelCheckpoint(dirpath=d)], enable_checkpointing=True)
+    assert [os.path.basename(p) for p in last_candidates(trainer)] == ["aaa.ckpt", "zzz-epoch=99.ckpt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_last_skips_a_damaged_file_naming_it(tmp_path, damage):
+    torch.manual_seed(0)
+    model = Dropout()
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_with_checkpoints(tmp_path, model, [Crash(at=14)])
+    newest = tmp_path / "ckpts" / "epoch=1-step=12.ckpt"
+    (tmp_path / "ckpts" / "last.ckpt").unlink()
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x04
+    else:
+        data = b""
+    newest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"skips a damaged checkpoint.*epoch=1-step=12\.ckpt") as record:
+        trainer = _fit_with_checkpoints(tmp_path, Dropout(), ckpt_path="last")
+    assert os.path.basename(trainer.ckpt_path) == "epoch=0-step=9.ckpt"
+    assert sum("damaged" in str(w.message) for w in record) == 1
+    assert trainer.global_step == 30
+
+
+def test_last_continues_the_logger_version_of_the_interrupted_run(tmp_path):
+    from fulmen.loggers import CSVLogger
+
+    def fit(ckpt_path=None, callbacks=()):
+        pl.seed_everything(3)
+        trainer = pl.Trainer(max_epochs=2, logger=CSVLogger(tmp_path), enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[ModelCheckpoint(every_n_train_steps=4), *callbacks])
+        trainer.fit(Dropout(), make_loader(80, 8, shuffle=True), ckpt_path=ckpt_path)
+        return trainer
+
+    with pytest.raises(RuntimeError):
+        fit(callbacks=[Crash(at=6)])
+    trainer = fit(ckpt_path="last")
+    assert trainer.logger.version == 0 and "version_0" in trainer.ckpt_path
+    assert sorted(os.listdir(tmp_path / "lightning_logs")) == ["version_0"]
+
+
+def test_best_and_hpc_keep_lightnings_meanings(tmp_path):
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
+    with pytest.raises(MisconfigurationException, match="hpc_ckpt"):
+        trainer.fit(Dropout(), make_loader(16, 8), ckpt_path="hpc")
+    first = _fit_with_checkpoints(tmp_path, Dropout())
+    first.save_checkpoint(tmp_path / "hpc_ckpt_1.ckpt")
+    trainer = quiet_trainer(max_epochs=4, default_root_dir=tmp_path)
+    trainer.fit(Dropout(), make_loader(80, 8, shuffle=True), ckpt_path="hpc")
+    assert trainer.ckpt_path.endswith("hpc_ckpt_1.ckpt") and trainer.global_step == 40

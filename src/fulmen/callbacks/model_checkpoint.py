@@ -155,7 +155,8 @@ class ModelCheckpoint(Checkpoint):
     # -- hooks ------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.dirpath = trainer.strategy.broadcast(self._resolve_dirpath(trainer))
-        if trainer.is_global_zero and stage == "fit" and self.save_top_k != 0 and self._dir_has_files():
+        if (trainer.is_global_zero and stage == "fit" and self.save_top_k != 0 and not trainer.ckpt_path
+                and self._dir_has_files()):  # resuming into the same folder is expected
             rank_zero_warn(f"Checkpoint directory {self.dirpath} exists and is not empty.")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

@@ -19,7 +19,7 @@ from fulmen.precision import Precision
 from fulmen.trainer import data as _data
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn
-from fulmen.utilities import collect_rng_states, is_overridden, rank_zero_warn, restore_rng_states
+from fulmen.utilities import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
 
 
 def _module_cls() -> type:
@@ -53,6 +53,12 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     stage = fn.value
     _merge_model_callbacks(trainer, module)
     _check_legacy(trainer, module)
+    resume_from = None
+    if fn == TrainerFn.FITTING:  # before any hook: resuming may pick the logger version to continue in
+        from fulmen.trainer.resume import resolve_fit_path
+
+        resume_from = resolve_fit_path(trainer, trainer.ckpt_path)
+        trainer.ckpt_path = resume_from[0] if resume_from else None
     trainer._collect_hooks()
     trainer._metrics.current = None
     trainer.strategy.setup_environment()
@@ -77,7 +83,9 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     if fn == TrainerFn.FITTING:
         _setup_optimizers(trainer, module)
     checkpoint = None
-    if trainer.ckpt_path is not None:
+    if resume_from:
+        checkpoint = _restore_first_valid(trainer, resume_from, weights_only)
+    elif trainer.ckpt_path is not None:
         checkpoint = restore_checkpoint(trainer, trainer.ckpt_path, weights_only, fn == TrainerFn.FITTING)
     trainer._start_time = time.monotonic()
     if fn == TrainerFn.FITTING:
@@ -107,6 +115,27 @@ def _check_legacy(trainer: Any, module: Any) -> None:
     legacy.check_module(module, _module_cls())
     for cb in trainer.callbacks:
         legacy.check_callback(cb, Callback)
+
+
+def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | None) -> dict[str, Any] | None:
+    """Restore the first of ``paths`` that loads; with several (``"last"``), a damaged one is skipped by name."""
+    from fulmen.errors import CheckpointCorruptedError
+
+    for i, path in enumerate(paths):
+        try:
+            checkpoint = restore_checkpoint(trainer, path, weights_only, True)
+        except CheckpointCorruptedError as err:
+            if len(paths) == 1:
+                raise
+            rank_zero_warn(f'ckpt_path="last" skips a damaged checkpoint: {err}')
+            continue
+        trainer.ckpt_path = path
+        if len(paths) > 1:
+            rank_zero_info(f"Resuming from {path} (global step {trainer.global_step}).")
+        return checkpoint
+    rank_zero_info('ckpt_path="last": every checkpoint of this run is damaged, so training starts from scratch.')
+    trainer.ckpt_path = None
+    return None
 
 
 def _merge_model_callbacks(trainer: Any, module: Any) -> None:
@@ -1031,6 +1060,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "pytorch-lightning_version": "2.5.0",  # lets Lightning's own loaders read fulmen checkpoints
         "fulmen_version": fulmen.__version__,
+        "fulmen_saved_at": time.time(),  # ranks checkpoints for ckpt_path="last" (with global_step)
         "state_dict": trainer.strategy.lightning_module_state_dict(),
         "loops": {"fulmen": trainer._loop.state_dict()},
     }
