@@ -93,3 +93,20 @@ class MonitorNotFoundError(MisconfigurationException, RuntimeError):
 
     Also a ``RuntimeError``, the type Lightning raises here, so ``except RuntimeError`` in ported code still works.
     """
+
+
+class SIGTERMException(SystemExit):
+    """How a fit ends after SIGTERM (or SLURM's requeue signal): a ``SystemExit`` (Lightning's name).
+
+    Raised at the optimizer step after the signal, once a resumable checkpoint is written; ``on_exception``
+    hooks receive it. Uncaught, the process exits with status ``128 + signal number`` (143 for SIGTERM),
+    so a scheduler sees a job that did not finish; ``trainer.fit(..., ckpt_path="last")`` continues it.
+
+    Example::
+
+        try:
+            trainer.fit(model, loader, ckpt_path="last")
+        except fulmen.errors.SIGTERMException:
+            cleanup()
+            raise
+    """

@@ -224,7 +224,9 @@ def test_on_exception_checkpoint_written_and_resumable(tmp_path):
             return super().training_step(batch, batch_idx)
 
     trainer = _trainer([OnExceptionCheckpoint(tmp_path)], epochs=3)
-    trainer.fit(Boom(), _loader())
+    with pytest.raises(SystemExit) as info:  # Ctrl-C ends fit with SystemExit(1), as in Lightning
+        trainer.fit(Boom(), _loader())
+    assert info.value.code == 1 and trainer.interrupted
     path = tmp_path / "on_exception.ckpt"
     assert load_checkpoint(path)["global_step"] == 3
     trainer = _trainer([OnExceptionCheckpoint(tmp_path)], epochs=3)

@@ -473,6 +473,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     accumulate = trainer.accumulate_grad_batches
     manual = not module.automatic_optimization
     check_finite, finite_every = _loss_checker(trainer, loop)
+    preempted = trainer._preemption.check if trainer._preemption is not None else None  # reads a bool set by SIGTERM
 
     batch_idx = skip - 1
     while True:
@@ -535,6 +536,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         for cfg in plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
+        if preempted is not None and stepped and preempted(loop.batches_stepped):
+            trainer._preemption.stop()  # saves a resumable checkpoint, then leaves fit (SIGTERMException)
         if stop or (max_steps != -1 and loop.global_step >= max_steps):
             break
     loop.epoch_loop_done = True

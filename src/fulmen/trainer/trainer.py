@@ -467,6 +467,7 @@ class Trainer(metaclass=_CheckedInit):
         self._val_check_batch: float = math.inf
         self._last_val_time = 0.0  # when validation last ended (time-based val_check_interval)
         self._enable_validation = False
+        self._preemption: Any = None  # set while fit runs: SIGTERM / SLURM requeue handling
 
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
@@ -625,6 +626,11 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def device_ids(self) -> list[int]:
         return list(self._device_ids)
+
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether SIGTERM (or SLURM's requeue signal) arrived during the running fit."""
+        return self._preemption is not None and self._preemption.requested
 
     @property
     def interrupted(self) -> bool:
@@ -868,7 +874,7 @@ class Trainer(metaclass=_CheckedInit):
         """The run itself, in each process of the strategy (a spawned worker runs it on its own copy)."""
         self.lightning_module._trainer = self  # a pickled module (spawned workers) comes without its trainer
         anomaly = torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else None
-        detach_profiler = None
+        detach_profiler = preemption = None
         try:
             if anomaly is not None:
                 anomaly.__enter__()
@@ -876,6 +882,11 @@ class Trainer(metaclass=_CheckedInit):
                 from fulmen.profilers import attach
 
                 detach_profiler = attach(self, fn.value)
+            if fn == TrainerFn.FITTING:
+                from fulmen.trainer.signals import Preemption
+
+                preemption = self._preemption = Preemption(self)
+                preemption.install()
             try:
                 result = loops.run(self, fn, weights_only)
                 self.state.status = TrainerStatus.FINISHED
@@ -887,20 +898,37 @@ class Trainer(metaclass=_CheckedInit):
                     self.state.status = TrainerStatus.FINISHED
                     self.strategy.teardown()
                     return None
+                if isinstance(exc, KeyboardInterrupt):
+                    self._interrupted_by_keyboard(exc)
                 self.state.status = TrainerStatus.INTERRUPTED
                 self._on_exception(exc)
-                if isinstance(exc, KeyboardInterrupt):
-                    rank_zero_info("Training interrupted (KeyboardInterrupt); stopped cleanly.")
-                    if self.world_size > 1:  # the other processes cannot go on alone: end the run everywhere
-                        raise SystemExit(1) from None
-                    return None
                 raise
         finally:
+            if preemption is not None:
+                preemption.restore()
+                self._preemption = None
             if detach_profiler is not None:
                 detach_profiler()
             if anomaly is not None:
                 anomaly.__exit__(None, None, None)
             self.state.stage = None
+
+    def _interrupted_by_keyboard(self, exc: KeyboardInterrupt) -> None:
+        """Ctrl-C, as in Lightning: status INTERRUPTED, ``on_exception`` hooks, loggers finalized, then
+        ``SystemExit(1)``. Further Ctrl-C presses are ignored while that runs (then the handler is restored)."""
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        rank_zero_info("Detected KeyboardInterrupt, attempting graceful shutdown ...")
+        try:
+            self.state.status = TrainerStatus.INTERRUPTED
+            self._on_exception(exc)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        raise SystemExit(1) from exc
 
     def _on_exception(self, exc: BaseException) -> None:
         module = self.lightning_module
@@ -909,6 +937,8 @@ class Trainer(metaclass=_CheckedInit):
                 cb.on_exception(self, module, exc)
         if hasattr(module, "on_exception"):
             module.on_exception(exc)
+        if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
+            self.datamodule.on_exception(exc)
         for lg in self.loggers:
             try:
                 lg.finalize("failed")
