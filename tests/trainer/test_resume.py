@@ -193,3 +193,65 @@ def test_best_and_hpc_keep_lightnings_meanings(tmp_path):
     trainer = quiet_trainer(max_epochs=4, default_root_dir=tmp_path)
     trainer.fit(Dropout(), make_loader(80, 8, shuffle=True), ckpt_path="hpc")
     assert trainer.ckpt_path.endswith("hpc_ckpt_1.ckpt") and trainer.global_step == 40
+
+
+# --- epoch metrics and the CSV log survive a mid-epoch resume (issue 13, item 5) -------------------
+import csv
+
+
+class Logs(pl.LightningModule):
+    """Logs epoch values with every reduction, uneven batch sizes and a torchmetrics Metric."""
+
+    def __init__(self):
+        super().__init__()
+        import torchmetrics
+
+        self.layer = nn.Linear(32, 2)
+        self.mean_metric = torchmetrics.MeanMetric()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.layer(x), y)
+        v = x[:, 0].mean()
+        self.log("loss", loss, on_epoch=True)  # batch-size weighted mean; the last batch is smaller
+        self.log("v_sum", v, on_step=False, on_epoch=True, reduce_fx="sum")
+        self.log("v_max", v, on_step=False, on_epoch=True, reduce_fx="max")
+        self.log("v_min", float(v), on_step=False, on_epoch=True, reduce_fx="min")
+        self.log("v_median", v, on_step=False, on_epoch=True, reduce_fx=torch.median)
+        self.mean_metric.update(x[:, 1])
+        self.log("metric", self.mean_metric, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_logged(tmp_path, callbacks=(), ckpt_path=None):
+    from fulmen.loggers import CSVLogger
+
+    pl.seed_everything(3)
+    trainer = quiet_trainer(max_epochs=2, logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=2,
+                            callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=4), *callbacks],
+                            enable_checkpointing=True)
+    trainer.fit(Logs(), make_loader(76, 8, shuffle=True), ckpt_path=ckpt_path)  # 10 batches, the last of 4
+    return trainer
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_epoch_values_and_csv_rows_after_a_mid_epoch_resume_equal_the_uninterrupted_run(tmp_path):
+    straight = _fit_logged(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_logged(tmp_path / "cut", [Crash(at=7)])  # saved at step 4: 3 steps (and 1 CSV row) logged after it
+    resumed = _fit_logged(tmp_path / "cut", ckpt_path="last")
+    assert resumed.ckpt_path.endswith("epoch=0-step=4.ckpt")
+    epoch_keys = ["loss_epoch", "v_sum", "v_max", "v_min", "v_median", "metric"]
+    for key in epoch_keys:
+        assert torch.equal(straight.callback_metrics[key], resumed.callback_metrics[key]), key
+    rows_straight = _csv(tmp_path / "straight" / "run" / "version_0" / "metrics.csv")
+    rows_resumed = _csv(tmp_path / "cut" / "run" / "version_0" / "metrics.csv")
+    assert [r["step"] for r in rows_resumed] == [r["step"] for r in rows_straight]  # none missing, none twice
+    assert rows_resumed == rows_straight  # the first epoch's means (logged after the resume) included

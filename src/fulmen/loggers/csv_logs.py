@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 from argparse import Namespace
 from typing import Any
@@ -46,13 +47,17 @@ class ExperimentWriter:
     NAME_HPARAMS_FILE = "hparams.yaml"
     NAME_METRICS_FILE = "metrics.csv"
 
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, keep_rows: int | None = None) -> None:
         self.fs, self.log_dir = _filesystem(log_dir)
         self.metrics_file_path = _join(self.log_dir, self.NAME_METRICS_FILE)
         self.hparams: dict[str, Any] = {}
         self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
         self.metrics_keys: list[str] = []  # the header of the file on disk
         self._rows_saved = 0
+        if keep_rows is not None:  # a resumed run continues the file of the run it resumes
+            self.fs.makedirs(self.log_dir, exist_ok=True)
+            self.keep_rows(keep_rows)
+            return
         # only files this writer replaces count: a checkpoints/ folder written first is expected
         if any(self.fs.exists(_join(self.log_dir, f)) for f in (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)):
             _warn(
@@ -97,6 +102,24 @@ class ExperimentWriter:
         self._rows_saved += len(self.metrics)
         self.metrics = []
 
+    def keep_rows(self, n: int) -> None:
+        """Keep the first ``n`` rows of the file on disk (those written before the checkpoint a run resumes
+        from) and continue after them: rows logged after that checkpoint are logged again by the resumed run."""
+        self.metrics = []
+        if not n or not self.fs.exists(self.metrics_file_path):
+            self._rows_saved, self.metrics_keys = 0, []
+            return
+        with self.fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(itertools.islice(reader, n))
+            header = list(reader.fieldnames or [])
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
+        self._rows_saved, self.metrics_keys = len(rows), header
+
     def _read_rows(self) -> list[dict[str, str]]:
         with self.fs.open(self.metrics_file_path, "r", newline="") as f:
             return list(csv.DictReader(f))
@@ -133,6 +156,7 @@ class CSVLogger(_VersionedLogger):
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
+        self._keep_rows: int | None = None  # set when a run resumes: continue metrics.csv after these rows
 
     @property
     def log_dir(self) -> str:
@@ -143,8 +167,20 @@ class CSVLogger(_VersionedLogger):
     def experiment(self) -> ExperimentWriter:
         """The :class:`ExperimentWriter`; creating it makes the log folder."""
         if self._experiment is None:
-            self._experiment = ExperimentWriter(self.log_dir)
+            self._experiment = ExperimentWriter(self.log_dir, keep_rows=self._keep_rows)
         return self._experiment
+
+    def _resume_state(self) -> dict[str, int]:
+        """Written into each checkpoint: how many rows are on disk once the buffer is flushed."""
+        if self._experiment is None:
+            return {"rows": 0, "version": self._version}
+        self._experiment.save()
+        return {"rows": self._experiment._rows_saved, "version": self.version}
+
+    def _resume_from(self, state: dict[str, int]) -> None:
+        self._keep_rows = int(state.get("rows", 0))
+        if self._experiment is not None:
+            self._experiment.keep_rows(self._keep_rows)
 
     @_rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any) -> None:

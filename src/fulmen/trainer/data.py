@@ -390,3 +390,133 @@ def set_epoch(loaders: Any, epoch: int, seed: int | None = None) -> None:
                 sampler.seed = seed
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resuming mid-epoch without loading the batches already trained on.
+
+
+class _SkipFirst:
+    """An index sampler that drops its first ``skip`` items once (index lists only: no data is loaded),
+    then behaves as the sampler it wraps. Lives on in a persistent-workers iterator, hence one-shot.
+
+    The sampler draws its order from the global RNG when first asked for an index, which (without
+    workers) happens inside the first ``next()``, after the loop has moved on to the resumed random
+    state. ``rng`` holds the state the uninterrupted run had at that moment; the draw is made under it.
+    """
+
+    def __init__(self, sampler: Any, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+        self.rng: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.skip:
+            yield from self.sampler
+            return
+        from fulmen.utilities import collect_rng_states, restore_rng_states
+
+        skip, self.skip = self.skip, 0
+        now = collect_rng_states() if self.rng is not None else None
+        if self.rng is not None:
+            restore_rng_states(self.rng)
+        it = iter(self.sampler)
+        for _ in itertools.islice(it, skip):
+            pass
+        first = next(it, _END)  # the draw happens at the first index at the latest
+        if now is not None:
+            restore_rng_states(now)
+        if first is _END:
+            return
+        yield first
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, drop_last, sampler ... of the wrapped one
+        return getattr(self.sampler, name)
+
+
+_END = object()
+
+
+def _map_style_loader(loader: Any) -> bool:
+    from torch.utils.data import DataLoader, IterableDataset
+
+    return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+
+
+def generators(loader: Any) -> list[Any]:
+    """The torch.Generator objects a training loader draws its order from (loader, sampler, batch sampler)."""
+    import torch
+
+    found: list[Any] = []
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                  getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
+
+
+def generator_states(loader: Any) -> list[Any]:
+    return [g.get_state() for g in generators(loader)]
+
+
+def set_generator_states(loader: Any, states: list[Any] | None) -> None:
+    gens = generators(loader)
+    if states is not None and len(states) == len(gens):
+        for g, state in zip(gens, states):
+            g.set_state(state)
+
+
+def loader_state(loader: Any) -> Any:
+    """A training loader's own resumable state (``state_dict()``, e.g. torchdata's StatefulDataLoader), or None."""
+    state_dict = getattr(loader, "state_dict", None)
+    return state_dict() if callable(state_dict) and callable(getattr(loader, "load_state_dict", None)) else None
+
+
+_replay_warned = False
+
+
+def resume_iter(loader: Any, skip: int, state: Any) -> Iterator[Any]:
+    """An iterator over ``loader`` that starts after its first ``skip`` batches of the epoch.
+
+    In order of preference: the loader's own state (``load_state_dict``), skipping at the sampler level
+    (map-style DataLoaders with any sampler: the same batches, none loaded), else replaying, which loads
+    the skipped batches again and says so once.
+    """
+    if not skip:
+        return iter(loader)
+    if state is not None and callable(getattr(loader, "load_state_dict", None)):
+        loader.load_state_dict(state)
+        return iter(loader)
+    if _map_style_loader(loader):
+        attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+        original = getattr(loader, attr)
+        # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
+        skipping = _SkipFirst(original, skip)
+        object.__setattr__(loader, attr, skipping)
+        try:
+            it = iter(loader)
+        finally:
+            object.__setattr__(loader, attr, original)
+        from fulmen.utilities import collect_rng_states
+
+        skipping.rng = collect_rng_states()  # as the uninterrupted run had it right after iter(loader)
+        return it
+    global _replay_warned
+    if not _replay_warned:
+        _replay_warned = True
+        from fulmen.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"Resuming mid-epoch: the training data ({type(loader).__name__}) has neither a sampler nor "
+            "state_dict()/load_state_dict(), so the batches already trained on are loaded again and dropped. Use a "
+            "map-style Dataset, or a loader that saves its position (e.g. torchdata's StatefulDataLoader), to skip "
+            "them without loading."
+        )
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    return it

@@ -209,6 +209,29 @@ class ResultCollection:
         # several processes: sync_dist values are reduced at points every rank passes (when logged, and when
         # the batch loop ends), never when a view is read, which may happen on rank zero only (progress bar)
         self.distributed = False
+        self.pending: dict[tuple, dict[str, Any]] = {}  # epoch accumulators restored from a mid-epoch checkpoint
+
+    # -- resuming mid-epoch ---------------------------------------------------------------------
+    def accumulators(self) -> dict[tuple, dict[str, Any]]:
+        """The epoch reductions so far (sums, weights, max/min, values of custom reductions), per slot."""
+        out = {key: {"acc": slot.acc, "weight": slot.weight, "values": list(slot.values)}
+               for key, slot in self.slots.items() if slot.valid and slot.on_epoch and slot.metric is None}
+        out.update((k, v) for k, v in self.pending.items() if k not in out)  # restored but not logged again yet
+        return out
+
+    def load_accumulators(self, state: dict[tuple, dict[str, Any]]) -> None:
+        """Continue the epoch's reductions; a slot picks its state up when it is first logged again."""
+        self.pending = dict(state)
+        for key in list(self.pending):
+            if key in self.slots:
+                self._resume_slot(self.slots[key], self.pending.pop(key))
+
+    @staticmethod
+    def _resume_slot(slot: _Slot, state: dict[str, Any]) -> None:
+        move = lambda v: v.to(slot.device) if isinstance(v, Tensor) else v  # noqa: E731
+        slot.acc, slot.weight = move(state["acc"]), state["weight"]
+        slot.values = [move(v) for v in state["values"]]
+        slot.valid, slot.epoch_value = True, None
 
     def new_batch(self, batch: Any, dataloader_idx: int | None) -> None:
         """Called by the loops before each batch (cheap: a few attribute writes)."""
@@ -227,6 +250,7 @@ class ResultCollection:
         """Forget the values (not the settings) of every slot; torchmetrics objects are reset too."""
         for slot in self.slots.values():
             slot.reset()
+        self.pending = {}
         self.in_batches = False
         self.dataloader_idx = None
 
@@ -383,6 +407,8 @@ class ResultCollection:
                      reduce, bool(sync_dist), sync_dist_group, dl_idx, device)
         slot.metric = metric
         self.slots[key] = slot
+        if key in self.pending:
+            self._resume_slot(slot, self.pending.pop(key))
         return slot
 
 
@@ -504,6 +530,19 @@ class MetricsHub:
         if step is not None:
             self._send(log, step, with_epoch=True)
         return results.per_dataloader(num_loaders)
+
+    def pending_train_row(self, step: int) -> tuple[dict[str, float], int] | None:
+        """The step row about to go to the loggers, as numbers (written into a checkpoint saved before it)."""
+        if not self.trainer.is_global_zero:
+            return None
+        row = to_floats(self.train.view(on_step=True)[1])
+        row.setdefault("epoch", self.trainer.current_epoch)
+        return (row, step) if row else None
+
+    def send_row(self, row: dict[str, float], step: int) -> None:
+        if self.trainer.is_global_zero:
+            for lg in self.trainer.loggers:
+                lg.log_metrics(dict(row), step=step)
 
     def _send(self, metrics: dict[str, Tensor], step: int, with_epoch: bool) -> None:
         trainer = self.trainer

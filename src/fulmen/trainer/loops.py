@@ -433,18 +433,25 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
 
     # the epoch's data order is drawn from the RNG here: keep that state so a mid-epoch resume rebuilds it
     skip = loop.batches_in_epoch
+    train_iterable = trainer._train_iterable
     if skip:
         resume_rng = collect_rng_states()
         restore_rng_states(loop.epoch_start_rng)
+        _data.set_generator_states(train_iterable, loop.epoch_start_generators)
+        loop.loader_generators = None
     else:
+        if loop.loader_generators is not None:  # resumed at an epoch's end: the loader's generators as saved
+            _data.set_generator_states(train_iterable, loop.loader_generators)
+            loop.loader_generators = None
         loop.epoch_start_rng = collect_rng_states()
+        loop.epoch_start_generators = _data.generator_states(train_iterable)
     if loop.sampler_seed is None:
         loop.sampler_seed = _data.sampler_seed()
-    _data.set_epoch(trainer._train_iterable, loop.epoch, loop.sampler_seed)
+    _data.set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
     n_batches = trainer.num_training_batches
-    iterator = iter(trainer._train_iterable)
-    for _ in range(skip):
-        next(iterator)
+    # mid-epoch resume: the loader's own state, else skip at the sampler level (nothing loaded), else replay
+    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state)
+    loop.loader_state = None
     if skip:
         restore_rng_states(resume_rng)
 
@@ -511,12 +518,15 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             for cfg in epoch_schedulers:
                 if (loop.epoch + 1) % cfg.frequency == 0:
                     _step_scheduler(trainer, module, cfg)
+        # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers) carries the row
+        trainer._step_row_due = bool(log_every) and stepped and loop.batches_stepped % log_every == 0
         if cb_batch_end:
             trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
         if m_batch_end is not None:
             results.fx = "on_train_batch_end"
             m_batch_end(outputs, batch, batch_idx)
             results.fx = None
+        trainer._step_row_due = False
         if log_every and stepped and (loop.batches_stepped % log_every == 0 or loop.should_stop):
             metrics.train_step_end(loop.batches_stepped - 1, True)
         if max_time is not None and _time_is_up(trainer):
@@ -1065,7 +1075,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         "fulmen_version": fulmen.__version__,
         "fulmen_saved_at": time.time(),  # ranks checkpoints for ckpt_path="last" (with global_step)
         "state_dict": trainer.strategy.lightning_module_state_dict(),
-        "loops": {"fulmen": trainer._loop.state_dict()},
+        "loops": {"fulmen": _loop_state_for_save(trainer)},
     }
     if not weights_only:
         checkpoint["rng_states"] = collect_rng_states()
@@ -1103,6 +1113,64 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     if dm is not None:
         dm.on_save_checkpoint(checkpoint)
     return checkpoint
+
+
+def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
+    """The loop state, with what the training loader holds at this moment (its own state mid-epoch, the
+    current state of its random generators)."""
+    loop = trainer._loop
+    loader = trainer._train_iterable if trainer.train_dataloader is not None else None
+    mid_epoch = loop.batches_in_epoch > 0 and not loop.epoch_loop_done
+    loop.loader_state = _data.loader_state(loader) if loader is not None and mid_epoch else None
+    loop.loader_generators = _data.generator_states(loader) if loader is not None else None
+    if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
+        loop.epoch_metrics = trainer._metrics.train.accumulators()
+        loop.metric_states = _metric_states(trainer)
+        if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
+            loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
+    if trainer.is_global_zero:  # loggers write on rank zero, which also writes the checkpoint
+        loop.logger_states = [lg._resume_state() if hasattr(lg, "_resume_state") else None for lg in trainer.loggers]
+    try:
+        return loop.state_dict()
+    finally:
+        loop.loader_state = loop.loader_generators = loop.epoch_metrics = loop.metric_states = None
+        loop.logger_states = loop.pending_step_row = None
+
+
+def _metric_states(trainer: Any) -> dict[str, Any] | None:
+    """The state of each torchmetrics Metric logged this epoch, by its attribute path in the module."""
+    logged = {id(slot.metric) for slot in trainer._metrics.train.slots.values() if slot.metric is not None}
+    if not logged:
+        return None
+    return {
+        name: {"states": {k: getattr(m, k) for k in m._defaults}, "update_count": m._update_count}
+        for name, m in trainer.lightning_module.named_modules() if id(m) in logged
+    }
+
+
+def _resume_epoch_metrics(trainer: Any, loop: LoopState) -> None:
+    if loop.epoch_metrics:
+        trainer._metrics.train.load_accumulators(loop.epoch_metrics)
+    if loop.metric_states:
+        modules = dict(trainer.lightning_module.named_modules())
+        for name, saved in loop.metric_states.items():
+            metric = modules.get(name)
+            if metric is None:
+                continue
+            for key, value in saved["states"].items():
+                if isinstance(value, Tensor):
+                    value = value.to(metric.device)
+                elif isinstance(value, list):
+                    value = [v.to(metric.device) if isinstance(v, Tensor) else v for v in value]
+                setattr(metric, key, value)
+            metric._update_count = saved["update_count"]
+            metric._computed = None
+    for lg, state in zip(trainer.loggers, loop.logger_states or []):
+        if state is not None and hasattr(lg, "_resume_from"):
+            lg._resume_from(state)
+    if loop.pending_step_row is not None:  # the row of the batch the checkpoint was written after
+        trainer._metrics.send_row(*loop.pending_step_row)
+    loop.epoch_metrics = loop.metric_states = loop.logger_states = loop.pending_step_row = None
 
 
 def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, training: bool) -> dict[str, Any]:
@@ -1159,6 +1227,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         trainer._loop.global_step = checkpoint.get("global_step", 0)
         stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
         trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
+    _resume_epoch_metrics(trainer, trainer._loop)
     per_rank = checkpoint.get("rng_states_per_rank")
     if per_rank is not None and len(per_rank) == trainer.world_size:
         own = per_rank[trainer.global_rank]

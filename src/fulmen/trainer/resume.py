@@ -140,13 +140,23 @@ def preemption_path(trainer: Any) -> str:
 
 
 def adopt_logger_version(trainer: Any, path: str) -> None:
-    """Resuming from ``<root>/<version>/checkpoints/x.ckpt`` of a logger whose version is not fixed yet:
-    continue in that version, so logs and checkpoints of the interrupted run go on in the same folder."""
-    if not trainer.loggers or not _io.is_local(path):
+    """Resuming a run whose loggers' versions are not fixed: continue in the version the checkpoint recorded
+    (or, for a checkpoint under ``<root>/<version>/checkpoints``, that version), so the logs and checkpoints
+    of the interrupted run go on in the same folder."""
+    if not trainer.loggers:
         return
+    try:  # the checkpoint records each logger's version (fulmen checkpoints)
+        header = _io.read_checkpoint_header(path) if not os.path.isdir(path) else {}
+        states = header.get("loops", {}).get("fulmen", {}).get("logger_states") or []
+    except CheckpointError:
+        states = []
+    for lg, state in zip(trainer.loggers, states):
+        version = state.get("version") if isinstance(state, dict) else None
+        if version is not None and hasattr(lg, "_version") and lg._version is None:
+            lg._version = version
     lg = trainer.loggers[0]
     root = getattr(lg, "root_dir", None)
-    if root is None or getattr(lg, "_version", 0) is not None:
+    if root is None or getattr(lg, "_version", 0) is not None or not _io.is_local(path):
         return
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.basename(parent) != "checkpoints" or os.path.dirname(os.path.dirname(parent)) != os.path.abspath(root):

@@ -95,6 +95,15 @@ class LoopState:
     # the seed of the distributed samplers' shuffle (with the epoch, it fixes every rank's order), kept so a
     # resumed run reads the same order whatever it was seeded with
     sampler_seed: int | None = None
+    # the training loader's own torch.Generator states (loader, sampler) at the epoch's start, and at the save
+    epoch_start_generators: list[Any] | None = field(default=None, repr=False)
+    loader_generators: list[Any] | None = field(default=None, repr=False)
+    loader_state: Any = field(default=None, repr=False)  # a stateful loader's state_dict() at a mid-epoch save
+    # at a mid-epoch save: the epoch reductions of self.log(on_epoch=True) and the logged torchmetrics' states
+    epoch_metrics: dict[Any, Any] | None = field(default=None, repr=False)
+    metric_states: dict[str, Any] | None = field(default=None, repr=False)
+    logger_states: list[Any] | None = field(default=None, repr=False)  # e.g. how many CSV rows were on disk
+    pending_step_row: Any = field(default=None, repr=False)  # (row, step) a batch-end save preceded
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

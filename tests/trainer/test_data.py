@@ -1,0 +1,148 @@
+"""Mid-epoch resume skips the batches already trained on at the sampler level: the same batches as an
+uninterrupted run, none of the skipped ones loaded (issue 13, item 4)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+
+import fulmen as pl
+from helpers import quiet_trainer
+
+
+class Counting(Dataset):
+    """Item i is (features, label, i); counts __getitem__ calls."""
+
+    def __init__(self, n=60):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.calls = 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        return self.x[i], int(self.x[i].sum() > 0), i
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.2), nn.Linear(8, 2))
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        x, y, idx = batch
+        self.seen.append(idx.tolist())
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loaders():
+    """Each kind of loader, built afresh as a restarted script would build it."""
+    return {
+        "sequential": lambda ds: DataLoader(ds, batch_size=8),
+        "random": lambda ds: DataLoader(ds, batch_size=8, shuffle=True),
+        "random_generator": lambda ds: DataLoader(ds, batch_size=8, shuffle=True,
+                                                  generator=torch.Generator().manual_seed(5)),
+        "sampler_generator": lambda ds: DataLoader(ds, batch_size=8,
+                                                   sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(9))),
+        "batch_sampler": lambda ds: DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 7, drop_last=True)),
+        "sequential_batch_sampler": lambda ds: DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), 5, False)),
+    }
+
+
+class StopAt(pl.Callback):
+    def __init__(self, at, path):
+        self.at, self.path = at, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError("stop")
+
+
+def _run(make, callbacks=(), ckpt_path=None, epochs=3):
+    pl.seed_everything(1)
+    ds = Counting()
+    model = Net()
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=list(callbacks))
+    try:
+        trainer.fit(model, make(ds), ckpt_path=ckpt_path)
+    except RuntimeError:
+        pass
+    return model, ds, trainer
+
+
+@pytest.mark.parametrize("kind", list(_loaders()))
+def test_resume_skips_at_the_sampler_level_with_the_same_batches(tmp_path, kind):
+    make = _loaders()[kind]
+    straight, _, _ = _run(make)
+    per_epoch = len(make(Counting()))
+    at = per_epoch + 3  # mid second epoch
+    _run(make, [StopAt(at, tmp_path / "mid.ckpt")])
+    resumed, ds, trainer = _run(make, ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.seen == straight.seen[at:]
+    assert ds.calls == sum(len(b) for b in resumed.seen)  # not one skipped item was loaded
+    assert trainer.global_step == len(straight.seen)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+class Stateful:
+    """A loader that keeps its own position (like torchdata's StatefulDataLoader)."""
+
+    def __init__(self, ds):
+        self.ds, self.start, self.pos, self.loaded = ds, 0, 0, None
+
+    def __len__(self):
+        return len(self.ds) // 6
+
+    def __iter__(self):
+        self.pos, start, self.start = self.start, self.start, 0
+        for b in range(start, len(self)):
+            self.pos = b + 1
+            items = [self.ds[i] for i in range(6 * b, 6 * b + 6)]
+            yield torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]), torch.tensor(
+                [i for _, _, i in items])
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        self.start = state["pos"]
+
+
+def test_a_stateful_loader_resumes_through_its_own_state(tmp_path):
+    straight, _, _ = _run(Stateful)
+    _run(Stateful, [StopAt(13, tmp_path / "mid.ckpt")])
+    resumed, ds, trainer = _run(Stateful, ckpt_path=tmp_path / "mid.ckpt")
+    assert trainer.train_dataloader.loaded == {"pos": 3}
+    assert resumed.seen == straight.seen[13:] and ds.calls == 6 * len(resumed.seen)
+
+
+class Stream(IterableDataset):
+    def __init__(self):
+        self.ds = Counting()
+
+    def __iter__(self):
+        for i in range(len(self.ds)):
+            yield self.ds[i]
+
+
+def test_a_plain_iterable_dataset_is_replayed_and_says_so_once(tmp_path):
+    from fulmen.trainer import data
+
+    make = lambda ds: DataLoader(Stream(), batch_size=8)  # noqa: E731
+    straight, _, _ = _run(make)
+    _run(make, [StopAt(11, tmp_path / "mid.ckpt")])
+    data._replay_warned = False
+    with pytest.warns(UserWarning, match="loaded again") as record:
+        resumed, _, _ = _run(make, ckpt_path=tmp_path / "mid.ckpt")
+    assert sum("loaded again" in str(w.message) for w in record) == 1
+    assert resumed.seen == straight.seen[11:]
