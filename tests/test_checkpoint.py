@@ -603,3 +603,106 @@ def test_save_under_a_path_that_is_a_file_names_it(tmp_path):
     (tmp_path / "blocker").write_text("x")
     with pytest.raises(CheckpointSaveError, match="blocker.*A file stands where a directory is needed"):
         ck.save_checkpoint({"v": 1}, tmp_path / "blocker" / "a.ckpt")
+
+
+# --- AsyncCheckpointIO (issue 13, item 6) --------------------------------------------------------
+import threading
+import time
+
+import fulmen as pl
+from helpers import BoringModel, make_loader, quiet_trainer
+
+
+def _fit_saving(tmp_path, plugins=None, save_async=False, epochs=2):
+    from fulmen.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, save_last=True, save_async=save_async)
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=[cb], enable_checkpointing=True, plugins=plugins)
+    trainer.fit(BoringModel(), make_loader(64, 8, shuffle=True))
+    return trainer
+
+
+def _contents(path):
+    ckpt = ck.load_checkpoint(path)
+    loop = ckpt["loops"]["fulmen"]
+    return [ckpt["state_dict"], ckpt["optimizer_states"], ckpt["global_step"], ckpt["epoch"],
+            [loop[k] for k in ("epoch", "global_step", "batches_in_epoch", "total_batches")]]
+
+
+@pytest.mark.parametrize("how", ["plugin", "save_async"])
+def test_async_writes_equal_sync_writes(tmp_path, how):
+    _fit_saving(tmp_path / "sync")
+    kwargs = {"plugins": [ck.AsyncCheckpointIO()]} if how == "plugin" else {"save_async": True}
+    _fit_saving(tmp_path / "async", **kwargs)
+    names = sorted(os.listdir(tmp_path / "sync"))
+    assert sorted(os.listdir(tmp_path / "async")) == names and len(names) == 6  # 5 step saves + last
+    for name in names:
+        assert_same(_contents(tmp_path / "sync" / name), _contents(tmp_path / "async" / name))
+
+
+class SlowIO(ck.TorchCheckpointIO):
+    """Writes slowly and records how many writes overlap."""
+
+    def __init__(self, delay=0.05, fail_at=None):
+        self.delay, self.fail_at, self.active, self.most, self.calls = delay, fail_at, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.most = max(self.most, self.active)
+            calls = self.calls
+        try:
+            time.sleep(self.delay)
+            if calls == self.fail_at:
+                raise ck.CheckpointSaveError(f"Could not write checkpoint {str(path)!r}: No space left on device.")
+            super().save_checkpoint(checkpoint, path, storage_options)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_async_snapshot_is_taken_at_the_step_and_one_write_is_in_flight(tmp_path):
+    slow = SlowIO(delay=0.1)
+    io = ck.AsyncCheckpointIO(slow)
+    weights = torch.zeros(1000)
+    io.save_checkpoint({"w": weights}, tmp_path / "a.ckpt")
+    weights.add_(1)  # training goes on while the file is written
+    io.save_checkpoint({"w": weights}, tmp_path / "b.ckpt")
+    weights.add_(1)
+    io.wait()
+    assert slow.most == 1
+    assert torch.equal(ck.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.zeros(1000))
+    assert torch.equal(ck.load_checkpoint(tmp_path / "b.ckpt")["w"], torch.ones(1000))
+
+
+def test_async_fit_returns_with_every_file_on_disk(tmp_path):
+    trainer = _fit_saving(tmp_path, plugins=[ck.AsyncCheckpointIO(SlowIO(delay=0.05))])
+    assert len(os.listdir(tmp_path)) == 6 and ck.load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 15
+    assert trainer.strategy.checkpoint_io._pool is None  # the writer thread is gone
+
+
+def test_async_failure_raises_at_the_next_step(tmp_path):
+    from fulmen.errors import CheckpointSaveError
+
+    steps = []
+
+    class Steps(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            steps.append(trainer.global_step)
+            if trainer.global_step == 7:  # let the writer thread finish the failing write (the GIL may not have)
+                import concurrent.futures
+
+                concurrent.futures.wait(trainer.strategy.checkpoint_io._pending)
+
+    from fulmen.callbacks import ModelCheckpoint
+
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[Steps(), cb], enable_checkpointing=True,
+                            plugins=[ck.AsyncCheckpointIO(SlowIO(delay=0.0, fail_at=2))])
+    with pytest.raises(CheckpointSaveError, match="No space left"):
+        trainer.fit(BoringModel(), make_loader(64, 8))
+    assert steps[-1] == 7  # the second save (step 6) failed: raised at the next step, not at the next save
+    assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=3.ckpt"]

@@ -39,6 +39,7 @@ import torch
 from fulmen.errors import CheckpointCorruptedError, CheckpointError, CheckpointSaveError, UntrustedCheckpointError
 
 __all__ = [
+    "AsyncCheckpointIO",
     "CheckpointIO",
     "CheckpointNotFoundError",
     "TorchCheckpointIO",
@@ -766,3 +767,100 @@ class TorchCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: PathLike) -> None:
         remove(path)
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint whose tensors live in CPU memory of their own, so training can go on changing
+    the originals while a background thread writes the copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        copied = {k: _snapshot(v) for k, v in obj.items()}
+        if type(obj) is dict:
+            return copied
+        try:  # OrderedDict and other mappings keep their type
+            return type(obj)(copied)
+        except Exception:
+            return copied
+    if isinstance(obj, list):
+        return [_snapshot(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_snapshot(v) for v in obj)
+    return obj
+
+
+class AsyncCheckpointIO(CheckpointIO):
+    """Write checkpoints on a background thread, so a large save does not stall training.
+
+    ``save_checkpoint`` copies the checkpoint's tensors to CPU memory (the only part that waits) and hands
+    the copy to one writer thread. The file is written by the wrapped ``checkpoint_io`` (by default the
+    atomic, checksummed :class:`TorchCheckpointIO`): a crash mid-write leaves the previous file. At most one
+    write is in flight (a new save first waits for the previous one); removals queue behind the writes. A
+    failed write raises at the next training step, or when fit ends; fit returns only once every write is
+    on disk.
+
+    Example::
+
+        trainer = fulmen.Trainer(plugins=[AsyncCheckpointIO()])
+    """
+
+    def __init__(self, checkpoint_io: CheckpointIO | None = None) -> None:
+        self.checkpoint_io = checkpoint_io
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[concurrent.futures.Future] = []
+        self._error: BaseException | None = None  # read by the loop after each step: a plain attribute
+
+    @property
+    def _inner(self) -> CheckpointIO:
+        if self.checkpoint_io is None:
+            self.checkpoint_io = TorchCheckpointIO()
+        return self.checkpoint_io
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fulmen-ckpt")
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(self._record)
+        self._pending.append(future)
+
+    def _record(self, future: concurrent.futures.Future) -> None:
+        error = future.exception()
+        if error is not None and self._error is None:
+            self._error = error
+
+    def save_checkpoint(self, checkpoint: dict, path: PathLike, storage_options: dict | None = None) -> None:
+        snapshot = _snapshot(checkpoint)
+        self._wait_writes()  # at most one write in flight
+        self.raise_if_failed()
+        self._submit(self._inner.save_checkpoint, snapshot, path, storage_options)
+
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+        self.wait()  # the file may be the one being written
+        return self._inner.load_checkpoint(path, map_location, weights_only)
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        self._submit(self._inner.remove_checkpoint, path)  # after the writes queued before it
+
+    def _wait_writes(self) -> None:
+        pending, self._pending = self._pending, []
+        concurrent.futures.wait(pending)
+
+    def raise_if_failed(self) -> None:
+        """Raise the error of a failed background write (once)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> None:
+        """Block until every queued write and removal is done; raise the first error among them."""
+        self._wait_writes()
+        self.raise_if_failed()
+
+    def teardown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self._inner.teardown()

@@ -47,7 +47,8 @@ class ModelCheckpoint(Checkpoint):
     Without ``dirpath`` files go to ``<log_dir>/checkpoints`` of the first logger, else to
     ``<default_root_dir>/checkpoints``. ``save_last=True`` also keeps ``last.ckpt`` (``"link"``: a symlink to the
     newest file). ``every_n_epochs``, ``every_n_train_steps`` and ``train_time_interval`` say when to save (one of
-    them); by default after every epoch. After fit, ``best_model_path``, ``best_model_score``, ``best_k_models``
+    them); by default after every epoch. ``save_async=True`` writes the files on a background thread (see
+    :class:`~fulmen.checkpoint.AsyncCheckpointIO`), so a large save does not stall training. After fit, ``best_model_path``, ``best_model_score``, ``best_k_models``
     and ``last_model_path`` describe what is on disk, and ``trainer.test(ckpt_path="best")`` uses it.
 
     Example::
@@ -82,6 +83,7 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        save_async: bool = False,
     ) -> None:
         if mode not in ("min", "max"):
             # Lightning's words first in these messages: code and tests match on them
@@ -140,6 +142,8 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = 0  # nothing to save before the first step
         self._last_time_checked: float | None = None
         self._save_after_validation = False  # a step/time save that waits for a validation-only metric
+        self.save_async = save_async
+        self._async_io: Any = None  # the background writer when save_async=True (made in setup)
 
     @property
     def state_key(self) -> str:
@@ -154,6 +158,8 @@ class ModelCheckpoint(Checkpoint):
 
     # -- hooks ------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.save_async and self._async_io is None:
+            self._async_io = _io.AsyncCheckpointIO(trainer.strategy.checkpoint_io)
         self.dirpath = trainer.strategy.broadcast(self._resolve_dirpath(trainer))
         if (trainer.is_global_zero and stage == "fit" and self.save_top_k != 0 and not trainer.ckpt_path
                 and self._dir_has_files()):  # resuming into the same folder is expected
@@ -286,7 +292,7 @@ class ModelCheckpoint(Checkpoint):
             self._save_checkpoint(trainer, path)  # bookkeeping changes only once the file is written
             self.best_model_path = path
             if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, path):
-                trainer.strategy.remove_checkpoint(previous)
+                self._remove(trainer, previous)
             return
         if self.monitor not in candidates:
             logged = sorted(k for k in candidates if k not in ("epoch", "step"))
@@ -340,7 +346,7 @@ class ModelCheckpoint(Checkpoint):
             self.kth_value = best_k[self.kth_best_model_path]
         self.best_model_path, self.best_model_score = best_path, best_k[best_path]
         if dropped and self._may_remove(trainer, dropped, path):
-            trainer.strategy.remove_checkpoint(dropped)
+            self._remove(trainer, dropped)
 
     def _save_last_checkpoint(self, trainer: Any, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
@@ -353,6 +359,7 @@ class ModelCheckpoint(Checkpoint):
                 version += 1
         previous = self.last_model_path
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
+            trainer._flush_checkpoints()  # link to a file that is on disk
             if trainer.is_global_zero:
                 _io.link_or_copy(self._last_checkpoint_saved, path)
             trainer.strategy.barrier("ModelCheckpoint.link")
@@ -360,15 +367,25 @@ class ModelCheckpoint(Checkpoint):
             self._save_checkpoint(trainer, path)
         self.last_model_path = path
         if previous and self._may_remove(trainer, previous, path):
-            trainer.strategy.remove_checkpoint(previous)
+            self._remove(trainer, previous)
 
     def _save_checkpoint(self, trainer: Any, path: str) -> None:
-        trainer.save_checkpoint(path, self.save_weights_only)
+        if self._async_io is not None:
+            trainer._save_checkpoint_async(path, self.save_weights_only, self._async_io)
+        else:
+            trainer.save_checkpoint(path, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = path
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+    def _remove(self, trainer: Any, path: str) -> None:
+        if self._async_io is not None:
+            if trainer.is_global_zero:
+                self._async_io.remove_checkpoint(path)  # after the write of its replacement is on disk
+        else:
+            trainer.strategy.remove_checkpoint(path)
 
     def _may_remove(self, trainer: Any, previous: str, current: str) -> bool:
         """Remove an old checkpoint only when it is ours: in dirpath, not the one this run resumed from."""

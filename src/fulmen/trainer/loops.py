@@ -90,6 +90,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     trainer._start_time = time.monotonic()
     if fn == TrainerFn.FITTING:
         result = fit(trainer, resumed=checkpoint is not None)
+        trainer._flush_checkpoints()  # fit returns with every checkpoint on disk (or a failed write's error)
     elif fn == TrainerFn.PREDICTING:
         result = predict(trainer)
     else:
@@ -481,6 +482,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     manual = not module.automatic_optimization
     check_finite, finite_every = _loss_checker(trainer, loop)
     preempted = trainer._preemption.check if trainer._preemption is not None else None  # reads a bool set by SIGTERM
+    writers = trainer._async_writers()  # background checkpoint writes: a failed one raises at the next step
 
     batch_idx = skip - 1
     while True:
@@ -546,6 +548,9 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         for cfg in plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
+        for writer in writers:
+            if writer._error is not None:
+                writer.raise_if_failed()
         if preempted is not None and stepped and preempted(loop.batches_stepped):
             trainer._preemption.stop()  # saves a resumable checkpoint, then leaves fit (SIGTERMException)
         if stop or (max_steps != -1 and loop.global_step >= max_steps):

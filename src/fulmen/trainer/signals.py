@@ -105,6 +105,7 @@ class Preemption:
         rank_zero_info(f"Received {signal.Signals(signum).name}: stopping at global step {trainer.global_step}, "
                        f"saving {path}.")
         trainer.save_checkpoint(path)
+        trainer._flush_checkpoints()  # the process is about to end: every write (this one too) must be on disk
         if requeue and trainer.is_global_zero:
             _requeue_slurm_job()
         raise SIGTERMException(128 + int(signum))

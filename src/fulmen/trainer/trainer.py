@@ -930,7 +930,24 @@ class Trainer(metaclass=_CheckedInit):
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         raise SystemExit(1) from exc
 
+    def _async_writers(self) -> list[Any]:
+        """The background checkpoint writers of this run: the strategy's, and ModelCheckpoint(save_async=True)'s."""
+        from fulmen.checkpoint import AsyncCheckpointIO
+
+        ios = [self.strategy.checkpoint_io] + [getattr(cb, "_async_io", None) for cb in self.callbacks]
+        return [io for io in ios if isinstance(io, AsyncCheckpointIO)]
+
+    def _flush_checkpoints(self, quiet: bool = False) -> None:
+        """Wait until every background checkpoint write is on disk; raise a failed one's error unless ``quiet``."""
+        for io in self._async_writers():
+            try:
+                io.teardown()  # waits, then stops the writer thread (a later save starts it again)
+            except Exception:
+                if not quiet:
+                    raise
+
     def _on_exception(self, exc: BaseException) -> None:
+        self._flush_checkpoints(quiet=True)  # writes already queued still land (and the original error wins)
         module = self.lightning_module
         for cb in self.callbacks:
             if is_overridden("on_exception", cb, Callback):
@@ -1011,6 +1028,13 @@ class Trainer(metaclass=_CheckedInit):
             )
         checkpoint = loops.dump_checkpoint(self, weights_only)
         self.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        self.strategy.barrier("save_checkpoint")
+
+    def _save_checkpoint_async(self, filepath: Any, weights_only: bool, io: Any) -> None:
+        """``save_checkpoint`` through a given background writer (``ModelCheckpoint(save_async=True)``)."""
+        checkpoint = loops.dump_checkpoint(self, weights_only)
+        if self.is_global_zero:
+            io.save_checkpoint(checkpoint, filepath)
         self.strategy.barrier("save_checkpoint")
 
     def print(self, *args: Any, **kwargs: Any) -> None:
