@@ -437,18 +437,19 @@ def _allowed_names() -> list[str]:
     return names
 
 
-def _torch_load(f, map_location, trusted: bool) -> Any:
+def _torch_load(f, map_location, trusted: bool, mmap: bool = False) -> Any:
+    extra = {"mmap": True} if mmap else {}
     if trusted:
-        return torch.load(f, map_location=map_location, weights_only=False)
+        return torch.load(f, map_location=map_location, weights_only=False, **extra)
     safe = _default_safe_types()
     if not _supports_alias():  # torch<2.6 takes classes only, no (class, "pickled.name") pairs
         safe = [t for t in safe if not isinstance(t, tuple)]
     if hasattr(torch.serialization, "safe_globals"):
         with torch.serialization.safe_globals(safe):
-            return torch.load(f, map_location=map_location, weights_only=True)
+            return torch.load(f, map_location=map_location, weights_only=True, **extra)
     known = getattr(torch.serialization, "get_safe_globals", list)()  # torch 2.4: no context manager; add once
     torch.serialization.add_safe_globals([t for t in safe if t not in known])
-    return torch.load(f, map_location=map_location, weights_only=True)
+    return torch.load(f, map_location=map_location, weights_only=True, **extra)
 
 
 _REFUSED_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([^']+)'>")
@@ -544,25 +545,13 @@ def read_checkpoint_header(path: PathLike, storage_options: dict | None = None) 
     source = _Source(path, storage_options)
     source.check()
     try:
-        if source.local is not None and source.head == b"PK\x03\x04":
-            with torch.serialization.safe_globals(_default_safe_types()) if hasattr(
-                torch.serialization, "safe_globals"
-            ) else _nullcontext():
-                return torch.load(source.local, map_location="cpu", weights_only=True, mmap=True)
-        return _torch_load(source.opener(), "cpu", False)
+        mmap = source.local is not None and source.head == b"PK\x03\x04"  # tensors mapped, not read
+        return _torch_load(source.opener(), "cpu", False, mmap=mmap)
     except Exception as err:
         if _looks_damaged(err):
             first_line = str(err).strip().split("\n")[0][:160]
             raise CheckpointCorruptedError(_corrupt_message(source.shown, f"{type(err).__name__}: {first_line}")) from err
         raise
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def load_checkpoint(

@@ -255,3 +255,22 @@ def test_epoch_values_and_csv_rows_after_a_mid_epoch_resume_equal_the_uninterrup
     rows_resumed = _csv(tmp_path / "cut" / "run" / "version_0" / "metrics.csv")
     assert [r["step"] for r in rows_resumed] == [r["step"] for r in rows_straight]  # none missing, none twice
     assert rows_resumed == rows_straight  # the first epoch's means (logged after the resume) included
+
+
+def test_a_directory_checkpoint_is_loaded_by_the_strategy(tmp_path):
+    """Sharded checkpoints are directories: the path goes to the strategy's load_checkpoint as it is."""
+    from fulmen.checkpoint import load_checkpoint
+    from fulmen.strategies import SingleDeviceStrategy
+
+    class DirectoryStrategy(SingleDeviceStrategy):
+        def load_checkpoint(self, filepath, weights_only=True):
+            self.loaded = filepath
+            return load_checkpoint(os.path.join(filepath, "whole.ckpt"))
+
+    first = _fit(Dropout(), epochs=1)
+    (tmp_path / "sharded.ckpt").mkdir()
+    first.save_checkpoint(tmp_path / "sharded.ckpt" / "whole.ckpt")
+    strategy = DirectoryStrategy("cpu")
+    trainer = quiet_trainer(max_epochs=2, strategy=strategy)
+    trainer.fit(Dropout(), make_loader(80, 8, shuffle=True), ckpt_path=tmp_path / "sharded.ckpt")
+    assert strategy.loaded == str(tmp_path / "sharded.ckpt") and trainer.global_step == 20

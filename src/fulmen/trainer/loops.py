@@ -57,7 +57,8 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     if fn == TrainerFn.FITTING:  # before any hook: resuming may pick the logger version to continue in
         from fulmen.trainer.resume import resolve_fit_path
 
-        resume_from = resolve_fit_path(trainer, trainer.ckpt_path)
+        requested = trainer.ckpt_path
+        resume_from = resolve_fit_path(trainer, requested)
         trainer.ckpt_path = resume_from[0] if resume_from else None
     trainer._collect_hooks()
     trainer._metrics.current = None
@@ -84,7 +85,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
         _setup_optimizers(trainer, module)
     checkpoint = None
     if resume_from:
-        checkpoint = _restore_first_valid(trainer, resume_from, weights_only)
+        checkpoint = _restore_first_valid(trainer, resume_from, weights_only, announce=requested != resume_from[0])
     elif trainer.ckpt_path is not None:
         checkpoint = restore_checkpoint(trainer, trainer.ckpt_path, weights_only, fn == TrainerFn.FITTING)
     trainer._start_time = time.monotonic()
@@ -118,11 +119,13 @@ def _check_legacy(trainer: Any, module: Any) -> None:
         legacy.check_callback(cb, Callback)
 
 
-def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | None) -> dict[str, Any] | None:
-    """Restore the first of ``paths`` that loads; with several (``"last"``), a damaged one is skipped by name."""
+def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | None,
+                         announce: bool) -> dict[str, Any] | None:
+    """Restore the first of ``paths`` that loads; with several (``"last"``), a damaged one is skipped by name.
+    ``announce``: say which file a ``"last"``/``"hpc"``/``"best"`` resolved to."""
     from fulmen.errors import CheckpointCorruptedError
 
-    for i, path in enumerate(paths):
+    for path in paths:
         try:
             checkpoint = restore_checkpoint(trainer, path, weights_only, True)
         except CheckpointCorruptedError as err:
@@ -131,7 +134,7 @@ def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | No
             rank_zero_warn(f'ckpt_path="last" skips a damaged checkpoint: {err}')
             continue
         trainer.ckpt_path = path
-        if len(paths) > 1:
+        if announce:
             rank_zero_info(f"Resuming from {path} (global step {trainer.global_step}).")
         return checkpoint
     rank_zero_info('ckpt_path="last": every checkpoint of this run is damaged, so training starts from scratch.')
