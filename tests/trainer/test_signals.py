@@ -237,3 +237,68 @@ def test_ctrl_c_ends_as_in_lightning(tmp_path):
     assert isinstance(probe.seen_exception, KeyboardInterrupt)
     assert load_checkpoint(tmp_path / "on_exception.ckpt")["global_step"] == 2
     assert signal.getsignal(signal.SIGINT) == before
+
+
+DDP_CHILD = textwrap.dedent('''
+    import os, signal, sys
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+    import fulmen as pl
+
+    root = sys.argv[1]
+    torch.set_num_threads(1)
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(8, 2)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class SignalOnRankOne(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_rank == 1 and trainer.global_step == 3 and not os.path.exists(os.path.join(root, "sent")):
+                open(os.path.join(root, "sent"), "w").close()
+                os.kill(os.getpid(), signal.SIGTERM)  # only this rank is told
+
+        def on_exception(self, trainer, pl_module, exception):
+            with open(os.path.join(root, f"stopped{trainer.global_rank}"), "w") as f:
+                f.write(str(trainer.global_step))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=root, callbacks=[SignalOnRankOne()])
+    trainer.fit(Net(), loader, ckpt_path="last")
+    if trainer.global_rank == 0:
+        open(os.path.join(root, "done"), "w").write(str(trainer.global_step))
+''')
+
+
+def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path):
+    """Only rank 1 gets SIGTERM; the ranks agree at the next sync point, save once and all exit 143."""
+    from fulmen.trainer.signals import SYNC_EVERY
+
+    script = tmp_path / "ddp_child.py"
+    script.write_text(DDP_CHILD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "FULMEN_LAUNCHER"))
+           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    first = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert first.returncode == 143, first.stderr[-2000:]
+    stopped = {(tmp_path / f"stopped{r}").read_text() for r in (0, 1)}
+    assert stopped == {str(SYNC_EVERY)}  # the first sync point after the signal, on both ranks
+    assert load_checkpoint(tmp_path / "checkpoints" / "preempted.ckpt")["global_step"] == SYNC_EVERY
+    second = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (tmp_path / "done").read_text() == "32"  # 256 samples / (4 per batch x 2 ranks)
