@@ -146,3 +146,16 @@ def test_a_plain_iterable_dataset_is_replayed_and_says_so_once(tmp_path):
         resumed, _, _ = _run(make, ckpt_path=tmp_path / "mid.ckpt")
     assert sum("loaded again" in str(w.message) for w in record) == 1
     assert resumed.seen == straight.seen[11:]
+
+
+@pytest.mark.parametrize("at", [11, 16])  # mid third epoch; the end of the second (a fresh iterator next)
+def test_persistent_workers_resume_with_the_same_batches(tmp_path, at):
+    """A persistent-workers loader draws its worker seed only when its first iterator is made; a resumed run
+    makes one in a later epoch, and must not let that draw shift the order or the training randomness."""
+    make = lambda ds: DataLoader(ds, batch_size=8, shuffle=True, num_workers=2, persistent_workers=True)  # noqa: E731
+    straight, _, _ = _run(make)
+    _run(make, [StopAt(at, tmp_path / "mid.ckpt")])
+    resumed, _, _ = _run(make, ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.seen == straight.seen[at:]
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

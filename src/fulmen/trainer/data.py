@@ -408,22 +408,24 @@ class _SkipFirst:
     def __init__(self, sampler: Any, skip: int) -> None:
         self.sampler, self.skip = sampler, skip
         self.rng: dict[str, Any] | None = None
+        self.after: dict[str, Any] | None = None  # the state right after the draw made under ``rng``
 
     def __iter__(self) -> Iterator[Any]:
-        if not self.skip:
+        if not self.skip and self.rng is None:
             yield from self.sampler
             return
         from fulmen.utilities import collect_rng_states, restore_rng_states
 
-        skip, self.skip = self.skip, 0
-        now = collect_rng_states() if self.rng is not None else None
-        if self.rng is not None:
-            restore_rng_states(self.rng)
+        skip, self.skip, rng, self.rng = self.skip, 0, self.rng, None
+        now = collect_rng_states() if rng is not None else None
+        if rng is not None:
+            restore_rng_states(rng)
         it = iter(self.sampler)
         for _ in itertools.islice(it, skip):
             pass
         first = next(it, _END)  # the draw happens at the first index at the latest
         if now is not None:
+            self.after = collect_rng_states()
             restore_rng_states(now)
         if first is _END:
             return
@@ -479,32 +481,45 @@ def loader_state(loader: Any) -> Any:
 _replay_warned = False
 
 
-def resume_iter(loader: Any, skip: int, state: Any) -> Iterator[Any]:
+def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False) -> Iterator[Any]:
     """An iterator over ``loader`` that starts after its first ``skip`` batches of the epoch.
 
     In order of preference: the loader's own state (``load_state_dict``), skipping at the sampler level
     (map-style DataLoaders with any sampler: the same batches, none loaded), else replaying, which loads
-    the skipped batches again and says so once.
+    the skipped batches again and says so once. ``reused_before``: an uninterrupted run would be in a later
+    epoch of this loader, so a persistent-workers loader would reuse its iterator and draw no new worker seed.
     """
-    if not skip:
+    if not skip and not reused_before:
         return iter(loader)
     if state is not None and callable(getattr(loader, "load_state_dict", None)):
         loader.load_state_dict(state)
         return iter(loader)
     if _map_style_loader(loader):
+        from fulmen.utilities import collect_rng_states, restore_rng_states
+
+        # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
+        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
+        fresh = reused_before and loader.num_workers > 0 and loader.persistent_workers and loader._iterator is None
+        if not skip and not fresh:
+            return iter(loader)
         attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         original = getattr(loader, attr)
-        # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
         skipping = _SkipFirst(original, skip)
+        before = collect_rng_states() if fresh else None
+        skipping.rng = before  # workers ask for indices while the iterator is made: under this state
+        # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
         object.__setattr__(loader, attr, skipping)
         try:
             it = iter(loader)
         finally:
             object.__setattr__(loader, attr, original)
-        from fulmen.utilities import collect_rng_states
-
-        skipping.rng = collect_rng_states()  # as the uninterrupted run had it right after iter(loader)
+        if fresh:  # as if the draw had been the only use of the RNG, as in the uninterrupted run
+            restore_rng_states(skipping.after or before)
+        elif loader.num_workers == 0:
+            skipping.rng = collect_rng_states()  # as the uninterrupted run had it right after iter(loader)
         return it
+    if not skip:
+        return iter(loader)
     global _replay_warned
     if not _replay_warned:
         _replay_warned = True

@@ -355,6 +355,7 @@ def fit(trainer: Any, resumed: bool) -> None:
     trainer._call_hooks("on_train_start")
     if trainer._val_check_seconds is not None:  # a time-based val_check_interval counts from here
         trainer._last_val_time = time.monotonic()
+    trainer._loop_first_epoch = True  # the first epoch this fit runs (a resumed one may start at any epoch)
     if loop.epoch_loop_done:  # the checkpoint was written at an epoch's end: continue with the next one
         loop.epoch += 1
         loop.batches_in_epoch = 0
@@ -454,7 +455,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     _data.set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
     n_batches = trainer.num_training_batches
     # mid-epoch resume: the loader's own state, else skip at the sampler level (nothing loaded), else replay
-    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state)
+    first_epoch_here = trainer._loop_first_epoch
+    trainer._loop_first_epoch = False
+    reused = first_epoch_here and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
+    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused)
     loop.loader_state = None
     if skip:
         restore_rng_states(resume_rng)
