@@ -144,56 +144,61 @@ def drive(args: argparse.Namespace) -> int:
             print(ref_err)
             return 1
         reference_seconds = time.perf_counter() - t0
-        root = os.path.join(work, "victim")
-        ckpt_dir = os.path.join(root, "ckpts")
-        kills = kills_in_write = damaged = skipped = recomputed = failed = lives = 0
-        last_step_before_kill = None
-        while True:
-            life = Life(_spawn(root, args.steps, args.use_async))
-            lives += 1
-            life.started.wait()
-            if last_step_before_kill is not None and life.start is not None:
-                recomputed += max(0, last_step_before_kill - life.start)
-            if kills < args.kills and life.proc.poll() is None:
-                in_write = rng.random() < 0.5
-                deadline = time.monotonic() + rng.uniform(0.05, args.max_life)
-                while life.proc.poll() is None and time.monotonic() < deadline:
-                    if in_write and _writing(ckpt_dir):
-                        break
-                    time.sleep(0.001 if in_write else 0.01)
-                if life.proc.poll() is None:
-                    caught_in_write = _writing(ckpt_dir)
-                    life.proc.send_signal(signal.SIGKILL)
-                    life.proc.wait()
-                    kills += 1
-                    kills_in_write += caught_in_write
-                    last_step_before_kill = life.step
-                    if args.damage_every and kills % args.damage_every == 0 and _damage_newest(ckpt_dir, rng):
-                        damaged += 1
-            life.proc.wait()
-            time.sleep(0.05)  # the reader threads drain the pipes
-            skipped += sum("skips a damaged checkpoint" in line for line in life.err)
-            if life.proc.returncode not in (0, -signal.SIGKILL):
-                failed += 1
-                print("".join(life.err[-20:]), file=sys.stderr)
-                if failed > 3:
-                    break
-            if life.done:
-                break
         import torch
 
-        equal = False
-        if os.path.exists(os.path.join(root, "final.pt")):
-            a = torch.load(os.path.join(work, "reference", "final.pt"))
-            b = torch.load(os.path.join(root, "final.pt"))
-            equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        lost = int(not equal)
+        reference = torch.load(os.path.join(work, "reference", "final.pt"))
+        kills = kills_in_write = damaged = skipped = recomputed = failed = lives = jobs = lost = 0
+        while kills < args.kills:  # one job: the same command restarted until it completes
+            jobs += 1
+            root = os.path.join(work, f"job{jobs}")
+            ckpt_dir = os.path.join(root, "ckpts")
+            last_step_before_kill = None
+            while True:
+                life = Life(_spawn(root, args.steps, args.use_async))
+                lives += 1
+                life.started.wait()
+                if last_step_before_kill is not None and life.start is not None:
+                    recomputed += max(0, last_step_before_kill - life.start)
+                if kills < args.kills and life.proc.poll() is None:
+                    in_write = rng.random() < 0.5
+                    deadline = time.monotonic() + rng.uniform(0.05, args.max_life)
+                    while life.proc.poll() is None and time.monotonic() < deadline:
+                        if in_write and _writing(ckpt_dir):
+                            break
+                        time.sleep(0.001 if in_write else 0.01)
+                    if life.proc.poll() is None:
+                        caught_in_write = _writing(ckpt_dir)
+                        life.proc.send_signal(signal.SIGKILL)
+                        life.proc.wait()
+                        kills += 1
+                        kills_in_write += caught_in_write
+                        last_step_before_kill = life.step
+                        if args.damage_every and kills % args.damage_every == 0 and _damage_newest(ckpt_dir, rng):
+                            damaged += 1
+                life.proc.wait()
+                time.sleep(0.05)  # the reader threads drain the pipes
+                skipped += sum("skips a damaged checkpoint" in line for line in life.err)
+                if life.proc.returncode not in (0, -signal.SIGKILL):
+                    failed += 1
+                    print("".join(life.err[-20:]), file=sys.stderr)
+                    break
+                if life.done:
+                    break
+            final = os.path.join(root, "final.pt")
+            ok = os.path.exists(final) and all(torch.equal(reference[k], v) for k, v in torch.load(final).items())
+            lost += not ok
+            shutil.rmtree(root, ignore_errors=True)
+            if failed > 3:
+                break
+        equal = lost == 0
         print(f"writer: {'async (AsyncCheckpointIO)' if args.use_async else 'synchronous'}; {args.steps} steps, "
               f"a checkpoint every 20 steps; uninterrupted run {reference_seconds:.1f} s")
-        print(f"kills: {kills} ({kills_in_write} during a checkpoint write), lives: {lives}, failed restarts: {failed}")
+        print(f"kills: {kills} ({kills_in_write} during a checkpoint write) over {jobs} runs, {lives} starts, "
+              f"failed restarts: {failed}")
         print(f"damaged checkpoints made: {damaged}, skipped by ckpt_path='last': {skipped}")
         print(f"steps recomputed: {recomputed} ({recomputed / max(kills, 1):.1f} per kill)")
-        print(f"final weights bitwise equal to the uninterrupted run: {equal}; runs lost: {lost}")
+        print(f"runs whose final weights equal the uninterrupted run's bit for bit: {jobs - lost} of {jobs}; "
+              f"runs lost: {lost}")
         return 0 if equal and not failed else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -202,7 +207,7 @@ def drive(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--max-life", type=float, default=2.0, help="longest time a life runs before its kill (s)")
     parser.add_argument("--damage-every", type=int, default=5, help="damage the newest checkpoint every K kills")
     parser.add_argument("--async", dest="use_async", action="store_true")

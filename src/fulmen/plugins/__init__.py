@@ -22,7 +22,7 @@ _WHERE = {
     "AsyncCheckpointIO": "fulmen.checkpoint",
 }
 
-__all__ = [name for name in _WHERE if name != "AsyncCheckpointIO"]  # that one once fulmen.checkpoint has it
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""Lightning's path for its exception: ``MisconfigurationException`` (fulmen's lives in :mod:`fulmen.errors`).
+"""Lightning's path for its exceptions: ``MisconfigurationException`` and ``SIGTERMException`` (fulmen's live in
+:mod:`fulmen.errors`).
 
 Example::
 
@@ -10,6 +11,6 @@ Example::
         print("fix the set-up:", err)
 """
 
-from fulmen.errors import MisconfigurationException
+from fulmen.errors import MisconfigurationException, SIGTERMException
 
-__all__ = ["MisconfigurationException"]
+__all__ = ["MisconfigurationException", "SIGTERMException"]

@@ -10,15 +10,6 @@ Example::
             upload(path)
 """
 
-from fulmen.checkpoint import CheckpointIO, TorchCheckpointIO
+from fulmen.checkpoint import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
 
-__all__ = ["CheckpointIO", "TorchCheckpointIO"]
-
-
-def __getattr__(name: str):
-    if name == "AsyncCheckpointIO":  # present once fulmen.checkpoint defines it
-        import fulmen.checkpoint
-
-        if hasattr(fulmen.checkpoint, name):
-            return fulmen.checkpoint.AsyncCheckpointIO
-    raise AttributeError(f"module 'fulmen.plugins.io' has no attribute {name!r}")
+__all__ = ["AsyncCheckpointIO", "CheckpointIO", "TorchCheckpointIO"]
