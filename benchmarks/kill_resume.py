@@ -1,9 +1,10 @@
 """Fault injection: a training run killed with SIGKILL again and again, restarted with ckpt_path="last".
 
-A small model trains for a fixed number of steps, checkpointing every few steps. The driver starts it,
-kills it (SIGKILL: no handler, no cleanup) at a random moment, half the time exactly while a checkpoint
-is being written (it watches for the writer's temporary file), and starts the same command again until
-the run completes. With ``--damage-every K`` it also damages the newest checkpoint after every K-th kill
+A small model trains for a fixed number of steps, checkpointing every few steps. The driver starts it
+(a fork of itself, so a restart costs no interpreter start-up), kills it (SIGKILL: no handler, no
+cleanup) at a random moment, half the time exactly while a checkpoint is being written (it watches for
+the writer's temporary file), and starts the same training again, with ``ckpt_path="last"``, until the
+run completes; then it starts another run until the number of kills is reached. With ``--damage-every K`` it also damages the newest checkpoint after every K-th kill
 (cut short or one bit flipped, as a storage fault would), which ``"last"`` must detect and skip.
 
 At the end it compares the final weights with those of an uninterrupted run, bit for bit, and prints:
@@ -21,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +31,8 @@ import time
 def child(root: str, steps: int, use_async: bool) -> None:
     """One life of the run: the same command every time."""
     import torch
+
+    torch.set_num_threads(1)
     from torch import nn
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
@@ -78,17 +80,69 @@ def child(root: str, steps: int, use_async: bool) -> None:
     print(f"done {trainer.global_step}", flush=True)
 
 
-def _spawn(root: str, steps: int, use_async: bool) -> subprocess.Popen:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", root, "--steps", str(steps)]
-    if use_async:
-        cmd.append("--async")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class _Forked:
+    """A life of the run in a forked copy of this process (torch and fulmen already imported, so a restart
+    costs no interpreter start-up), with Popen's interface: stdout/stderr pipes, poll, wait, send_signal."""
+
+    def __init__(self, root: str, steps: int, use_async: bool) -> None:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: train, then leave without running the parent's clean-up
+            os.close(out_r)
+            os.close(err_r)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            code = 0
+            try:
+                child(root, steps, use_async)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        os.close(out_w)
+        os.close(err_w)
+        self.pid, self.returncode = pid, None
+        self.stdout = os.fdopen(out_r, "r")
+        self.stderr = os.fdopen(err_r, "r")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def communicate(self) -> tuple[str, str]:
+        out, err = self.stdout.read(), self.stderr.read()
+        self.wait()
+        return out, err
+
+
+def _spawn(root: str, steps: int, use_async: bool) -> _Forked:
+    return _Forked(root, steps, use_async)
 
 
 class Life:
     """A running child and what it has printed so far."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: _Forked) -> None:
         self.proc, self.start, self.step, self.done = proc, None, 0, False
         self.started = threading.Event()
         self.err: list[str] = []
@@ -134,6 +188,11 @@ def _damage_newest(ckpt_dir: str, rng: random.Random) -> str | None:
 
 
 def drive(args: argparse.Namespace) -> int:
+    import torch
+
+    import fulmen  # noqa: F401  (imported once here; every life is a fork of this process)
+
+    torch.set_num_threads(1)  # no OpenMP pool in the parent: forks stay safe
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="kill_resume_")
     try:
@@ -144,8 +203,6 @@ def drive(args: argparse.Namespace) -> int:
             print(ref_err)
             return 1
         reference_seconds = time.perf_counter() - t0
-        import torch
-
         reference = torch.load(os.path.join(work, "reference", "final.pt"))
         kills = kills_in_write = damaged = skipped = recomputed = failed = lives = jobs = lost = 0
         while kills < args.kills:  # one job: the same command restarted until it completes

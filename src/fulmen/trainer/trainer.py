@@ -468,6 +468,8 @@ class Trainer(metaclass=_CheckedInit):
         self._last_val_time = 0.0  # when validation last ended (time-based val_check_interval)
         self._enable_validation = False
         self._preemption: Any = None  # set while fit runs: SIGTERM / SLURM requeue handling
+        self._loop_first_epoch = False  # true until the first training epoch of a fit has made its data iterator
+        self._step_row_due = False  # a batch-end hook runs before this batch's logged row goes to the loggers
 
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
