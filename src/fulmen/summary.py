@@ -68,50 +68,11 @@ class Summary:
     def non_trainable_params(self) -> int:
         return self.total_params - self.trainable_params
 
-    def rows(self) -> tuple[list[str], list[list[str]]]:
-        """Column headers and the cell strings of each row (shared by the plain and the rich table)."""
-        headers = ["", "Name", "Type", "Params", "Mode"]
-        sizes = any(layer.in_size != _UNKNOWN or layer.out_size != _UNKNOWN for layer in self.layers)
-        flops = self.total_flops is not None
-        if flops:
-            headers.append("FLOPs")
-        if sizes:
-            headers += ["In sizes", "Out sizes"]
-        rows = []
-        for i, layer in enumerate(self.layers):
-            row = [str(i), layer.name, layer.type, human_count(layer.params), "train" if layer.training else "eval"]
-            if flops:
-                row.append(human_count(layer.flops or 0))
-            if sizes:
-                row += [str(layer.in_size), str(layer.out_size)]
-            rows.append(row)
-        return headers, rows
-
-    def totals(self) -> list[tuple[str, str]]:
-        """The lines under the table, as ``(value, label)``."""
-        out = [
-            (human_count(self.trainable_params), "Trainable params"),
-            (human_count(self.non_trainable_params), "Non-trainable params"),
-            (human_count(self.total_params), "Total params"),
-            (f"{self.model_size_mb:,.3f}", "Total estimated model params size (MB)"),
-            (str(self.train_modules), "Modules in train mode"),
-            (str(self.eval_modules), "Modules in eval mode"),
-        ]
-        if self.total_flops is not None:
-            out.append((human_count(self.total_flops), "Total FLOPs"))
-        return out
-
     def __str__(self) -> str:
-        headers, rows = self.rows()
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-        line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        table = [line(headers)]
-        rule = "-" * max(len(table[0]), 40)
-        table.append(rule)
-        table += [line(r) for r in rows]
-        table.append(rule)
-        table += [f"{value:<10}{label}" for value, label in self.totals()]
-        return "\n".join(table)
+        # one table format in fulmen, Lightning's: see fulmen.utilities.model_summary
+        from fulmen.utilities.model_summary.model_summary import ModelSummary
+
+        return str(ModelSummary._wrap(self))
 
     __repr__ = __str__
 

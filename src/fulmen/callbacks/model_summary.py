@@ -14,9 +14,7 @@ def _lightning_args(summary: Any) -> tuple[list[tuple[str, list[str]]], int, int
     from fulmen.utilities.model_summary import ModelSummary as SummaryObject
 
     if isinstance(summary, Summary):  # fulmen's own summary, as earlier fulmen code passes it
-        wrapped = SummaryObject.__new__(SummaryObject)
-        wrapped._summary, wrapped._model, wrapped._max_depth = summary, None, -1
-        summary = wrapped
+        summary = SummaryObject._wrap(summary)
     return (summary._get_summary_data(), summary.total_parameters, summary.trainable_parameters, summary.model_size,
             summary.total_training_modes, summary.total_flops)
 

@@ -152,14 +152,21 @@ class ModelSummary:
         if not self._summary.layers and getattr(model, "example_input_array", None) is not None:
             self._summary.total_flops = _summarize(model, max_depth=1).total_flops  # no rows, but the total counts
 
+    @classmethod
+    def _wrap(cls, summary: Summary, model: nn.Module | None = None, max_depth: int = -1) -> ModelSummary:
+        """A ModelSummary over a summary already computed (``fulmen.summary.summarize``)."""
+        obj = cls.__new__(cls)
+        obj._summary, obj._model, obj._max_depth = summary, model, max_depth
+        return obj
+
     @property
     def max_depth(self) -> int:
         return self._max_depth
 
     @property
     def named_modules(self) -> list[tuple[str, nn.Module]]:
-        modules = dict(self._model.named_modules())
-        return [(layer.name, modules[layer.name]) for layer in self._summary.layers]
+        modules = dict(self._model.named_modules()) if self._model is not None else {}
+        return [(layer.name, modules[layer.name]) for layer in self._summary.layers if layer.name in modules]
 
     @property
     def layer_names(self) -> list[str]:
@@ -222,7 +229,7 @@ class ModelSummary:
             ("Mode", ["train" if t else "eval" for t in self.training_modes]),
             ("FLOPs", [get_human_readable_count(layer.flops or 0) for layer in layers]),
         ]
-        if getattr(self._model, "example_input_array", None) is not None:
+        if self._summary.total_flops is not None:  # an example input ran through the model: sizes are known
             data += [("In sizes", [str(s) for s in self.in_sizes]), ("Out sizes", [str(s) for s in self.out_sizes])]
         leftover = self.total_parameters - self.total_layer_params
         if leftover > 0:  # parameters of the module itself, or of rows below max_depth: one more row, as Lightning
