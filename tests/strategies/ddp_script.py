@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 from torch import nn
@@ -63,6 +64,7 @@ class Net(pl.LightningModule):
         self.log("val_sum", err.sum(), sync_dist=True, reduce_fx="sum")
         self.log("val_max", err.max(), sync_dist=True, reduce_fx="max")
         self.log("rank_seen", float(self.global_rank), sync_dist=True, reduce_fx="max")
+        self.log("val_local", err.mean())  # not synced: each rank's own value, and a warning
 
     def predict_step(self, batch, batch_idx):
         return batch * 10
@@ -96,6 +98,21 @@ class GAN(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.gen.parameters(), lr=0.1), torch.optim.SGD(self.disc.parameters(), lr=0.1)
+
+
+class Slow(Net):
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.05)
+        return super().training_step(batch, batch_idx)
+
+
+class Started(pl.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, pl_module):
+        with open(os.path.join(self.out, f"started{trainer.global_rank}"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 def counting_hook(state, bucket):
@@ -137,10 +154,14 @@ def main() -> None:
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--raise-on-rank", type=int, default=-1)
     parser.add_argument("--quick", action="store_true", help="the first fit only")
+    parser.add_argument("--hang", action="store_true", help="train slowly for ever, after writing started<rank>")
     args = parser.parse_args()
     torch.set_num_threads(1)
     env_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     report: dict = {"rank_zero_only_at_start": rank_zero_only.rank, "env_rank": env_rank, "pid": os.getpid()}
+    if args.hang:
+        trainer(args, max_steps=10**6, callbacks=[Started(args.out)]).fit(Slow(), DataLoader(data(), batch_size=BATCH))
+        return
 
     # 1. DDP, batch BATCH per process, STEPS steps; with logging to a CSV logger and checkpoints
     model = Net(raise_on_rank=args.raise_on_rank)
@@ -218,6 +239,10 @@ def main() -> None:
     compiled = Net()
     trainer(args, max_steps=STEPS).fit(torch.compile(compiled, backend="eager"), DataLoader(data(), batch_size=BATCH))
     report["compiled"] = weights(compiled)
+    # max_time: the processes agree on when the time is up, and stop at the same step
+    timed = trainer(args, max_time={"seconds": 1}, max_epochs=10**6)
+    timed.fit(Slow(), DataLoader(data(), batch_size=BATCH))
+    report["max_time_steps"] = timed.global_step
 
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

@@ -377,6 +377,21 @@ def _convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def _destroy_process_group() -> None:
+    """At exit: wait until every process is done with the group, then close it. A process that closes its
+    connections while a peer still reads from them makes the peer's transport thread abort."""
+    from fulmen.strategies import launcher
+
     dist = _dist()
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    if launcher.FAILED:  # the peers may be waiting in a collective this process will never join
         dist.destroy_process_group()
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer is gone already: nothing to wait for
+        pass
+    dist.destroy_process_group()

@@ -27,6 +27,7 @@ import torch
 from fulmen.errors import FulmenError, MisconfigurationException
 
 _PARENT_ENV = "FULMEN_LAUNCHER_PID"
+FAILED = False  # a run of this process raised: at exit, do not wait for the others
 
 
 def make_launcher(strategy: Any) -> Any:
@@ -95,6 +96,8 @@ class ScriptLauncher:
         try:
             return function(*args, **kwargs)
         except BaseException as exc:
+            global FAILED
+            FAILED = True
             rank = self.strategy.global_rank
             if self.procs:
                 failed = self._wait_for_failure(2.0) if _is_comm_error(exc) else None
@@ -284,6 +287,9 @@ def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: 
             for t in [*module.parameters(), *module.buffers()]:
                 t.data = t.data.clone()
     result = function(*args, **kwargs)
+    from fulmen.strategies.ddp import _destroy_process_group
+
+    _destroy_process_group()  # workers end without atexit handlers
     if strategy.global_rank != 0:
         return
     module = trainer.lightning_module

@@ -55,6 +55,7 @@ _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min
 _REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", sum: "sum", torch.max: "max", max: "max", torch.min: "min",
                min: "min"}
 _ALL = object()  # "no dataloader filter"
+_WARNED_UNSYNCED: set[str] = set()  # names warned about (once per process) for epoch values without sync_dist
 
 
 def _is_torchmetric(value: Any) -> bool:
@@ -361,6 +362,13 @@ class ResultCollection:
         for slot in self.slots.values():
             if slot.valid and slot.on_epoch and (slot.sync_dist or slot.metric is not None):
                 slot.epoch(self._reduce)
+            elif slot.valid and slot.on_epoch and slot.name not in _WARNED_UNSYNCED:
+                _WARNED_UNSYNCED.add(slot.name)
+                from fulmen.utilities import rank_zero_warn
+
+                rank_zero_warn(f"`self.log({slot.name!r}, ...)` logs an epoch value that each process computes from its "
+                               f"own share of the data. Add `sync_dist=True` to reduce it across processes, so every "
+                               "process (and ModelCheckpoint/EarlyStopping) sees the same value.")
 
     def _new_slot(self, key: tuple, config: tuple, metric: Any, sync_dist_group: Any, device: torch.device) -> _Slot:
         fx, name, suffix_idx = key

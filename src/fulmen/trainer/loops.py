@@ -395,7 +395,11 @@ def _fit_done(trainer: Any, loop: LoopState) -> bool:
 
 
 def _time_is_up(trainer: Any) -> bool:
-    return trainer.max_time is not None and time.monotonic() - trainer._start_time >= trainer.max_time
+    if trainer.max_time is None:
+        return False
+    up = time.monotonic() - trainer._start_time >= trainer.max_time
+    # every process must stop at the same batch, whatever its own clock says
+    return trainer.strategy.reduce_boolean_decision(up, all=False) if trainer.world_size > 1 else up
 
 
 def _sanity_check(trainer: Any) -> None:
