@@ -41,9 +41,11 @@ def test_loader_keeps_its_arguments_and_shuffles_per_epoch():
     assert len(set(seen)) == len(seen)  # the ranks read different samples
 
 
-def test_eval_loaders_split_without_repeating():
+def test_eval_loaders_pad_to_equal_batches_and_predict_loaders_do_not_repeat():
     loader = DataLoader(_dataset(5), batch_size=2)
     shares = [[v for b in _data.distribute(_trainer(r), loader, "val") for v in b[0].tolist()] for r in (0, 1)]
+    assert shares == [[0, 2, 4], [1, 3, 0]]  # the same number of batches on every rank, as in Lightning
+    shares = [[v for b in _data.distribute(_trainer(r), loader, "predict") for v in b[0].tolist()] for r in (0, 1)]
     assert shares == [[0, 2, 4], [1, 3]]
 
 

@@ -250,18 +250,20 @@ class _SamplerShard:
 
 
 def _distributed_sampler(trainer: Any, dataset: Any, shuffle: bool, drop_last: bool, stage: str) -> Any:
+    """Training, validation and test: torch's DistributedSampler, which pads with repeated samples so every rank
+    runs the same number of batches (collectives inside the steps stay matched), as in Lightning; prediction:
+    every sample exactly once, so the predictions can be put back in order."""
     from torch.utils.data import DistributedSampler
 
-    seed = sampler_seed()
-    cls = DistributedSampler if stage == "train" else UnrepeatedDistributedSampler
-    if stage != "train":
-        return cls(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=seed)
-    return cls(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=seed,
-               drop_last=drop_last)
+    world, rank = trainer.world_size, trainer.global_rank
+    if stage == "predict":
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank)
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=sampler_seed(),
+                              drop_last=drop_last if stage == "train" else False)
 
 
 class UnrepeatedDistributedSampler:
-    """Evaluation and prediction: every sample exactly once over all ranks (rank r takes r, r+W, r+2W, ...),
+    """Prediction: every sample exactly once over all ranks (rank r takes r, r+W, r+2W, ...),
     so no rank repeats samples to even out the counts; ranks may get one batch fewer.
 
     Example::
