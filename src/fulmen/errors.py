@@ -13,13 +13,28 @@ Example::
 
 
 class FulmenError(Exception):
-    """Base of every error fulmen raises on purpose."""
+    """Base of every error fulmen raises on purpose.
+
+    Example::
+
+        try:
+            trainer.fit(model)
+        except FulmenError as err:  # any misuse fulmen detected, each with a message naming the fix
+            print(err)
+    """
 
 
 class MisconfigurationException(FulmenError, ValueError):
     """A flag, hook or return value is not usable as given; the message names the fix.
 
     Lightning's name is kept so ``except MisconfigurationException`` in ported code still works.
+
+    Example::
+
+        try:
+            fulmen.Trainer(max_epochs=-5)
+        except MisconfigurationException as err:
+            print(err)  # names the flag and the values it accepts
     """
 
 
@@ -31,7 +46,15 @@ class LegacyAPIError(MisconfigurationException, NotImplementedError):
 
 
 class CheckpointError(FulmenError):
-    """A checkpoint cannot be written or read: missing, corrupt, or not a fulmen/Lightning checkpoint."""
+    """A checkpoint cannot be written or read: missing, corrupt, or not a fulmen/Lightning checkpoint.
+
+    Example::
+
+        try:
+            trainer.fit(model, ckpt_path="missing.ckpt")
+        except CheckpointError as err:
+            print(err)  # says which file and what was wrong with it
+    """
 
 
 class CheckpointCorruptedError(CheckpointError):
@@ -54,15 +77,38 @@ class UntrustedCheckpointError(CheckpointError):
 
     Loading it would run arbitrary code. Pass ``weights_only=False`` (or ``trusted=True``) only for files
     you created yourself or otherwise trust.
+
+    Example::
+
+        try:
+            model = MyModel.load_from_checkpoint("downloaded.ckpt")
+        except UntrustedCheckpointError:
+            model = MyModel.load_from_checkpoint("downloaded.ckpt", weights_only=False)  # only if you trust it
     """
 
 
 class NonFiniteLossError(FulmenError, ArithmeticError):
-    """The training loss became NaN or infinite; the message names the step and how to find or skip it."""
+    """The training loss became NaN or infinite; the message names the step and how to find or skip it.
+
+    Example::
+
+        try:
+            trainer.fit(model)
+        except NonFiniteLossError as err:
+            print(err)  # e.g. lower the learning rate, clip gradients, or run with detect_anomaly=True
+    """
 
 
 class MissingDependencyError(FulmenError, ImportError):
-    """An optional feature was used without its extra installed; the message gives the install command."""
+    """An optional feature was used without its extra installed; the message gives the install command.
+
+    Example::
+
+        try:
+            logger = fulmen.loggers.WandbLogger()
+        except MissingDependencyError as err:
+            print(err)  # ... Install it with: pip install 'fulmen[wandb]'
+    """
 
 
 def missing_extra(package: str, extra: str, feature: str) -> MissingDependencyError:
@@ -85,6 +131,13 @@ class UnknownArgumentError(MisconfigurationException, TypeError):
     """An argument name that does not exist; the message suggests the closest valid one.
 
     Also a ``TypeError``, like Python's own error for an unexpected keyword argument.
+
+    Example::
+
+        try:
+            fulmen.Trainer(max_epoch=3)
+        except UnknownArgumentError as err:
+            print(err)  # suggests max_epochs
     """
 
 
