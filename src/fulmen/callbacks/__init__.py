@@ -1,6 +1,12 @@
 """Callbacks that ship with fulmen; ``fulmen.Callback`` is the base class for your own.
 
 Each is imported on first use, so ``import fulmen`` stays fast.
+
+Example::
+
+    from fulmen.callbacks import EarlyStopping, ModelCheckpoint
+
+    trainer = fulmen.Trainer(callbacks=[EarlyStopping(monitor="val_loss"), ModelCheckpoint(monitor="val_loss")])
 """
 
 import importlib

@@ -15,7 +15,16 @@ from fulmen.utilities import rank_zero_info, rank_zero_warn
 
 
 class EarlyStoppingReason(Enum):
-    """Why ``EarlyStopping`` stopped the run: ``early_stopping.stopping_reason``."""
+    """Why ``EarlyStopping`` stopped the run: ``early_stopping.stopping_reason``.
+
+    Example::
+
+        early_stopping = EarlyStopping(monitor="val_loss", patience=3)
+        trainer = fulmen.Trainer(callbacks=[early_stopping])
+        trainer.fit(model, train_loader, val_loader)
+        if early_stopping.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            print(early_stopping.stopping_reason_message)
+    """
 
     NOT_STOPPED = 0
     STOPPING_THRESHOLD = 1
