@@ -94,7 +94,12 @@ class _MovableMeta(type):
 
 
 class Movable(metaclass=_MovableMeta):
-    """Type used with :func:`apply_to_collection` to find everything that has a ``.to(device)``."""
+    """Type used with :func:`apply_to_collection` to find everything that has a ``.to(device)``.
+
+    Example::
+
+        apply_to_collection(batch, Movable, lambda x: x.to("cuda"))  # tensors and e.g. a BatchEncoding
+    """
 
 
 def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
@@ -113,6 +118,10 @@ def extract_batch_size(batch: Any) -> int:
 
     Raises ``MisconfigurationException`` when no tensor is found, telling the caller to pass
     ``batch_size=`` to ``self.log``.
+
+    Example::
+
+        extract_batch_size({"x": torch.zeros(16, 3), "label": ["a"] * 16})  # 16
     """
     from fulmen.errors import MisconfigurationException
 
@@ -173,13 +182,23 @@ def set_global_rank(rank: int) -> None:
 
 @rank_zero_only
 def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 4) -> None:
-    """``warnings.warn`` on rank zero only, pointing at the user's line rather than fulmen's."""
+    """``warnings.warn`` on rank zero only, pointing at the user's line rather than fulmen's.
+
+    Example::
+
+        rank_zero_warn("val_loss is not logged; EarlyStopping has nothing to watch")
+    """
     _warn(message, category, stacklevel=stacklevel)
 
 
 @rank_zero_only
 def rank_zero_info(message: str) -> None:
-    """Print ``message`` on rank zero only."""
+    """Print ``message`` on rank zero only.
+
+    Example::
+
+        rank_zero_info(f"training on {len(train_set)} samples")  # printed once, not once per process
+    """
     print(message)
 
 
@@ -216,7 +235,12 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
 
 
 def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
-    """DataLoader ``worker_init_fn`` giving every worker of every rank its own, reproducible seed."""
+    """DataLoader ``worker_init_fn`` giving every worker of every rank its own, reproducible seed.
+
+    Example::
+
+        loader = DataLoader(dataset, num_workers=4, worker_init_fn=pl_worker_init_function)
+    """
     base = int(os.environ.get("PL_GLOBAL_SEED", 0))
     rank = rank_zero_only.rank if rank is None else rank
     ss = hash((base, worker_id, rank)) & 0xFFFFFFFF  # ints hash the same in every process
@@ -230,7 +254,15 @@ def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
 
 
 def collect_rng_states() -> dict[str, Any]:
-    """Every global random generator's state, for exact resume."""
+    """Every global random generator's state, for exact resume.
+
+    Example::
+
+        states = collect_rng_states()
+        a = torch.rand(1)
+        restore_rng_states(states)
+        assert torch.equal(torch.rand(1), a)
+    """
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     try:
         import numpy as np
@@ -244,7 +276,15 @@ def collect_rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    """Inverse of :func:`collect_rng_states`."""
+    """Inverse of :func:`collect_rng_states`.
+
+    Example::
+
+        states = collect_rng_states()
+        first = random.random()
+        restore_rng_states(states)
+        assert random.random() == first
+    """
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "python" in states:
