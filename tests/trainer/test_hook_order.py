@@ -123,10 +123,12 @@ def _trainer(tmp_path, **kwargs):
     )
 
 
-def test_fit_hook_order(tmp_path):
-    calls.clear()
-    _trainer(tmp_path).fit(RecordingModule())
-    expected = [
+PREDICT_BATCH = [*TRANSFER, "Callback.on_predict_batch_start", "on_predict_batch_start", "predict_step",
+                 "Callback.on_predict_batch_end", "on_predict_batch_end"]
+
+# The expected order per entry point; docs/guides/module.md renders its hook-order tables from this dict.
+EXPECTED = {
+    "fit": [
         "configure_callbacks", "prepare_data", "Callback.setup(fit)", "setup(fit)", "configure_model",
         "configure_optimizers", "Callback.on_fit_start", "on_fit_start",
         "Callback.on_sanity_check_start", "val_dataloader", *_eval_run("validation", 1), "on_validation_model_train",
@@ -138,43 +140,50 @@ def test_fit_hook_order(tmp_path):
         "Callback.state_dict", "Callback.on_save_checkpoint", "on_save_checkpoint",
         "Callback.on_train_end", "on_train_end", "Callback.on_fit_end", "on_fit_end",
         "Callback.teardown(fit)", "teardown(fit)",
-    ]
-    assert calls == expected
+    ],
+    "validate": [
+        "configure_callbacks", "prepare_data", "Callback.setup(validate)", "setup(validate)", "configure_model",
+        "val_dataloader", *_eval_run("validation", 1), "on_validation_model_train",
+        "Callback.teardown(validate)", "teardown(validate)",
+    ],
+    "test": [
+        "configure_callbacks", "prepare_data", "Callback.setup(test)", "setup(test)", "configure_model",
+        "test_dataloader", *_eval_run("test", 2), "on_test_model_train",
+        "Callback.teardown(test)", "teardown(test)",
+    ],
+    "predict": [
+        "configure_callbacks", "prepare_data", "Callback.setup(predict)", "setup(predict)", "configure_model",
+        "predict_dataloader", "on_predict_model_eval", "Callback.on_predict_start", "on_predict_start",
+        "Callback.on_predict_epoch_start", "on_predict_epoch_start", *PREDICT_BATCH, *PREDICT_BATCH,
+        "Callback.on_predict_epoch_end", "on_predict_epoch_end", "Callback.on_predict_end", "on_predict_end",
+        "Callback.teardown(predict)", "teardown(predict)",
+    ],
+}
+
+
+def test_fit_hook_order(tmp_path):
+    calls.clear()
+    _trainer(tmp_path).fit(RecordingModule())
+    assert calls == EXPECTED["fit"]
 
 
 def test_validate_hook_order(tmp_path):
     calls.clear()
     _trainer(tmp_path).validate(RecordingModule(), verbose=False)
-    assert calls == [
-        "configure_callbacks", "prepare_data", "Callback.setup(validate)", "setup(validate)", "configure_model",
-        "val_dataloader", *_eval_run("validation", 1), "on_validation_model_train",
-        "Callback.teardown(validate)", "teardown(validate)",
-    ]
+    assert calls == EXPECTED["validate"]
 
 
 def test_test_hook_order(tmp_path):
     calls.clear()
     _trainer(tmp_path).test(RecordingModule(), verbose=False)
-    assert calls == [
-        "configure_callbacks", "prepare_data", "Callback.setup(test)", "setup(test)", "configure_model",
-        "test_dataloader", *_eval_run("test", 2), "on_test_model_train",
-        "Callback.teardown(test)", "teardown(test)",
-    ]
+    assert calls == EXPECTED["test"]
 
 
 def test_predict_hook_order(tmp_path):
     calls.clear()
     model = RecordingModule()
     preds = _trainer(tmp_path).predict(model)
-    batch = [*TRANSFER, "Callback.on_predict_batch_start", "on_predict_batch_start", "predict_step",
-             "Callback.on_predict_batch_end", "on_predict_batch_end"]
-    assert calls == [
-        "configure_callbacks", "prepare_data", "Callback.setup(predict)", "setup(predict)", "configure_model",
-        "predict_dataloader", "on_predict_model_eval", "Callback.on_predict_start", "on_predict_start",
-        "Callback.on_predict_epoch_start", "on_predict_epoch_start", *batch, *batch,
-        "Callback.on_predict_epoch_end", "on_predict_epoch_end", "Callback.on_predict_end", "on_predict_end",
-        "Callback.teardown(predict)", "teardown(predict)",
-    ]
+    assert calls == EXPECTED["predict"]
     assert len(preds) == 2 and preds[0].shape == (2, 1)
     assert model.training  # training mode restored after predict, as in Lightning
 
