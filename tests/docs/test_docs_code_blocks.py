@@ -1,0 +1,220 @@
+"""Every Python code block in docs/ runs, page by page, so the docs cannot rot.
+
+The python blocks of one page run in order in one namespace (a page reads like one script), inside a fresh
+temporary directory. Conventions a page can use (see docs/writing-docs.md):
+
+- ``<!-- docs-test: skip REASON -->`` on the line before a block: not run (needs a GPU, several processes...).
+- ``<!-- docs-test: write PATH -->`` before any block (YAML, a module...): its content is written to PATH in
+  the page's directory before the python blocks after it run. That directory is importable during the page,
+  as the current directory is for ``python script.py``.
+- A ``text`` block titled ``Output`` right after a python block is what that block must print; ``...`` stands
+  for any text (within a line, or a whole line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
+_DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>\w+)\s*(?P<arg>.*?)\s*-->\s*$")
+_OUTPUT_TITLE = re.compile(r"""title=["']Output["']""")
+
+
+@dataclass
+class Block:
+    lang: str
+    code: str
+    line: int  # 1-based line of the first code line in the page
+    info: str = ""
+    directives: list[tuple[str, str]] = field(default_factory=list)
+    output: str | None = None  # expected stdout, from the Output block that follows
+
+
+def parse(text: str) -> list[Block]:
+    """The fenced code blocks of a Markdown page, with their directives and expected outputs attached."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    pending: list[tuple[str, str]] = []
+    i = 0
+    while i < len(lines):
+        directive = _DIRECTIVE.match(lines[i])
+        fence = _FENCE.match(lines[i])
+        if directive:
+            pending.append((directive["kind"], directive["arg"]))
+            i += 1
+            continue
+        if not fence:
+            if lines[i].strip():
+                pending = []  # a directive applies to the block right after it only
+            i += 1
+            continue
+        indent, marker, info = fence["indent"], fence["fence"], fence["info"].strip()
+        body, j = [], i + 1
+        while j < len(lines) and not (lines[j].strip().startswith(marker) and lines[j].strip().strip(marker[0]) == ""):
+            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j].lstrip())
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"line {i + 1}: code block never closed")
+        lang = re.split(r"[\s{]", info.lstrip("{."), maxsplit=1)[0].lower() if info else ""
+        block = Block(lang=lang, code="\n".join(body) + "\n", line=i + 2, info=info, directives=pending)
+        previous = blocks[-1] if blocks else None
+        if (lang == "text" and _OUTPUT_TITLE.search(info) and previous is not None and previous.lang in ("python", "py")
+                and previous.output is None and not pending and _only_blank_between(lines, previous, i)):
+            previous.output = block.code
+        else:
+            blocks.append(block)
+        pending = []
+        i = j + 1
+    return blocks
+
+
+def _only_blank_between(lines: list[str], previous: Block, fence_index: int) -> bool:
+    end_of_previous = previous.line - 1 + previous.code.count("\n")  # index of its closing fence
+    return all(not line.strip() for line in lines[end_of_previous + 1:fence_index])
+
+
+def output_matches(expected: str, actual: str) -> bool:
+    """``expected`` equals ``actual``, where a line ``...`` stands for any number of lines (none included) and
+    ``...`` within a line for any text; trailing spaces and blank lines at either end are ignored."""
+    def tidy(text: str) -> str:
+        return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+
+    pattern = ""
+    for line in tidy(expected).split("\n"):
+        if line == "...":
+            pattern += r"(?:[^\n]*\n)*?"
+        else:
+            pattern += "".join(".*?" if part == "..." else re.escape(part) for part in re.split(r"(\.\.\.)", line))
+            pattern += r"\n"
+    return re.fullmatch(pattern, tidy(actual) + "\n", flags=re.DOTALL) is not None
+
+
+def run_page(path: Path, workdir: Path) -> int:
+    """Run the python blocks of one page in order in one namespace; return how many ran."""
+    blocks = parse(path.read_text())
+    module = types.ModuleType("docs_page_" + re.sub(r"\W", "_", path.stem))
+    module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # classes defined on the page can be pickled and found by name
+    sys.path.insert(0, str(workdir))
+    modules_before = set(sys.modules)
+    ran = 0
+    try:
+        for block in blocks:
+            kinds = dict(block.directives)
+            if "write" in kinds:
+                target = workdir / kinds["write"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(block.code)
+            if block.lang not in ("python", "py") or "skip" in kinds or "write" in kinds:
+                continue
+            source = "\n" * (block.line - 1) + block.code  # tracebacks point at the page's own lines
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                try:
+                    exec(compile(source, str(path), "exec"), module.__dict__)
+                except BaseException as err:
+                    raise AssertionError(f"{path.name}, block at line {block.line} failed: {err!r}") from err
+            sys.stdout.write(buffer.getvalue())
+            if block.output is not None and not output_matches(block.output, buffer.getvalue()):
+                raise AssertionError(
+                    f"{path.name}, block at line {block.line}: printed\n{buffer.getvalue()}\n"
+                    f"but the page shows\n{block.output}"
+                )
+            ran += 1
+    finally:
+        sys.modules.pop(module.__name__, None)
+        sys.path.remove(str(workdir))
+        for name in set(sys.modules) - modules_before:  # a module the page wrote must not leak to other pages
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(workdir)):
+                del sys.modules[name]
+    return ran
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_code_blocks_run(page, tmp_path):
+    torch.manual_seed(0)
+    run_page(DOCS / page, tmp_path)
+    # blocks write only into their own directory, never into the repository
+    assert not (DOCS / "lightning_logs").exists() and not (DOCS.parent / "lightning_logs").exists()
+
+
+# --- the collector itself ---------------------------------------------------------------------------------
+
+SAMPLE = '''
+Intro.
+
+```python
+x = 2
+print(x * 21)
+```
+
+```text title="Output"
+42
+```
+
+<!-- docs-test: write conf/a.yaml -->
+```yaml
+lr: 0.5
+```
+
+<!-- docs-test: skip needs a GPU -->
+```python
+raise RuntimeError("not run")
+```
+
+!!! note
+    ```python
+    print(open("conf/a.yaml").read().strip(), x)
+    ```
+
+    ```text title="Output"
+    lr: ... 2
+    ```
+'''
+
+
+def test_parse_finds_blocks_directives_and_outputs():
+    blocks = parse(SAMPLE)
+    assert [b.lang for b in blocks] == ["python", "yaml", "python", "python"]
+    assert blocks[0].output == "42\n" and blocks[0].line == 5
+    assert blocks[1].directives == [("write", "conf/a.yaml")]
+    assert blocks[2].directives == [("skip", "needs a GPU")]
+    assert blocks[3].code == 'print(open("conf/a.yaml").read().strip(), x)\n' and blocks[3].output == "lr: ... 2\n"
+
+
+def test_run_page_writes_files_skips_and_checks_output(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(SAMPLE)
+    assert run_page(page, tmp_path) == 2
+    page.write_text(SAMPLE.replace("42\n```", "43\n```"))
+    with pytest.raises(AssertionError, match="but the page shows"):
+        run_page(page, tmp_path)
+
+
+def test_a_failing_block_names_its_page_line(tmp_path):
+    page = tmp_path / "bad.md"
+    page.write_text("text\n\n```python\na = 1\n\nb = a / 0\n```\n")
+    with pytest.raises(AssertionError, match=r"bad.md, block at line 4") as info:
+        run_page(page, tmp_path)
+    frames = [f for f in __import__("traceback").extract_tb(info.value.__cause__.__traceback__) if f.filename == str(page)]
+    assert frames[-1].lineno == 6  # the traceback points at the page's own line
+
+
+def test_output_wildcards():
+    assert output_matches("a ... c\n...\nend", "a bb c\nx\ny\nend\n")
+    assert output_matches("...\nend", "end\n") and output_matches("start\n...", "start")
+    assert output_matches("x  \n\n", "\nx")
+    assert not output_matches("a ... c", "a b d")
+    assert not output_matches("...\nend", "end\nmore")

@@ -1,0 +1,146 @@
+"""The documentation site builds with ``mkdocs build --strict``, offline, and the pages hold what readers need.
+
+The HTML checks always run where MkDocs is installed (the ``docs`` extra, part of ``test``); the browser check
+renders a page in headless Chromium when a ``chromium`` binary is installed and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import docs_hooks
+import pytest
+
+pytest.importorskip("mkdocs")
+pytest.importorskip("material")
+pytest.importorskip("mkdocstrings_handlers.python")
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _nav_pages() -> list[str]:
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    # mkdocs.yml may hold !!python/name tags; the nav needs none of them
+    _Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)
+    pages: list[str] = []
+
+    def walk(items):
+        for item in items:
+            if isinstance(item, str):
+                pages.append(item)
+            elif isinstance(item, dict):
+                for value in item.values():
+                    walk(value) if isinstance(value, list) else pages.append(value)
+
+    walk(config["nav"])
+    return pages
+
+
+def _html_path(site: Path, page: str) -> Path:
+    stem = page.removesuffix(".md")
+    if stem == "index" or stem.endswith("/index"):
+        return site / stem.removesuffix("index") / "index.html"
+    return site / stem / "index.html"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    # offline: anything that tried the network (fonts, external assets) would fail through a dead proxy
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    assert not (ROOT / "site").exists() or (ROOT / "site").stat().st_mtime < out.stat().st_mtime
+    return out
+
+
+def test_every_docs_page_is_in_the_nav_and_built(site):
+    nav = _nav_pages()
+    on_disk = sorted(p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md"))
+    assert sorted(nav) == on_disk, "every page under docs/ belongs in mkdocs.yml's nav, and every nav entry exists"
+    for page in nav:
+        assert _html_path(site, page).is_file(), page
+
+
+def test_pages_have_navigation_and_highlighted_code(site):
+    page = (site / "getting-started" / "index.html").read_text()
+    # the navigation lists every section of the site
+    for title in ("Getting started", "Guides", "Coming from PyTorch Lightning", "API reference", "FAQ"):
+        assert re.search(rf'class="md-nav__link[^"]*"[^>]*>\s*(<span[^>]*>\s*)?{re.escape(title)}', page) or \
+            f">{title}<" in page or f"{title}\n" in html.unescape(re.sub(r"<[^>]+>", "\n", page)), title
+    # code blocks are highlighted, with Python tokens
+    assert page.count('<div class="language-python highlight">') >= 2
+    assert '<span class="k">class</span>' in page and "LightningModule" in page
+
+
+def test_no_external_assets_and_nothing_left_unexpanded(site):
+    for path in site.rglob("*.html"):
+        text = path.read_text()
+        assert "<!-- generated:" not in text, f"{path}: a generated block was not expanded"
+        external = re.findall(r'<(?:link|script|img)[^>]+(?:href|src)="(https?://[^"]+)"', text)
+        assert not external, f"{path.relative_to(site)} loads external assets: {external}"
+        assert "fonts.googleapis.com" not in text and "fonts.gstatic.com" not in text
+
+
+def test_the_api_reference_documents_every_public_name(site):
+    for module_name in docs_hooks.PUBLIC_MODULES:
+        page_name = module_name.split(".")[-1]
+        text = (site / "api" / page_name / "index.html").read_text()
+        for name in docs_hooks.public_names(module_name):
+            # a heading for every name; its own entry (with the example) lives on exactly one page
+            assert re.search(rf'<h2 id="[^"]*\b{re.escape(name)}"', text) or f'id="{name.lower()}"' in text, \
+                f"{module_name}.{name} is missing from docs/api/{page_name}.md"
+        assert "Example" in text
+
+
+def test_the_hook_order_table_is_rendered_from_the_tests_expectations(site):
+    text = (site / "guides" / "module" / "index.html").read_text()
+    rows = docs_hooks.hook_order_rows("fit")
+    rendered = re.findall(r"<tr>\s*<td>(\d+)</td>\s*<td><code>([^<]+)</code></td>", text)
+    fit = [hook for n, hook in rendered[:len(rows)]]
+    assert fit == [hook for hook, _ in rows]
+    assert ("on_fit_start", "callbacks, then LightningModule") in rows and ("training_step", "LightningModule") in rows
+
+
+def _png_size_and_colours(data: bytes) -> tuple[int, int, int]:
+    """Width, height and (roughly) how many distinct byte values the image data holds."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, i = b"", 8
+    while i < len(data):
+        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        if kind == b"IDAT":
+            chunks += data[i + 8:i + 8 + length]
+        i += 12 + length
+    return width, height, len(set(zlib.decompress(chunks)[:200_000]))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless check needs Debian's `chromium` package")
+def test_a_page_renders_in_headless_chromium(site, tmp_path):
+    url = (site / "getting-started" / "index.html").as_uri()
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    # after the theme's JavaScript ran: the navigation, the code blocks with their copy buttons
+    assert 'class="md-nav__link' in dom and "Coming from PyTorch Lightning" in dom
+    assert dom.count("language-python highlight") >= 2 and "LightningModule" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,900", url],
+                   capture_output=True, timeout=120)
+    width, height, values = _png_size_and_colours(shot.read_bytes())
+    assert (width, height) == (1280, 900)
+    assert values > 20, "the screenshot is blank"

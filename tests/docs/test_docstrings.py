@@ -1,0 +1,46 @@
+"""Every public name has a docstring with an example, and the API reference lists every one of them."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import docs_hooks
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# an "Example::"/"Examples:" heading followed by an indented line of code, or a doctest prompt
+_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Examples?::?[ \t]*\n(?:[ \t]*\n)*(?P=indent)[ \t]+\S|^\s*>>> ", re.MULTILINE)
+
+
+def has_example(doc: str | None) -> bool:
+    return bool(doc) and _EXAMPLE.search(doc) is not None
+
+
+@pytest.mark.parametrize("module_name", docs_hooks.PUBLIC_MODULES)
+def test_every_public_name_has_a_docstring_with_an_example(module_name):
+    module = importlib.import_module(module_name)
+    names = docs_hooks.public_names(module_name)
+    assert names, f"{module_name} exports nothing"
+    missing = [name for name in names if not has_example(inspect.getdoc(getattr(module, name)))]
+    assert not missing, f"{module_name}: these public names have no docstring example (add an Example:: block): {missing}"
+
+
+def test_has_example_tells_examples_from_prose():
+    assert has_example("Do a thing.\n\nExample::\n\n    thing()\n")
+    assert has_example("Do a thing.\n\n>>> thing()\n1\n")
+    assert has_example("Do a thing.\n\n    Examples:\n        thing()\n")
+    assert not has_example("Do a thing, for example with thing().")
+    assert not has_example("Example::\n\nno code follows\n")
+    assert not has_example(None)
+
+
+def test_the_api_reference_has_a_page_for_every_public_module():
+    pages = {p.stem for p in (ROOT / "docs" / "api").glob("*.md")}
+    for module_name in docs_hooks.PUBLIC_MODULES:
+        page = module_name.split(".")[-1]
+        assert page in pages, f"docs/api/{page}.md is missing"
+        assert f"<!-- generated: api {module_name} -->" in (ROOT / "docs" / "api" / f"{page}.md").read_text()
