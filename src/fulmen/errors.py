@@ -42,6 +42,14 @@ class LegacyAPIError(MisconfigurationException, NotImplementedError):
     """A Lightning 1.x hook, signature or flag that 2.x removed; the message gives the 2.x way.
 
     Also a ``NotImplementedError``, what Lightning raises for its removed epoch-end hooks.
+
+    Example::
+
+        class Old(fulmen.LightningModule):
+            def training_epoch_end(self, outputs):  # 1.x; 2.x uses on_train_epoch_end
+                ...
+
+        trainer.fit(Old())  # LegacyAPIError: ... names on_train_epoch_end and how to keep the outputs
     """
 
 
