@@ -87,7 +87,36 @@ LRSchedulerType = Union[type[LRScheduler], type[ReduceLROnPlateau]]
 # `def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam)` then `--model.optimizer SGD
 # --model.optimizer.lr 0.1`; the module calls `self.optimizer(self.parameters())` in configure_optimizers.
 OptimizerCallable = Callable[[Iterable], Optimizer]
+"""Type hint for an ``__init__`` argument the command line fills with an optimizer class and its arguments.
+
+Example::
+
+    class Model(fulmen.LightningModule):
+        def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam):
+            super().__init__()
+            self.optimizer = optimizer
+
+        def configure_optimizers(self):
+            return self.optimizer(self.parameters())
+
+    # python train.py fit --model.optimizer SGD --model.optimizer.lr 0.1
+"""
 LRSchedulerCallable = Callable[[Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
+"""Type hint for an ``__init__`` argument the command line fills with a scheduler class and its arguments.
+
+Example::
+
+    class Model(fulmen.LightningModule):
+        def __init__(self, scheduler: LRSchedulerCallable = torch.optim.lr_scheduler.ConstantLR):
+            super().__init__()
+            self.scheduler = scheduler
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [optimizer], [self.scheduler(optimizer)]
+
+    # python train.py fit --model.scheduler StepLR --model.scheduler.step_size 10
+"""
 
 
 class LightningArgumentParser(ArgumentParser):
