@@ -9,6 +9,13 @@ from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 
 # Trainer(strategy="name") -> (module, class, keyword arguments). Imported only when the name is used.
 STRATEGY_NAMES: dict[str, tuple[str, str, dict[str, Any]]] = {}
+"""The strategy names ``Trainer(strategy=...)`` accepts besides ``"auto"`` and ``"single_device"``.
+
+Example::
+
+    sorted(STRATEGY_NAMES)[:2]  # ['ddp', 'ddp_find_unused_parameters_false']
+    trainer = fulmen.Trainer(strategy="ddp_spawn", devices=2)
+"""
 for _method, _names in (("popen", ("ddp",)), ("spawn", ("ddp_spawn",)), ("fork", ("ddp_fork", "ddp_notebook"))):
     for _name in _names:
         STRATEGY_NAMES[_name] = ("fulmen.strategies.ddp", "DDPStrategy", {"start_method": _method})
