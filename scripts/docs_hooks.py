@@ -7,6 +7,7 @@ docs cannot drift from what the tests assert:
 - ``api MODULE``: one mkdocstrings entry per public name of ``MODULE`` (its ``__all__``).
 - ``hook-order STAGE``: the order the Trainer calls hooks in ``fit``/``validate``/``test``/``predict``, from the
   expected sequences in ``tests/trainer/test_hook_order.py``.
+- ``lightning-api``: every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api``.
 - ``overhead-table PATH``: the figures of a ``benchmarks/overhead_by_size.py`` run, from the JSON it wrote.
 
 The tests import :func:`public_names` from here, so the docstring test and the API pages walk the same names.
@@ -14,6 +15,7 @@ The tests import :func:`public_names` from here, so the docstring test and the A
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -42,11 +44,32 @@ def public_names(module_name: str) -> list[str]:
             if not name.startswith("_") and getattr(obj, "__module__", None) == module_name]
 
 
+def is_data(obj: object) -> bool:
+    """A constant or type alias: documented by a string right after its assignment, not by ``__doc__``."""
+    return not (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj))
+
+
+def public_docstring(module_name: str, name: str) -> str | None:
+    """The docstring readers see for ``module_name.name``: ``__doc__`` for classes and functions, the string
+    literal after the assignment (PEP 257's attribute docstring, what mkdocstrings shows) for data."""
+    obj = getattr(importlib.import_module(module_name), name)
+    if not is_data(obj):
+        return inspect.getdoc(obj)
+    tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
+    body = tree.body
+    for statement, following in zip(body, body[1:]):
+        targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and isinstance(following, ast.Expr) \
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+            return inspect.cleandoc(following.value.value)
+    return None
+
+
 def _where(module_name: str, name: str) -> str:
     # document an object where it is defined: the packages re-export names lazily, which static analysis
     # (what mkdocstrings reads) cannot follow
     obj = getattr(importlib.import_module(module_name), name)
-    return f"{obj.__module__}.{obj.__qualname__}" if hasattr(obj, "__qualname__") else f"{module_name}.{name}"
+    return f"{module_name}.{name}" if is_data(obj) else f"{obj.__module__}.{obj.__qualname__}"
 
 
 def _home(obj_path: str) -> str:
@@ -130,7 +153,45 @@ def _overhead_table(path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATORS = {"api": _api, "hook-order": _hook_order, "overhead-table": _overhead_table}
+def _lightning_api(_: str | None) -> str:
+    """Every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api`` (which
+    ``tests/test_lightning_api.py`` checks against fulmen itself)."""
+    from fulmen import _lightning_api as api
+
+    rows = list(api.rows())
+    supported: dict[str, list[str]] = {}
+    left_out: list[tuple[str, str]] = []
+    for module, names in api.LIGHTNING_API.items():
+        whole_module = api.omission(module)
+        if whole_module is not None and not any(f"{module}:{n}" in api.OMITTED for n in names):
+            left_out.append((f"`lightning.pytorch.{module}` (the module)", whole_module))
+            continue
+        for name in names:
+            reason = api.omission(module, name)
+            if reason is None:
+                supported.setdefault(module, []).append(name)
+            else:
+                left_out.append((f"`{'.'.join(p for p in ('lightning.pytorch', module, name) if p)}`", reason))
+    count = sum(1 for r in rows if r["fulmen"])
+    out = [
+        f"Of the {len(rows)} public names of Lightning {api.LIGHTNING_VERSION} (walked from its installed package), "
+        f"{count} import from the same path under `fulmen` (`lightning.pytorch.X.Y` is `fulmen.X.Y`), and "
+        f"{len(rows) - count} are left out. The test suite checks both lists against fulmen itself.",
+        "",
+        "### Left out, and what to write instead",
+        "",
+        "| Lightning | instead |",
+        "|---|---|",
+    ]
+    out += [f"| {path} | {reason} |" for path, reason in left_out]
+    out += ["", f'??? note "The {count} supported names, by module"', "",
+            "    | module | names |", "    |---|---|"]
+    out += [f"    | `{api.fulmen_path(module)}` | {', '.join(f'`{n}`' for n in names)} |"
+            for module, names in supported.items()]
+    return "\n".join(out) + "\n"
+
+
+GENERATORS = {"lightning-api": _lightning_api, "api": _api, "hook-order": _hook_order, "overhead-table": _overhead_table}
 
 
 def expand(markdown: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import re
 from pathlib import Path
 
@@ -25,8 +24,18 @@ def test_every_public_name_has_a_docstring_with_an_example(module_name):
     module = importlib.import_module(module_name)
     names = docs_hooks.public_names(module_name)
     assert names, f"{module_name} exports nothing"
-    missing = [name for name in names if not has_example(inspect.getdoc(getattr(module, name)))]
+    missing = [name for name in names if not has_example(docs_hooks.public_docstring(module_name, name))]
     assert not missing, f"{module_name}: these public names have no docstring example (add an Example:: block): {missing}"
+
+
+def test_constants_are_documented_by_the_string_after_their_assignment(tmp_path, monkeypatch):
+    (tmp_path / "docs_sample_constants.py").write_text(
+        'LIMIT = 3\n"""How many.\n\nExample::\n\n    LIMIT + 1\n"""\n\nNAMES: dict = {}\nOTHER = 1\n"""Other."""\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert has_example(docs_hooks.public_docstring("docs_sample_constants", "LIMIT"))
+    assert docs_hooks.public_docstring("docs_sample_constants", "NAMES") is None  # not dict's own __doc__
+    assert docs_hooks.public_docstring("docs_sample_constants", "OTHER") == "Other."
 
 
 def test_has_example_tells_examples_from_prose():
