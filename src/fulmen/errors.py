@@ -153,6 +153,14 @@ class MonitorNotFoundError(MisconfigurationException, RuntimeError):
     """A callback monitors a metric that was not logged; the message lists the metrics that were.
 
     Also a ``RuntimeError``, the type Lightning raises here, so ``except RuntimeError`` in ported code still works.
+
+    Example::
+
+        early_stopping = EarlyStopping(monitor="val_los")  # a typo: the module logs "val_loss"
+        try:
+            fulmen.Trainer(callbacks=[early_stopping]).fit(model, train_loader, val_loader)
+        except MonitorNotFoundError as err:
+            print(err)  # lists the metrics that were logged, val_loss among them
     """
 
 
