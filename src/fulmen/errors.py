@@ -69,6 +69,13 @@ class CheckpointCorruptedError(CheckpointError):
     """A checkpoint file is damaged: cut short, empty, or with bytes that do not match its checksum.
 
     The message names the file and what is wrong. ``ckpt_path="last"`` skips such files.
+
+    Example::
+
+        try:
+            model = MyModel.load_from_checkpoint("runs/epoch=9.ckpt")
+        except CheckpointCorruptedError:
+            model = MyModel.load_from_checkpoint("runs/epoch=8.ckpt")  # an earlier file of the same run
     """
 
 
@@ -77,6 +84,13 @@ class CheckpointSaveError(CheckpointError, OSError):
 
     The message names the path and the cause; earlier checkpoints are left as they were. Also an
     ``OSError``, so ``except OSError`` keeps working.
+
+    Example::
+
+        try:
+            trainer.save_checkpoint("/read-only/run.ckpt")
+        except CheckpointSaveError as err:
+            print(err)  # names the path and the cause, e.g. permission denied
     """
 
 
