@@ -53,3 +53,16 @@ def test_the_api_reference_has_a_page_for_every_public_module():
         page = module_name.split(".")[-1]
         assert page in pages, f"docs/api/{page}.md is missing"
         assert f"<!-- generated: api {module_name} -->" in (ROOT / "docs" / "api" / f"{page}.md").read_text()
+
+
+def test_the_faq_explains_every_error_class():
+    import fulmen.checkpoint
+    import fulmen.errors
+
+    faq = (ROOT / "docs" / "faq.md").read_text()
+    classes = [name for name in docs_hooks.public_names("fulmen.errors")
+               if isinstance(getattr(fulmen.errors, name), type) and issubclass(getattr(fulmen.errors, name), BaseException)]
+    classes.append(fulmen.checkpoint.CheckpointNotFoundError.__name__)
+    headings = set(re.findall(r"^### (.+)$", faq, re.MULTILINE))
+    missing = [name for name in classes if not any(f"`{name}`" in heading for heading in headings)]
+    assert not missing, f"docs/faq.md has no section (### `Name`) for: {missing}"
