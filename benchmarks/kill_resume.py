@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -162,11 +163,16 @@ class Life:
         self.started.set()
 
 
-def _writing(ckpt_dir: str) -> bool:
+def _temp_files(ckpt_dir: str) -> set[str]:
     try:
-        return any(n.endswith(".tmp") for n in os.listdir(ckpt_dir))
+        return {n for n in os.listdir(ckpt_dir) if n.endswith(".tmp")}
     except FileNotFoundError:
-        return False
+        return set()
+
+
+def _writing(ckpt_dir: str, stale: set[str]) -> bool:
+    """A checkpoint write is in progress: a temporary file that an earlier (killed) life did not leave."""
+    return bool(_temp_files(ckpt_dir) - stale)
 
 
 def _damage_newest(ckpt_dir: str, rng: random.Random) -> str | None:
@@ -204,13 +210,16 @@ def drive(args: argparse.Namespace) -> int:
             return 1
         reference_seconds = time.perf_counter() - t0
         reference = torch.load(os.path.join(work, "reference", "final.pt"))
-        kills = kills_in_write = damaged = skipped = recomputed = failed = lives = jobs = lost = 0
+        kills = kills_in_write = damaged = recomputed = failed = lives = jobs = lost = 0
+        skipped_files: set[str] = set()
+        damaged_files: set[str] = set()
         while kills < args.kills:  # one job: the same command restarted until it completes
             jobs += 1
             root = os.path.join(work, f"job{jobs}")
             ckpt_dir = os.path.join(root, "ckpts")
             last_step_before_kill = None
             while True:
+                stale = _temp_files(ckpt_dir)  # left by writes that a kill interrupted
                 life = Life(_spawn(root, args.steps, args.use_async))
                 lives += 1
                 life.started.wait()
@@ -220,21 +229,24 @@ def drive(args: argparse.Namespace) -> int:
                     in_write = rng.random() < 0.5
                     deadline = time.monotonic() + rng.uniform(0.05, args.max_life)
                     while life.proc.poll() is None and time.monotonic() < deadline:
-                        if in_write and _writing(ckpt_dir):
+                        if in_write and _writing(ckpt_dir, stale):
                             break
                         time.sleep(0.001 if in_write else 0.01)
                     if life.proc.poll() is None:
-                        caught_in_write = _writing(ckpt_dir)
+                        caught_in_write = _writing(ckpt_dir, stale)
                         life.proc.send_signal(signal.SIGKILL)
                         life.proc.wait()
                         kills += 1
                         kills_in_write += caught_in_write
                         last_step_before_kill = life.step
-                        if args.damage_every and kills % args.damage_every == 0 and _damage_newest(ckpt_dir, rng):
-                            damaged += 1
+                        if args.damage_every and kills % args.damage_every == 0:
+                            hit = _damage_newest(ckpt_dir, rng)
+                            if hit:
+                                damaged += 1
+                                damaged_files.add(hit)
                 life.proc.wait()
                 time.sleep(0.05)  # the reader threads drain the pipes
-                skipped += sum("skips a damaged checkpoint" in line for line in life.err)
+                skipped_files.update(re.findall(r"skips a damaged checkpoint: Checkpoint '([^']+)'", "".join(life.err)))
                 if life.proc.returncode not in (0, -signal.SIGKILL):
                     failed += 1
                     print("".join(life.err[-20:]), file=sys.stderr)
@@ -252,7 +264,10 @@ def drive(args: argparse.Namespace) -> int:
               f"a checkpoint every 20 steps; uninterrupted run {reference_seconds:.1f} s")
         print(f"kills: {kills} ({kills_in_write} during a checkpoint write) over {jobs} runs, {lives} starts, "
               f"failed restarts: {failed}")
-        print(f"damaged checkpoints made: {damaged}, skipped by ckpt_path='last': {skipped}")
+        skipped = len(skipped_files)
+        never_seen = len(damaged_files - skipped_files)  # damaged, then replaced or removed before any restart
+        print(f"damaged checkpoints made: {damaged}; found and skipped by ckpt_path='last': {skipped} "
+              f"(the other {never_seen} were overwritten or pruned before a restart looked at them)")
         print(f"steps recomputed: {recomputed} ({recomputed / max(kills, 1):.1f} per kill)")
         print(f"runs whose final weights equal the uninterrupted run's bit for bit: {jobs - lost} of {jobs}; "
               f"runs lost: {lost}")

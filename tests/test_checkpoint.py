@@ -706,3 +706,16 @@ def test_async_failure_raises_at_the_next_step(tmp_path):
         trainer.fit(BoringModel(), make_loader(64, 8))
     assert steps[-1] == 7  # the second save (step 6) failed: raised at the next step, not at the next save
     assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=3.ckpt"]
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
+    stale = tmp_path / ".last.ckpt.0123456789ab.tmp"
+    fresh = tmp_path / ".epoch=1.ckpt.ba9876543210.tmp"
+    other = tmp_path / ".notes.tmp"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert ck.remove_stale_temp_files(tmp_path) == [str(stale)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".epoch=1.ckpt.ba9876543210.tmp", ".notes.tmp"]

@@ -174,6 +174,37 @@ def _temp_sibling(path: str, paths=os.path) -> str:
     return paths.join(head, f".{tail}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # what _temp_sibling makes
+
+
+def remove_stale_temp_files(directory: PathLike, older_than: float = 60.0) -> list[str]:
+    """Delete the temporary files that writes cut short (a process killed mid-save) left in ``directory``.
+
+    Only fulmen's own temporary names count, and only files untouched for ``older_than`` seconds, so a
+    write in progress elsewhere is left alone. Returns the removed paths.
+
+    Example::
+
+        remove_stale_temp_files("runs/checkpoints")  # ['runs/checkpoints/.last.ckpt.3f2a9c0d1b7e.tmp']
+    """
+    import time
+
+    local = _local_path(directory)
+    if local is None or not os.path.isdir(local):
+        return []
+    removed = []
+    now = time.time()
+    for name in os.listdir(local):
+        path = os.path.join(local, name)
+        try:
+            if _TEMP_NAME.match(name) and now - os.lstat(path).st_mtime > older_than:
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass  # gone already, or not ours to remove
+    return removed
+
+
 def _fsync_dir(directory: str) -> None:
     # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
     try:

@@ -161,6 +161,8 @@ class ModelCheckpoint(Checkpoint):
         if self.save_async and self._async_io is None:
             self._async_io = _io.AsyncCheckpointIO(trainer.strategy.checkpoint_io)
         self.dirpath = trainer.strategy.broadcast(self._resolve_dirpath(trainer))
+        if trainer.is_global_zero and stage == "fit":  # partial files of saves a killed run did not finish
+            _io.remove_stale_temp_files(self.dirpath)
         if (trainer.is_global_zero and stage == "fit" and self.save_top_k != 0 and not trainer.ckpt_path
                 and self._dir_has_files()):  # resuming into the same folder is expected
             rank_zero_warn(f"Checkpoint directory {self.dirpath} exists and is not empty.")
