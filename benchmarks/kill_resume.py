@@ -211,8 +211,8 @@ def drive(args: argparse.Namespace) -> int:
         reference_seconds = time.perf_counter() - t0
         reference = torch.load(os.path.join(work, "reference", "final.pt"))
         kills = kills_in_write = damaged = recomputed = failed = lives = jobs = lost = 0
-        skipped_files: set[str] = set()
-        damaged_files: set[str] = set()
+        skipped = 0
+        undetected: set[str] = set()  # damaged, not yet reported by a restart
         while kills < args.kills:  # one job: the same command restarted until it completes
             jobs += 1
             root = os.path.join(work, f"job{jobs}")
@@ -243,10 +243,13 @@ def drive(args: argparse.Namespace) -> int:
                             hit = _damage_newest(ckpt_dir, rng)
                             if hit:
                                 damaged += 1
-                                damaged_files.add(hit)
+                                undetected.add(hit)
                 life.proc.wait()
                 time.sleep(0.05)  # the reader threads drain the pipes
-                skipped_files.update(re.findall(r"skips a damaged checkpoint: Checkpoint '([^']+)'", "".join(life.err)))
+                for path in set(re.findall(r"skips a damaged checkpoint: Checkpoint '([^']+)'", "".join(life.err))):
+                    if path in undetected:  # one damage, reported once (later restarts report it again)
+                        undetected.discard(path)
+                        skipped += 1
                 if life.proc.returncode not in (0, -signal.SIGKILL):
                     failed += 1
                     print("".join(life.err[-20:]), file=sys.stderr)
@@ -264,10 +267,9 @@ def drive(args: argparse.Namespace) -> int:
               f"a checkpoint every 20 steps; uninterrupted run {reference_seconds:.1f} s")
         print(f"kills: {kills} ({kills_in_write} during a checkpoint write) over {jobs} runs, {lives} starts, "
               f"failed restarts: {failed}")
-        skipped = len(skipped_files)
-        never_seen = len(damaged_files - skipped_files)  # damaged, then replaced or removed before any restart
-        print(f"damaged checkpoints made: {damaged}; found and skipped by ckpt_path='last': {skipped} "
-              f"(the other {never_seen} were overwritten or pruned before a restart looked at them)")
+        print(f"damaged checkpoints made: {damaged}; found and skipped, with a warning naming them, by "
+              f"ckpt_path='last': {skipped}; the other {damaged - skipped} were never needed (an intact newer "
+              f"checkpoint was chosen) and were replaced later")
         print(f"steps recomputed: {recomputed} ({recomputed / max(kills, 1):.1f} per kill)")
         print(f"runs whose final weights equal the uninterrupted run's bit for bit: {jobs - lost} of {jobs}; "
               f"runs lost: {lost}")

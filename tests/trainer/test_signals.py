@@ -270,6 +270,13 @@ DDP_CHILD = textwrap.dedent('''
         def on_exception(self, trainer, pl_module, exception):
             with open(os.path.join(root, f"stopped{trainer.global_rank}"), "w") as f:
                 f.write(str(trainer.global_step))
+            if trainer.global_rank == 0:  # when rank 0 exits, the launcher ends rank 1: let it report first
+                import time
+
+                for _ in range(600):
+                    if os.path.exists(os.path.join(root, "stopped1")):
+                        break
+                    time.sleep(0.05)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=g)
