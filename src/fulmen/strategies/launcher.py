@@ -101,6 +101,8 @@ class ScriptLauncher:
             rank = self.strategy.global_rank
             if self.procs:
                 failed = self._wait_for_failure(2.0) if _is_comm_error(exc) else None
+                if isinstance(exc, SystemExit):  # a stop every rank agreed on (preemption): let them finish
+                    self._wait_children(30.0)
                 self._end_children()
                 if failed is not None:  # a child failed first; its traceback is already on screen
                     print(f"fulmen: rank {failed[0]} failed (exit code {failed[1]}); ended every process.",
@@ -163,6 +165,14 @@ class ScriptLauncher:
         print(f"fulmen: rank {failed[0]} failed (exit code {failed[1]}); ended every process.", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(failed[1] or 1)
+
+    def _wait_children(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return
 
     def _end_children(self) -> None:
         for proc in self.procs:
