@@ -248,7 +248,6 @@ OMITTED: dict[str, str] = {
     "overrides": _INTERNAL,
     "callbacks.spike": ("Spike detection is not ported; a non-finite loss stops fit with `NonFiniteLossError` "
                         "naming the step."),
-    "demos.lstm": "The LSTM demo is not ported; `fulmen.demos.transformer` covers language modelling.",
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,
@@ -276,8 +275,6 @@ OMITTED: dict[str, str] = {
     "utilities.model_registry": ("Lightning's hosted model registry is not supported; pass a local, fsspec or "
                                  "http(s) path as `ckpt_path`."),
     "utilities.model_summary.model_summary_deepspeed": _SHARDED,
-    "utilities.parameter_tying": ("Not ported: tie weights by assigning the same `nn.Parameter` to both modules "
-                                  "in `__init__`."),
     # single names
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
@@ -293,12 +290,6 @@ OMITTED: dict[str, str] = {
     "core.saving:convert": _INTERNAL,
     "core.saving:update_hparams": _INTERNAL,
     "core.saving:save_hparams_to_tags_csv": "tags.csv is a pre-1.0 format; use `save_hparams_to_yaml`.",
-    "demos:LightningLSTM": "The LSTM demo is not ported; use `fulmen.demos.LightningTransformer`.",
-    "demos:SequenceSampler": "The LSTM demo is not ported; use `fulmen.demos.WikiText2`.",
-    "demos:SimpleLSTM": "The LSTM demo is not ported; use `fulmen.demos.Transformer`.",
-    "demos.boring_classes:IterableBoringDataModule": ("Not ported: wrap `RandomIterableDataset`s in a "
-                                                      "`CombinedLoader` in your own data module."),
-    "demos.boring_classes:Net": "Not ported (an MNIST convnet); write the network in your module.",
     "loggers:CometLogger": _LOGGER,
     "loggers:LitLogger": _LOGGER,
     "loggers.logger:merge_dicts": _INTERNAL,
@@ -326,12 +317,7 @@ OMITTED: dict[str, str] = {
     "strategies:FSDPStrategy": _SHARDED,
     "strategies:DeepSpeedStrategy": _SHARDED,
     "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
-    "utilities:find_shared_parameters": "Not ported: tie weights by assigning the same `nn.Parameter` in `__init__`.",
-    "utilities:set_shared_parameters": "Not ported: tie weights by assigning the same `nn.Parameter` in `__init__`.",
     "utilities:is_shared_filesystem": _INTERNAL,
-    "utilities:measure_flops": ("Use `torch.utils.flop_counter.FlopCounterMode`; the model summary shows FLOPs "
-                                "when the module has an `example_input_array`."),
-    "utilities:suggested_max_num_workers": "Not ported: `os.cpu_count() // devices` is the usual bound.",
     "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _SHARDED,
     "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,

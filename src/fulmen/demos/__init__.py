@@ -12,6 +12,10 @@ Example::
 """
 
 from fulmen.demos.boring_classes import BoringDataModule, BoringModel, DemoModel
+from fulmen.demos.lstm import LightningLSTM, SequenceSampler, SimpleLSTM
 from fulmen.demos.transformer import LightningTransformer, Transformer, WikiText2
 
-__all__ = ["BoringDataModule", "BoringModel", "DemoModel", "LightningTransformer", "Transformer", "WikiText2"]
+__all__ = [
+    "BoringDataModule", "BoringModel", "DemoModel", "LightningLSTM", "LightningTransformer", "SequenceSampler",
+    "SimpleLSTM", "Transformer", "WikiText2",
+]

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
@@ -27,8 +28,9 @@ from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 
 __all__ = [
-    "BoringDataModule", "BoringDataModuleNoLen", "BoringModel", "DemoModel", "ManualOptimBoringModel",
-    "RandomDataset", "RandomDictDataset", "RandomIterableDataset", "RandomIterableDatasetWithLen",
+    "BoringDataModule", "BoringDataModuleNoLen", "BoringModel", "DemoModel", "IterableBoringDataModule",
+    "ManualOptimBoringModel", "Net", "RandomDataset", "RandomDictDataset", "RandomIterableDataset",
+    "RandomIterableDatasetWithLen",
 ]
 
 
@@ -241,3 +243,55 @@ class DemoModel(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+
+class IterableBoringDataModule(LightningDataModule):
+    """Each stage's loaders are a list: one over a map-style data set, one over an iterable one (4 features).
+
+    Example::
+
+        trainer.fit(model, datamodule=IterableBoringDataModule())   # training batches come in pairs
+    """
+
+    _SIZES = {"train": 16, "val": 32, "test": 64, "predict": 128}
+
+    def setup(self, stage: str) -> None:
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for name in stages:
+            n = self._SIZES[name]
+            setattr(self, f"{name}_datasets", [RandomDataset(4, n), RandomIterableDataset(4, n)])
+
+    def train_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(d) for d in self.train_datasets]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(d) for d in self.val_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(d) for d in self.test_datasets]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(d) for d in self.predict_datasets]
+
+
+class Net(torch.nn.Module):
+    """A small convolutional classifier for 28x28 single-channel images (MNIST): log-probabilities of 10 classes.
+
+    Example::
+
+        Net()(torch.randn(8, 1, 28, 28)).shape  # torch.Size([8, 10])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = torch.nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = torch.nn.Dropout(0.25)
+        self.dropout2 = torch.nn.Dropout(0.5)
+        self.fc1 = torch.nn.Linear(9216, 128)
+        self.fc2 = torch.nn.Linear(128, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = F.relu(self.fc1(torch.flatten(self.dropout1(x), 1)))
+        return F.log_softmax(self.fc2(self.dropout2(x)), dim=1)

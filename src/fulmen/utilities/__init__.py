@@ -332,6 +332,10 @@ _LAZY = {
     "rank_zero_deprecation": "fulmen.utilities.rank_zero",
     "disable_possible_user_warnings": "fulmen.utilities.warnings",
     "isolate_rng": "fulmen.utilities.seed",
+    "measure_flops": "fulmen.utilities.flops",
+    "find_shared_parameters": "fulmen.utilities.parameter_tying",
+    "set_shared_parameters": "fulmen.utilities.parameter_tying",
+    "suggested_max_num_workers": "fulmen.utilities.data",
 }
 
 
