@@ -66,3 +66,26 @@ def test_demo_model_trains_with_adam():
     _trainer(max_epochs=3).fit(model, loader)
     assert isinstance(model.configure_optimizers(), torch.optim.Adam)
     assert model(next(iter(loader))).sum().item() < first
+
+
+def test_iterable_boring_datamodule_pairs_a_map_style_and_an_iterable_loader():
+    from fulmen.demos.boring_classes import IterableBoringDataModule, Net
+
+    seen = []
+
+    class Pairs(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            seen.append([b.shape for b in batch])
+            return sum(self.layer(b).sum() for b in batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    _trainer(num_sanity_val_steps=0, limit_val_batches=0).fit(Pairs(), datamodule=IterableBoringDataModule())
+    assert len(seen) == 16 and seen[0] == [torch.Size([1, 4]), torch.Size([1, 4])]
+    out = Net().eval()(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)

@@ -204,3 +204,36 @@ def test_combined_loader_trains_and_evaluates_in_each_mode(mode, expected):
     assert model.val_seen == expected
     trainer.test(model, CombinedLoader([a, b], "sequential"), verbose=False)
     assert model.seq_seen == [(0, 0), (0, 1), (0, 2), (1, 0)]
+
+
+def test_shared_parameters_are_found_and_tied_again():
+    from fulmen.utilities import find_shared_parameters, set_shared_parameters
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight
+    assert find_shared_parameters(model) == [["0.weight", "1.weight"]]
+    model[1].weight = torch.nn.Parameter(model[0].weight.detach().clone())  # e.g. after a device move
+    assert find_shared_parameters(model) == []
+    set_shared_parameters(model, [["0.weight", "1.weight"]])
+    assert model[1].weight is model[0].weight
+
+
+def test_measure_flops_counts_forward_and_backward():
+    from fulmen.utilities import measure_flops
+
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    forward = measure_flops(layer, lambda: layer(x))
+    assert forward == 2 * 2 * 4 * 3
+    assert measure_flops(layer, lambda: layer(x), lambda y: y.sum()) > forward
+
+
+def test_suggested_max_num_workers_shares_the_cpus():
+    import os
+
+    from fulmen.utilities import suggested_max_num_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert suggested_max_num_workers(1) == max(1, cpus - 1) and suggested_max_num_workers(10 * cpus) == 1
+    with pytest.raises(MisconfigurationException, match="local_world_size"):
+        suggested_max_num_workers(0)
