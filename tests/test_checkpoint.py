@@ -704,7 +704,9 @@ def test_async_failure_raises_at_the_next_step(tmp_path):
                             plugins=[ck.AsyncCheckpointIO(SlowIO(delay=0.0, fail_at=2))])
     with pytest.raises(CheckpointSaveError, match="No space left"):
         trainer.fit(BoringModel(), make_loader(64, 8))
-    assert steps[-1] == 7  # the second save (step 6) failed: raised at the next step, not at the next save
+    # the second save (step 6) failed: raised at the next step boundary (before or after step 7's batch ends,
+    # depending on when the writer thread ran), never as late as the next save (step 9)
+    assert steps[-1] in (6, 7)
     assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=3.ckpt"]
 
 
