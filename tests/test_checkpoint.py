@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fulmen import checkpoint as ck
-from fulmen.errors import CheckpointError, FulmenError, UntrustedCheckpointError
+from fulmen.errors import CheckpointCorruptedError, CheckpointError, FulmenError, UntrustedCheckpointError
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -721,3 +721,27 @@ def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
     os.utime(other, (old, old))
     assert ck.remove_stale_temp_files(tmp_path) == [str(stale)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".epoch=1.ckpt.ba9876543210.tmp", ".notes.tmp"]
+
+
+def test_zeroed_blocks_anywhere_are_reported_as_damage_by_the_header_read_and_the_load(tmp_path):
+    # a lost disk block keeps the file's length: the zip records it hits must still read as damage, so that
+    # ckpt_path="last" skips the file instead of stopping on a bare ValueError
+    path = tmp_path / "c.ckpt"
+    ck.save_checkpoint({"state_dict": {"w": torch.randn(16, 16)}, "optimizer_states": [], "global_step": 3}, path)
+    original = path.read_bytes()
+    outcomes = {ck.read_checkpoint_header: set(), ck.load_checkpoint: set()}
+    for start in range(0, len(original) - 64, 61):
+        data = bytearray(original)
+        data[start : start + 64] = bytes(64)
+        path.write_bytes(bytes(data))
+        for read, seen in outcomes.items():
+            try:
+                read(path)
+                seen.add("read")
+            except CheckpointCorruptedError:
+                seen.add("damaged")
+            except CheckpointError:  # zeroed magic bytes: not recognisable as a checkpoint at all
+                seen.add("rejected")
+    # no other exception type escaped; the header read skips tensor data (and the checksum) by design
+    assert outcomes[ck.read_checkpoint_header] == {"read", "damaged", "rejected"}
+    assert outcomes[ck.load_checkpoint] == {"damaged", "rejected"}  # the checksum catches every other block

@@ -579,10 +579,15 @@ def read_checkpoint_header(path: PathLike, storage_options: dict | None = None) 
         mmap = source.local is not None and source.head == b"PK\x03\x04"  # tensors mapped, not read
         return _torch_load(source.opener(), "cpu", False, mmap=mmap)
     except Exception as err:
-        if _looks_damaged(err):
-            first_line = str(err).strip().split("\n")[0][:160]
-            raise CheckpointCorruptedError(_corrupt_message(source.shown, f"{type(err).__name__}: {first_line}")) from err
-        raise
+        if isinstance(err, pickle.UnpicklingError) and _refused_globals(err, source.opener):
+            raise UntrustedCheckpointError(
+                f"Checkpoint {source.shown!r} holds objects the safe loader does not allow; pass it by path with "
+                "`weights_only=False` if you trust it."
+            ) from err
+        # no checksum is read here, and map_location is fixed: whatever torch cannot parse is damage (zeroed
+        # bytes in the archive's records raise plain ValueErrors, for example)
+        first_line = str(err).strip().split("\n")[0][:160]
+        raise CheckpointCorruptedError(_corrupt_message(source.shown, f"{type(err).__name__}: {first_line}")) from err
 
 
 def load_checkpoint(
