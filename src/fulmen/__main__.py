@@ -6,6 +6,7 @@ Example::
     fulmen fit --config lightning_logs/version_0/config.yaml       # repeat a run exactly
     fulmen test --model my_pkg.LitModel --data my_pkg.DigitsData --ckpt_path last.ckpt
     fulmen plot lightning_logs/version_0
+    fulmen consolidate checkpoints/last.ckpt                 # a sharded FSDP/DeepSpeed directory -> one file
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _COMMANDS = {
     "test": "run one test epoch on a model (--ckpt_path to load weights first)",
     "predict": "run prediction over the predict data (--ckpt_path to load weights first)",
     "plot": "plot a run's metrics.csv into a PNG: fulmen plot RUN_DIR [-o OUT]",
+    "consolidate": "write a sharded FSDP/DeepSpeed checkpoint directory as one file: fulmen consolidate DIR [-o FILE]",
 }
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from fulmen.plot import main as plot_main
 
         return plot_main(args[1:])
+    if command == "consolidate":
+        from fulmen.strategies.sharded_checkpoint import cli_main
+
+        return cli_main(args[1:])
     if command in _RUN_COMMANDS:
         return _run(args)
     close = difflib.get_close_matches(command, list(_COMMANDS), n=1)

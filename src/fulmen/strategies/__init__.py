@@ -23,6 +23,14 @@ for _method, _names in (("popen", ("ddp",)), ("spawn", ("ddp_spawn",)), ("fork",
             STRATEGY_NAMES[f"{_name}_find_unused_parameters_{str(_flag).lower()}"] = (
                 "fulmen.strategies.ddp", "DDPStrategy", {"start_method": _method, "find_unused_parameters": _flag})
 
+STRATEGY_NAMES["fsdp"] = ("fulmen.strategies.fsdp", "FSDPStrategy", {})
+STRATEGY_NAMES["fsdp_cpu_offload"] = ("fulmen.strategies.fsdp", "FSDPStrategy", {"cpu_offload": True})
+for _name, _kwargs in (("deepspeed", {}), ("deepspeed_stage_1", {"stage": 1}), ("deepspeed_stage_2", {"stage": 2}),
+                       ("deepspeed_stage_2_offload", {"stage": 2, "offload_optimizer": True}),
+                       ("deepspeed_stage_3", {"stage": 3}),
+                       ("deepspeed_stage_3_offload", {"stage": 3, "offload_optimizer": True, "offload_parameters": True})):
+    STRATEGY_NAMES[_name] = ("fulmen.strategies.deepspeed", "DeepSpeedStrategy", _kwargs)
+
 
 def resolve_strategy_name(name: str) -> Strategy:
     """A fresh strategy object for one of ``STRATEGY_NAMES``.
@@ -38,6 +46,8 @@ def resolve_strategy_name(name: str) -> Strategy:
 _LAZY = {
     "DDPStrategy": "fulmen.strategies.ddp",
     "ParallelStrategy": "fulmen.strategies.ddp",
+    "FSDPStrategy": "fulmen.strategies.fsdp",
+    "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
     "ClusterEnvironment": "fulmen.strategies.environments",
     "LightningEnvironment": "fulmen.strategies.environments",
     "TorchElasticEnvironment": "fulmen.strategies.environments",

@@ -7,8 +7,8 @@ asks which strategy it has: single device, DDP, FSDP and DeepSpeed each live in 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +81,11 @@ class Strategy:
     def connect(self, module: Any) -> None:
         self.lightning_module = module
         self.model = module
+
+    def model_sharded_context(self) -> ContextManager:
+        """Where ``configure_model`` runs: sharded strategies create the layers there already sharded
+        (or on the meta device) instead of whole in every process."""
+        return nullcontext()
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Move (and for distributed strategies, wrap) the module; returns what the loop should call."""
@@ -155,7 +160,19 @@ class Strategy:
             self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def load_checkpoint(self, filepath: Any, weights_only: bool | None = True) -> dict[str, Any]:
+        from fulmen.strategies import sharded_checkpoint
+
+        if sharded_checkpoint.kind(filepath) is not None:  # saved by FSDP or DeepSpeed: read it whole, here
+            return sharded_checkpoint.load_consolidated(filepath, weights_only=weights_only)
         return self.checkpoint_io.load_checkpoint(filepath, map_location="cpu", weights_only=weights_only)
+
+    def load_model_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Put a checkpoint's ``state_dict`` into the module (sharded strategies scatter it to the shards)."""
+        self.lightning_module.load_state_dict(state_dict, strict=strict)
+
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        """Put one of a checkpoint's ``optimizer_states`` into ``optimizer``."""
+        optimizer.load_state_dict(state)
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero:

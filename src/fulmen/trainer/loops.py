@@ -79,7 +79,8 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
         dm.setup(stage)
     trainer._call_callbacks("setup", stage=stage)
     trainer._call_module("setup", stage)  # these skip a hook set to None, as Lightning does
-    trainer._call_module("configure_model")
+    with trainer.strategy.model_sharded_context():
+        trainer._call_module("configure_model")
     trainer.strategy.setup_module(module)
     if fn == TrainerFn.FITTING:
         _setup_optimizers(trainer, module)
@@ -1201,7 +1202,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         )
     module = trainer.lightning_module
     module.on_load_checkpoint(checkpoint)
-    module.load_state_dict(checkpoint["state_dict"])
+    trainer.strategy.load_model_state_dict(checkpoint["state_dict"])
     dm = trainer.datamodule
     if dm is not None:
         dm.on_load_checkpoint(checkpoint)
@@ -1226,7 +1227,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
             f"{len(trainer.optimizers)}. Resume with the same optimizer set-up."
         )
     for opt, state in zip(trainer.optimizers, saved_opts):
-        opt.load_state_dict(state)
+        trainer.strategy.load_optimizer_state_dict(opt, state)
     for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
     precision = trainer.strategy.precision

@@ -1,0 +1,538 @@
+"""DeepSpeed ZeRO: optimizer states (stage 1), gradients (2) and parameters (3) partitioned across
+processes, optionally offloaded to CPU memory, by DeepSpeed's engine.
+
+The arguments are Lightning's ``DeepSpeedStrategy``'s; they build DeepSpeed's config unless ``config``
+(a dict or a JSON file) is given. The Trainer's ``accumulate_grad_batches``, ``gradient_clip_val`` and
+``precision`` are written into that config; a config saying otherwise is an error naming both. The
+engine is built with ``deepspeed.initialize`` from the module and the optimizer ``configure_optimizers``
+returns (or the config's own); fulmen's loop keeps deciding when an accumulation window ends and tells
+the engine. DeepSpeed runs on CPU too (gloo), which is how the tests run it. Needs ``fulmen[deepspeed]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.errors import CheckpointError, MisconfigurationException, missing_extra
+from fulmen.precision import Precision
+from fulmen.strategies import sharded_checkpoint
+from fulmen.strategies._forward import call_as_forward
+from fulmen.strategies.ddp import ParallelStrategy, _training
+from fulmen.utilities import apply_to_collection, rank_zero_warn
+
+_TAG = "checkpoint"  # the tag folder inside a checkpoint directory (Lightning's name, so its tools read ours)
+_DTYPE_KEYS = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16", "16-true": "fp16"}
+
+
+def deepspeed_available() -> bool:
+    """Whether ``import deepspeed`` can work, found without importing it (which takes seconds)."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"] is not None
+    try:
+        return importlib.util.find_spec("deepspeed") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_deepspeed(feature: str, logging_level: int = logging.WARNING) -> Any:
+    """``import deepspeed`` quietly: on a machine without a GPU it is told to use its CPU accelerator, and its
+    own logger shows ``logging_level`` and above. Raises the install command when it is missing."""
+    if not deepspeed_available():
+        raise missing_extra("deepspeed", "deepspeed", feature)
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick anyway, without its warning about it
+    import deepspeed
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging_level)
+    return deepspeed
+
+
+class _DeepSpeedPrecision(Precision):
+    """The engine owns the dtypes: it converts the module (fp16/bf16 in the config) and keeps float32
+    master weights; here inputs are cast to match, and backward goes through the engine."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        key = _DTYPE_KEYS.get(name)
+        self.dtype = torch.bfloat16 if key == "bf16" else torch.float16 if key == "fp16" else None
+        self.engine: Any = None
+
+    def convert_input(self, data: Any) -> Any:
+        if self.dtype is None:
+            return data
+        return apply_to_collection(data, Tensor, lambda t: t.to(self.dtype) if t.is_floating_point() else t)
+
+    def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:
+        # the loop already divided the loss by accumulate_grad_batches: the engine must not divide again
+        self.engine.backward(loss, scale_wrt_gas=False, **kwargs)
+
+
+class DeepSpeedStrategy(ParallelStrategy):
+    """Train with DeepSpeed's ZeRO: partitioned optimizer states, gradients and parameters, optional offload.
+
+    Args:
+        zero_optimization: use ZeRO (with ``stage``); False: plain data parallelism through the engine.
+        stage: 1 partitions optimizer states, 2 also gradients, 3 also parameters (then build large models in
+            ``configure_model``: they are created partitioned).
+        offload_optimizer / offload_parameters: keep optimizer states / parameters in CPU (or NVMe) memory.
+        config: a DeepSpeed config dict or the path of a JSON file; it replaces the config the other
+            arguments would build. The Trainer's accumulation, clipping and precision flags are merged in.
+        logging_batch_size_per_gpu: the micro-batch size DeepSpeed reports with ("auto": the training
+            loader's batch size when it can be read, else 1).
+        logging_level: the level of DeepSpeed's own logger (default: warnings only).
+        load_full_weights: ``ckpt_path`` is a single file of full weights rather than a DeepSpeed directory.
+        exclude_frozen_parameters: leave parameters that do not train out of checkpoints.
+
+    The remaining arguments are DeepSpeed's config entries under Lightning's names (``offload_*_device``,
+    ``nvme_path``, bucket sizes, fp16 loss scaling, activation checkpointing, async I/O).
+
+    Example::
+
+        trainer = fulmen.Trainer(accelerator="gpu", devices=8, strategy="deepspeed_stage_3", precision="bf16-mixed")
+        trainer = fulmen.Trainer(devices=2, strategy=DeepSpeedStrategy(stage=2, offload_optimizer=True))
+        trainer = fulmen.Trainer(devices=2, strategy=DeepSpeedStrategy(config="ds_config.json"))
+    """
+
+    def __init__(self, accelerator: Any = None, zero_optimization: bool = True, stage: int = 2,
+                 remote_device: str | None = None, offload_optimizer: bool = False, offload_parameters: bool = False,
+                 offload_params_device: str = "cpu", nvme_path: str = "/local_nvme", params_buffer_count: int = 5,
+                 params_buffer_size: int = 100_000_000, max_in_cpu: int = 1_000_000_000,
+                 offload_optimizer_device: str = "cpu", optimizer_buffer_count: int = 4, block_size: int = 1048576,
+                 queue_depth: int = 8, single_submit: bool = False, overlap_events: bool = True, thread_count: int = 1,
+                 pin_memory: bool = False, sub_group_size: int = 1_000_000_000_000, contiguous_gradients: bool = True,
+                 overlap_comm: bool = True, allgather_partitions: bool = True, reduce_scatter: bool = True,
+                 allgather_bucket_size: int = 200_000_000, reduce_bucket_size: int = 200_000_000,
+                 zero_allow_untested_optimizer: bool = True, logging_batch_size_per_gpu: str | int = "auto",
+                 config: str | os.PathLike | dict[str, Any] | None = None, logging_level: int = logging.WARN,
+                 parallel_devices: list[torch.device] | None = None, cluster_environment: Any = None,
+                 loss_scale: float = 0, initial_scale_power: int = 16, loss_scale_window: int = 1000,
+                 hysteresis: int = 2, min_loss_scale: int = 1, partition_activations: bool = False,
+                 cpu_checkpointing: bool = False, contiguous_memory_optimization: bool = False,
+                 synchronize_checkpoint_boundary: bool = False, load_full_weights: bool = False,
+                 precision_plugin: Any = None, process_group_backend: str | None = None,
+                 timeout: timedelta | None = timedelta(minutes=30), exclude_frozen_parameters: bool = False,
+                 start_method: str = "popen", precision: Any = None) -> None:
+        if not deepspeed_available():
+            raise missing_extra("deepspeed", "deepspeed", "strategy='deepspeed' (DeepSpeedStrategy)")
+        super().__init__(accelerator, parallel_devices, cluster_environment, None, precision_plugin,
+                         process_group_backend, timeout, start_method, precision)
+        if stage not in (0, 1, 2, 3):
+            raise MisconfigurationException(f"DeepSpeedStrategy(stage={stage!r}): ZeRO has stages 0, 1, 2 and 3.")
+        self._config_given = config is not None
+        self.config = _read_config(config) if config is not None else _default_config(
+            zero_optimization=zero_optimization, stage=stage, offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters, offload_params_device=offload_params_device,
+            offload_optimizer_device=offload_optimizer_device, nvme_path=nvme_path,
+            params_buffer_count=params_buffer_count, params_buffer_size=params_buffer_size, max_in_cpu=max_in_cpu,
+            optimizer_buffer_count=optimizer_buffer_count, pin_memory=pin_memory, sub_group_size=sub_group_size,
+            contiguous_gradients=contiguous_gradients, overlap_comm=overlap_comm,
+            allgather_partitions=allgather_partitions, reduce_scatter=reduce_scatter,
+            allgather_bucket_size=allgather_bucket_size, reduce_bucket_size=reduce_bucket_size,
+            zero_allow_untested_optimizer=zero_allow_untested_optimizer, block_size=block_size,
+            queue_depth=queue_depth, single_submit=single_submit, overlap_events=overlap_events,
+            thread_count=thread_count, partition_activations=partition_activations,
+            cpu_checkpointing=cpu_checkpointing, contiguous_memory_optimization=contiguous_memory_optimization,
+            synchronize_checkpoint_boundary=synchronize_checkpoint_boundary)
+        self._fp16_scaling = {"loss_scale": loss_scale, "initial_scale_power": initial_scale_power,
+                              "loss_scale_window": loss_scale_window, "hysteresis": hysteresis,
+                              "min_loss_scale": min_loss_scale}
+        self.remote_device = remote_device
+        self.logging_batch_size_per_gpu = logging_batch_size_per_gpu
+        self.logging_level = logging_level
+        self.load_full_weights = load_full_weights
+        self.exclude_frozen_parameters = exclude_frozen_parameters
+        self._boundary = True
+        self._config_done = False
+
+    def __repr__(self) -> str:
+        return f"DeepSpeedStrategy(stage={self.zero_stage}, world_size={self.world_size})"
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision | None) -> None:
+        name = getattr(value, "name", "32-true") if value is not None else "32-true"
+        self._precision = value if isinstance(value, _DeepSpeedPrecision) else _DeepSpeedPrecision(name)
+
+    @property
+    def zero_stage(self) -> int:
+        zero = self.config.get("zero_optimization") or {}
+        return int(zero.get("stage", 0)) if zero is not False else 0
+
+    @property
+    def deepspeed_engine(self) -> Any:
+        """The ``DeepSpeedEngine`` wrapping the module (once the run is set up), else None."""
+        return self.model if self.model is not self.lightning_module else None
+
+    # -- the config: the Trainer's flags go in, contradictions come out ---------------------------
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        trainer = kwargs.get("trainer")
+        if trainer is not None:
+            self._merge_trainer_flags(trainer)  # before any process starts: a bad config fails here, once
+        return super().launch(function, *args, **kwargs)
+
+    def _merge_trainer_flags(self, trainer: Any) -> None:
+        if self._config_done:
+            return
+        cfg = self.config
+        origin = "DeepSpeedStrategy(config=...)" if self._config_given else "the DeepSpeed config"
+
+        accumulate = trainer.accumulate_grad_batches
+        if "gradient_accumulation_steps" in cfg and cfg["gradient_accumulation_steps"] not in (accumulate, "auto"):
+            raise MisconfigurationException(
+                f"{origin} sets gradient_accumulation_steps={cfg['gradient_accumulation_steps']}, but "
+                f"Trainer(accumulate_grad_batches={accumulate}). Set it in one place: the Trainer flag (and remove "
+                "it from the config), or the same value in both."
+            )
+        cfg["gradient_accumulation_steps"] = accumulate
+
+        clip, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+        if clip and (algorithm or "norm") == "value":
+            raise MisconfigurationException(
+                f"DeepSpeed clips gradients by norm only, and Trainer(gradient_clip_algorithm='value') asks for value "
+                f"clipping. Use gradient_clip_algorithm='norm' (gradient_clip_val={clip}), or another strategy."
+            )
+        if clip:
+            if cfg.get("gradient_clipping") not in (None, "auto", 0, 0.0, float(clip)):
+                raise MisconfigurationException(
+                    f"{origin} sets gradient_clipping={cfg['gradient_clipping']}, but "
+                    f"Trainer(gradient_clip_val={clip}). Set it in one place, or the same value in both."
+                )
+            cfg["gradient_clipping"] = float(clip)
+        elif cfg.get("gradient_clipping") == "auto":
+            cfg.pop("gradient_clipping")
+
+        name = self.precision.name
+        given = getattr(trainer, "_precision_flag", None) is not None or type(self.precision) is not _DeepSpeedPrecision
+        wanted = _DTYPE_KEYS.get(name)
+        enabled = [k for k in ("fp16", "bf16") if isinstance(cfg.get(k), dict) and cfg[k].get("enabled") in (True, "auto")]
+        if name == "64-true":
+            raise MisconfigurationException(
+                "DeepSpeed does not train in float64 (precision='64-true'). Use '32-true', 'bf16-mixed' or '16-mixed'."
+            )
+        if wanted is not None:
+            if enabled and enabled != [wanted]:
+                raise MisconfigurationException(
+                    f"{origin} enables {enabled[0]}, but Trainer(precision={name!r}) asks for {wanted}. Set the "
+                    "precision in one place: the Trainer flag (and remove it from the config), or matching values."
+                )
+            section = dict(cfg.get(wanted) or {}, enabled=True)
+            if wanted == "fp16":
+                for key, value in self._fp16_scaling.items():
+                    section.setdefault(key, value)
+            cfg[wanted] = section
+        elif enabled:
+            if given:
+                raise MisconfigurationException(
+                    f"{origin} enables {enabled[0]}, but Trainer(precision={name!r}) asks for float32. Set the "
+                    "precision in one place: the Trainer flag (and remove it from the config), or matching values."
+                )
+            self.precision = _DeepSpeedPrecision("bf16-mixed" if enabled == ["bf16"] else "16-mixed")
+
+        if "train_micro_batch_size_per_gpu" not in cfg and "train_batch_size" not in cfg:
+            size = self.logging_batch_size_per_gpu
+            if size == "auto":
+                size = getattr(getattr(trainer, "_given_train_loaders", None), "batch_size", None) or 1
+            cfg["train_micro_batch_size_per_gpu"] = int(size)
+        cfg.setdefault("zero_allow_untested_optimizer", True)
+        # a torch optimizer with optimizer offload works (DeepSpeed's CPU Adam is faster, but compiles C++ first)
+        cfg.setdefault("zero_force_ds_cpu_optimizer", False)
+        cfg.setdefault("steps_per_print", sys.maxsize)  # fulmen's progress bar and loggers report progress
+        self._config_done = True
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        super().setup_environment()  # the torch.distributed process group, started as for DDP
+        if self.lightning_module is not None and getattr(self.lightning_module, "_trainer", None) is not None:
+            self._merge_trainer_flags(self.lightning_module._trainer)
+        deepspeed = import_deepspeed("strategy='deepspeed'", self.logging_level)
+        if self.root_device.type == "cpu":
+            # DeepSpeed builds a C++ shared-memory all-reduce for inference on first use (minutes of compiling,
+            # and a print); training never calls it, so leave it unbuilt: its callers fall back to torch's
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+        deepspeed.init_distributed(dist_backend=self.process_group_backend, timeout=self._timeout)
+
+    @contextmanager
+    def model_sharded_context(self) -> Iterator[None]:
+        """Under ZeRO stage 3, layers built in ``configure_model`` are partitioned as they are created."""
+        if self.zero_stage != 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.Init(remote_device=self.remote_device, config_dict_or_path=self.config):
+            yield
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        self.lightning_module = module
+        self.model = module
+        if _training(module):
+            return module  # the engine is built with the optimizer, in setup_optimizers
+        # evaluation or prediction only: an engine without an optimizer gathers ZeRO-3 shards and sets dtypes
+        inference: dict[str, Any] = {"train_micro_batch_size_per_gpu": 1, "steps_per_print": sys.maxsize}
+        for key in ("fp16", "bf16"):
+            if key in self.config:
+                inference[key] = self.config[key]
+        if self.zero_stage == 3:
+            inference["zero_optimization"] = self.config["zero_optimization"]
+            inference["zero_allow_untested_optimizer"] = True
+        self.model = self._initialize(module, None, inference)
+        return self.model
+
+    def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
+        if len(optimizers) > 1:
+            raise MisconfigurationException(
+                f"DeepSpeed trains with one optimizer, and configure_optimizers returned {len(optimizers)}. Return one "
+                "(with one optional scheduler), or use strategy='fsdp' or 'ddp'."
+            )
+        if not optimizers and "optimizer" not in self.config:
+            raise MisconfigurationException(
+                "DeepSpeed needs an optimizer: return one from configure_optimizers, or put an 'optimizer' section in "
+                "the DeepSpeed config."
+            )
+        module = self.lightning_module
+        if not module.automatic_optimization and module.trainer.accumulate_grad_batches != 1:
+            raise MisconfigurationException("accumulate_grad_batches does not apply to manual optimization.")
+        from fulmen.module import LightningModule
+        from fulmen.utilities import is_overridden
+
+        if is_overridden("configure_gradient_clipping", module, LightningModule):
+            rank_zero_warn(
+                "DeepSpeed clips gradients inside its optimizer step, so configure_gradient_clipping is called but "
+                "cannot clip. Set Trainer(gradient_clip_val=...) instead."
+            )
+        if is_overridden("backward", module, LightningModule):
+            rank_zero_warn("DeepSpeed runs the backward pass itself; the module's backward() override is not used.")
+        self.model = engine = self._initialize(module, optimizers[0] if optimizers else None, self.config)
+        return [engine.optimizer]
+
+    def _initialize(self, module: nn.Module, optimizer: Optimizer | None, config: dict[str, Any]) -> Any:
+        import deepspeed
+
+        trainable = [p for p in module.parameters() if p.requires_grad] if optimizer is None else None
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=trainable or None,
+                                          config=config, dist_init_required=False)
+        self.precision.engine = engine
+        return engine
+
+    # -- what the loops call --------------------------------------------------------------------
+    def step_function(self, name: str) -> Callable[..., Any]:
+        """Steps run as the engine's forward, so ZeRO-3 gathers even the parameters a step uses directly."""
+        module = self.lightning_module
+        step = getattr(module, name)
+        engine = self.deepspeed_engine
+        if engine is None:
+            return step
+        return functools.partial(call_as_forward, engine, module, step, nested_without_hooks=self.zero_stage == 3)
+
+    def no_backward_sync(self) -> Callable[[], ContextManager] | None:
+        @contextmanager
+        def within_window() -> Iterator[None]:
+            self._boundary = False  # the engine accumulates; the next optimizer_step closes the window
+            try:
+                yield
+            finally:
+                self._boundary = True
+
+        return within_window
+
+    def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
+        engine = self.deepspeed_engine
+        if engine is None:
+            raise MisconfigurationException("DeepSpeed's backward needs its engine, which exists during trainer.fit only.")
+        engine.set_gradient_accumulation_boundary(self._boundary)
+        self.precision.backward(loss, module, *args, **kwargs)
+        if not self._boundary:
+            engine.step()  # only counts the micro-batch: DeepSpeed steps at the boundary
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None, model: Any,
+                       after_closure: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+        self._boundary = True
+        out = closure() if closure is not None else None
+        if closure is not None and out is None:
+            raise MisconfigurationException(
+                "training_step returned None to skip the batch, which DeepSpeed cannot do (its optimizer step expects "
+                "a backward pass). Return a loss for every batch, or use strategy='fsdp' or 'ddp'."
+            )
+        if after_closure is not None:
+            after_closure()
+        self.deepspeed_engine.step()
+        return out
+
+    def clip_gradients(self, optimizer: Optimizer, clip_val: float, algorithm: str) -> None:
+        """The engine clips by the config's ``gradient_clipping`` inside its step, so there is nothing to do
+        here, and asking for other clipping (e.g. ``self.clip_gradients`` in manual optimization) is an error."""
+        configured = float(self.config.get("gradient_clipping") or 0.0)
+        if algorithm == "value" or configured != float(clip_val):
+            raise MisconfigurationException(
+                f"DeepSpeed clips gradients inside its optimizer step, by norm, at the config's gradient_clipping="
+                f"{configured}; clip_gradients({clip_val}, {algorithm!r}) cannot clip after backward. Set "
+                f"gradient_clipping={clip_val} in DeepSpeedStrategy(config=...) (or Trainer(gradient_clip_val=...) "
+                "with automatic optimization)."
+            )
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return {}  # the engine writes the weights (partitioned under ZeRO-3) itself
+
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        return {}  # likewise the optimizer partitions
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A directory: DeepSpeed's shards in ``checkpoint/`` and fulmen's state in its client state."""
+        if storage_options is not None:
+            raise MisconfigurationException(
+                "storage_options do not apply to DeepSpeed checkpoints: its engine writes them."
+            )
+        engine = self.deepspeed_engine
+        if engine is None:
+            raise MisconfigurationException("A DeepSpeed checkpoint is written by the engine, which exists during fit.")
+        client = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        client["fulmen_keys"] = sorted(client)
+
+        def write(tmp: str) -> None:
+            engine.save_checkpoint(tmp, client_state=client, tag=_TAG,
+                                   exclude_frozen_parameters=self.exclude_frozen_parameters)
+
+        sharded_checkpoint.write_directory(filepath, write, self)
+
+    def load_checkpoint(self, filepath: Any, weights_only: bool | None = True) -> dict[str, Any]:
+        engine = self.deepspeed_engine
+        kind = sharded_checkpoint.kind(filepath)
+        if kind != "deepspeed":
+            if kind is None and os.path.isdir(os.fspath(filepath)):
+                raise CheckpointError(f"{os.fspath(filepath)!r} is a directory but not a DeepSpeed checkpoint.")
+            if _training(self.lightning_module) and not self.load_full_weights:
+                raise CheckpointError(
+                    f"{os.fspath(filepath)!r} is not a DeepSpeed checkpoint directory, so DeepSpeed cannot resume its "
+                    "optimizer from it. Resume from the directory a DeepSpeed run saved, or start from these weights "
+                    "with Module.load_from_checkpoint(path) (or DeepSpeedStrategy(load_full_weights=True))."
+                )
+            checkpoint = super().load_checkpoint(filepath, weights_only)
+            self._load_full_weights(checkpoint["state_dict"])
+            self._weights_loaded = True
+            checkpoint.pop("optimizer_states", None)
+            return checkpoint
+        if not _training(self.lightning_module):
+            # evaluation: the float32 weights, put together from the shards (DeepSpeed's own loader cannot fill
+            # an engine without an optimizer from a ZeRO-3 checkpoint)
+            checkpoint = sharded_checkpoint.load_consolidated(filepath)
+            self._load_full_weights(checkpoint["state_dict"])
+            self._weights_loaded = True
+            return checkpoint
+        path, client = engine.load_checkpoint(
+            os.fspath(filepath), load_optimizer_states=True, load_lr_scheduler_states=True,
+            load_module_strict=getattr(self.lightning_module, "strict_loading", True))
+        if path is None or client is None:
+            raise CheckpointError(
+                f"DeepSpeed could not load {os.fspath(filepath)!r} (no 'latest' tag, or its files are missing)."
+            )
+        keys = client.get("fulmen_keys")
+        checkpoint = {k: client[k] for k in keys} if keys else {
+            k: v for k, v in client.items() if k not in sharded_checkpoint._DEEPSPEED_KEYS}
+        self._weights_loaded = True
+        checkpoint["state_dict"] = {}  # in the engine already (restore_checkpoint's load is a no-op)
+        checkpoint["optimizer_states"] = [{} for _ in self.lightning_module.trainer.optimizers]
+        return checkpoint
+
+    def _load_full_weights(self, state_dict: dict[str, Any]) -> None:
+        module = self.lightning_module
+        if self.zero_stage != 3:
+            module.load_state_dict(state_dict, strict=getattr(module, "strict_loading", True))
+            return
+        import deepspeed
+
+        # submodule by submodule: its partitioned parameters are gathered, loaded (rank zero's values win), and
+        # partitioned again; buffers are not partitioned, so every rank loads its own
+        for name, sub in module.named_modules():
+            prefix = f"{name}." if name else ""
+            own = {k[len(prefix):]: v for k, v in state_dict.items()
+                   if k.startswith(prefix) and "." not in k[len(prefix):]}
+            if own:
+                with deepspeed.zero.GatheredParameters(list(sub.parameters(recurse=False)), modifier_rank=0):
+                    sub.load_state_dict(own, strict=False)
+
+    def load_model_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        if getattr(self, "_weights_loaded", False):
+            self._weights_loaded = False
+            return  # load_checkpoint put them in the engine
+        super().load_model_state_dict(state_dict, strict)
+
+    def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        """The engine restored its optimizer partitions in ``load_checkpoint``."""
+
+    def teardown(self) -> None:
+        super().teardown()
+        self.precision.engine = None
+
+
+def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config))  # a copy the strategy may fill in, leaving the caller's alone
+    path = os.fspath(config)
+    if not os.path.isfile(path):
+        raise MisconfigurationException(
+            f"DeepSpeedStrategy(config={path!r}): no such file. Pass a dict or the path of a DeepSpeed JSON config."
+        )
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise MisconfigurationException(f"DeepSpeed config {path!r} is not valid JSON: {err}") from None
+
+
+def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: bool, offload_parameters: bool,
+                    offload_params_device: str, offload_optimizer_device: str, nvme_path: str,
+                    params_buffer_count: int, params_buffer_size: int, max_in_cpu: int, optimizer_buffer_count: int,
+                    pin_memory: bool, sub_group_size: int, contiguous_gradients: bool, overlap_comm: bool,
+                    allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int,
+                    reduce_bucket_size: int, zero_allow_untested_optimizer: bool, block_size: int, queue_depth: int,
+                    single_submit: bool, overlap_events: bool, thread_count: int, partition_activations: bool,
+                    cpu_checkpointing: bool, contiguous_memory_optimization: bool,
+                    synchronize_checkpoint_boundary: bool) -> dict[str, Any]:
+    """The DeepSpeed config that Lightning's argument names describe."""
+    config: dict[str, Any] = {
+        "activation_checkpointing": {
+            "partition_activations": partition_activations,
+            "cpu_checkpointing": cpu_checkpointing,
+            "contiguous_memory_optimization": contiguous_memory_optimization,
+            "synchronize_checkpoint_boundary": synchronize_checkpoint_boundary,
+        },
+        "aio": {"block_size": block_size, "queue_depth": queue_depth, "single_submit": single_submit,
+                "overlap_events": overlap_events, "thread_count": thread_count},
+    }
+    if not zero_optimization:
+        return config
+    zero: dict[str, Any] = {
+        "stage": stage, "contiguous_gradients": contiguous_gradients, "overlap_comm": overlap_comm,
+        "allgather_partitions": allgather_partitions, "reduce_scatter": reduce_scatter,
+        "allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size,
+        "sub_group_size": sub_group_size,
+    }
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": offload_optimizer_device, "nvme_path": nvme_path,
+                                     "buffer_count": optimizer_buffer_count, "pin_memory": pin_memory}
+    if offload_parameters:
+        zero["offload_param"] = {"device": offload_params_device, "nvme_path": nvme_path,
+                                 "buffer_count": params_buffer_count, "buffer_size": params_buffer_size,
+                                 "max_in_cpu": max_in_cpu, "pin_memory": pin_memory}
+    config["zero_optimization"] = zero
+    config["zero_allow_untested_optimizer"] = zero_allow_untested_optimizer
+    return config

@@ -1,0 +1,207 @@
+"""Run by test_sharded.py in each of 2 processes: FSDP or DeepSpeed fits, checkpoints and resumes, and each
+rank writes what it found to ``<out>/<strategy>-rank<N>.json`` (starting processes costs seconds, so one
+launch checks many things).
+
+Usage: python sharded_script.py OUT_DIR --strategies fsdp[,deepspeed_stage_1,...] [--state-dict-type sharded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fulmen as pl
+
+FEATURES, SAMPLES, BATCH, STEPS, ACCUMULATE = 4, 64, 4, 3, 2
+
+
+def data(seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(SAMPLES, FEATURES, generator=g), torch.randn(SAMPLES, 1, generator=g))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(FEATURES, FEATURES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(x))
+
+
+class Net(pl.LightningModule):
+    """Two sharded units (the Block and the root) and a parameter the step uses directly, not via forward."""
+
+    def __init__(self, dropout: float = 0.0, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(1)  # the same initial weights in every process and in the reference run
+        self.block = Block()
+        self.head = nn.Linear(FEATURES, 1)
+        self.drop = nn.Dropout(dropout)
+        self.scale = nn.Parameter(torch.full((1,), 1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.block(x)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = ((self(x) * self.scale - y) ** 2).mean()
+        self.log("train_loss", loss, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", ((self(x) * self.scale - y) ** 2).mean(), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class ManualNet(Net):
+    """The same training with manual optimization: manual_backward, clip_gradients, step, zero_grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        loss = ((self(x) * self.scale - y) ** 2).mean()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+
+class MetaNet(Net):
+    """The layers are built in configure_model, which a sharded strategy runs on the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.block, self.head
+
+    def configure_model(self) -> None:
+        if not hasattr(self, "block"):
+            self.block = nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU())
+            self.head = nn.Linear(64, 1)
+            self.built_on = str(self.block[0].weight.device)
+
+
+class SaveAt(pl.Callback):
+    """Writes a checkpoint after the given global step (mid-epoch)."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not os.path.exists(self.path):
+            trainer.save_checkpoint(self.path)
+
+
+def make_strategy(name: str, state_dict_type: str, variant: str = ""):
+    if name == "fsdp":
+        return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type=state_dict_type)
+    if name.startswith("deepspeed") and variant == "manual":  # clipping in manual optimization: the config's
+        return pl.strategies.DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, "gradient_clipping": 0.5})
+    return name
+
+
+def full_weights(trainer: pl.Trainer, model: nn.Module) -> dict[str, list[float]]:
+    """Every parameter whole, on every rank, whatever the strategy sharded."""
+    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    if engine is not None and trainer.strategy.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return {n: p.detach().float().flatten().tolist() for n, p in model.named_parameters()}
+    out = {}
+    for n, p in model.named_parameters():
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[n] = p.detach().float().flatten().tolist()
+    return out
+
+
+def trainer(strategy, **kwargs) -> pl.Trainer:
+    kw = dict(accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False)
+    kw.update(kwargs)
+    return pl.Trainer(**kw)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--strategies", default="fsdp")
+    parser.add_argument("--state-dict-type", default="sharded")
+    parser.add_argument("--full-checks", default="", help="the strategy that also checkpoints and resumes")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for run in args.strategies.split(","):
+        # "name[@precision][+manual|+meta]"
+        spec, _, variant = run.partition("+")
+        name, _, precision = spec.partition("@")
+        report: dict = {}
+        out = os.path.join(args.out, run)
+        # 1. a few steps, with gradient accumulation and clipping by norm: the same weights as DDP
+        model = {"manual": ManualNet, "meta": MetaNet}.get(variant, Net)()
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="train_loss", save_top_k=1,
+                                            save_last=True, every_n_train_steps=1)
+        full_checks = run == args.full_checks
+        tr = trainer(make_strategy(name, args.state_dict_type, variant), max_steps=STEPS, limit_val_batches=2,
+                     num_sanity_val_steps=0, accumulate_grad_batches=1 if variant == "manual" else ACCUMULATE,
+                     gradient_clip_val=None if variant == "manual" else 0.5, precision=precision or None,
+                     val_check_interval=ACCUMULATE * STEPS, callbacks=[ckpt] if full_checks else None,
+                     enable_checkpointing=full_checks)
+        tr.fit(model, DataLoader(data(), batch_size=BATCH), DataLoader(data(1), batch_size=BATCH))
+        rank = tr.global_rank
+        report["weights"] = full_weights(tr, model)
+        report["built_on"] = getattr(model, "built_on", None)
+        report["global_step"] = tr.global_step
+        report["strategy"] = type(tr.strategy).__name__
+        report["callback_metrics"] = {k: float(v) for k, v in tr.callback_metrics.items()}
+        if full_checks:
+            report["best"] = ckpt.best_model_path
+            report["last"] = ckpt.last_model_path
+            report["ckpt_dir"] = sorted(os.listdir(os.path.join(out, "ckpt")))
+            # validate from the best checkpoint in both processes
+            report["validate"] = tr.validate(model, DataLoader(data(1), batch_size=BATCH), ckpt_path="best",
+                                             verbose=False)
+            if name == "fsdp":  # a single full file too, gathered on rank 0, read back by both processes
+                tr.strategy.state_dict_type = "full"
+                tr.save_checkpoint(os.path.join(out, "full.ckpt"))
+                report["validate_full"] = tr.validate(model, DataLoader(data(1), batch_size=BATCH),
+                                                      ckpt_path=os.path.join(out, "full.ckpt"), verbose=False)
+                tr.strategy.state_dict_type = args.state_dict_type
+
+            # 2. exact mid-epoch resume (dropout, shuffling): saved by 2 processes, loaded by 2
+            mid = os.path.join(out, "mid.ckpt")
+            pl.seed_everything(7)
+            full = Net(dropout=0.3)
+            t_full = trainer(make_strategy(name, args.state_dict_type), max_epochs=2, callbacks=[SaveAt(5, mid)])
+            t_full.fit(full, DataLoader(data(), batch_size=BATCH, shuffle=True))
+            pl.seed_everything(123)  # the resumed run must not depend on the seed it starts with
+            resumed = Net(dropout=0.3)
+            t_res = trainer(make_strategy(name, args.state_dict_type), max_epochs=2)
+            t_res.fit(resumed, DataLoader(data(), batch_size=BATCH, shuffle=True), ckpt_path=mid)
+            a, b = full_weights(t_full, full), full_weights(t_res, resumed)
+            report["resume_bitwise"] = a == b
+            report["resume_steps"] = [t_full.global_step, t_res.global_step]
+            initial = {n: p.detach().flatten().tolist() for n, p in Net(dropout=0.3).named_parameters()}
+            report["resume_changed"] = a != initial
+            report["mid_is_dir"] = os.path.isdir(mid)
+        with open(os.path.join(args.out, f"{run}-rank{rank}.json"), "w") as f:
+            json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
