@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Callable, ContextManager, Iterator
@@ -237,9 +238,10 @@ class FSDPStrategy(ParallelStrategy):
             )
         # every process holds a different shard: draw them from different streams, or the shards repeat
         # (CUDA meshes have DTensor's own offset tracking; the caller's RNG state is left as it was)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             if self.root_device.type == "cpu":
                 torch.manual_seed(torch.initial_seed() + self.global_rank)
+                warnings.filterwarnings("ignore", message="DTensor random operators may not have complete support")
             for m in meta_owners:
                 if callable(getattr(m, "reset_parameters", None)):
                     m.reset_parameters()
