@@ -230,8 +230,10 @@ LIGHTNING_API: dict[str, tuple[str, ...]] = {
 }
 
 _XLA = "TPUs (XLA) are not supported by fulmen; run on CPU, CUDA or MPS."
-_SHARDED = ("Comes with fulmen's FSDP/DeepSpeed strategies; meanwhile pass `precision=` (e.g. 'bf16-mixed') "
-            "to the Trainer.")
+_SHARDED = ("fulmen's FSDPStrategy and DeepSpeedStrategy take the Trainer's `precision=` (e.g. 'bf16-mixed') and "
+            "turn it into FSDP's mixed-precision policy or DeepSpeed's config; there is no separate plugin.")
+_DS_SUMMARY = ("Not ported: under DeepSpeed ZeRO-3 the model summary counts the parameters this process holds; "
+               "count `p.ds_numel` for the full sizes.")
 _LAYER_SYNC = "Pass `Trainer(sync_batchnorm=True)`; fulmen has no layer-sync plugin objects."
 _LOGGER = ("Not shipped with fulmen: subclass `fulmen.loggers.Logger` (`log_metrics`, `log_hyperparams`) around "
            "that service's client, or use CSVLogger, TensorBoardLogger, MLFlowLogger or WandbLogger.")
@@ -259,22 +261,19 @@ OMITTED: dict[str, str] = {
     "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
-    "strategies.fsdp": _SHARDED,
-    "strategies.deepspeed": _SHARDED,
     "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "strategies.single_xla": _XLA,
     "strategies.xla": _XLA,
     "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
     "utilities.compile": ("The Trainer unwraps a `torch.compile`d module itself; `module._orig_mod` is the "
                           "uncompiled one."),
-    "utilities.deepspeed": _SHARDED,
     "utilities.migration": ("fulmen reads Lightning 2.x checkpoints as they are; upgrade 1.x checkpoints with "
                             "Lightning's `python -m lightning.pytorch.utilities.upgrade_checkpoint` first."),
     "utilities.upgrade_checkpoint": ("Upgrade 1.x checkpoints with Lightning's "
                                      "`python -m lightning.pytorch.utilities.upgrade_checkpoint`."),
     "utilities.model_registry": ("Lightning's hosted model registry is not supported; pass a local, fsspec or "
                                  "http(s) path as `ckpt_path`."),
-    "utilities.model_summary.model_summary_deepspeed": _SHARDED,
+    "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
@@ -314,12 +313,11 @@ OMITTED: dict[str, str] = {
                                                  "`PyTorchProfiler(record_module_names=True)` does it."),
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
-    "strategies:FSDPStrategy": _SHARDED,
-    "strategies:DeepSpeedStrategy": _SHARDED,
     "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "utilities:is_shared_filesystem": _INTERNAL,
     "utilities.data:has_len_all_ranks": _INTERNAL,
-    "utilities.model_summary:DeepSpeedSummary": _SHARDED,
+    "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
+    "strategies.deepspeed:remove_module_hooks": _INTERNAL,
     "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,
     "utilities.model_summary.model_summary:PARAMETER_NUM_UNITS": _INTERNAL,
     "utilities.parsing:clean_namespace": _INTERNAL,

@@ -368,6 +368,11 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     def configure_model(self) -> None:
         """Create layers here to build them directly on the device (called in every run, so guard re-entry)."""
 
+    @property
+    def device_mesh(self) -> Any:
+        """The ``DeviceMesh`` of a sharded strategy (FSDP), set before ``configure_model``; None otherwise."""
+        return self.__dict__.get("_device_mesh")
+
     # -- optimization ---------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer(s) from ``configure_optimizers``: one object, or a list when there are several.

@@ -155,6 +155,17 @@ class FSDPStrategy(ParallelStrategy):
         return init_device_mesh(device_type, shape, mesh_dim_names=("replicate", "shard"))
 
     @contextmanager
+    def tensor_init_context(self, empty_init: bool | None = None) -> Iterator[None]:
+        """``Trainer.init_module(empty_init=True)`` builds on the meta device: each shard is made (and
+        initialized) when the module is sharded, and a checkpoint fills in the values."""
+        if not empty_init:
+            with super().tensor_init_context(empty_init):
+                yield
+            return
+        with torch.device("meta"), self.precision.tensor_init_context():
+            yield
+
+    @contextmanager
     def model_sharded_context(self) -> Iterator[None]:
         """Layers built in ``configure_model`` go on the meta device: no memory until each shard is made."""
         with torch.device("meta"):
