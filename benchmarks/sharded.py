@@ -142,7 +142,10 @@ def worker(args: argparse.Namespace) -> None:
     data = TensorDataset(torch.randn(n, args.hidden, generator=g), torch.randn(n, args.hidden, generator=g))
     probe = Probe()
     module = Wide(args.hidden, args.blocks)
-    trainer = pl.Trainer(accelerator=args.accelerator, devices=2, strategy=args.strategy, max_steps=args.steps,
+    strategy: object = args.strategy
+    if strategy == "fsdp+wrap":  # each Linear its own FSDP unit: gathered one at a time instead of all at once
+        strategy = pl.strategies.FSDPStrategy(auto_wrap_policy={nn.Linear})
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=2, strategy=strategy, max_steps=args.steps,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[probe])
     probe.rss_at_start = rss_mb()  # before the model exists (configure_model runs inside fit)
@@ -159,7 +162,8 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--strategies", default="ddp,fsdp,deepspeed_stage_2,deepspeed_stage_3")
+    parser.add_argument("--strategies", default="ddp,fsdp,fsdp+wrap,deepspeed_stage_2,deepspeed_stage_3",
+                        help="fsdp+wrap: FSDPStrategy(auto_wrap_policy={nn.Linear})")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--steps", type=int, default=6)

@@ -208,14 +208,17 @@ class SimilarLengthBatches(Sampler):
     """Shuffled batches of dialogues of similar length, so little compute goes to padding.
 
     Each epoch shuffles the dialogues, sorts them by length within windows of 50 batches, cuts batches and
-    shuffles the batches.
+    shuffles the batches. With several processes (``num_replicas``), each takes every ``num_replicas``-th
+    batch from ``rank`` on, all the same number of them.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // self.batch_size) // self.num_replicas
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
@@ -227,8 +230,8 @@ class SimilarLengthBatches(Sampler):
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=self.lengths.__getitem__)
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
+        rng.shuffle(batches)  # the same order in every process (same seed and epoch)
+        return iter(batches[self.rank:len(self) * self.num_replicas:self.num_replicas])
 
 
 class DialogueDataModule(pl.LightningDataModule):
@@ -271,7 +274,9 @@ class DialogueDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(ids) for ids, _ in self.train_set.items]
-        batches = SimilarLengthBatches(lengths, self.hparams.batch_size, self.hparams.seed)
+        trainer = self.trainer  # several processes: each trains on its own share of the batches
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        batches = SimilarLengthBatches(lengths, self.hparams.batch_size, self.hparams.seed, world, rank)
         return DataLoader(self.train_set, batch_sampler=batches, collate_fn=lambda b: collate(b, self.pad_id))
 
     def val_dataloader(self) -> DataLoader:

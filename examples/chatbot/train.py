@@ -3,6 +3,7 @@
     python examples/chatbot/train.py                        # under 10 minutes on 2 CPU cores
     python examples/chatbot/train.py --pretrained ./gpt2    # fine-tune a GPT-2 saved with save_pretrained()
     python examples/chatbot/chat.py chatbot_runs/.../last.ckpt
+    python examples/chatbot/train.py --devices 2 --strategy fsdp   # or ddp, deepspeed_stage_2, deepspeed_stage_3
 
 Nothing is downloaded. At the end it prints the exact-match rate of the greedy replies to held-out questions
 (facts in unseen phrasings, sums of unseen operand pairs, recalling the user's name in unseen contexts).
@@ -13,6 +14,7 @@ replies after each validation) go to the run directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -39,13 +41,36 @@ class SampleReplies(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
+        with whole_parameters(pl_module):  # every process generates (sharded weights are gathered together)
+            replies = [pl_module.generate_reply(p) for p in self.prompts]
+        if not trainer.is_global_zero:
+            return
         lines = [f"epoch {trainer.current_epoch} step {trainer.global_step}"]
-        lines += [f"  > {p}\n  < {pl_module.generate_reply(p)}" for p in self.prompts]
+        lines += [f"  > {p}\n  < {r}" for p, r in zip(self.prompts, replies)]
         os.makedirs(trainer.log_dir, exist_ok=True)
         with open(os.path.join(trainer.log_dir, "samples.txt"), "a") as f:
             f.write("\n".join(lines) + "\n")
         if self.verbose:
             print("\n".join(lines), flush=True)
+
+
+@contextlib.contextmanager
+def whole_parameters(module):
+    """Outside the training and evaluation steps, a sharded model (strategy="fsdp" or "deepspeed_stage_3")
+    has only its shards in each process: gather the full parameters while generating."""
+    if hasattr(module, "unshard"):  # FSDP2: the root's own parameters (wrapped children gather themselves)
+        module.unshard()
+        try:
+            yield
+        finally:
+            module.reshard()
+    elif any(hasattr(p, "ds_id") for p in module.parameters()):  # DeepSpeed ZeRO-3
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            yield
+    else:
+        yield
 
 
 def load_pretrained(path: str):
@@ -83,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root-dir", default="chatbot_runs", help="where checkpoints and logs go")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--devices", default="auto", help="processes/GPUs to train on (e.g. 2)")
+    parser.add_argument("--strategy", default="auto", help="ddp, fsdp, deepspeed_stage_2, ... (several devices)")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     parser.add_argument("--verbose", action="store_true", help="print sample replies after each epoch")
     args = parser.parse_args(argv)
 
@@ -101,7 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
         config = small_gpt2_config(data.tokenizer.get_vocab_size(), args.layers, args.width, args.heads)
         model = ChatBot(config, lr=args.lr, tokenizer=data.tokenizer)
 
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
     trainer = pl.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, fast_dev_run=args.fast_dev_run,
+                         accelerator=args.accelerator, devices=devices, strategy=args.strategy,
+                         use_distributed_sampler=False,  # the data module shards the training batches itself
                          default_root_dir=args.root_dir, gradient_clip_val=1.0, num_sanity_val_steps=0,
                          enable_model_summary=False, enable_progress_bar=args.verbose,
                          callbacks=[ModelCheckpoint(save_last=True), SampleReplies(SAMPLE_PROMPTS, args.verbose)])
@@ -110,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     exact = trainer.test(model, datamodule=data, verbose=False)[0]["test_exact_match"]
     n = len(data.corpus.test)
+    if not trainer.is_global_zero:  # several processes: one report
+        return {"exact_match": exact, "train_seconds": train_s, "trainer": trainer, "model": model, "data": data}
     print(f"trained in {train_s:.0f} s ({cpu_s:.0f} s of CPU time, {torch.get_num_threads()} threads); "
           f"held-out exact match: {exact:.1%} ({round(exact * n)}/{n})")
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.last_model_path:
