@@ -28,9 +28,6 @@ import sharded_script as script  # noqa: E402
 from test_ddp import _alive, _env, _ok, _run  # noqa: E402
 
 SCRIPT = str(Path(__file__).with_name("sharded_script.py"))
-# plain torch.load (weights_only=True) needs numpy's RNG state stored as a tensor, which the checkpoint format
-# gets from another change; until then the files are read with weights_only=False here
-_PLAIN_LOAD_WEIGHTS_ONLY = "from_numpy" in open(pl.utilities.__file__).read()
 needs_deepspeed = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (fulmen[deepspeed])")
 
 
@@ -84,7 +81,7 @@ def _check_checkpoints(reports: list[dict], tmp_path: Path, kind: str) -> None:
     restored = script.Net.load_from_checkpoint(str(out))
     final = {n: p.detach().flatten().tolist() for n, p in restored.named_parameters()}
     _assert_weights(final, reports[0]["weights"], 1e-6)  # last.ckpt was written after the last step
-    raw = torch.load(out, weights_only=_PLAIN_LOAD_WEIGHTS_ONLY)
+    raw = torch.load(out)  # the default weights_only=True: nothing but plain data inside
     assert raw["global_step"] == script.STEPS and raw["hyper_parameters"] == {"dropout": 0.0, "lr": 0.05}
     assert sorted(raw["state_dict"]) == sorted(dict(script.Net().named_parameters()))
     if kind == "fsdp":  # FSDP's optimizer shards become a torch.optim state, parameters by position
@@ -123,7 +120,7 @@ def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_load_in_1_and_2_proces
     # a full (single-file) checkpoint gathered on rank 0 reads back in both processes
     rep = reports["fsdp"][0]
     assert rep["validate_full"] == rep["validate"]
-    full = torch.load(tmp_path / "fsdp" / "full.ckpt", weights_only=_PLAIN_LOAD_WEIGHTS_ONLY)
+    full = torch.load(tmp_path / "fsdp" / "full.ckpt", weights_only=False)
     assert sorted(full["state_dict"]) == sorted(dict(script.Net().named_parameters()))
     assert not _alive(str(tmp_path))
 

@@ -261,11 +261,23 @@ def consolidate_checkpoint(path: Any, output_file: Any = None, *, weights_only: 
         keep = ("epoch", "global_step", "pytorch-lightning_version", "fulmen_version", "state_dict", "loops",
                 "hparams_name", "hyper_parameters", "datamodule_hparams_name", "datamodule_hyper_parameters")
         checkpoint = {k: v for k, v in checkpoint.items() if k in keep}
+    checkpoint = _plain(checkpoint)
     output = os.fspath(output_file) if output_file is not None else source + ".consolidated"
     if os.path.isdir(output):
         raise CheckpointError(f"Output {output!r} is a directory; pass a file path to write the checkpoint to.")
     save_checkpoint(checkpoint, output)
     return output
+
+
+def _plain(obj: Any) -> Any:
+    """numpy arrays (numpy's RNG key) as tensors, so ``torch.load``'s default safe unpickler reads the file."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and hasattr(obj, "shape"):
+        return torch.from_numpy(obj.astype("int64") if obj.dtype.kind in "ui" else obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
 
 
 def cli_main(args: list[str]) -> int:
