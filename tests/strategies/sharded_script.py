@@ -175,6 +175,8 @@ def main() -> None:
             # validate from the best checkpoint in both processes
             report["validate"] = tr.validate(model, DataLoader(data(1), batch_size=BATCH), ckpt_path="best",
                                              verbose=False)
+            tr.save_checkpoint(os.path.join(out, "after_fit.ckpt"))  # the engine/shards are still there
+            report["after_fit_kind"] = pl.strategies.sharded_checkpoint.kind(os.path.join(out, "after_fit.ckpt"))
             if name == "fsdp":  # a single full file too, gathered on rank 0, read back by both processes
                 tr.strategy.state_dict_type = "full"
                 tr.save_checkpoint(os.path.join(out, "full.ckpt"))

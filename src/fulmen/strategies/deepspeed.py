@@ -157,6 +157,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.exclude_frozen_parameters = exclude_frozen_parameters
         self._boundary = True
         self._config_done = False
+        self._engine: Any = None
+        self._weights_loaded = False  # load_checkpoint put them in the engine already
 
     def __repr__(self) -> str:
         return f"DeepSpeedStrategy(stage={self.zero_stage}, world_size={self.world_size})"
@@ -177,8 +179,10 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     @property
     def deepspeed_engine(self) -> Any:
-        """The ``DeepSpeedEngine`` wrapping the module (once the run is set up), else None."""
-        return self.model if self.model is not self.lightning_module else None
+        """The ``DeepSpeedEngine`` wrapping the module (from set-up on, and still after fit, so
+        ``trainer.save_checkpoint`` works then), else None."""
+        engine = self._engine
+        return engine if engine is not None and engine.module is self.lightning_module else None
 
     # -- the config: the Trainer's flags go in, contradictions come out ---------------------------
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -219,7 +223,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             cfg.pop("gradient_clipping")
 
         name = self.precision.name
-        given = getattr(trainer, "_precision_flag", None) is not None or type(self.precision) is not _DeepSpeedPrecision
+        given = getattr(trainer, "_precision_flag", None) is not None
         wanted = _DTYPE_KEYS.get(name)
         enabled = [k for k in ("fp16", "bf16") if isinstance(cfg.get(k), dict) and cfg[k].get("enabled") in (True, "auto")]
         if name == "64-true":
@@ -285,6 +289,10 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.model = module
         if _training(module):
             return module  # the engine is built with the optimizer, in setup_optimizers
+        engine = self.deepspeed_engine
+        if engine is not None:  # evaluating after fit: the engine it trained in
+            self.model = engine
+            return engine
         # evaluation or prediction only: an engine without an optimizer gathers ZeRO-3 shards and sets dtypes
         inference: dict[str, Any] = {"train_micro_batch_size_per_gpu": 1, "steps_per_print": sys.maxsize}
         for key in ("fp16", "bf16"):
@@ -329,7 +337,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         trainable = [p for p in module.parameters() if p.requires_grad] if optimizer is None else None
         engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=trainable or None,
                                           config=config, dist_init_required=False)
-        self.precision.engine = engine
+        self.precision.engine = self._engine = engine
         return engine
 
     # -- what the loops call --------------------------------------------------------------------
@@ -470,7 +478,7 @@ class DeepSpeedStrategy(ParallelStrategy):
                     sub.load_state_dict(own, strict=False)
 
     def load_model_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
-        if getattr(self, "_weights_loaded", False):
+        if self._weights_loaded:
             self._weights_loaded = False
             return  # load_checkpoint put them in the engine
         super().load_model_state_dict(state_dict, strict)
@@ -479,8 +487,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         """The engine restored its optimizer partitions in ``load_checkpoint``."""
 
     def teardown(self) -> None:
-        super().teardown()
-        self.precision.engine = None
+        super().teardown()  # the engine stays (self._engine) for a save or an evaluation after fit
 
 
 def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:

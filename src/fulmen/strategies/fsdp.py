@@ -75,8 +75,8 @@ class FSDPStrategy(ParallelStrategy):
                  sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "full", device_mesh: Any = None,
                  reshard_after_forward: bool | int | None = None, start_method: str = "popen", precision: Any = None,
                  **kwargs: Any) -> None:
-        super().__init__(accelerator, parallel_devices, None if cluster_environment is None else cluster_environment,
-                         checkpoint_io, precision_plugin, process_group_backend, timeout, start_method, precision)
+        super().__init__(accelerator, parallel_devices, cluster_environment, checkpoint_io, precision_plugin,
+                         process_group_backend, timeout, start_method, precision)
         name = getattr(sharding_strategy, "name", sharding_strategy)  # FSDP1's ShardingStrategy enum works too
         if not isinstance(name, str) or name.upper() not in _SHARDING:
             raise MisconfigurationException(
