@@ -27,11 +27,14 @@ def data(seed: int = 0) -> TensorDataset:
 
 
 class Block(nn.Module):
+    calls = 0  # forward passes, recomputations under activation checkpointing included
+
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(FEATURES, FEATURES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Block.calls += 1
         return torch.relu(self.linear(x))
 
 
@@ -108,8 +111,14 @@ class SaveAt(pl.Callback):
 
 
 def make_strategy(name: str, state_dict_type: str, variant: str = ""):
-    if name == "fsdp":
+    if name == "fsdp" and variant in ("", "manual", "meta"):
         return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type=state_dict_type)
+    if name == "fsdp" and variant == "ckpt":  # activation checkpointing, parameters kept from forward to backward
+        return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
+                                          sharding_strategy="SHARD_GRAD_OP")
+    if name == "fsdp" and variant in ("no_shard", "hybrid"):  # replicated; sharded within a node (a 1x2 mesh)
+        return pl.strategies.FSDPStrategy(sharding_strategy=variant.upper() if variant == "no_shard" else
+                                          "HYBRID_SHARD", device_mesh=(1, 2) if variant == "hybrid" else None)
     if name.startswith("deepspeed") and variant == "manual":  # clipping in manual optimization: the config's
         return pl.strategies.DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, "gradient_clipping": 0.5})
     return name
@@ -153,6 +162,7 @@ def main() -> None:
         out = os.path.join(args.out, run)
         # 1. a few steps, with gradient accumulation and clipping by norm: the same weights as DDP
         model = {"manual": ManualNet, "meta": MetaNet}.get(variant, Net)()
+        Block.calls = 0
         ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="train_loss", save_top_k=1,
                                             save_last=True, every_n_train_steps=1)
         full_checks = run == args.full_checks
@@ -165,6 +175,7 @@ def main() -> None:
         rank = tr.global_rank
         report["weights"] = full_weights(tr, model)
         report["built_on"] = getattr(model, "built_on", None)
+        report["block_calls"] = Block.calls
         report["global_step"] = tr.global_step
         report["strategy"] = type(tr.strategy).__name__
         report["callback_metrics"] = {k: float(v) for k, v in tr.callback_metrics.items()}

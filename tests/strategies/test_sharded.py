@@ -33,11 +33,16 @@ needs_deepspeed = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpee
 
 def _launch(out: Path, runs: list[str], full_checks: str) -> dict[str, list[dict]]:
     cmd = [sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs), "--full-checks", full_checks]
-    _ok(_run([(cmd, _env())], out))
+    [result] = _run([(cmd, _env())], out)
+    _ok([result])
+    # quiet by default: no INFO lines or banners from DeepSpeed or torch.distributed
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if "[INFO" in line or "DeepSpeed" in line or "Setting accelerator" in line or "is deprecated" in line]
+    assert not noise, noise[:5]
     return {run: [json.loads((out / f"{run}-rank{r}.json").read_text()) for r in (0, 1)] for run in runs}
 
 
-def _reference(model_cls: type = script.Net, precision: str | None = None) -> dict[str, list[float]]:
+def _reference(model_cls: type = script.Net, precision: str | None = None, clip: bool = True) -> dict[str, list[float]]:
     """One process, batch 2B over the same samples: what 2 processes with batch B each must reproduce."""
     torch.set_num_threads(1)
     model = model_cls()
@@ -45,7 +50,7 @@ def _reference(model_cls: type = script.Net, precision: str | None = None) -> di
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=script.STEPS, logger=False, precision=precision,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          limit_val_batches=0, accumulate_grad_batches=1 if manual else script.ACCUMULATE,
-                         gradient_clip_val=None if manual else 0.5)
+                         gradient_clip_val=None if manual or not clip else 0.5)
     trainer.fit(model, DataLoader(script.data(), batch_size=2 * script.BATCH))
     return {n: p.detach().flatten().tolist() for n, p in model.named_parameters()}
 
@@ -94,13 +99,17 @@ def _check_checkpoints(reports: list[dict], tmp_path: Path, kind: str) -> None:
 
 
 def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_load_in_1_and_2_processes(tmp_path):
-    runs = ["ddp", "fsdp", "fsdp_cpu_offload", "fsdp@bf16-mixed", "fsdp+manual", "fsdp+meta"]
+    runs = ["ddp", "fsdp", "fsdp_cpu_offload", "fsdp+ckpt", "fsdp+no_shard", "fsdp+hybrid", "fsdp@bf16-mixed",
+            "fsdp+manual", "fsdp+meta"]
     reports = _launch(tmp_path, runs, full_checks="fsdp")
     reference = _reference()
-    for run in ("ddp", "fsdp", "fsdp_cpu_offload"):
+    assert reference != _reference(clip=False)  # gradient clipping acts in these steps (over all shards' norm)
+    for run in ("ddp", "fsdp", "fsdp_cpu_offload", "fsdp+ckpt", "fsdp+no_shard", "fsdp+hybrid"):
         for rep in reports[run]:
             assert rep["global_step"] == script.STEPS
             _assert_weights(rep["weights"], reference, 1e-6)
+    # activation checkpointing runs each Block forward again in backward: 6 training batches, 2 validation ones
+    assert reports["fsdp"][0]["block_calls"] == 6 + 2 and reports["fsdp+ckpt"][0]["block_calls"] == 2 * 6 + 2
     assert reports["fsdp"][0]["strategy"] == "FSDPStrategy"
     # the whole step (and clip_gradients' norm over all shards) in manual optimization
     manual = _reference(script.ManualNet)
