@@ -88,7 +88,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         zero_optimization: use ZeRO (with ``stage``); False: plain data parallelism through the engine.
         stage: 1 partitions optimizer states, 2 also gradients, 3 also parameters (then build large models in
             ``configure_model``: they are created partitioned).
-        offload_optimizer / offload_parameters: keep optimizer states / parameters in CPU (or NVMe) memory.
+        offload_optimizer: keep the optimizer states in CPU (or NVMe) memory.
+        offload_parameters: keep the parameters in CPU (or NVMe) memory (stage 3).
         config: a DeepSpeed config dict or the path of a JSON file; it replaces the config the other
             arguments would build. The Trainer's accumulation, clipping and precision flags are merged in.
         logging_batch_size_per_gpu: the micro-batch size DeepSpeed reports with ("auto": the training
