@@ -241,6 +241,46 @@ def test_explicit_trust_loads_anything(tmp_path, how):
     assert marker.is_dir()
 
 
+def test_torch_force_weights_only_env_vars_act_as_on_torch_load(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    path = tmp_path / "mine.ckpt"
+    ck.save_checkpoint({"x": Payload(marker)}, path)
+    with pytest.raises(UntrustedCheckpointError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+        ck.load_checkpoint(path)
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")  # overrides even an explicit weights_only=False
+    with pytest.raises(UntrustedCheckpointError):
+        ck.load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UntrustedCheckpointError):  # an explicit choice of the safe loader is kept
+        ck.load_checkpoint(path, weights_only=True)
+    assert not marker.exists()
+    ck.load_checkpoint(path)  # the caller did not choose: the variable trusts the file
+    assert marker.is_dir()
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(FulmenError, match="unset one"):
+        ck.load_checkpoint(path)
+
+
+def test_trainer_and_load_from_checkpoint_honour_torch_force_no_weights_only(tmp_path, monkeypatch):
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    trainer = quiet_trainer(max_steps=1)
+    model = BoringModel()
+    trainer.fit(model, make_loader())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["extra"] = Custom(1)  # not on the safe list
+    torch.save(checkpoint, path)
+    with pytest.raises(UntrustedCheckpointError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        BoringModel.load_from_checkpoint(path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert isinstance(BoringModel.load_from_checkpoint(path), BoringModel)
+    quiet_trainer(max_steps=2).fit(BoringModel(), make_loader(), ckpt_path=path)
+
+
 class Custom:
     def __init__(self, v=0):
         self.v = v

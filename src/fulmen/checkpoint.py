@@ -468,6 +468,39 @@ def _allowed_names() -> list[str]:
     return names
 
 
+def resolve_trusted(weights_only: bool | None, trusted: bool = False) -> bool:
+    """Whether to unpickle everything, with ``torch.load``'s meaning of its two environment variables.
+
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` makes every load safe, even one asking for ``weights_only=False``;
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` trusts the loads that did not choose (``weights_only=None``).
+
+    Example::
+
+        resolve_trusted(None)   # False, unless TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+    """
+    truthy = ("1", "y", "yes", "true")
+    force_safe = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
+    force_trusted = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
+    if force_safe and force_trusted:
+        from fulmen.errors import MisconfigurationException
+
+        raise MisconfigurationException(
+            "Both TORCH_FORCE_WEIGHTS_ONLY_LOAD and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD are set; unset one of them."
+        )
+    if force_safe:
+        return False
+    chosen = trusted or weights_only is False
+    if force_trusted and weights_only is None and not trusted:
+        return True
+    return chosen
+
+
+_TRUST_HINT = (
+    "load it with `weights_only=False` (or `trusted=True`, or set the environment variable "
+    "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 as for torch.load)"
+)
+
+
 def _torch_load(f, map_location, trusted: bool, mmap: bool = False) -> Any:
     extra = {"mmap": True} if mmap else {}
     if trusted:
@@ -594,7 +627,7 @@ def load_checkpoint(
     path: PathLike,
     map_location: Any = None,
     *,
-    weights_only: bool | None = True,
+    weights_only: bool | None = None,
     trusted: bool = False,
     verify: bool = True,
     storage_options: dict | None = None,
@@ -605,7 +638,8 @@ def load_checkpoint(
     unpickled, so a malicious file cannot run code; a file needing anything else raises
     :class:`~fulmen.errors.UntrustedCheckpointError`. ``trusted=True`` (same as ``weights_only=False``)
     unpickles everything: only for files you created yourself or otherwise trust. ``weights_only=None``
-    means the safe default.
+    means the safe default; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` and ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` act as
+    they do on ``torch.load`` (see :func:`resolve_trusted`).
 
     If the file carries fulmen's checksum it is verified (``verify=False`` skips it); a mismatch raises
     :class:`~fulmen.errors.CheckpointError`. ``map_location`` is passed to ``torch.load``.
@@ -616,7 +650,7 @@ def load_checkpoint(
         model.load_state_dict(ckpt["state_dict"])
         legacy = load_checkpoint("my_own_old.ckpt", trusted=True)
     """
-    trusted = trusted or weights_only is False
+    trusted = resolve_trusted(weights_only, trusted)
     source = _Source(path, storage_options)
     shown, local, size = source.shown, source.local, source.size
     expected = source.check().checksum if verify else None
@@ -651,7 +685,7 @@ def load_checkpoint(
                 f"Checkpoint {shown!r} contains objects the safe loader does not allow: "
                 f"{', '.join(names) or 'see the error above'}. "
                 "Unpickling them could run arbitrary code. If you created this file yourself or otherwise trust "
-                "it, load it with `trusted=True` (or `weights_only=False`); to allow a plain data type everywhere, "
+                f"it, {_TRUST_HINT}; to allow a plain data type everywhere, "
                 "call `fulmen.checkpoint.register_safe_type(TheClass)`."
             ) from error
     if expected is None and _looks_damaged(error):  # with a matching checksum the bytes are fine
@@ -763,7 +797,7 @@ class CheckpointIO:
     def save_checkpoint(self, checkpoint: dict, path: PathLike, storage_options: dict | None = None) -> None:
         raise NotImplementedError
 
-    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = None) -> Any:
         raise NotImplementedError
 
     def remove_checkpoint(self, path: PathLike) -> None:
@@ -787,7 +821,7 @@ class TorchCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: PathLike, storage_options: dict | None = None) -> None:
         save_checkpoint(checkpoint, path, storage_options=storage_options)
 
-    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = None) -> Any:
         return load_checkpoint(path, map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: PathLike) -> None:
@@ -859,7 +893,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self.raise_if_failed()
         self._submit(self._inner.save_checkpoint, snapshot, path, storage_options)
 
-    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = True) -> Any:
+    def load_checkpoint(self, path: PathLike, map_location: Any = None, weights_only: bool | None = None) -> Any:
         self.wait()  # the file may be the one being written
         return self._inner.load_checkpoint(path, map_location, weights_only)
 

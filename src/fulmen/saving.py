@@ -117,16 +117,16 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
     if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
         import pickle
 
-        from fulmen.checkpoint import _torch_load
+        from fulmen.checkpoint import _TRUST_HINT, _torch_load, resolve_trusted
         from fulmen.errors import UntrustedCheckpointError
 
         try:
-            checkpoint = _torch_load(checkpoint_path, map_location, trusted=weights_only is False)
+            checkpoint = _torch_load(checkpoint_path, map_location, trusted=resolve_trusted(weights_only))
         except pickle.UnpicklingError as err:
             raise UntrustedCheckpointError(
                 f"The checkpoint in {getattr(checkpoint_path, 'name', 'the given file object')!r} contains objects the "
                 "safe loader does not allow; unpickling them could run arbitrary code. If you created it yourself or "
-                "otherwise trust it, pass weights_only=False."
+                f"otherwise trust it, {_TRUST_HINT}."
             ) from err
     else:  # weights_only=None is the safe default; only False unpickles arbitrary objects
         checkpoint = load_checkpoint(checkpoint_path, map_location=map_location, weights_only=weights_only)

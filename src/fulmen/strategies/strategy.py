@@ -159,7 +159,7 @@ class Strategy:
         if self.is_global_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
-    def load_checkpoint(self, filepath: Any, weights_only: bool | None = True) -> dict[str, Any]:
+    def load_checkpoint(self, filepath: Any, weights_only: bool | None = None) -> dict[str, Any]:
         from fulmen.strategies import sharded_checkpoint
 
         if sharded_checkpoint.kind(filepath) is not None:  # saved by FSDP or DeepSpeed: read it whole, here

@@ -1194,7 +1194,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
     """Load ``path`` into the module (and, when fitting, the callbacks, optimizers, schedulers and loop)."""
     from fulmen.errors import CheckpointError
 
-    checkpoint = trainer.strategy.load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{path} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain state_dict use "
