@@ -785,3 +785,48 @@ def test_zeroed_blocks_anywhere_are_reported_as_damage_by_the_header_read_and_th
     # no other exception type escaped; the header read skips tensor data (and the checksum) by design
     assert outcomes[ck.read_checkpoint_header] == {"read", "damaged", "rejected"}
     assert outcomes[ck.load_checkpoint] == {"damaged", "rejected"}  # the checksum catches every other block
+
+
+def test_every_checkpoint_the_trainer_writes_opens_with_plain_torch_load(tmp_path):
+    """torch.load's default (weights_only=True since torch 2.6) reads fulmen's checkpoints, as it reads Lightning's."""
+    pytest.importorskip("numpy")
+    import fulmen as pl
+    from fulmen.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
+    from tests.helpers import BoringModel, make_loader
+
+    class Model(BoringModel):
+        fail_at = None
+
+        def __init__(self, features=32, lr=0.1, name="boring"):
+            super().__init__(features, lr)
+            self.save_hyperparameters()
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == self.fail_at:
+                raise RuntimeError("stop here")
+            return super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
+
+    callbacks = [ModelCheckpoint(tmp_path / "ckpts", monitor="val_loss", save_top_k=2, save_last=True),
+                 EarlyStopping("val_loss", patience=5), OnExceptionCheckpoint(tmp_path / "exc")]
+    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    model = Model()
+    trainer.fit(model, make_loader(), make_loader())
+    trainer.save_checkpoint(tmp_path / "manual.ckpt")
+    model.fail_at = trainer.global_step + 3
+    with pytest.raises(RuntimeError, match="stop here"):
+        pl.Trainer(max_epochs=5, callbacks=[OnExceptionCheckpoint(tmp_path / "exc")], logger=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=tmp_path).fit(model, make_loader(), ckpt_path=tmp_path / "manual.ckpt")
+    files = sorted(tmp_path.rglob("*.ckpt"))
+    names = {f.name for f in files}
+    assert {"last.ckpt", "manual.ckpt", "on_exception.ckpt"} <= names and len(files) >= 4
+    for path in files:
+        checkpoint = torch.load(path)  # the plain call users write
+        assert set(checkpoint["state_dict"]) == set(model.state_dict()), path
+        assert checkpoint["hyper_parameters"]["name"] == "boring"
+        assert isinstance(checkpoint["rng_states"]["numpy"][1], torch.Tensor)

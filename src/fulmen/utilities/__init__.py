@@ -256,6 +256,9 @@ def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
 def collect_rng_states() -> dict[str, Any]:
     """Every global random generator's state, for exact resume.
 
+    Only tensors, tuples, strings and numbers, so a checkpoint holding it opens with a plain
+    ``torch.load(path)`` (``weights_only=True``): numpy's key array is kept as an int64 tensor.
+
     Example::
 
         states = collect_rng_states()
@@ -269,7 +272,8 @@ def collect_rng_states() -> dict[str, Any]:
     except ImportError:
         pass
     else:
-        states["numpy"] = np.random.get_state()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["torch.cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -293,7 +297,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     if "numpy" in states:
         import numpy as np
 
-        np.random.set_state(states["numpy"])
+        name, keys, *rest = states["numpy"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # older files hold the numpy array
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])
 
