@@ -1,9 +1,11 @@
 """Helpers: walking nested batches, moving them, seeding."""
 
+import os
 import random
 from collections import OrderedDict, defaultdict, namedtuple
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 import fulmen as pl
@@ -59,3 +61,29 @@ def test_seed_everything_repeats_every_generator():
     first = draw()
     pl.seed_everything(7)
     assert draw() == first
+
+
+@pytest.mark.parametrize("lightning_utilities_first", [False, True])
+def test_lightning_utilities_rank_zero_only_rank_is_set(lightning_utilities_first):
+    """Published code uses lightning_utilities' rank_zero_only and expects the framework to set its rank;
+    fulmen does, without importing that package itself."""
+    pytest.importorskip("lightning_utilities")
+    import subprocess
+    import sys
+
+    code = (
+        ("import lightning_utilities.core.rank_zero\n" if lightning_utilities_first else "")
+        + "import sys, fulmen\n"
+        + ("" if lightning_utilities_first else "assert 'lightning_utilities' not in sys.modules\n")
+        + "from lightning_utilities.core.rank_zero import rank_zero_only\n"
+        + "ran = []\n"
+        + "rank_zero_only(lambda: ran.append(1))()\n"
+        + "print(rank_zero_only.rank, ran)\n"
+    )
+    env = {**os.environ, "RANK": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "1 []"  # rank 1: the decorated function did not run
+    env["RANK"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[0] == "0 [1]", out.stderr

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from fulmen.utilities import _rank_mirror
 
 class AttributeDict(dict):
     """A dict whose keys are also attributes; what ``module.hparams`` returns.
@@ -178,6 +179,10 @@ def set_global_rank(rank: int) -> None:
         set_global_rank(int(os.environ["RANK"]))
     """
     rank_zero_only.rank = rank  # type: ignore[attr-defined]
+    _rank_mirror.mirror_rank(rank)  # lightning_utilities' rank_zero_only, which published code uses
+
+
+_rank_mirror.install(rank_zero_only.rank)
 
 
 @rank_zero_only
