@@ -264,7 +264,7 @@ def test_torch_force_weights_only_env_vars_act_as_on_torch_load(tmp_path, monkey
 
 
 def test_trainer_and_load_from_checkpoint_honour_torch_force_no_weights_only(tmp_path, monkeypatch):
-    from tests.helpers import BoringModel, make_loader, quiet_trainer
+    from helpers import BoringModel, make_loader, quiet_trainer
 
     trainer = quiet_trainer(max_steps=1)
     model = BoringModel()
@@ -792,7 +792,7 @@ def test_every_checkpoint_the_trainer_writes_opens_with_plain_torch_load(tmp_pat
     pytest.importorskip("numpy")
     import fulmen as pl
     from fulmen.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint
-    from tests.helpers import BoringModel, make_loader
+    from helpers import BoringModel, make_loader
 
     class Model(BoringModel):
         fail_at = None

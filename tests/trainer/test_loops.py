@@ -343,3 +343,67 @@ def test_batch_hooks_set_to_none_are_skipped():
     trainer.fit(model, make_loader(), make_loader())
     assert trainer.global_step == 2
     assert "val_loss" in trainer.callback_metrics
+
+
+class NoBatchIdx(BoringModel):
+    """Steps without batch_idx, as Lightning allows (it passes the argument only when the signature has it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def training_step(self, batch):
+        self.seen.append("train")
+        return super().training_step(batch, 0)
+
+    def validation_step(self, batch):
+        self.seen.append("val")
+        return super().validation_step(batch, 0)
+
+    def test_step(self, batch):
+        self.seen.append("test")
+        return super().test_step(batch, 0)
+
+    def predict_step(self, batch):
+        return self(batch[0])
+
+
+def test_steps_without_batch_idx():
+    model = NoBatchIdx()
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, val_check_interval=2)
+    trainer.fit(model, make_loader(), make_loader())
+    trainer.test(model, make_loader(16))
+    preds = trainer.predict(model, make_loader(16))
+    assert model.seen == ["train", "train", "val", "test", "test"]
+    assert len(preds) == 2 and preds[0].shape == (8, 2)
+
+
+def test_dataloader_idx_is_passed_by_the_signature_rules():
+    class Multi(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def validation_step(self, batch, *args):  # *args takes batch_idx and dataloader_idx
+            self.calls.append(args)
+
+        def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+            self.calls.append(("end", dataloader_idx))
+
+    model = Multi()
+    quiet_trainer().validate(model, [make_loader(8), make_loader(8)], verbose=False)
+    assert model.calls == [(0, 0), ("end", 0), (0, 1), ("end", 1)]
+
+    class Missing(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            pass
+
+    with pytest.raises(pl.errors.MisconfigurationException, match="dataloader_idx=0"):
+        quiet_trainer().validate(Missing(), [make_loader(8), make_loader(8)])
+
+    class Required(BoringModel):
+        def test_step(self, batch, batch_idx, dataloader_idx):
+            pass
+
+    with pytest.raises(pl.errors.MisconfigurationException, match="single test dataloader"):
+        quiet_trainer().test(Required(), make_loader(8))

@@ -7,6 +7,7 @@ and no value is turned into a Python number, so the loop adds next to nothing to
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any, Callable
@@ -325,6 +326,55 @@ def _batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
         return batch
 
     return move_with_hooks
+
+
+def _takes(fn: Callable, name: str, min_args: int | None = None) -> bool:
+    """Whether ``fn`` accepts ``name`` positionally: by that name, through ``*args``, or (with
+    ``min_args``) by having that many positional parameters, as Lightning reads hook signatures."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass everything
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (any(p.name == name for p in params) or any(p.kind == p.VAR_POSITIONAL for p in params)
+            or (min_args is not None and len(positional) >= min_args))
+
+
+def _step_fn(strategy: Any, module: Any, name: str) -> Callable:
+    """The strategy's ``name`` step called as ``fn(batch, batch_idx, *dataloader_idx)``, even when the
+    module's step takes no ``batch_idx`` (legal in Lightning: the argument is passed only when the
+    signature has it). Decided once per run, so the step itself pays nothing."""
+    fn = strategy.step_function(name)
+    if _takes(getattr(module, name), "batch_idx", min_args=2):
+        return fn
+    return lambda batch, batch_idx, *dataloader_idx: fn(batch, *dataloader_idx)
+
+
+def _check_dataloader_idx(module: Any, stage: RunningStage, multi: bool) -> None:
+    """Lightning's rule for ``dataloader_idx`` in the evaluation/predict step and batch hooks: required
+    with several loaders, and without a default a mistake with one."""
+    prefix = stage.dataloader_prefix
+    step = {"val": "validation_step", "test": "test_step", "predict": "predict_step"}[prefix]
+    hook = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
+    for name in (step, f"on_{hook}_batch_start", f"on_{hook}_batch_end"):
+        if name != step and not is_overridden(name, module, _module_cls()):
+            continue
+        fn = getattr(module, name)
+        if multi and not _takes(fn, "dataloader_idx"):
+            raise MisconfigurationException(
+                f"There are several {prefix} dataloaders, but `{type(module).__name__}.{name}()` has no "
+                "`dataloader_idx` argument. Add `dataloader_idx=0` to its signature."
+            )
+        if not multi:
+            try:
+                param = inspect.signature(fn).parameters.get("dataloader_idx")
+            except (TypeError, ValueError):
+                param = None
+            if param is not None and param.default is inspect.Parameter.empty:
+                raise MisconfigurationException(
+                    f"There is a single {prefix} dataloader, but `{type(module).__name__}.{name}()` requires "
+                    "`dataloader_idx`. Remove the argument or give it a default: `dataloader_idx=0`."
+                )
 
 
 def _module_hook(module: Any, name: str) -> Callable | None:
@@ -664,7 +714,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     lm = _module_cls()
     plain_precision = type(precision).forward_context is Precision.forward_context and precision.autocast is None
     forward_context = precision.forward_context
-    training_step = strategy.step_function("training_step")
+    training_step = _step_fn(strategy, module, "training_step")
     manual = not module.automatic_optimization
 
     def run_training_step(batch: Any, batch_idx: int) -> Any:
@@ -917,7 +967,8 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
-    step_fn = trainer.strategy.step_function(f"{prefix}_step")
+    _check_dataloader_idx(module, stage, multi)
+    step_fn = _step_fn(trainer.strategy, module, f"{prefix}_step")
     hooks = trainer._hooks
     cb_start, cb_end = hooks[f"on_{prefix}_batch_start"], hooks[f"on_{prefix}_batch_end"]
     m_start, m_end = _module_hook(module, f"on_{prefix}_batch_start"), _module_hook(module, f"on_{prefix}_batch_end")
@@ -1009,7 +1060,8 @@ def predict(trainer: Any) -> Any:
     precision = trainer.strategy.precision
     keep = trainer._return_predictions
     multi = len(loaders) > 1
-    predict_step = trainer.strategy.step_function("predict_step")
+    _check_dataloader_idx(module, stage, multi)
+    predict_step = _step_fn(trainer.strategy, module, "predict_step")
     all_preds: list[list[Any]] = []
     grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     with grad_ctx:
