@@ -181,6 +181,26 @@ def test_backbone_finetuning_unfreezes_with_its_own_rate(tmp_path):
         _trainer([BackboneFinetuning()]).fit(NoBackbone(), _loader())
 
 
+def test_freeze_before_training_runs_before_configure_optimizers(recwarn):
+    """The frozen part is not in the optimizer from the start (the published pattern filters on requires_grad)."""
+
+    class Filtered(Two):
+        def configure_optimizers(self):
+            self.trainable_at_configure = [n for n, p in self.named_parameters() if p.requires_grad]
+            return torch.optim.SGD(filter(lambda p: p.requires_grad, self.parameters()), lr=0.1)
+
+    ft = BackboneFinetuning(unfreeze_backbone_at_epoch=1)
+    model = Filtered()
+    start = model.backbone.weight.detach().clone()
+    after_epoch0 = []
+    rec = LambdaCallback(on_train_epoch_end=lambda t, m: after_epoch0.append(m.backbone.weight.detach().clone()))
+    _trainer([ft, rec], epochs=2).fit(model, _loader())
+    assert model.trainable_at_configure == ["head.weight", "head.bias"]
+    assert torch.equal(after_epoch0[0], start)  # epoch 0 left the backbone alone
+    assert not torch.equal(after_epoch0[1], start)  # unfrozen and added at epoch 1
+    assert not [w for w in recwarn if "already in the optimizer" in str(w.message)]
+
+
 def test_swa_ends_with_the_average_of_epoch_start_weights():
     snapshots = []
     rec = LambdaCallback(on_train_epoch_start=lambda t, m: snapshots.append(

@@ -56,8 +56,11 @@ class BaseFinetuning(Callback):
             if idx in state:
                 optimizer.param_groups = [{**g, "params": [named[n] for n in g["params"]]} for g in state[idx]]
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # before configure_optimizers, so what is frozen is not trained from the first step, as in Lightning
         self.freeze_before_training(pl_module)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._restarting:  # what the optimizers train again requires grad again
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
@@ -196,13 +199,13 @@ class BackboneFinetuning(BaseFinetuning):
         super().load_state_dict(state_dict)
         self.previous_backbone_lr = state_dict.get("previous_backbone_lr")
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if not isinstance(getattr(pl_module, "backbone", None), nn.Module):
             raise MisconfigurationException(
                 f"BackboneFinetuning needs `self.backbone` (an nn.Module) on {type(pl_module).__name__}: the part to "
                 "freeze first. Name it so, or subclass BaseFinetuning to freeze other parts."
             )
-        super().on_fit_start(trainer, pl_module)
+        super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: Any) -> None:
         self.freeze(pl_module.backbone)
