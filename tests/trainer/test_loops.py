@@ -407,3 +407,40 @@ def test_dataloader_idx_is_passed_by_the_signature_rules():
 
     with pytest.raises(pl.errors.MisconfigurationException, match="single test dataloader"):
         quiet_trainer().test(Required(), make_loader(8))
+
+
+def test_seeded_run_sees_the_batches_plain_pytorch_sees():
+    """The sanity check draws nothing from the global RNG, so a seeded run shuffles as plain PyTorch does
+    (and as Lightning, which isolates its sanity check)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def loaders():
+        data = TensorDataset(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(32))
+        return DataLoader(data, batch_size=4, shuffle=True), DataLoader(data, batch_size=4, shuffle=True)
+
+    class Recorder(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.order = []
+
+        def training_step(self, batch, batch_idx):
+            self.order.append(batch[1].tolist())
+            return self(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self(batch[0]).pow(2).mean())
+
+    pl.seed_everything(7)
+    model = Recorder()
+    train, val = loaders()
+    quiet_trainer(max_epochs=2, num_sanity_val_steps=2).fit(model, train, val)
+
+    pl.seed_everything(7)
+    Recorder()  # the same draws for the weights
+    train, val = loaders()
+    plain = []
+    for _ in range(2):
+        plain += [y.tolist() for _, y in train]
+        for _ in val:  # validation at each epoch's end draws from the RNG, in Lightning and in plain PyTorch
+            pass
+    assert model.order == plain

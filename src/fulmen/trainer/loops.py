@@ -396,7 +396,11 @@ def fit(trainer: Any, resumed: bool) -> None:
     trainer._enable_validation = is_overridden("validation_step", module, lm) and trainer.limit_val_batches != 0
     trainer._val_loaders = None
     if trainer._enable_validation and trainer.num_sanity_val_steps != 0 and not resumed:
+        # Lightning does not let the sanity check draw from the global generators (its val loader's
+        # iterator does, for its base seed): a seeded run then shuffles its training data as plain PyTorch does
+        rng = collect_rng_states()
         _sanity_check(trainer)
+        restore_rng_states(rng)
     if trainer.train_dataloader is None:  # estimated_stepping_batches may have set it up already
         setup_train_data(trainer)
     _log_hyperparams(trainer)
