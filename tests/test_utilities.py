@@ -87,3 +87,30 @@ def test_lightning_utilities_rank_zero_only_rank_is_set(lightning_utilities_firs
     env["RANK"] = "0"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split("\n")[0] == "0 [1]", out.stderr
+
+
+def test_info_lines_go_through_the_fulmen_logger_and_show_by_default():
+    """As Lightning: its info lines reach stderr out of the box; the "fulmen" logger routes or silences them."""
+    import subprocess
+    import sys
+
+    run = (
+        "import torch, fulmen as pl\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "class M(pl.LightningModule):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.l = torch.nn.Linear(2, 1)\n"
+        "    def training_step(self, batch, batch_idx):\n"
+        "        return self.l(batch[0]).sum()\n"
+        "    def configure_optimizers(self):\n"
+        "        return torch.optim.SGD(self.parameters(), lr=0.1)\n"
+        "pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,\n"
+        "           enable_model_summary=False).fit(M(), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == "`Trainer.fit` stopped: `max_epochs=1` reached.\n"
+    silenced = run.replace("import torch, fulmen as pl\n", "import logging, torch, fulmen as pl\n"
+                           "logging.getLogger('fulmen').setLevel(logging.WARNING)\n")
+    out = subprocess.run([sys.executable, "-c", silenced], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "" and out.stdout == ""

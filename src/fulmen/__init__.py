@@ -14,6 +14,16 @@ from fulmen.module import LightningModule
 from fulmen.trainer.trainer import Trainer
 from fulmen.utilities import seed_everything
 
+import logging as _logging
+
+# informational lines (fit stopped, checkpoint restored, ...) show at INFO on stderr, as Lightning's do,
+# unless the program configured logging itself; logging.getLogger("fulmen") routes or silences them
+_logger = _logging.getLogger(__name__)
+_logger.setLevel(_logging.INFO)
+if not _logging.getLogger().hasHandlers():
+    _logger.addHandler(_logging.StreamHandler())
+    _logger.propagate = False
+
 __version__ = "0.1.0"
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",
            "callbacks", "loggers"]

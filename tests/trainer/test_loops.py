@@ -444,3 +444,48 @@ def test_seeded_run_sees_the_batches_plain_pytorch_sees():
         for _ in val:  # validation at each epoch's end draws from the RNG, in Lightning and in plain PyTorch
             pass
     assert model.order == plain
+
+
+def test_second_fit_continues_from_the_trainers_state(tmp_path, caplog):
+    """A second trainer.fit(model) on a finished run trains nothing more (Lightning's behaviour); a new Trainer
+    with a larger max_epochs and the checkpoint continues; the CSV log gets no duplicate rows."""
+    import csv
+    import logging
+
+    from fulmen.callbacks import ModelCheckpoint
+    from fulmen.loggers import CSVLogger
+
+    model = Counting()
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = pl.Trainer(max_epochs=2, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ModelCheckpoint(tmp_path / "ck", save_last=True)],
+                         accelerator="cpu")
+    with caplog.at_level(logging.INFO, logger="fulmen"):
+        trainer.fit(model, make_loader(16), make_loader(16))
+        assert (trainer.current_epoch, trainer.global_step, model.train_batches) == (2, 4, 4)
+        trainer.fit(model, make_loader(16), make_loader(16))
+    assert (trainer.current_epoch, trainer.global_step, model.train_batches) == (2, 4, 4)
+    stopped = [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()]
+    assert stopped == ["`Trainer.fit` stopped: `max_epochs=2` reached."] * 2
+    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    steps = [(r["step"], r["epoch"]) for r in rows if r.get("train_loss")]
+    assert len(steps) == len(set(steps)) == 4
+
+    caplog.clear()
+    more = quiet_trainer(max_epochs=3)
+    with caplog.at_level(logging.INFO, logger="fulmen"):
+        more.fit(model, make_loader(16), make_loader(16), ckpt_path=tmp_path / "ck" / "last.ckpt")
+    assert (more.current_epoch, more.global_step, model.train_batches) == (3, 6, 6)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"Restoring states from the checkpoint path at {tmp_path / 'ck' / 'last.ckpt'}"
+    assert messages[-1] == "`Trainer.fit` stopped: `max_epochs=3` reached."
+
+
+def test_max_steps_reached_is_said_once_and_other_runs_are_quiet(caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fulmen"):
+        trainer, _ = fit(max_steps=3, max_epochs=5)
+        quiet_trainer().validate(BoringModel(), make_loader(16), verbose=False)
+    assert [r.getMessage() for r in caplog.records] == ["`Trainer.fit` stopped: `max_steps=3` reached."]
+    assert capsys.readouterr().out == ""

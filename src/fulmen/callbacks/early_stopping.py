@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import Any
 
@@ -160,7 +161,7 @@ class EarlyStopping(Callback):
             self.stopping_reason_message = reason
         if reason and self.verbose:
             prefix = f"[rank: {trainer.global_rank}] " if trainer.world_size > 1 else ""
-            (rank_zero_info if self.log_rank_zero_only else print)(prefix + reason)
+            (rank_zero_info if self.log_rank_zero_only else logging.getLogger("fulmen").info)(prefix + reason)
 
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         sign = self.order_dict[self.mode]

@@ -386,10 +386,10 @@ def _module_hook(module: Any, name: str) -> Callable | None:
 # fit
 # ==================================================================================================
 def fit(trainer: Any, resumed: bool) -> None:
+    # the trainer's loop state carries over: a second fit continues where the first stopped (and runs no
+    # training at all when its limits are reached), as in Lightning; a checkpoint replaced it when resumed
     module = trainer.lightning_module
     loop: LoopState = trainer._loop
-    if not resumed:
-        trainer._loop = loop = LoopState()
     trainer._metrics.current = trainer._metrics.train
     trainer._call_hooks("on_fit_start")
     lm = _module_cls()
@@ -406,27 +406,31 @@ def fit(trainer: Any, resumed: bool) -> None:
     _log_hyperparams(trainer)
     trainer.state.stage = RunningStage.TRAINING
     trainer._metrics.current = trainer._metrics.train
-    # no module.train() here: layers the user froze in eval mode stay so, as in Lightning
-    trainer._call_hooks("on_train_start")
-    if trainer._val_check_seconds is not None:  # a time-based val_check_interval counts from here
-        trainer._last_val_time = time.monotonic()
-    trainer._loop_first_epoch = True  # the first epoch this fit runs (a resumed one may start at any epoch)
     if loop.epoch_loop_done:  # the checkpoint was written at an epoch's end: continue with the next one
         loop.epoch += 1
         loop.batches_in_epoch = 0
         loop.epoch_loop_done = False
-    while not _fit_done(trainer, loop):
-        if trainer.reload_dataloaders_every_n_epochs and loop.epoch and loop.epoch % trainer.reload_dataloaders_every_n_epochs == 0 and loop.batches_in_epoch == 0:
-            setup_train_data(trainer)
-            trainer._val_loaders = None
-        with trainer.profiler.profile("run_training_epoch"):
-            _train_epoch(trainer, module, loop)
-        if loop.epoch_loop_done:
-            loop.epoch += 1
-            loop.batches_in_epoch = 0
-            loop.epoch_loop_done = False
+    done = _fit_done(trainer, loop)
+    if not done:
+        # no module.train() here: layers the user froze in eval mode stay so, as in Lightning
+        trainer._call_hooks("on_train_start")
+        if trainer._val_check_seconds is not None:  # a time-based val_check_interval counts from here
+            trainer._last_val_time = time.monotonic()
+        trainer._loop_first_epoch = True  # the first epoch this fit runs (a resumed one may start at any epoch)
+        while not done:
+            if trainer.reload_dataloaders_every_n_epochs and loop.epoch and loop.epoch % trainer.reload_dataloaders_every_n_epochs == 0 and loop.batches_in_epoch == 0:
+                setup_train_data(trainer)
+                trainer._val_loaders = None
+            with trainer.profiler.profile("run_training_epoch"):
+                _train_epoch(trainer, module, loop)
+            if loop.epoch_loop_done:
+                loop.epoch += 1
+                loop.batches_in_epoch = 0
+                loop.epoch_loop_done = False
+            done = _fit_done(trainer, loop)
+        trainer._metrics.current = trainer._metrics.train
+        trainer._call_hooks("on_train_end")
     trainer._metrics.current = trainer._metrics.train
-    trainer._call_hooks("on_train_end")
     trainer._call_hooks("on_fit_end")
     trainer._metrics.current = None
 
@@ -438,15 +442,31 @@ def _can_stop_early(trainer: Any, loop: LoopState) -> bool:
 
 
 def _fit_done(trainer: Any, loop: LoopState) -> bool:
+    """Whether fit ends here; a limit reached is said on the "fulmen" logger, as Lightning says it."""
+    if trainer.num_training_batches == 0:
+        rank_zero_info("`Trainer.fit` stopped: No training batches.")
+        return True
     if trainer.max_steps != -1 and loop.global_step >= trainer.max_steps:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_steps={trainer.max_steps!r}` reached.")
         return True
     if trainer.max_epochs not in (None, -1) and loop.epoch >= trainer.max_epochs:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
         return True
     if loop.should_stop:
         if _can_stop_early(trainer, loop):
             return True
         loop.should_stop = False  # asked too early: min_epochs/min_steps win, as in Lightning
-    return _time_is_up(trainer)
+    if _time_is_up(trainer):
+        _log_time_limit(trainer)
+        return True
+    return False
+
+
+def _log_time_limit(trainer: Any) -> None:
+    from datetime import timedelta
+
+    elapsed = timedelta(seconds=int(time.monotonic() - trainer._start_time))
+    rank_zero_info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
 
 
 def _time_is_up(trainer: Any) -> bool:
@@ -597,7 +617,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         trainer._step_row_due = False
         if log_every and stepped and (loop.batches_stepped % log_every == 0 or loop.should_stop):
             metrics.train_step_end(loop.batches_stepped - 1, True)
-        if max_time is not None and _time_is_up(trainer):
+        if max_time is not None and not loop.should_stop and _time_is_up(trainer):
+            _log_time_limit(trainer)
             loop.should_stop = True
         stop = loop.should_stop and _can_stop_early(trainer, loop)
         if val_this_epoch:
@@ -1250,6 +1271,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
     """Load ``path`` into the module (and, when fitting, the callbacks, optimizers, schedulers and loop)."""
     from fulmen.errors import CheckpointError
 
+    rank_zero_info(f"Restoring states from the checkpoint path at {path}")
     checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(

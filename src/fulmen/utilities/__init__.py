@@ -4,6 +4,7 @@ printing, hyperparameter containers and seeding. Nothing here imports more than 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from collections.abc import Mapping
@@ -196,15 +197,22 @@ def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklev
     _warn(message, category, stacklevel=stacklevel)
 
 
+_log = logging.getLogger("fulmen")
+
+
 @rank_zero_only
-def rank_zero_info(message: str) -> None:
-    """Print ``message`` on rank zero only.
+def rank_zero_info(message: str, *args: Any, **kwargs: Any) -> None:
+    """Log ``message`` at INFO on the "fulmen" logger, on rank zero only.
+
+    ``import fulmen`` shows these lines on stderr (as Lightning shows its own) unless logging is already
+    configured; route or silence them with ``logging.getLogger("fulmen")``.
 
     Example::
 
-        rank_zero_info(f"training on {len(train_set)} samples")  # printed once, not once per process
+        rank_zero_info(f"training on {len(train_set)} samples")  # logged once, not once per process
+        logging.getLogger("fulmen").setLevel(logging.WARNING)  # no info lines
     """
-    print(message)
+    _log.info(message, *args, **kwargs)
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
