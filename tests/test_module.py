@@ -202,3 +202,37 @@ def test_to_onnx_names_what_is_missing(monkeypatch):
     present.discard("onnx")
     with pytest.raises(pl.errors.MissingDependencyError, match=r"`onnx`.*pip install 'fulmen\[onnx\]'"):
         model.to_onnx("x.onnx", torch.randn(1, 4), dynamo=False)
+
+
+def test_unpicklable_and_module_hparams_are_left_out_of_checkpoints_with_one_warning(tmp_path):
+    """A lambda, a local class or an open file among the arguments never breaks the first checkpoint save;
+    each is dropped with one warning naming the ignore=[...] fix, as Lightning does. A module argument is
+    left out too (its weights are in the state_dict), with Lightning's advice."""
+    import warnings
+
+    class Local(nn.Module):  # defined in a function: pickle cannot find it
+        pass
+
+    class Hp(BoringModel):
+        def __init__(self, act=None, fn=None, handle=None, head=None, width=4):
+            super().__init__()
+            self.save_hyperparameters()
+
+    handle = open(tmp_path / "notes.txt", "w")
+    with pytest.warns(UserWarning, match=r"'head' is an instance of `nn.Module`.*ignore=\['head'\]"):
+        model = Hp(act=Local, fn=lambda x: x, handle=handle, head=nn.Linear(1, 1))
+    assert model.hparams.width == 4 and model.hparams.act is Local  # still there while the program runs
+    trainer = quiet_trainer(max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, make_loader(16))
+        trainer.save_checkpoint(tmp_path / "again.ckpt")
+    removed = sorted(str(w.message).split("'")[1] for w in caught if "cannot be pickled" in str(w.message))
+    assert removed == ["act", "fn", "handle"]  # one warning each, over several saves
+    assert all(f"ignore=['{k}']" in str(w.message) for k in removed for w in caught if f"'{k}' removed" in str(w.message))
+    for path in [trainer.checkpoint_callback.best_model_path, tmp_path / "again.ckpt"]:
+        saved = torch.load(path)["hyper_parameters"]
+        assert saved == {"width": 4}
+    handle.close()
+    restored = Hp.load_from_checkpoint(tmp_path / "again.ckpt", head=nn.Linear(1, 1))
+    assert restored.hparams.width == 4

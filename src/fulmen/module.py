@@ -61,6 +61,14 @@ class HyperparametersMixin:
             init_args = {a: init_args[a] for a in args}
         ignore = [ignore] if isinstance(ignore, str) else list(ignore or ())
         self._set_hparams({k: v for k, v in init_args.items() if k not in ignore})
+        for k, v in self._hparams.items():
+            if isinstance(v, nn.Module):
+                rank_zero_warn(
+                    f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing. It is "
+                    f"recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`. fulmen leaves it "
+                    "out of checkpoints and loggers; pass it again to load_from_checkpoint.",
+                    stacklevel=3,
+                )
 
     def _set_hparams(self, values: Mapping[str, Any]) -> None:
         self._hparams = AttributeDict(values)
@@ -68,6 +76,30 @@ class HyperparametersMixin:
             self._hparams_initial = copy.deepcopy(self._hparams)
         except Exception:  # e.g. an unpicklable object: keep a shallow record
             self._hparams_initial = AttributeDict(self._hparams)
+
+    def _hparams_to_save(self, initial: bool = False) -> dict[str, Any]:
+        """The hyperparameters a checkpoint or a logger gets: modules (their weights are in the state_dict)
+        and values that cannot be pickled (a lambda, a local class, an open file) are left out, each with
+        one warning naming it and the ``ignore=[...]`` that silences it, so saving never fails on them."""
+        import pickle
+
+        warned = self.__dict__.setdefault("_hparams_unsaved", set())
+        out = {}
+        for k, v in (self.hparams_initial if initial else self.hparams).items():
+            if isinstance(v, nn.Module):
+                continue
+            try:
+                pickle.dumps(v)
+            except Exception:
+                if k not in warned:
+                    warned.add(k)
+                    rank_zero_warn(
+                        f"Attribute {k!r} removed from hparams because it cannot be pickled. You can suppress this "
+                        f"warning by setting `self.save_hyperparameters(ignore=[{k!r}])`."
+                    )
+                continue
+            out[k] = v
+        return out
 
     @property
     def hparams(self) -> AttributeDict:
@@ -81,7 +113,10 @@ class HyperparametersMixin:
         """The hyperparameters as first saved, unaffected by later edits of ``hparams``."""
         if not hasattr(self, "_hparams_initial"):
             return AttributeDict()
-        return copy.deepcopy(self._hparams_initial)
+        try:
+            return copy.deepcopy(self._hparams_initial)
+        except Exception:  # e.g. an open file among them: a shallow copy, as _set_hparams kept
+            return AttributeDict(self._hparams_initial)
 
 
 def _collect_init_args(obj: Any, frame: Any) -> dict[str, Any]:

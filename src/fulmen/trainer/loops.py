@@ -190,15 +190,16 @@ def _log_hyperparams(trainer: Any) -> None:
     module, dm = trainer.lightning_module, trainer.datamodule
     params: dict[str, Any] = {}
     if getattr(module, "_log_hyperparams", False):
-        params.update(module.hparams_initial)
+        params.update(module._hparams_to_save(initial=True))
     if dm is not None and getattr(dm, "_log_hyperparams", False):
-        overlap = {k for k in dm.hparams_initial if k in params and params[k] != dm.hparams_initial[k]}
+        dm_params = dm._hparams_to_save(initial=True)
+        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k]}
         if overlap:
             raise MisconfigurationException(
                 f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
                 "rename one of them."
             )
-        params.update(dm.hparams_initial)
+        params.update(dm_params)
     if trainer.is_global_zero:
         for lg in trainer.loggers:
             lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
@@ -1189,12 +1190,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             checkpoint[type(precision).__qualname__] = precision_state
     if module.hparams:
         checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
-        checkpoint["hyper_parameters"] = dict(module.hparams)
+        checkpoint["hyper_parameters"] = module._hparams_to_save()
     dm = trainer.datamodule
     if dm is not None:
         if dm.hparams:
             checkpoint["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
-            checkpoint["datamodule_hyper_parameters"] = dict(dm.hparams)
+            checkpoint["datamodule_hyper_parameters"] = dm._hparams_to_save()
         if not weights_only:
             state = dm.state_dict()
             if state:
