@@ -95,3 +95,27 @@ def test_cli_without_matplotlib(run_dir):
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "pip install 'fulmen[plot]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plot_reads_the_default_loggers_tensorboard_run(tmp_path):
+    """A run made with Trainer's default logger (TensorBoard when installed) plots like a CSV run."""
+    pytest.importorskip("tensorboard")
+    import torch
+
+    import fulmen as pl
+    from fulmen.plot import _read_tensorboard
+    from helpers import BoringModel, make_loader
+
+    class Logs(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.tensor(float(self.current_epoch)))
+
+    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Logs(), make_loader(32), make_loader(16))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert not (run / "metrics.csv").exists()
+    series = _read_tensorboard(sorted(run.glob("events.out.tfevents.*")))
+    assert series["val_loss"] == ([3.0, 7.0], [0.0, 1.0])  # x: the trainer's step, as in metrics.csv
+    assert series["train_loss"][0] == [1.0, 3.0, 5.0, 7.0] and "hp_metric" not in series and "epoch" not in series
+    assert main([str(run)]) == 0 and (run / "metrics.png").stat().st_size > 10_000

@@ -7,7 +7,7 @@
 
 Nothing is downloaded. At the end it prints the exact-match rate of the greedy replies to held-out questions
 (facts in unseen phrasings, sums of unseen operand pairs, recalling the user's name in unseen contexts).
-Checkpoints, ``metrics.csv`` (val_loss, val_ppl, val_exact_match per epoch) and ``samples.txt`` (sample
+Checkpoints, the logged metrics (val_loss, val_ppl, val_exact_match per epoch) and ``samples.txt`` (sample
 replies after each validation) go to the run directory.
 """
 

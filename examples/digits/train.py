@@ -4,8 +4,8 @@
     python examples/digits/train.py --model linear  # the introductory one-layer model
     python examples/digits/train.py --fast-dev-run  # one batch of each stage, as a smoke test
 
-It trains with the Trainer's defaults (progress bar, a checkpoint and a CSV log under
-``lightning_logs/version_N``), validates every epoch, then tests the checkpoint it saved and prints the
+It trains with the Trainer's defaults (progress bar, a checkpoint and a log under ``lightning_logs/version_N``:
+TensorBoard when tensorboard is installed, else CSV), validates every epoch, then tests the checkpoint it saved and prints the
 test accuracy. The data ships with scikit-learn: nothing is downloaded.
 """
 

@@ -20,7 +20,7 @@ _COMMANDS = {
     "validate": "run one validation epoch on a model (--ckpt_path to load weights first)",
     "test": "run one test epoch on a model (--ckpt_path to load weights first)",
     "predict": "run prediction over the predict data (--ckpt_path to load weights first)",
-    "plot": "plot a run's metrics.csv into a PNG: fulmen plot RUN_DIR [-o OUT]",
+    "plot": "plot a run's logged metrics (CSV or TensorBoard) into a PNG: fulmen plot RUN_DIR [-o OUT]",
     "consolidate": "write a sharded FSDP/DeepSpeed checkpoint directory as one file: fulmen consolidate DIR [-o FILE]",
 }
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")

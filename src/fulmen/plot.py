@@ -1,4 +1,6 @@
-"""Plot a run's ``metrics.csv`` (as :class:`~fulmen.loggers.CSVLogger` writes it) into one PNG.
+"""Plot a run's metrics into one PNG: its ``metrics.csv`` (:class:`~fulmen.loggers.CSVLogger`) or its
+TensorBoard event files (:class:`~fulmen.loggers.TensorBoardLogger`, the default logger when tensorboard is
+installed).
 
 Metrics of one family share a subplot: ``train_loss`` / ``val_loss``, ``loss_step`` / ``loss_epoch``,
 ``train/acc`` / ``val/acc``. The x axis is the trainer's step; epoch-level and sparse series get markers.
@@ -26,9 +28,11 @@ _FEW_POINTS = 30  # below this, a series gets markers so single points stay visi
 
 
 def plot_run(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
-    """Render every metric in ``run_dir/metrics.csv`` as curves into one PNG and return its path.
+    """Render every metric of ``run_dir`` as curves into one PNG and return its path.
 
-    ``run_dir`` may also be the CSV file itself. The default output is ``run_dir/metrics.png``.
+    ``run_dir`` is a logger's version folder holding ``metrics.csv`` or TensorBoard event files
+    (``events.out.tfevents.*``); it may also be the CSV file itself. The default output is
+    ``run_dir/metrics.png``.
 
     Example::
 
@@ -36,18 +40,22 @@ def plot_run(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
         png = plot_run("logs/lightning_logs/version_0")
     """
     csv_path = Path(run_dir)
+    if not csv_path.exists():
+        raise FulmenError(f"No such run directory: {run_dir}")
+    events = sorted(csv_path.rglob("events.out.tfevents.*")) if csv_path.is_dir() else []
     if csv_path.is_dir():
         csv_path = csv_path / "metrics.csv"
-    elif not csv_path.exists():
-        raise FulmenError(f"No such run directory: {run_dir}")
-    if not csv_path.is_file():
+    if csv_path.is_file():
+        series = _read_series(csv_path)
+    elif events:
+        series = _read_tensorboard(events)
+    else:
         raise FulmenError(
-            f"No metrics.csv in {run_dir}; pass the version folder a CSVLogger wrote, "
-            "e.g. logs/lightning_logs/version_0."
+            f"No metrics.csv or TensorBoard event file in {run_dir}; pass the version folder a CSVLogger or "
+            "TensorBoardLogger wrote, e.g. lightning_logs/version_0."
         )
-    series = _read_series(csv_path)
     if not series:
-        raise FulmenError(f"{csv_path} holds no numeric metrics to plot.")
+        raise FulmenError(f"{run_dir} holds no numeric metrics to plot.")
     out = Path(out_path) if out_path is not None else csv_path.parent / "metrics.png"
 
     try:
@@ -99,6 +107,23 @@ def _read_series(csv_path: Path) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
+def _read_tensorboard(files: list[Path]) -> dict[str, tuple[list[float], list[float]]]:
+    """Each scalar tag of the event files as (steps, values), in step order."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        raise missing_extra("tensorboard", "tensorboard", "fulmen plot (reading TensorBoard event files)") from None
+    points: dict[str, list[tuple[float, float]]] = {}
+    for path in files:
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every point
+        events.Reload()
+        for tag in events.Tags().get("scalars", []):
+            if tag in _NOT_METRICS or tag == "hp_metric":  # the HPARAMS tab's placeholder, not a metric
+                continue
+            points.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    return {tag: ([x for x, _ in sorted(p)], [y for _, y in sorted(p)]) for tag, p in points.items()}
+
+
 def _number(cell: str | None) -> float | None:
     try:
         return float(cell) if cell not in (None, "") else None
@@ -134,8 +159,8 @@ def _group(series: dict[str, tuple[list[float], list[float]]]) -> dict[str, list
 
 def main(argv: list[str] | None = None) -> int:
     """``fulmen plot RUN_DIR [-o OUT]``: returns 0 on success, 2 for bad input, 1 for a missing extra."""
-    parser = argparse.ArgumentParser(prog="fulmen plot", description="Plot a run's metrics.csv into a PNG.")
-    parser.add_argument("run_dir", help="a CSVLogger version folder (or its metrics.csv)")
+    parser = argparse.ArgumentParser(prog="fulmen plot", description="Plot a run's logged metrics into a PNG.")
+    parser.add_argument("run_dir", help="a CSVLogger or TensorBoardLogger version folder (or a metrics.csv)")
     parser.add_argument("-o", "--out", help="output PNG (default: RUN_DIR/metrics.png)")
     try:
         args = parser.parse_args(argv)

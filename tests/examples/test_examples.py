@@ -22,9 +22,19 @@ def load_example(name: str, file: str = "train.py"):
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    (path,) = run_dir.rglob("metrics.csv")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The run's logged rows from metrics.csv, or one row per point from the TensorBoard event files that the
+    Trainer's default logger writes when tensorboard is installed."""
+    csvs = list(run_dir.rglob("metrics.csv"))
+    if csvs:
+        (path,) = csvs
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    from fulmen.plot import _read_tensorboard
+
+    series = _read_tensorboard(sorted(run_dir.rglob("events.out.tfevents.*")))
+    assert series, f"no metrics logged under {run_dir}"
+    points = [(x, name, y) for name, (xs, ys) in series.items() for x, y in zip(xs, ys)]
+    return [{"step": str(int(x)), name: str(y)} for x, name, y in sorted(points)]
 
 
 def png_shape(path: Path) -> tuple[int, ...]:

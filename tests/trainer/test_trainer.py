@@ -205,3 +205,27 @@ def test_fast_dev_run_replaces_the_loggers_with_a_dummy_and_writes_nothing(tmp_p
         assert trainer.global_step == 1
     assert pl.Trainer(fast_dev_run=2, logger=False).loggers == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_default_logger_is_tensorboard_when_installed_else_csv(tmp_path, monkeypatch):
+    """As Lightning: published code calls self.logger.experiment.add_histogram/add_image on the default logger."""
+    import sys
+
+    from fulmen.loggers import CSVLogger, TensorBoardLogger
+
+    pytest.importorskip("tensorboard")
+
+    class Histograms(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.logger.experiment.add_histogram("weights", self.layer.weight, self.global_step)
+            return super().training_step(batch, batch_idx)
+
+    for logger in (None, True):
+        trainer = pl.Trainer(logger=logger, default_root_dir=tmp_path, accelerator="cpu")
+        assert isinstance(trainer.logger, TensorBoardLogger) and trainer.logger.save_dir == str(tmp_path)
+    trainer = pl.Trainer(max_steps=2, default_root_dir=tmp_path, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(Histograms(), make_loader())
+    assert list((tmp_path / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # neither installed: CSV, as in Lightning
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    assert isinstance(pl.Trainer(default_root_dir=tmp_path).logger, CSVLogger)

@@ -22,6 +22,7 @@ from fulmen.loggers.logger import (
     _convert_params,
     _flatten_dict,
     _join,
+    _module_available,
     _require,
     _sanitize_params,
     _scalar,
@@ -67,8 +68,9 @@ class TensorBoardLogger(_VersionedLogger):
         sub_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
-        # fail at construction, not at the first logged step deep inside fit
-        _require("tensorboard", "tensorboard", "tensorboard", "TensorBoardLogger")
+        # fail at construction, not at the first logged step deep inside fit; tensorboardX serves too, as in Lightning
+        if not _module_available("tensorboardX"):
+            _require("tensorboard", "tensorboard", "tensorboard", "TensorBoardLogger")
         self._init_folders(save_dir, name, version)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
@@ -95,10 +97,7 @@ class TensorBoardLogger(_VersionedLogger):
     def experiment(self) -> Any:
         """The ``SummaryWriter``, created (with its folder) on first access."""
         if self._experiment is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise missing_extra("tensorboard", "tensorboard", "TensorBoardLogger") from None
+            SummaryWriter = _writer_module().SummaryWriter
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
@@ -122,7 +121,7 @@ class TensorBoardLogger(_VersionedLogger):
         if metrics:
             self.log_metrics(metrics, step or 0)
 
-        from torch.utils.tensorboard.summary import hparams
+        hparams = _writer_module().summary.hparams
 
         # written into this run's own event file: SummaryWriter.add_hparams would start a separate run
         experiment, start, end = hparams(_sanitize_params(_flatten_dict(params)), dict(metrics or {}))
@@ -190,6 +189,21 @@ class TensorBoardLogger(_VersionedLogger):
         state = self.__dict__.copy()
         state["_experiment"] = None
         return state
+
+
+def _writer_module() -> Any:
+    """``torch.utils.tensorboard`` when tensorboard is installed, else ``tensorboardX`` (same API)."""
+    if _module_available("tensorboard"):
+        import torch.utils.tensorboard
+        import torch.utils.tensorboard.summary
+
+        return torch.utils.tensorboard
+    if _module_available("tensorboardX"):
+        import tensorboardX
+        import tensorboardX.summary
+
+        return tensorboardX
+    raise missing_extra("tensorboard", "tensorboard", "TensorBoardLogger")
 
 
 def _to_model_device(model: Any, batch: Any) -> Any:

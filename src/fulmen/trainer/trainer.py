@@ -216,7 +216,8 @@ class Trainer(metaclass=_CheckedInit):
         devices: how many devices, which ones (a list or "0,"), or "auto".
         num_nodes: machines to run on.
         precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true" (or 32, 64, 16, "bf16").
-        logger: a logger, a list of them, True for the default CSVLogger, or False for none.
+        logger: a logger, a list of them, True for the default (a TensorBoardLogger when tensorboard or tensorboardX
+            is installed, else a CSVLogger), or False for none.
         callbacks: callbacks to add to the default ones.
         fast_dev_run: run N (True: 1) batches of each loop once to smoke-test the code; no logs or checkpoints.
         max_epochs: stop after this many epochs (1000 when neither max_epochs nor max_steps is set; -1: no limit).
@@ -491,15 +492,19 @@ class Trainer(metaclass=_CheckedInit):
         if logger is False:
             return []
         if logger is None or logger is True:
-            from fulmen.loggers import CSVLogger
+            # Lightning's default: TensorBoard when tensorboard (or tensorboardX) is installed, else CSV
+            from fulmen.loggers import CSVLogger, TensorBoardLogger
+            from fulmen.loggers.logger import _module_available
 
+            if _module_available("tensorboard") or _module_available("tensorboardX"):
+                return [TensorBoardLogger(save_dir=self.default_root_dir)]
             return [CSVLogger(save_dir=self.default_root_dir)]
         loggers = list(logger) if isinstance(logger, Iterable) else [logger]
         for lg in loggers:
             if not hasattr(lg, "log_metrics"):
                 raise MisconfigurationException(
                     f"logger={lg!r} is not a logger; pass a fulmen.loggers.Logger (e.g. CSVLogger('logs')), a list of "
-                    "them, True (CSV) or False."
+                    "them, True (the default logger) or False."
                 )
         return loggers
 
