@@ -6,7 +6,7 @@ Each variant runs in a fresh process, variants alternate, and the ratio of media
 
   bare      Trainer with progress bar, logger and checkpointing off   (target <= 1.05, same loss bit for bit)
   nolog     as bare, without self.log                                  (bare/nolog = the cost of logging)
-  defaults  Trainer defaults: progress bar, CSV log, checkpoint         (target <= 1.15)
+  defaults  Trainer defaults: progress bar, default logger (TensorBoard when installed, else CSV), checkpoint (target <= 1.15)
   lightning PyTorch Lightning's Trainer, as bare, when --lightning-python names an interpreter that has it
 
 usage: python benchmarks/overhead.py [--steps 3000] [--rounds 5] [--lightning-python /path/to/python]

@@ -104,3 +104,26 @@ def test_pickles_without_the_writer(tmp_path):
     clone = pickle.loads(pickle.dumps(logger))
     assert clone.log_dir == logger.log_dir and clone._experiment is None
     logger.finalize("success")
+
+
+def test_scalars_and_hparams_are_written_without_tensorboards_summary_api(tmp_path):
+    """The default logger must stay cheap: torch.utils.tensorboard costs ~0.5 s to import, so scalars and hparams
+    are written with TensorBoard's protos only; `experiment` (images, histograms) still loads it on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fulmen.loggers import TensorBoardLogger\n"
+        f"lg = TensorBoardLogger({str(tmp_path)!r}, name='tb')\n"
+        "lg.log_hyperparams({'lr': 0.1, 'opt': 'adam', 'bn': True}, {'val_loss': 0})\n"
+        "for step in range(3): lg.log_metrics({'loss': 1.0 / (step + 1)}, step)\n"
+        "lg.finalize('success')\n"
+        "print('torch.utils.tensorboard' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    acc = _read(tmp_path / "tb" / "version_0")
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert _hparams(acc) == {"lr": 0.1, "opt": "adam", "bn": True}

@@ -78,6 +78,7 @@ class TensorBoardLogger(_VersionedLogger):
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
         self._experiment: Any = None
+        self._events: Any = None  # the light scalar/hparams writer (see _tfevents), made on first log
         self.hparams: dict[str, Any] = {}
         self._hparams_dirty = False
 
@@ -121,10 +122,13 @@ class TensorBoardLogger(_VersionedLogger):
         if metrics:
             self.log_metrics(metrics, step or 0)
 
-        hparams = _writer_module().summary.hparams
-
-        # written into this run's own event file: SummaryWriter.add_hparams would start a separate run
-        experiment, start, end = hparams(_sanitize_params(_flatten_dict(params)), dict(metrics or {}))
+        # written into this run's own folder: SummaryWriter.add_hparams would start a separate run
+        clean = _sanitize_params(_flatten_dict(params))
+        events = self._event_writer()
+        if events is not None:
+            events.add_hparams(clean, dict(metrics or {}))
+            return
+        experiment, start, end = _writer_module().summary.hparams(clean, dict(metrics or {}))
         writer = self.experiment._get_file_writer()
         for summary in (experiment, start, end):
             writer.add_summary(summary)
@@ -132,17 +136,33 @@ class TensorBoardLogger(_VersionedLogger):
     @_rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        events = self._event_writer()
         for key, value in metrics.items():
             value = _scalar(value)
             try:
                 if isinstance(value, dict):
                     self.experiment.add_scalars(key, value, step)
+                elif events is not None:
+                    events.add_scalar(key, value, step)
                 else:
                     self.experiment.add_scalar(key, value, step)
             except Exception as err:  # noqa: BLE001 - re-raised with the metric's name
                 raise ValueError(
                     f"TensorBoard cannot log metric {key!r} = {value!r}: {err}. Log a number or a one-element tensor."
                 ) from err
+
+    def _event_writer(self) -> Any:
+        """The light writer for scalars and hparams when tensorboard's protos are at hand and the folder is
+        local; None sends them through ``experiment`` (tensorboardX, remote folders)."""
+        if self._events is None and _module_available("tensorboard"):
+            from fulmen.checkpoint import _local_path
+
+            local = _local_path(self.log_dir)
+            if local is not None:
+                from fulmen.loggers._tfevents import EventFileWriter
+
+                self._events = EventFileWriter(local)
+        return self._events
 
     @_rank_zero_only
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -167,6 +187,8 @@ class TensorBoardLogger(_VersionedLogger):
 
     @_rank_zero_only
     def save(self) -> None:
+        if self._events is not None:
+            self._events.flush()
         # hparams.yaml is rewritten only when hparams changed: save() is called at every logged step
         if self._hparams_dirty and self._fs.isdir(self.log_dir):
             _write_hparams_yaml(self._fs, _join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
@@ -174,6 +196,9 @@ class TensorBoardLogger(_VersionedLogger):
 
     @_rank_zero_only
     def finalize(self, status: str) -> None:
+        if self._events is not None:  # a later log opens a new file, so fit() then test() still works
+            self._events.close()
+            self._events = None
         if self._experiment is not None:
             # close() releases the file; a later add_* call reopens it, so fit() then test() still works
             self._experiment.flush()
@@ -188,6 +213,7 @@ class TensorBoardLogger(_VersionedLogger):
         # a SummaryWriter holds threads and open files: it cannot be pickled (e.g. for spawn-based DDP)
         state = self.__dict__.copy()
         state["_experiment"] = None
+        state["_events"] = None
         return state
 
 
