@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import random
 import re
 import sys
 import textwrap
@@ -496,8 +495,8 @@ class LightningCLI:
         """Add ``--seed_everything``."""
         parser.add_argument(
             "--seed_everything", type=Union[bool, int], default=self.seed_everything_default,
-            help="An int seeds every random generator before the classes are built; true picks a random seed "
-                 "(written to the saved config.yaml); false seeds nothing.",
+            help="An int seeds every random generator before the classes are built; true (the default) uses "
+                 "PL_GLOBAL_SEED or 0 (written to the saved config.yaml); false seeds nothing.",
         )
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -593,11 +592,11 @@ class LightningCLI:
 
     def _set_seed(self) -> None:
         seed = self._get(self.config, "seed_everything")
-        if seed is False or seed is None:
+        if seed is False:
             return
-        if seed is True:
-            seed = random.randint(0, 2**32 - 1)  # recorded below so the saved config repeats this run
-        seed = seed_everything(seed, workers=True)
+        # no seed given (True, the default): PL_GLOBAL_SEED, else 0, as Lightning does; recorded below so the
+        # saved config repeats this run
+        seed = seed_everything(None if seed is True else seed, workers=True)
         (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = seed
 
     # -- building the objects -----------------------------------------------------------------------

@@ -314,12 +314,15 @@ def test_existing_config_is_not_overwritten_unless_asked(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == 9
 
 
-def test_random_seed_is_recorded_so_the_saved_config_repeats_the_run(tmp_path):
+def test_no_seed_given_seeds_0_as_lightning_and_the_saved_config_repeats_the_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     first = LightningCLI(pkg.BoringModel, pkg.RandomData, trainer_defaults=FAST,
                          args=["fit", "--trainer.default_root_dir", str(tmp_path / "a")])
     saved = tmp_path / "a" / "config.yaml"
     seed = yaml.safe_load(saved.read_text())["seed_everything"]
-    assert isinstance(seed, int) and not isinstance(seed, bool)
+    assert seed == 0 and not isinstance(seed, bool)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "23")  # as Lightning: the variable is the seed when none is given
+    assert LightningCLI(pkg.BoringModel, run=False, args=[]).config.seed_everything == 23
     torch.manual_seed(seed + 1)  # whatever the state now, the config alone decides the run
     again = LightningCLI(pkg.BoringModel, pkg.RandomData, trainer_defaults=FAST,
                          args=["fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "b")])
@@ -344,3 +347,14 @@ def test_builtin_callbacks_by_short_name_and_their_arguments_parse_as_in_lightni
     assert lr.logging_interval == "step" and lr.log_momentum is True
     assert by_type["EarlyStopping"].patience == 3
     assert cli.trainer._val_check_seconds == timedelta(minutes=10).total_seconds()
+
+
+def test_limit_flags_parse_as_lightning_parses_them():
+    """Lightning's Trainer types limit_*_batches as float | int, so its CLI reads "1" as 1.0 (every batch) and "3"
+    as 3.0, which the Trainer takes as 3 batches; fulmen's reads them the same way."""
+    cli = LightningCLI(pkg.BoringModel, run=False, save_config_callback=None, args=[
+        "--trainer.limit_val_batches=1", "--trainer.limit_train_batches=3", "--trainer.limit_test_batches=0.5"])
+    assert cli.config.trainer.limit_val_batches == 1.0 and isinstance(cli.config.trainer.limit_val_batches, float)
+    assert cli.trainer.limit_val_batches == 1.0 and isinstance(cli.trainer.limit_val_batches, float)
+    assert cli.trainer.limit_train_batches == 3 and isinstance(cli.trainer.limit_train_batches, int)
+    assert cli.trainer.limit_test_batches == 0.5
