@@ -35,6 +35,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+import yaml
+
 import fulmen
 import fulmen.callbacks
 import fulmen.loggers  # noqa: F401  (so --trainer.logger CSVLogger finds it by name)
@@ -55,7 +57,7 @@ except ImportError:
 _NEW_JSONARGPARSE = tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
 
 __all__ = ["LRSchedulerCallable", "LightningArgumentParser", "LightningCLI", "OptimizerCallable", "ReduceLROnPlateau",
-           "SaveConfigCallback", "instantiate_class"]
+           "SaveConfigCallback", "instantiate_class", "instantiate_module"]
 
 # jsonargparse finds a class given by its short name (`--trainer.callbacks+=ModelCheckpoint`) only among
 # subclasses already imported; fulmen.callbacks imports each on first use, so the CLI imports them all
@@ -467,6 +469,7 @@ class LightningCLI:
         self.subcommand: str | None = self.config["subcommand"] if run else None
         self._parse_ckpt_path()
         self._set_seed()
+        self._add_instantiators()
         self.before_instantiate_classes()
         self.instantiate_classes()
         self.after_instantiate_classes()
@@ -580,9 +583,13 @@ class LightningCLI:
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
         except Exception:  # not loadable safely: the Trainer reports it when it loads the file
             return
+        hparams = dict(hparams)
+        hparams.pop("_instantiator", None)
         if not hparams:
             return
-        if self.subclass_mode_model:
+        if "_class_path" in hparams:  # saved by a subclass-mode run
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        elif self.subclass_mode_model:
             model_cfg = self.config[self.subcommand].get("model")
             class_path = getattr(model_cfg, "class_path", None)
             if class_path is None:
@@ -600,6 +607,27 @@ class LightningCLI:
         (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = seed
 
     # -- building the objects -----------------------------------------------------------------------
+    def _add_instantiators(self) -> None:
+        """The model and datamodule are built with the resolved config as their hyperparameters, plus the
+        function that rebuilds them from it, so ``load_from_checkpoint`` of a CLI-trained model works (as in
+        Lightning, whose checkpoints carry ``hyper_parameters["_instantiator"]``)."""
+        if not hasattr(self.parser, "add_instantiator"):
+            return
+        for key, class_type, subclasses in (("model", self._model_class, self.subclass_mode_model),
+                                             ("data", self._datamodule_class, self.subclass_mode_data)):
+            if isinstance(class_type, type):
+                self.parser.add_instantiator(_Instantiator(self, key), class_type, subclasses=subclasses)
+
+    def _config_dump(self) -> dict[str, Any]:
+        if not hasattr(self, "_dumped_config"):
+            keep_nulls = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}
+            self._dumped_config = yaml.safe_load(
+                self.parser.dump(self.config, skip_link_targets=False, format="yaml", **keep_nulls)
+            )
+            if self.subcommand:
+                self._dumped_config = self._dumped_config[self.subcommand]
+        return self._dumped_config
+
     def before_instantiate_classes(self) -> None:
         """Override to run code after parsing, before anything is built."""
 
@@ -737,6 +765,49 @@ def _check_config_files(parser: LightningArgumentParser, args: list[str]) -> Non
                 parser.error(f"config file {path}{where} is not valid YAML: {problem}. Fix that line and run again.")
             except yaml.YAMLError as err:
                 parser.error(f"config file {path} is not valid YAML ({err}). Fix it and run again.")
+
+
+class _Instantiator:
+    """Builds the model (or datamodule) with its resolved config given to ``save_hyperparameters``."""
+
+    def __init__(self, cli: LightningCLI, key: str) -> None:
+        self.cli, self.key = cli, key
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict | None = None,
+                 **kwargs: Any) -> Any:
+        from fulmen.module import _given_hyperparameters
+
+        hparams = dict(self.cli._config_dump().get(self.key) or {})
+        if "class_path" in hparams:  # stored flat, with the class under "_class_path", as Lightning stores it
+            hparams = {"_class_path": hparams["class_path"], **(hparams.get("init_args") or {}),
+                       **(hparams.get("dict_kwargs") or {})}
+        for key, value in (applied_instantiation_links or {}).items():
+            if key.startswith(f"{self.key}."):
+                key = key[len(self.key) + 1:]
+                key = key[len("init_args."):] if key.startswith("init_args.") else key
+                hparams[key] = value
+        with _given_hyperparameters(hparams, "fulmen.cli.instantiate_module"):
+            return class_type(*args, **kwargs)
+
+
+def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
+    """Build ``class_type`` from the hyperparameters a CLI run saved (nested classes included): what
+    ``load_from_checkpoint`` calls for a checkpoint whose hyperparameters name this function.
+
+    Example::
+
+        model = instantiate_module(LitModel, {"hidden": 64, "encoder": {"class_path": "pkg.Encoder"}})
+    """
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": config["_class_path"],
+                  "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    parsed = parser.parse_object({"module": config})
+    build = parser.instantiate if _NEW_JSONARGPARSE else parser.instantiate_classes
+    return build(parsed).module
 
 
 def instantiate_class(args: Any, init: dict[str, Any]) -> Any:

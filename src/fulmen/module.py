@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import inspect
 import os
 from argparse import Namespace
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,20 @@ from torch.optim import Optimizer
 
 from fulmen.errors import MisconfigurationException
 from fulmen.utilities import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
+
+
+# Set by LightningCLI while it builds a module: the resolved config of its arguments (and the function that can
+# rebuild it), which save_hyperparameters records instead of reading the __init__ frames, as Lightning does
+_given_hparams: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_given_hparams", default=None)
+
+
+@contextlib.contextmanager
+def _given_hyperparameters(hparams: dict[str, Any], instantiator: str) -> Iterator[None]:
+    token = _given_hparams.set({**hparams, "_instantiator": instantiator})
+    try:
+        yield
+    finally:
+        _given_hparams.reset(token)
 
 
 class HyperparametersMixin:
@@ -48,7 +64,8 @@ class HyperparametersMixin:
             self._hparams_name = next((k for k, v in init_args.items() if v is args[0]), None)
             self._set_hparams(given)
             return
-        init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
+        given = _given_hparams.get() if frame is None else None
+        init_args = dict(given) if given is not None else _collect_init_args(self, frame or inspect.currentframe().f_back)
         self._hparams_name = "kwargs"
         if args:
             missing = [a for a in args if not isinstance(a, str) or a not in init_args]

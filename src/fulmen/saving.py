@@ -96,6 +96,35 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], kind: str, overrides: di
     return kwargs
 
 
+# what a checkpoint's hyper_parameters["_instantiator"] may name: LightningCLI's rebuilders, never anything else
+_INSTANTIATORS = ("fulmen.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module",
+                  "lightning.pytorch.cli.instantiate_module")
+
+
+def _instantiate(cls: type, init_kwargs: dict[str, Any], instantiator: Any, class_path: Any) -> Any:
+    """Rebuild a module a LightningCLI run saved: its hyperparameters are the resolved config, nested
+    ``class_path`` entries included. The named class must already be imported and be a subclass of ``cls``."""
+    if instantiator not in _INSTANTIATORS:
+        raise CheckpointError(
+            f"The checkpoint asks to build {cls.__name__} with {instantiator!r}, which is not a LightningCLI "
+            f"instantiator ({', '.join(_INSTANTIATORS)}); refused, as it could run arbitrary code. Remove "
+            "hyper_parameters['_instantiator'] from the checkpoint if you trust it."
+        )
+    if class_path is not None:
+        import sys
+
+        module_name, _, name = str(class_path).rpartition(".")
+        found = getattr(sys.modules.get(module_name), name, None)
+        if not (isinstance(found, type) and issubclass(found, cls)):
+            raise CheckpointError(
+                f"The checkpoint names class {class_path!r}, which is not an imported subclass of {cls.__name__}. "
+                f"Import the module that defines it before loading (refused so as not to import arbitrary code)."
+            )
+    from fulmen.cli import instantiate_module
+
+    return instantiate_module(cls, init_kwargs)
+
+
 def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                          strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
     """Build ``cls`` from the checkpoint at ``checkpoint_path`` (local path, URL or open file).
@@ -136,7 +165,13 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
     if hparams_file is not None:
         checkpoint[_KEYS[kind][0]] = _hparams_from_file(hparams_file)
     try:
-        obj = cls(**_init_kwargs(cls, checkpoint, kind, kwargs))
+        saved = checkpoint.get(_KEYS[kind][0]) or {}
+        init_kwargs = _init_kwargs(cls, checkpoint, kind, kwargs)
+        init_kwargs.pop("_instantiator", None)
+        if saved.get("_instantiator"):
+            obj = _instantiate(cls, init_kwargs, saved["_instantiator"], saved.get("_class_path"))
+        else:
+            obj = cls(**init_kwargs)
     except TypeError as err:
         saved = sorted((checkpoint.get(_KEYS[kind][0]) or {}))
         raise MisconfigurationException(

@@ -90,6 +90,18 @@ class WideModel(BoringModel):
         self.net.insert(2, nn.Dropout(dropout))
 
 
+class WithEncoder(BoringModel):
+    """BoringModel whose first layer is given as a class (a nested ``class_path`` on the command line).
+
+    Args:
+        encoder: the first layer; its output width is the hidden width
+    """
+
+    def __init__(self, encoder: nn.Module, lr: float = 0.1) -> None:
+        super().__init__(hidden=encoder.out_features, lr=lr)
+        self.net[0] = encoder
+
+
 class RandomData(fulmen.LightningDataModule):
     """Fixed random regression data: the same for every run with the same ``seed``.
 

@@ -20,6 +20,7 @@ import yaml
 
 pytest.importorskip("jsonargparse")
 
+from fulmen import errors as pl_errors  # noqa: E402
 from fulmen.callbacks import Callback, EarlyStopping  # noqa: E402
 from fulmen.loggers import CSVLogger  # noqa: E402
 from fulmen.cli import (  # noqa: E402
@@ -72,7 +73,9 @@ def test_every_subcommand_and_resume(tmp_path):
             "--seed_everything", 5], cwd=tmp_path)
     fit = result(root, "fit")
     log_dir = Path(fit["log_dir"])
-    assert fit["global_step"] == 3 and fit["hparams"] == {"hidden": 6, "lr": 0.1} and fit["datamodule"] == "RandomData"
+    cli_keys = {"_instantiator": "fulmen.cli.instantiate_module"}  # what Lightning's CLI records too
+    assert fit["global_step"] == 3 and fit["datamodule"] == "RandomData"
+    assert fit["hparams"] == {"hidden": 6, "lr": 0.1, "_class_path": "cli_example_pkg.BoringModel", **cli_keys}
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["seed_everything"] == 5 and saved["model"]["init_args"]["hidden"] == 6
     [ckpt] = (log_dir / "checkpoints").glob("*.ckpt")
@@ -102,7 +105,8 @@ def test_print_config_round_trip_subclass_mode_and_optimizer(tmp_path):
                              [*wide, "--trainer.default_root_dir", tmp_path / "elsewhere", "--print_config"],
                              cwd=tmp_path)
     run = result(tmp_path / "direct", "fit")
-    assert run["hparams"] == {"hidden": 5, "dropout": 0.0, "lr": 0.1}
+    assert run["hparams"] == {"hidden": 5, "dropout": 0.0, "lr": 0.1, "_class_path": "cli_example_pkg.WideModel",
+                              "_instantiator": "fulmen.cli.instantiate_module"}
     assert (run["optimizer"], run["optimizer_lr"], run["scheduler"]) == ("AdamW", 0.01, "StepLR")
     config = yaml.safe_load(printed.stdout)
     assert config["model"]["class_path"] == "cli_example_pkg.WideModel" and config["seed_everything"] == 11
@@ -358,3 +362,23 @@ def test_limit_flags_parse_as_lightning_parses_them():
     assert cli.trainer.limit_val_batches == 1.0 and isinstance(cli.trainer.limit_val_batches, float)
     assert cli.trainer.limit_train_batches == 3 and isinstance(cli.trainer.limit_train_batches, int)
     assert cli.trainer.limit_test_batches == 0.5
+
+
+def test_cli_checkpoints_rebuild_their_model_with_load_from_checkpoint(tmp_path):
+    """As Lightning's: hyper_parameters hold the resolved config and "_instantiator", so a model with a nested
+    class argument comes back from load_from_checkpoint without the command line."""
+    LightningCLI(pkg.WithEncoder, pkg.RandomData, trainer_defaults=FAST, args=[
+        "fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_checkpointing", "true",
+        "--model.encoder", "torch.nn.Linear",
+        "--model.encoder.in_features", "3", "--model.encoder.out_features", "5", "--model.lr", "0.05"])
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    saved = torch.load(ckpt)["hyper_parameters"]  # a plain torch.load reads it too
+    assert saved["_instantiator"] == "fulmen.cli.instantiate_module" and saved["lr"] == 0.05
+    assert saved["encoder"]["class_path"] == "torch.nn.Linear" and saved["encoder"]["init_args"]["out_features"] == 5
+    model = pkg.WithEncoder.load_from_checkpoint(ckpt)
+    assert isinstance(model.net[0], torch.nn.Linear) and model.net[0].out_features == 5 and model.hparams.lr == 0.05
+    evil = torch.load(ckpt)
+    evil["hyper_parameters"]["_instantiator"] = "os.system"
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with pytest.raises(pl_errors.CheckpointError, match="not a LightningCLI instantiator"):
+        pkg.WithEncoder.load_from_checkpoint(tmp_path / "evil.ckpt")

@@ -193,13 +193,15 @@ def _log_hyperparams(trainer: Any) -> None:
         params.update(module._hparams_to_save(initial=True))
     if dm is not None and getattr(dm, "_log_hyperparams", False):
         dm_params = dm._hparams_to_save(initial=True)
-        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k]}
+        # LightningCLI's "_class_path" differs by nature; it is not logged either, as in Lightning
+        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k] and k != "_class_path"}
         if overlap:
             raise MisconfigurationException(
                 f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
                 "rename one of them."
             )
         params.update(dm_params)
+    params.pop("_class_path", None)
     if trainer.is_global_zero:
         for lg in trainer.loggers:
             lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
