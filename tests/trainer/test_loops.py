@@ -489,3 +489,28 @@ def test_max_steps_reached_is_said_once_and_other_runs_are_quiet(caplog, capsys)
         quiet_trainer().validate(BoringModel(), make_loader(16), verbose=False)
     assert [r.getMessage() for r in caplog.records] == ["`Trainer.fit` stopped: `max_steps=3` reached."]
     assert capsys.readouterr().out == ""
+
+
+class Precise(BoringModel):
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self.log("acc", torch.tensor(0.123456789012))
+
+
+def test_results_table_shows_full_precision_as_lightning(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    quiet_trainer().test(Precise(), make_loader(16))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == lines[2] == lines[-1] and set(lines[0]) <= {"─", "-"} and len(lines[0]) == 80
+    assert lines[1] == "       Test metric             DataLoader 0"
+    assert lines[3] == "           acc              0.12345679104328156"  # the float32 value, every digit
+
+
+def test_results_table_is_a_rich_table_under_rich_progress_bar(capsys):
+    pytest.importorskip("rich")
+    from fulmen.callbacks import RichProgressBar
+
+    trainer = quiet_trainer(enable_progress_bar=True, callbacks=[RichProgressBar()])
+    trainer.test(Precise(), make_loader(16))
+    out = capsys.readouterr().out
+    assert "┃        Test metric        ┃       DataLoader 0        ┃" in out
+    assert "│            acc            │    0.12345679104328156    │" in out

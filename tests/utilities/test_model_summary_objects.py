@@ -52,6 +52,9 @@ def test_example_input_fills_sizes_flops_and_the_callback_columns():
 def test_counts_and_sizes_spelled_as_lightning():
     assert [get_human_readable_count(n) for n in (0, 123, 1234, 2_000_000, 3e9, 4e12)] == [
         "0  ", "123  ", "1.2 K", "2.0 M", "3.0 B", "4.0 T"]
+    # three digits before the unit take no decimal, as in Lightning's "544 K     Total Flops"
+    assert [get_human_readable_count(n) for n in (512_000, 544_000, 99_950, 123_456_789, 999_999)] == [
+        "512 K", "544 K", "100.0 K", "123 M", "999 K"]
     assert get_formatted_model_size(1.23456) == "1.235"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 from typing import Any, Callable
 
@@ -965,21 +966,51 @@ def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
     nums = trainer.num_val_batches if stage == RunningStage.VALIDATING else trainer.num_test_batches
     out = evaluate(trainer, stage, loaders, nums)
     if trainer._verbose and trainer.is_global_zero and any(out):
-        _print_results(stage, out)
+        _print_results(trainer, stage, out)
     return out
 
 
-def _print_results(stage: RunningStage, results: list[dict[str, float]]) -> None:
-    title = f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"
-    keys = sorted({k for r in results for k in r})
-    width = max([len(title)] + [len(k) for k in keys]) + 2
-    cols = [f"DataLoader {i}" for i in range(len(results))]
-    rule = "-" * (width + 22 * len(cols))
-    lines = [rule, title.ljust(width) + "".join(c.ljust(22) for c in cols), rule]
-    for k in keys:
-        lines.append(k.ljust(width) + "".join(f"{r[k]:<22.6g}" if k in r else " " * 22 for r in results))
-    lines.append(rule)
-    print("\n".join(lines))
+def _print_results(trainer: Any, stage: RunningStage, results: list[dict[str, float]]) -> None:
+    """The results table as Lightning prints it: metrics by name, one column per dataloader, every value
+    to full precision (people copy them into papers); a rich table under RichProgressBar."""
+    import shutil
+
+    results = [{k.split("/dataloader_idx_")[0]: v for k, v in r.items()} for r in results]
+    names = sorted({k for r in results for k in r})
+    headers = [f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"]
+    headers += [f"DataLoader {i}" for i in range(len(results))]
+    cells = [[name] + [str(_plain(r[name])) if name in r else " " for r in results] for name in names]
+    columns = shutil.get_terminal_size(fallback=(120, 30)).columns or 120
+    width = int(min(max(len(max(names + headers[1:], key=len)), 25), columns / 2))
+    from fulmen.callbacks.progress.rich_progress import RichProgressBar
+
+    if isinstance(trainer.progress_bar_callback, RichProgressBar):
+        from rich.console import Console
+        from rich.table import Column, Table
+
+        table = Table(*[Column(h, justify="center", style="magenta" if i else "cyan", width=width)
+                        for i, h in enumerate(headers)])
+        for row in cells:
+            table.add_row(*row)
+        Console(**trainer.progress_bar_callback._console_kwargs).print(table)
+        return
+    try:
+        rule_char = "─"
+        rule_char.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        rule_char = "-"
+    rule = rule_char * columns
+
+    def line(row: list[str]) -> str:
+        return "".join(f"{cell:^{width}}" for cell in row).rstrip()
+
+    print("\n".join([rule, line(headers), rule, *(line(row) for row in cells), rule]))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
 
 
 def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:

@@ -32,7 +32,8 @@ NOT_APPLICABLE = "n/a"
 
 
 def get_human_readable_count(number: int) -> str:
-    """A count as Lightning's summary spells it: ``123 -> '123  '``, ``1234 -> '1.2 K'``, ``2e6 -> '2.0 M'``.
+    """A count as Lightning's summary spells it: ``123 -> '123  '``, ``1234 -> '1.2 K'``, ``2e6 -> '2.0 M'``,
+    ``512_000 -> '512 K'`` (three digits before the unit need no decimal).
 
     Example::
 
@@ -47,7 +48,7 @@ def get_human_readable_count(number: int) -> str:
     while value >= 1000 and unit < len(units) - 1:
         value /= 1000
         unit += 1
-    return f"{int(value):,d} {units[0]}" if unit == 0 else f"{value:,.1f} {units[unit]}"
+    return f"{int(value):,d} {units[unit]}" if unit == 0 or value >= 100 else f"{value:,.1f} {units[unit]}"
 
 
 def get_formatted_model_size(total_model_size: float) -> str:
