@@ -236,3 +236,21 @@ def test_unpicklable_and_module_hparams_are_left_out_of_checkpoints_with_one_war
     handle.close()
     restored = Hp.load_from_checkpoint(tmp_path / "again.ckpt", head=nn.Linear(1, 1))
     assert restored.hparams.width == 4
+
+
+def test_clip_gradients_conflicting_with_the_trainers_flags_raises_as_lightning():
+    class Clips(BoringModel):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=self.val, gradient_clip_algorithm=self.algorithm)
+
+    model = Clips()
+    model.val, model.algorithm = 0.5, None
+    with pytest.raises(pl.errors.MisconfigurationException,
+                       match=r"You have set `Trainer\(gradient_clip_val=1.0\)` and have passed `clip_gradients\("
+                             r"gradient_clip_val=0.5\)`. Please use only one of them."):
+        quiet_trainer(max_steps=1, gradient_clip_val=1.0).fit(model, make_loader())
+    model.val, model.algorithm = None, "value"
+    with pytest.raises(pl.errors.MisconfigurationException, match="gradient_clip_algorithm='norm'"):
+        quiet_trainer(max_steps=1, gradient_clip_val=1.0, gradient_clip_algorithm="norm").fit(model, make_loader())
+    model.val, model.algorithm = None, None  # the flags' values are used: a clip by value at 1e-4
+    quiet_trainer(max_steps=1, gradient_clip_val=1e-4, gradient_clip_algorithm="value").fit(model, make_loader())

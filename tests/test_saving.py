@@ -250,3 +250,22 @@ def test_hparams_file_and_missing_arguments(tmp_path):
 
     with pytest.raises(MisconfigurationException, match="required"):
         Needs.load_from_checkpoint(path)
+
+
+def test_load_from_checkpoint_strict_raises_on_mismatched_keys(tmp_path):
+    from helpers import BoringModel, make_loader, quiet_trainer
+
+    class Bigger(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Linear(2, 2)
+
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(BoringModel(), make_loader())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Bigger.load_from_checkpoint(tmp_path / "m.ckpt")  # strict by default, as in Lightning
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Bigger.load_from_checkpoint(tmp_path / "m.ckpt", strict=True)
+    with pytest.warns(UserWarning, match="extra.weight"):
+        Bigger.load_from_checkpoint(tmp_path / "m.ckpt", strict=False)

@@ -506,6 +506,22 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
             self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
         """
+        trainer = self.trainer
+        flag_val, flag_algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+        if gradient_clip_val is None:
+            gradient_clip_val = flag_val
+        elif flag_val is not None and flag_val != gradient_clip_val:
+            raise MisconfigurationException(  # Lightning's words, then the fix
+                f"You have set `Trainer(gradient_clip_val={flag_val!r})` and have passed "
+                f"`clip_gradients(gradient_clip_val={gradient_clip_val!r})`. Please use only one of them."
+            )
+        if gradient_clip_algorithm is None:
+            gradient_clip_algorithm = flag_algorithm
+        elif flag_algorithm is not None and flag_algorithm != gradient_clip_algorithm.lower():
+            raise MisconfigurationException(
+                f"You have set `Trainer(gradient_clip_algorithm={flag_algorithm!r})` and have passed "
+                f"`clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`. Please use only one of them."
+            )
         if gradient_clip_val is None or gradient_clip_val == 0:
             return
         algorithm = (gradient_clip_algorithm or "norm").lower()

@@ -412,3 +412,24 @@ def test_fast_dev_run_writes_no_checkpoint_even_with_save_last(tmp_path):
     trainer.fit(M(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=2))
     assert trainer.global_step == 2
     assert not (tmp_path / "ckpts").exists()  # as in Lightning: fast_dev_run is a smoke test, nothing is kept
+
+
+def test_misuse_warnings_lightning_gives(tmp_path):
+    """LearningRateMonitor(log_momentum=True) with an optimizer without momentum, and an accumulation schedule with
+    overridden optimizer hooks, warn with Lightning's words (scripts filter on them)."""
+    from fulmen.callbacks import GradientAccumulationScheduler, LearningRateMonitor
+    from fulmen.loggers import CSVLogger
+
+    class Plain(Two):
+        def configure_optimizers(self):
+            return torch.optim.Adagrad(self.parameters(), lr=0.1)  # neither momentum nor betas
+
+    with pytest.warns(UserWarning, match="log_momentum=True, but some optimizers do not have momentum"):
+        _trainer([LearningRateMonitor(log_momentum=True)], epochs=1, logger=CSVLogger(tmp_path)).fit(Plain(), _loader())
+
+    class OwnStep(Two):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            optimizer.step(closure=optimizer_closure)
+
+    with pytest.warns(UserWarning, match=r"overriding `LightningModule.optimizer_\{step,zero_grad\}`.*optimizer_step"):
+        _trainer([GradientAccumulationScheduler({1: 2})], epochs=1).fit(OwnStep(), _loader())

@@ -44,13 +44,14 @@ def test_configure_gradient_clipping_override_receives_the_flags_and_replaces_cl
     class Custom(Regressor):
         def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
             seen.append((gradient_clip_val, gradient_clip_algorithm))
-            self.clip_gradients(optimizer, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+            # a value the Trainer's flags already set must agree with them (Lightning raises otherwise)
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm="value")
 
     model = Custom(SGD)
     expected = reference_loop(model.net, loader(), SGD, clip_val=0.01, clip_algorithm="value")
-    quiet_trainer(max_epochs=1, gradient_clip_val=0.5).fit(model, loader())
+    quiet_trainer(max_epochs=1, gradient_clip_val=0.01).fit(model, loader())
     assert_same_weights(model.net, expected)
-    assert seen == [(0.5, None)] * 8  # Lightning passes the algorithm only when it was given
+    assert seen == [(0.01, None)] * 8  # Lightning passes the algorithm only when it was given
 
     seen.clear()
     quiet_trainer(max_steps=1, gradient_clip_val=0.5, gradient_clip_algorithm="value").fit(Custom(SGD), loader())

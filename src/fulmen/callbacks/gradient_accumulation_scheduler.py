@@ -6,6 +6,7 @@ from typing import Any
 
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
+from fulmen.utilities import is_overridden, rank_zero_warn
 
 
 class GradientAccumulationScheduler(Callback):
@@ -50,6 +51,15 @@ class GradientAccumulationScheduler(Callback):
             raise MisconfigurationException(
                 "GradientAccumulationScheduler works with automatic optimization only; with manual optimization "
                 "accumulate in training_step yourself."
+            )
+        from fulmen.module import LightningModule
+
+        overridden = [h for h in ("optimizer_step", "optimizer_zero_grad") if is_overridden(h, pl_module, LightningModule)]
+        if overridden and any(factor > 1 for factor in self.scheduling.values()):
+            rank_zero_warn(
+                "When using `Trainer(accumulate_grad_batches != 1)` and overriding `LightningModule.optimizer_{step,"
+                "zero_grad}`, the hooks will not be called on every batch (rather, they are called on every "
+                f"optimization step). {type(pl_module).__name__} overrides {', '.join(overridden)}."
             )
         if trainer.accumulate_grad_batches != 1:
             raise MisconfigurationException(

@@ -46,10 +46,11 @@ class LearningRateMonitor(Callback):
                 "LearningRateMonitor has nothing to log to: the Trainer has logger=False. Pass a logger, e.g. "
                 "Trainer(logger=CSVLogger('logs')), or drop the callback."
             )
-        if self.log_momentum and not any(
-            "momentum" in o.defaults or "betas" in o.defaults for o in trainer.optimizers
-        ):
-            rank_zero_warn("LearningRateMonitor(log_momentum=True), but no optimizer has a momentum; none is logged.")
+        if self.log_momentum and any(
+            "momentum" not in o.defaults and "betas" not in o.defaults for o in trainer.optimizers
+        ):  # Lightning's warning, word for word: scripts filter on it
+            rank_zero_warn("You have set log_momentum=True, but some optimizers do not have momentum. This will log a "
+                           "value 0 for the momentum.")
         names = self._names(trainer)[0]
         self.lrs = {name: [] for name in names}
         self.last_momentum_values = {f"{name}-momentum": None for name in names}
