@@ -279,7 +279,6 @@ OMITTED: dict[str, str] = {
                                  "`NonFiniteLossError` naming the step."),
     "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
     "cli:ModuleType": _INTERNAL,
-    "cli:instantiate_module": _INTERNAL,
     "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "
                                    "themselves; subclass them (or `Callback`)."),
     "core.hooks:ModelHooks": ("fulmen's LightningModule defines its hooks itself; subclass it (or `Callback`)."),
