@@ -373,7 +373,10 @@ class SaveConfigCallback(Callback):
                 )
             if trainer.is_global_zero:
                 if trainer.logger is not None and getattr(trainer.logger, "log_dir", None) == log_dir:
-                    trainer.logger.experiment  # let the logger create its folder first, so it finds it empty
+                    # let the logger create its folder first, so it finds it empty; TensorBoard's light
+                    # writer does it without loading the full SummaryWriter
+                    light = getattr(trainer.logger, "_event_writer", None)
+                    light() if light is not None else trainer.logger.experiment
                 os.makedirs(log_dir, exist_ok=True)
                 keep_nulls = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}
                 self.parser.save(self.config, config_path, overwrite=self.overwrite, multifile=self.multifile,
