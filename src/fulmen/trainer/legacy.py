@@ -10,6 +10,7 @@ import inspect
 from typing import Any, Callable
 
 from fulmen.errors import LegacyAPIError
+from fulmen.utilities import is_overridden
 
 _OUTPUTS_HINT = "To use the step outputs, keep them on the module (e.g. append to a list in the step) and clear it there."
 
@@ -140,17 +141,19 @@ def check_module(model: Any, base: type) -> None:
             "`self.manual_backward(loss)`, `opt_g.step()`, `opt_g.zero_grad()`."
         )
     for name, signature in _OPTIMIZER_IDX_HOOKS.items():
-        fn = getattr(model, name, None)
+        fn = getattr(model, name, None) if is_overridden(name, model, base) else None
         if fn is not None and "optimizer_idx" in _params(fn):
             raise LegacyAPIError(
                 f"{cls}.{name} takes `optimizer_idx`, its Lightning 1.x signature. In 2.x it is `{signature}`."
             )
     for name in _NO_OUTPUTS_HOOKS:
-        _check_no_outputs(model, name, cls, skip=0)
+        _check_no_outputs(model, name, cls, 0, base)
 
 
 def check_callback(callback: Any, base: type) -> None:
     """Raise when ``callback`` defines a hook or a signature that only Lightning 1.x called."""
+    if type(callback).__module__.startswith("fulmen."):
+        return  # fulmen's own callbacks are written for 2.x
     cls = type(callback).__name__
     for name, hint in CALLBACK_HOOKS.items():
         if _own(callback, name, base) is not None:
@@ -158,15 +161,15 @@ def check_callback(callback: Any, base: type) -> None:
                 f"Callback {cls} defines `{name}`, a Lightning 1.x hook that 2.x (and fulmen) no longer call. {hint}"
             )
     for name in _NO_OUTPUTS_HOOKS:
-        _check_no_outputs(callback, name, f"Callback {cls}", skip=2)
+        _check_no_outputs(callback, name, f"Callback {cls}", 2, base)
 
 
-def _check_no_outputs(obj: Any, name: str, owner: str, skip: int) -> None:
+def _check_no_outputs(obj: Any, name: str, owner: str, skip: int, base: type) -> None:
     """``name`` takes ``skip`` arguments (trainer, pl_module) in 2.x and no outputs: one more required
     positional parameter is the 1.x ``outputs``, which would fail at the epoch's end."""
-    fn = getattr(obj, name, None)
-    if fn is None:
+    if not is_overridden(name, obj, base):  # fulmen's own hooks are 2.x ones: only user code is read
         return
+    fn = getattr(obj, name)
     required = [p for p in _params(fn).values()
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     if len(required) > skip:
