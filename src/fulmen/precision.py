@@ -58,7 +58,13 @@ class Precision:
         return nullcontext() if self.autocast is None else self.autocast()
 
     def tensor_init_context(self) -> ContextManager:
-        """What tensors created inside get (``Trainer.init_module``): the default dtype here."""
+        """What tensors created inside get (``Trainer.init_module`` uses it): the default dtype here.
+
+        Example::
+
+            with TruePrecision("64-true").tensor_init_context():
+                layer = torch.nn.Linear(2, 2)  # float64 weights
+        """
         return nullcontext()
 
     def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:

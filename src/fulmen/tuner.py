@@ -320,7 +320,7 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
 # ==================================================================================================
 # batch-size scaling
 # ==================================================================================================
-def check_search_args(mode: str, init_val: int, margin: float, max_val: int) -> None:
+def _check_search_args(mode: str, init_val: int, margin: float, max_val: int) -> None:
     """Fail early, naming the argument, on what the batch-size search cannot use."""
     if mode not in ("power", "binsearch"):
         raise MisconfigurationException(f"scale_batch_size mode={mode!r} is not known; use 'power' or 'binsearch'.")
@@ -341,7 +341,7 @@ def _search(try_size: Callable[[int], bool], mode: str, init_val: int, max_trial
     failure ("binsearch", which then keeps ``margin`` of headroom). Sizes above ``max_val`` are never
     tried. ``cap()`` (the dataset's length, known once a loader was built) bounds the growth: a larger
     batch would hold no more samples."""
-    check_search_args(mode, init_val, margin, max_val)
+    _check_search_args(mode, init_val, margin, max_val)
     size, good, bad = min(init_val, max_val), 0, None
     for _ in range(max_trials):
         if try_size(size):
@@ -522,7 +522,7 @@ class Tuner:
                 f"scale_batch_size(method={method!r}) is not known; use 'fit', 'validate', 'test' or 'predict'."
             )
         self._check_no_callback("BatchSizeFinder")
-        check_search_args(mode, init_val, margin, max_val)
+        _check_search_args(mode, init_val, margin, max_val)
         if self._trainer.fast_dev_run:
             rank_zero_warn("scale_batch_size is skipped with fast_dev_run; the batch size stays as it is.")
             return None

@@ -28,9 +28,9 @@ class BatchSizeFinder(Callback):
 
     def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                  batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> None:
-        from fulmen.tuner import check_search_args
+        from fulmen.tuner import _check_search_args
 
-        check_search_args(mode, init_val, margin, max_val)
+        _check_search_args(mode, init_val, margin, max_val)
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
         self._max_trials, self._batch_arg_name = max_trials, batch_arg_name
         self._margin, self._max_val = margin, max_val
