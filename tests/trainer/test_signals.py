@@ -268,8 +268,12 @@ DDP_CHILD = textwrap.dedent('''
                 os.kill(os.getpid(), signal.SIGTERM)  # only this rank is told
 
         def on_exception(self, trainer, pl_module, exception):
-            with open(os.path.join(root, f"stopped{trainer.global_rank}"), "w") as f:
+            # written whole, then renamed: rank 0 waits for rank 1's file to exist, and the launcher may end
+            # rank 1 right after, so the file must never exist half-written
+            tmp = os.path.join(root, f".stopped{trainer.global_rank}")
+            with open(tmp, "w") as f:
                 f.write(str(trainer.global_step))
+            os.replace(tmp, os.path.join(root, f"stopped{trainer.global_rank}"))
             if trainer.global_rank == 0:  # when rank 0 exits, the launcher ends rank 1: let it report first
                 import time
 
