@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from fulmen.checkpoint import _fsync_dir
 from fulmen.errors import CheckpointError
 
 META_FILE = "meta.pt"  # the non-tensor part of a sharded FSDP checkpoint (Lightning's name for it)
@@ -105,19 +106,6 @@ def write_directory(path: Any, write: Callable[[str], None], strategy: Any) -> N
             shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         _fsync_dir(parent)
     strategy.barrier("sharded_checkpoint.done")
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------

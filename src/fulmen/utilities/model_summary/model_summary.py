@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from fulmen.summary import _UNKNOWN, Summary
+from fulmen.summary import _UNKNOWN, Summary, _size
 from fulmen.summary import summarize as _summarize
 
 __all__ = [
@@ -67,15 +66,6 @@ def parse_batch_shape(batch: Any) -> Any:
         return list(batch.shape)
     if isinstance(batch, (list, tuple)):
         return [parse_batch_shape(el) for el in batch]
-    return UNKNOWN_SIZE
-
-
-def _size(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, (list, tuple)):
-        sizes = [_size(v) for v in x]
-        return sizes[0] if len(sizes) == 1 else sizes
     return UNKNOWN_SIZE
 
 
