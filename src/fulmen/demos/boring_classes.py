@@ -196,7 +196,7 @@ class BoringDataModule(LightningDataModule):
         return DataLoader(self.random_predict)
 
 
-class BoringDataModuleNoLen(LightningDataModule):
+class BoringDataModuleNoLen(BoringDataModule):
     """:class:`BoringDataModule` over iterable data sets without a length (512/128/256/64 items)."""
 
     def setup(self, stage: str) -> None:
@@ -208,18 +208,6 @@ class BoringDataModuleNoLen(LightningDataModule):
             self.random_test = RandomIterableDataset(32, 256)
         if stage == "predict":
             self.random_predict = RandomIterableDataset(32, 64)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.random_train)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.random_val)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.random_test)
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.random_predict)
 
 
 class DemoModel(LightningModule):
