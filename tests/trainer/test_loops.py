@@ -238,6 +238,28 @@ def test_inference_mode_flag():
     assert seen == [(False, False), (True, False)]
 
 
+def test_validation_inside_fit_runs_under_no_grad_and_may_switch_gradients_on():
+    """Meta-learning fine-tunes inside validation_step: in fit (sanity check included) evaluation runs under
+    no_grad as in Lightning, so torch.enable_grad() works there; trainer.validate keeps inference_mode."""
+    seen, grads = [], []
+
+    class Meta(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append((self.trainer.sanity_checking, torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            with torch.enable_grad():
+                w = self.layer.weight.detach().clone().requires_grad_(True)
+                (g,) = torch.autograd.grad((batch[0] @ w.t()).pow(2).mean(), w)
+            grads.append(g)
+            self.log("grad_norm", g.norm())
+
+    loader = make_loader(8, 8)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=1)
+    trainer.fit(Meta(), loader, loader)
+    assert seen[0] == (True, False, False) and set(seen[1:]) == {(False, False, False)}
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert torch.is_grad_enabled()  # the grad mode fit found is the one it leaves
+
+
 def test_intro_example_loss_falls():
     """The README's example, on scikit-learn's digits, with the Trainer's defaults."""
     sklearn = pytest.importorskip("sklearn.datasets")

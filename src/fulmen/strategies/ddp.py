@@ -153,6 +153,11 @@ class ParallelStrategy(Strategy):
     def teardown(self) -> None:
         self.model = self.lightning_module
 
+    @property
+    def supports_inference_mode(self) -> bool:
+        # gloo keeps inference tensors made during evaluation in its buffers, and a later backward touches them
+        return self.process_group_backend != "gloo"
+
     # -- collectives ----------------------------------------------------------------------------
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
         """Reduce ``tensor`` over every process: ``"mean"`` (default), ``"sum"``, ``"max"``, ``"min"``.

@@ -174,6 +174,11 @@ class DeepSpeedStrategy(ParallelStrategy):
         self._precision = value if isinstance(value, _DeepSpeedPrecision) else _DeepSpeedPrecision(name)
 
     @property
+    def supports_inference_mode(self) -> bool:
+        # ZeRO-3 gathers parameters into its own storage during forward: inference tensors there break training
+        return self.zero_stage != 3 and super().supports_inference_mode
+
+    @property
     def zero_stage(self) -> int:
         zero = self.config.get("zero_optimization") or {}
         return int(zero.get("stage", 0)) if zero is not False else 0

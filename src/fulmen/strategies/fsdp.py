@@ -67,6 +67,11 @@ class FSDPStrategy(ParallelStrategy):
                                                                   state_dict_type="sharded"))
     """
 
+    @property
+    def supports_inference_mode(self) -> bool:
+        # the parameters gathered for an evaluation forward would be inference tensors inside FSDP's flat storage
+        return False
+
     def __init__(self, accelerator: Any = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: Any = None, checkpoint_io: Any = None, precision_plugin: Any = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = timedelta(minutes=30),

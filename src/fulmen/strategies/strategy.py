@@ -114,6 +114,23 @@ class Strategy:
         """A context factory that skips the gradient sync of a backward (accumulating batches), or None."""
         return None
 
+    def evaluation_context(self, inference_mode: bool) -> ContextManager:
+        """The grad mode an evaluation or prediction pass runs under: ``torch.inference_mode`` when asked
+        for and safe with this strategy, else ``torch.no_grad``. Either restores the mode it found.
+
+        Example::
+
+            with strategy.evaluation_context(inference_mode=True):
+                preds = model(x)
+        """
+        return torch.inference_mode() if inference_mode and self.supports_inference_mode else torch.no_grad()
+
+    @property
+    def supports_inference_mode(self) -> bool:
+        """Whether evaluation may run under ``torch.inference_mode``: not where a strategy keeps tensors made
+        during evaluation (gathered parameter shards, gloo's communication buffers) and training touches them later."""
+        return True
+
     # -- optimization ---------------------------------------------------------------------------
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
         self.precision.backward(loss, module if module is not None else self.lightning_module, *args, **kwargs)

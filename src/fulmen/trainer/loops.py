@@ -943,7 +943,6 @@ def _validate_in_fit(trainer: Any, module: Any) -> None:
         return
     trainer._call_module("on_validation_model_zero_grad")
     evaluate(trainer, RunningStage.VALIDATING, loaders, trainer.num_val_batches)
-    torch.set_grad_enabled(True)
 
 
 # ==================================================================================================
@@ -1036,7 +1035,10 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     loop = trainer._loop
     log_every = trainer.log_every_n_steps
     log_steps = stage == RunningStage.VALIDATING and trainer.state.fn == TrainerFn.FITTING
-    grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    # inside fit (and its sanity check) no_grad, as in Lightning: inference tensors made there would meet training
+    # later, and a validation_step may switch gradients on (meta-learning); validate/test may use inference_mode
+    in_fit = trainer.state.fn == TrainerFn.FITTING
+    grad_ctx = trainer.strategy.evaluation_context(trainer.inference_mode and not in_fit)
     trainer.profiler.start(f"run_{prefix}")
     with grad_ctx:
         trainer._call_hooks(f"on_{prefix}_start")
@@ -1122,8 +1124,7 @@ def predict(trainer: Any) -> Any:
     _check_dataloader_idx(module, stage, multi)
     predict_step = _step_fn(trainer.strategy, module, "predict_step")
     all_preds: list[list[Any]] = []
-    grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
-    with grad_ctx:
+    with trainer.strategy.evaluation_context(trainer.inference_mode):
         trainer._call_hooks("on_predict_start")
         trainer._call_hooks("on_predict_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, trainer.num_predict_batches)):
