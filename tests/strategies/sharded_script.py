@@ -7,6 +7,7 @@ every optimizer step), so training always follows an evaluation pass (that order
 evaluation under inference_mode left inference tensors where the next training step wrote or saved them).
 
 Usage: python sharded_script.py OUT_DIR --strategies fsdp[,deepspeed_stage_1,...] [--state-dict-type sharded]
+       [--accelerator cuda]  (2 GPUs: nccl, pinned loader memory; test_gpu.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import fulmen as pl
 
 FEATURES, SAMPLES, BATCH, STEPS, ACCUMULATE = 4, 64, 4, 3, 2
+ACCELERATOR = "cpu"  # --accelerator
 
 
 def data(seed: int = 0) -> TensorDataset:
@@ -62,6 +64,13 @@ class Net(pl.LightningModule):
         loss = ((self(x) * self.scale - y) ** 2).mean()
         self.log("train_loss", loss, sync_dist=True)
         return loss
+
+    pinned: list = []  # on GPUs: whether each training batch arrived in pinned memory
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if torch.cuda.is_available() and self.trainer.training:
+            Net.pinned.append(batch[0].is_pinned())
+        return batch
 
     validated_at: list = []  # (sanity check?, global step) of every validation batch
 
@@ -104,6 +113,17 @@ class SGDNet(Net):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class BNNet(Net):
+    """Batch norm first: with sync_batchnorm, 2 processes of batch B normalize as one of batch 2B."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(FEATURES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.bn(x))
 
 
 class MetaNet(Net):
@@ -161,7 +181,7 @@ def full_weights(trainer: pl.Trainer, model: nn.Module) -> dict[str, list[float]
 
 
 def trainer(strategy, **kwargs) -> pl.Trainer:
-    kw = dict(accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_progress_bar=False,
+    kw = dict(accelerator=ACCELERATOR, devices=2, strategy=strategy, logger=False, enable_progress_bar=False,
               enable_model_summary=False, enable_checkpointing=False)
     kw.update(kwargs)
     return pl.Trainer(**kw)
@@ -197,7 +217,11 @@ def main() -> None:
     parser.add_argument("--strategies", default="fsdp")
     parser.add_argument("--state-dict-type", default="sharded")
     parser.add_argument("--full-checks", default="", help="the strategy that also checkpoints and resumes")
+    parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
+    global ACCELERATOR
+    ACCELERATOR = args.accelerator
+    cuda = ACCELERATOR == "cuda"
     torch.set_num_threads(1)
     for run in args.strategies.split(","):
         # "name[@precision][+manual|+meta]"
@@ -206,8 +230,8 @@ def main() -> None:
         report: dict = {}
         out = os.path.join(args.out, run)
         # 1. a few steps, with gradient accumulation and clipping by norm: the same weights as DDP
-        model = {"manual": ManualNet, "meta": MetaNet, "sgd": SGDNet}.get(variant, Net)()
-        Block.calls, Net.validated_at = 0, []
+        model = {"manual": ManualNet, "meta": MetaNet, "sgd": SGDNet, "bn": BNNet}.get(variant, Net)()
+        Block.calls, Net.validated_at, Net.pinned = 0, [], []
         ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="train_loss", save_top_k=1,
                                             save_last=True, every_n_train_steps=1)
         full_checks = run == args.full_checks
@@ -215,11 +239,12 @@ def main() -> None:
         tr = trainer(make_strategy(name, args.state_dict_type, variant), max_steps=STEPS, limit_val_batches=2,
                      accumulate_grad_batches=accumulate, gradient_clip_val=None if variant == "manual" else 0.5,
                      precision=precision or None, val_check_interval=accumulate,
-                     callbacks=[ckpt] if full_checks else None, enable_checkpointing=full_checks)
+                     callbacks=[ckpt] if full_checks else None, enable_checkpointing=full_checks,
+                     sync_batchnorm=variant == "bn")
         if variant == "sgd":
             report["validate_before_fit"] = validate_before_fit(tr, model, BATCH)
             Block.calls, Net.validated_at = 0, []
-        tr.fit(model, DataLoader(data(), batch_size=BATCH), DataLoader(data(1), batch_size=BATCH))
+        tr.fit(model, DataLoader(data(), batch_size=BATCH, pin_memory=cuda), DataLoader(data(1), batch_size=BATCH))
         rank = tr.global_rank
         report["weights"] = full_weights(tr, model)
         report["built_on"] = getattr(model, "built_on", None)
@@ -228,6 +253,11 @@ def main() -> None:
         report["strategy"] = type(tr.strategy).__name__
         report["callback_metrics"] = {k: float(v) for k, v in tr.callback_metrics.items()}
         report["validated_at"] = list(Net.validated_at)
+        report["pinned"] = list(Net.pinned)
+        report["backend"] = getattr(tr.strategy, "process_group_backend", None)
+        report["device"] = str(next(model.parameters()).device.type)
+        report["buffers"] = {n: b.detach().float().flatten().tolist() for n, b in model.named_buffers()
+                             if b.is_floating_point()}
         if variant == "sgd":
             report.update(evaluate_then_fit_again(tr, model, BATCH))
         if full_checks:

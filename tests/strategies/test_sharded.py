@@ -32,8 +32,9 @@ SCRIPT = str(Path(__file__).with_name("sharded_script.py"))
 needs_deepspeed = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (fulmen[deepspeed])")
 
 
-def _launch(out: Path, runs: list[str], full_checks: str) -> dict[str, list[dict]]:
-    cmd = [sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs), "--full-checks", full_checks]
+def _launch(out: Path, runs: list[str], full_checks: str, accelerator: str = "cpu") -> dict[str, list[dict]]:
+    cmd = [sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs), "--full-checks", full_checks,
+           "--accelerator", accelerator]
     [result] = _run([(cmd, _env())], out)
     _ok([result])
     # quiet by default: no INFO lines or banners from DeepSpeed or torch.distributed
@@ -44,20 +45,24 @@ def _launch(out: Path, runs: list[str], full_checks: str) -> dict[str, list[dict
 
 
 def _reference(model_cls: type = script.Net, precision: str | None = None, clip: bool = True,
-               then_evaluate: bool = False) -> Any:
+               then_evaluate: bool = False, accelerator: str = "cpu", buffers: bool = False) -> Any:
     """One process, batch 2B over the same samples, validating as the script does: what 2 processes with batch
-    B each must reproduce. With ``then_evaluate``, also what ``script.validate_before_fit`` and ``evaluate_then_fit_again`` report."""
+    B each must reproduce. With ``then_evaluate``, also what ``script.validate_before_fit`` and
+    ``evaluate_then_fit_again`` report; with ``buffers``, also the floating-point buffers."""
     torch.set_num_threads(1)
     model = model_cls()
     accumulate = script.ACCUMULATE if model.automatic_optimization else 1
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=script.STEPS, logger=False, precision=precision,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         limit_val_batches=2, val_check_interval=accumulate, accumulate_grad_batches=accumulate,
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=script.STEPS, logger=False,
+                         precision=precision, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, limit_val_batches=2, val_check_interval=accumulate,
+                         accumulate_grad_batches=accumulate,
                          gradient_clip_val=0.5 if model.automatic_optimization and clip else None)
     batch = 2 * script.BATCH
     before = script.validate_before_fit(trainer, model, batch) if then_evaluate else None
     trainer.fit(model, DataLoader(script.data(), batch_size=batch), DataLoader(script.data(1), batch_size=batch))
-    weights = {n: p.detach().flatten().tolist() for n, p in model.named_parameters()}
+    weights = {n: p.detach().float().flatten().tolist() for n, p in model.named_parameters()}
+    if buffers:
+        return weights, {n: b.float().flatten().tolist() for n, b in model.named_buffers() if b.is_floating_point()}
     if then_evaluate:
         return weights, {"validate_before_fit": before, **script.evaluate_then_fit_again(trainer, model, batch)}
     return weights
