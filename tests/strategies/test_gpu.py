@@ -55,7 +55,7 @@ def test_nccl_ddp_fsdp_and_deepspeed_on_2_gpus_train_like_1_gpu_on_the_combined_
     assert buffers["bn.running_mean"] != [0.0] * script.FEATURES  # the statistics did move
     # mixed precision: float16 with the grad scaler under DDP, bfloat16 through FSDP's policy
     for rep in reports["ddp@16-mixed"]:
-        _assert_weights(rep["weights"], _reference(precision="16-mixed", accelerator="cuda"), 1e-3)
+        _assert_weights(rep["weights"], _reference(precision="16-mixed", accelerator="cuda"), 2e-2)
     for rep in reports["fsdp@bf16-mixed"]:
         _assert_weights(rep["weights"], reference, 2e-2)
     # evaluation before and after fit, then a second fit, on GPUs (as on gloo in test_sharded.py)
