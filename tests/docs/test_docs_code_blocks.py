@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPOSITORY = Path(__file__).resolve().parents[2]
+DOCS = REPOSITORY / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")
@@ -142,15 +143,53 @@ def run_page(path: Path, workdir: Path) -> int:
     return ran
 
 
+def _repository_entries() -> dict[str, int]:
+    """Every visible entry of the repository root, of docs/ and of any lightning_logs/ or checkpoints/ there,
+    with its modification time: a file or run folder written into one of them adds or changes an entry. Whatever
+    was there before (the demo's lightning_logs/, a built site/) may stay: the tests never need a clean root."""
+    entries = {}
+    for folder in (REPOSITORY, DOCS, REPOSITORY / "lightning_logs", REPOSITORY / "checkpoints", DOCS / "lightning_logs"):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if not entry.name.startswith("."):  # .pytest_cache, .venv: pytest's and pip's, not the page's
+                    entries[str(entry)] = entry.stat().st_mtime_ns
+    return entries
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_code_blocks_run(page, tmp_path):
     torch.manual_seed(0)
+    before = _repository_entries()
     run_page(DOCS / page, tmp_path)
-    # blocks write only into their own directory, never into the repository
-    assert not (DOCS / "lightning_logs").exists() and not (DOCS.parent / "lightning_logs").exists()
+    # blocks write into their own directory (the current one), never into the repository
+    assert _repository_entries() == before
+    if (tmp_path / "lightning_logs").exists():  # a Trainer with default paths put its runs here
+        assert any((tmp_path / "lightning_logs").iterdir())
+
+
+def test_a_page_writes_its_runs_into_its_own_directory(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text(FIT_PAGE)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # as the suite's conftest does for every test
+    before = _repository_entries()
+    assert run_page(page, work) == 1
+    assert _repository_entries() == before
+    assert [p.name for p in (work / "lightning_logs" / "version_0" / "checkpoints").iterdir()] == ["epoch=0-step=2.ckpt"]
 
 
 # --- the collector itself ---------------------------------------------------------------------------------
+
+FIT_PAGE = '''
+```python
+import fulmen as pl
+from fulmen.demos.boring_classes import BoringModel
+
+pl.Trainer(max_steps=2, limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False,
+           logger=pl.loggers.CSVLogger(".")).fit(BoringModel())
+```
+'''
 
 SAMPLE = '''
 Intro.

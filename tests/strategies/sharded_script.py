@@ -2,7 +2,12 @@
 rank writes what it found to ``<out>/<strategy>-rank<N>.json`` (starting processes costs seconds, so one
 launch checks many things).
 
+Every fit is the one a user writes first: the sanity check runs and validation comes during training (after
+every optimizer step), so training always follows an evaluation pass (that order once broke FSDP and ZeRO-3:
+evaluation under inference_mode left inference tensors where the next training step wrote or saved them).
+
 Usage: python sharded_script.py OUT_DIR --strategies fsdp[,deepspeed_stage_1,...] [--state-dict-type sharded]
+       [--accelerator cuda]  (2 GPUs: nccl, pinned loader memory; test_gpu.py)
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import fulmen as pl
 
 FEATURES, SAMPLES, BATCH, STEPS, ACCUMULATE = 4, 64, 4, 3, 2
+ACCELERATOR = "cpu"  # --accelerator
 
 
 def data(seed: int = 0) -> TensorDataset:
@@ -59,7 +65,17 @@ class Net(pl.LightningModule):
         self.log("train_loss", loss, sync_dist=True)
         return loss
 
+    pinned: list = []  # on GPUs: whether each training batch arrived in pinned memory
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if torch.cuda.is_available() and self.trainer.training:
+            Net.pinned.append(batch[0].is_pinned())
+        return batch
+
+    validated_at: list = []  # (sanity check?, global step) of every validation batch
+
     def validation_step(self, batch, batch_idx):
+        Net.validated_at.append((self.trainer.sanity_checking, self.trainer.global_step))
         x, y = batch
         self.log("val_loss", ((self(x) * self.scale - y) ** 2).mean(), sync_dist=True)
 
@@ -83,6 +99,31 @@ class ManualNet(Net):
         opt.step()
         opt.zero_grad()
         return loss
+
+
+class SGDNet(Net):
+    """Plain SGD: its step saves no state, so an inference tensor left by evaluation is met in backward instead."""
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", ((self(x) * self.scale - y) ** 2).mean(), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0]) * self.scale
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class BNNet(Net):
+    """Batch norm first: with sync_batchnorm, 2 processes of batch B normalize as one of batch 2B."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(FEATURES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.bn(x))
 
 
 class MetaNet(Net):
@@ -111,7 +152,7 @@ class SaveAt(pl.Callback):
 
 
 def make_strategy(name: str, state_dict_type: str, variant: str = ""):
-    if name == "fsdp" and variant in ("", "manual", "meta"):
+    if name == "fsdp" and variant in ("", "manual", "meta", "sgd"):
         return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type=state_dict_type)
     if name == "fsdp" and variant == "ckpt":  # activation checkpointing, parameters kept from forward to backward
         return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
@@ -140,10 +181,34 @@ def full_weights(trainer: pl.Trainer, model: nn.Module) -> dict[str, list[float]
 
 
 def trainer(strategy, **kwargs) -> pl.Trainer:
-    kw = dict(accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_progress_bar=False,
+    kw = dict(accelerator=ACCELERATOR, devices=2, strategy=strategy, logger=False, enable_progress_bar=False,
               enable_model_summary=False, enable_checkpointing=False)
     kw.update(kwargs)
     return pl.Trainer(**kw)
+
+
+def validate_before_fit(tr: pl.Trainer, model: pl.LightningModule, batch: int) -> list[dict]:
+    """The untrained model's metrics, as users often check first: the strategy's first forward happens here, so
+    whatever it allocates then (FSDP's gathered parameters) must still be trainable in the fit that follows."""
+    return tr.validate(model, DataLoader(data(1), batch_size=batch), verbose=False)
+
+
+def evaluate_then_fit_again(tr: pl.Trainer, model: pl.LightningModule, batch: int) -> dict:
+    """After a fit: validate, test and predict on the same trainer, then fit STEPS more steps. The evaluations
+    must leave the parameters (and whatever a strategy keeps of them) trainable. test_sharded.py runs the same
+    in one process for reference."""
+    eval_loader = DataLoader(data(1), batch_size=batch)
+    report = {
+        "validate": tr.validate(model, eval_loader, verbose=False),
+        "test": tr.test(model, eval_loader, verbose=False),
+        "predict": [p.detach().flatten().tolist() for p in tr.predict(model, eval_loader)],
+        "grad_enabled_after_eval": torch.is_grad_enabled(),
+    }
+    tr.max_steps = 2 * STEPS
+    tr.fit(model, DataLoader(data(), batch_size=batch), DataLoader(data(1), batch_size=batch))
+    report["second_fit_steps"] = tr.global_step
+    report["second_fit_weights"] = full_weights(tr, model)
+    return report
 
 
 def main() -> None:
@@ -152,7 +217,11 @@ def main() -> None:
     parser.add_argument("--strategies", default="fsdp")
     parser.add_argument("--state-dict-type", default="sharded")
     parser.add_argument("--full-checks", default="", help="the strategy that also checkpoints and resumes")
+    parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
+    global ACCELERATOR
+    ACCELERATOR = args.accelerator
+    cuda = ACCELERATOR == "cuda"
     torch.set_num_threads(1)
     for run in args.strategies.split(","):
         # "name[@precision][+manual|+meta]"
@@ -161,17 +230,21 @@ def main() -> None:
         report: dict = {}
         out = os.path.join(args.out, run)
         # 1. a few steps, with gradient accumulation and clipping by norm: the same weights as DDP
-        model = {"manual": ManualNet, "meta": MetaNet}.get(variant, Net)()
-        Block.calls = 0
+        model = {"manual": ManualNet, "meta": MetaNet, "sgd": SGDNet, "bn": BNNet}.get(variant, Net)()
+        Block.calls, Net.validated_at, Net.pinned = 0, [], []
         ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="train_loss", save_top_k=1,
                                             save_last=True, every_n_train_steps=1)
         full_checks = run == args.full_checks
+        accumulate = 1 if variant == "manual" else ACCUMULATE
         tr = trainer(make_strategy(name, args.state_dict_type, variant), max_steps=STEPS, limit_val_batches=2,
-                     num_sanity_val_steps=0, accumulate_grad_batches=1 if variant == "manual" else ACCUMULATE,
-                     gradient_clip_val=None if variant == "manual" else 0.5, precision=precision or None,
-                     val_check_interval=ACCUMULATE * STEPS, callbacks=[ckpt] if full_checks else None,
-                     enable_checkpointing=full_checks)
-        tr.fit(model, DataLoader(data(), batch_size=BATCH), DataLoader(data(1), batch_size=BATCH))
+                     accumulate_grad_batches=accumulate, gradient_clip_val=None if variant == "manual" else 0.5,
+                     precision=precision or None, val_check_interval=accumulate,
+                     callbacks=[ckpt] if full_checks else None, enable_checkpointing=full_checks,
+                     sync_batchnorm=variant == "bn")
+        if variant == "sgd":
+            report["validate_before_fit"] = validate_before_fit(tr, model, BATCH)
+            Block.calls, Net.validated_at = 0, []
+        tr.fit(model, DataLoader(data(), batch_size=BATCH, pin_memory=cuda), DataLoader(data(1), batch_size=BATCH))
         rank = tr.global_rank
         report["weights"] = full_weights(tr, model)
         report["built_on"] = getattr(model, "built_on", None)
@@ -179,6 +252,14 @@ def main() -> None:
         report["global_step"] = tr.global_step
         report["strategy"] = type(tr.strategy).__name__
         report["callback_metrics"] = {k: float(v) for k, v in tr.callback_metrics.items()}
+        report["validated_at"] = list(Net.validated_at)
+        report["pinned"] = list(Net.pinned)
+        report["backend"] = getattr(tr.strategy, "process_group_backend", None)
+        report["device"] = str(next(model.parameters()).device.type)
+        report["buffers"] = {n: b.detach().float().flatten().tolist() for n, b in model.named_buffers()
+                             if b.is_floating_point()}
+        if variant == "sgd":
+            report.update(evaluate_then_fit_again(tr, model, BATCH))
         if full_checks:
             report["best"] = ckpt.best_model_path
             report["last"] = ckpt.last_model_path

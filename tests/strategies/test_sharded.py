@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,8 +32,9 @@ SCRIPT = str(Path(__file__).with_name("sharded_script.py"))
 needs_deepspeed = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (fulmen[deepspeed])")
 
 
-def _launch(out: Path, runs: list[str], full_checks: str) -> dict[str, list[dict]]:
-    cmd = [sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs), "--full-checks", full_checks]
+def _launch(out: Path, runs: list[str], full_checks: str, accelerator: str = "cpu") -> dict[str, list[dict]]:
+    cmd = [sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs), "--full-checks", full_checks,
+           "--accelerator", accelerator]
     [result] = _run([(cmd, _env())], out)
     _ok([result])
     # quiet by default: no INFO lines or banners from DeepSpeed or torch.distributed
@@ -42,17 +44,51 @@ def _launch(out: Path, runs: list[str], full_checks: str) -> dict[str, list[dict
     return {run: [json.loads((out / f"{run}-rank{r}.json").read_text()) for r in (0, 1)] for run in runs}
 
 
-def _reference(model_cls: type = script.Net, precision: str | None = None, clip: bool = True) -> dict[str, list[float]]:
-    """One process, batch 2B over the same samples: what 2 processes with batch B each must reproduce."""
+def _reference(model_cls: type = script.Net, precision: str | None = None, clip: bool = True,
+               then_evaluate: bool = False, accelerator: str = "cpu", buffers: bool = False) -> Any:
+    """One process, batch 2B over the same samples, validating as the script does: what 2 processes with batch
+    B each must reproduce. With ``then_evaluate``, also what ``script.validate_before_fit`` and
+    ``evaluate_then_fit_again`` report; with ``buffers``, also the floating-point buffers."""
     torch.set_num_threads(1)
     model = model_cls()
-    manual = not model.automatic_optimization
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=script.STEPS, logger=False, precision=precision,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         limit_val_batches=0, accumulate_grad_batches=1 if manual else script.ACCUMULATE,
-                         gradient_clip_val=None if manual or not clip else 0.5)
-    trainer.fit(model, DataLoader(script.data(), batch_size=2 * script.BATCH))
-    return {n: p.detach().flatten().tolist() for n, p in model.named_parameters()}
+    accumulate = script.ACCUMULATE if model.automatic_optimization else 1
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=script.STEPS, logger=False,
+                         precision=precision, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, limit_val_batches=2, val_check_interval=accumulate,
+                         accumulate_grad_batches=accumulate,
+                         gradient_clip_val=0.5 if model.automatic_optimization and clip else None)
+    batch = 2 * script.BATCH
+    before = script.validate_before_fit(trainer, model, batch) if then_evaluate else None
+    trainer.fit(model, DataLoader(script.data(), batch_size=batch), DataLoader(script.data(1), batch_size=batch))
+    weights = {n: p.detach().float().flatten().tolist() for n, p in model.named_parameters()}
+    if buffers:
+        return weights, {n: b.float().flatten().tolist() for n, b in model.named_buffers() if b.is_floating_point()}
+    if then_evaluate:
+        return weights, {"validate_before_fit": before, **script.evaluate_then_fit_again(trainer, model, batch)}
+    return weights
+
+
+# the user's order in every run: a 2-batch sanity check at step 0, then 2 validation batches after each step
+VALIDATED_AT = [(True, 0)] * 2 + [(False, step) for step in range(1, script.STEPS + 1) for _ in range(2)]
+
+
+def _check_evaluations_around_fits(reports: list[dict]) -> None:
+    """validate before fit, then validate/test/predict after it, on 2 processes match one process, and each fit
+    trains on from there (evaluation left no inference tensors in the parameters or the strategy's copies)."""
+    first, want = _reference(script.SGDNet, then_evaluate=True)
+    for rep in reports:
+        _assert_weights(rep["weights"], first, 1e-6)
+        for fn in ("validate_before_fit", "validate", "test"):
+            [metrics] = rep[fn]
+            [expected] = want[fn]
+            assert metrics == pytest.approx(expected, rel=1e-5), fn
+        # every process gets all predictions back, in sample order (in batches of its own loader's size)
+        got = [v for batch in rep["predict"] for v in batch]
+        assert got == pytest.approx([v for batch in want["predict"] for v in batch], abs=1e-6)
+        assert rep["grad_enabled_after_eval"] is True
+        assert rep["second_fit_steps"] == 2 * script.STEPS
+        _assert_weights(rep["second_fit_weights"], want["second_fit_weights"], 1e-6)
+        assert rep["second_fit_weights"] != rep["weights"]
 
 
 def _assert_weights(got: dict[str, list[float]], want: dict[str, list[float]], tol: float) -> None:
@@ -100,16 +136,18 @@ def _check_checkpoints(reports: list[dict], tmp_path: Path, kind: str) -> None:
 
 def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_load_in_1_and_2_processes(tmp_path):
     runs = ["ddp", "fsdp", "fsdp_cpu_offload", "fsdp+ckpt", "fsdp+no_shard", "fsdp+hybrid", "fsdp@bf16-mixed",
-            "fsdp+manual", "fsdp+meta"]
+            "fsdp+manual", "fsdp+meta", "fsdp+sgd"]
     reports = _launch(tmp_path, runs, full_checks="fsdp")
+    for run in runs:
+        assert [tuple(v) for v in reports[run][0]["validated_at"]] == VALIDATED_AT, run
     reference = _reference()
     assert reference != _reference(clip=False)  # gradient clipping acts in these steps (over all shards' norm)
     for run in ("ddp", "fsdp", "fsdp_cpu_offload", "fsdp+ckpt", "fsdp+no_shard", "fsdp+hybrid"):
         for rep in reports[run]:
             assert rep["global_step"] == script.STEPS
             _assert_weights(rep["weights"], reference, 1e-6)
-    # activation checkpointing runs each Block forward again in backward: 6 training batches, 2 validation ones
-    assert reports["fsdp"][0]["block_calls"] == 6 + 2 and reports["fsdp+ckpt"][0]["block_calls"] == 2 * 6 + 2
+    # activation checkpointing runs each Block forward again in backward: 6 training batches, 8 validation ones
+    assert reports["fsdp"][0]["block_calls"] == 6 + 8 and reports["fsdp+ckpt"][0]["block_calls"] == 2 * 6 + 8
     assert reports["fsdp"][0]["strategy"] == "FSDPStrategy"
     # the whole step (and clip_gradients' norm over all shards) in manual optimization
     manual = _reference(script.ManualNet)
@@ -125,6 +163,7 @@ def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_load_in_1_and_2_proces
         w = torch.tensor(rep["weights"]["block.0.weight"]).view(64, script.FEATURES)
         assert torch.isfinite(w).all() and not torch.equal(w[:32], w[32:])
     assert reports["fsdp+meta"][0]["weights"] == reports["fsdp+meta"][1]["weights"]
+    _check_evaluations_around_fits(reports["fsdp+sgd"])
     _check_checkpoints(reports["fsdp"], tmp_path, "fsdp")
     # a full (single-file) checkpoint gathered on rank 0 reads back in both processes
     rep = reports["fsdp"][0]
@@ -137,8 +176,11 @@ def test_fsdp_trains_like_ddp_and_its_sharded_checkpoints_load_in_1_and_2_proces
 @needs_deepspeed
 def test_deepspeed_stages_train_like_ddp_and_checkpoint_resume_exactly(tmp_path):
     runs = ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
-            "deepspeed_stage_3_offload", "deepspeed_stage_2@bf16-mixed", "deepspeed_stage_2+manual"]
+            "deepspeed_stage_3_offload", "deepspeed_stage_2@bf16-mixed", "deepspeed_stage_2+manual",
+            "deepspeed_stage_3+sgd"]
     reports = _launch(tmp_path, runs, full_checks="deepspeed_stage_3")
+    for run in runs:
+        assert [tuple(v) for v in reports[run][0]["validated_at"]] == VALIDATED_AT, run
     reference = _reference()
     for run in runs[:5]:
         for rep in reports[run]:
@@ -148,6 +190,7 @@ def test_deepspeed_stages_train_like_ddp_and_checkpoint_resume_exactly(tmp_path)
         _assert_weights(rep["weights"], reference, 5e-2)
     for rep in reports["deepspeed_stage_2+manual"]:
         _assert_weights(rep["weights"], _reference(script.ManualNet), 1e-6)
+    _check_evaluations_around_fits(reports["deepspeed_stage_3+sgd"])
     _check_checkpoints(reports["deepspeed_stage_3"], tmp_path, "deepspeed")
     assert not _alive(str(tmp_path))
 

@@ -61,6 +61,25 @@ def import_deepspeed(feature: str, logging_level: int = logging.WARNING) -> Any:
     return deepspeed
 
 
+def _skip_shm_comm_build(deepspeed: Any) -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce when its CPU backend starts.
+
+    ``deepspeed.init_distributed`` on the CPU accelerator JIT-compiles the ``deepspeed_shm_comm`` C++ op (slow,
+    needs a C++ compiler and ninja, prints a line) whenever its compatibility table says it can. Only
+    ``inference_all_reduce`` uses it, and that falls back to torch.distributed without it; training never calls
+    it. DeepSpeed (0.19) offers no setting for this: ``DS_BUILD_OPS``/``DS_BUILD_SHM_COMM`` act only when
+    DeepSpeed itself is installed (pre-building ops), ``DS_SKIP_CUDA_CHECK`` concerns CUDA versions,
+    ``DS_ACCELERATOR=cpu`` is what selects this backend, and neither ``init_distributed`` nor the config has an
+    option; ``comm/torch.py``'s ``build_shm_op`` reads only ``deepspeed.ops.__compatible_ops__``. So the one
+    entry of that table is marked not compatible: the narrowest change that has the effect. Where the op was
+    pre-built at install time (``DS_BUILD_SHM_COMM=1``) loading it costs nothing, and it is left alone.
+    """
+    from deepspeed.git_version_info import installed_ops
+
+    if not installed_ops.get("deepspeed_shm_comm", False):
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class _DeepSpeedPrecision(Precision):
     """The engine owns the dtypes: it converts the module (fp16/bf16 in the config) and keeps float32
     master weights; here inputs are cast to match, and backward goes through the engine."""
@@ -273,9 +292,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             self._merge_trainer_flags(self.lightning_module._trainer)
         deepspeed = import_deepspeed("strategy='deepspeed'", self.logging_level)
         if self.root_device.type == "cpu":
-            # DeepSpeed builds a C++ shared-memory all-reduce for inference on first use (minutes of compiling,
-            # and a print); training never calls it, so leave it unbuilt: its callers fall back to torch's
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+            _skip_shm_comm_build(deepspeed)
         warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         deepspeed.init_distributed(dist_backend=self.process_group_backend, timeout=self._timeout)
 
