@@ -197,10 +197,11 @@ def test_steps_run_in_the_right_mode(tmp_path):
             return super().training_step(batch, batch_idx)
 
         def validation_step(self, batch, batch_idx):
-            seen["val"] = (self.training, torch.is_inference_mode_enabled())
+            seen["val"] = (self.training, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
             return super().validation_step(batch, batch_idx)
 
     model = Probe()
     _trainer(tmp_path).fit(model)
-    assert seen == {"train": (True, True), "val": (False, True)}
+    # validation inside fit runs under no_grad, not inference_mode, as in Lightning
+    assert seen == {"train": (True, True), "val": (False, False, False)}
     assert model.training
