@@ -493,11 +493,6 @@ class MetricsHub:
         self._absorb(self._current)
         return to_floats(self.pbar)
 
-    def clear_views(self) -> None:
-        self.callback.clear()
-        self.logged.clear()
-        self.pbar.clear()
-
     # -- events from the loops --------------------------------------------------------------------
     def _dataloader_done(self, results: ResultCollection) -> None:
         """Between two evaluation loaders: keep the finished loader's step and epoch values in the views."""
