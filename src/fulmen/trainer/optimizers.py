@@ -1,17 +1,13 @@
 """Turning what ``configure_optimizers`` returns into optimizers and scheduler configs, and the
-``LightningOptimizer`` wrapper that routes ``step()`` through the strategy (precision, counting); the type
-aliases that annotate steps and ``configure_optimizers`` (Lightning's path: :mod:`fulmen.utilities.types`)."""
+``LightningOptimizer`` wrapper that routes ``step()`` through the strategy (precision, counting)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Optional, Protocol, TypedDict, Union
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from fulmen._utils import rank_zero_warn
 from fulmen.errors import MisconfigurationException
@@ -210,63 +206,3 @@ class LightningOptimizer:
                 module.untoggle_optimizer(self)
 
         return ctx()
-
-
-#: what a training/validation/test step returns: a loss tensor, a dict with "loss", or None
-STEP_OUTPUT = Optional[Union[Tensor, Mapping[str, Any]]]
-#: any iterable of batches, or a list/dict of them
-TRAIN_DATALOADERS = Any
-EVAL_DATALOADERS = Any
-
-LRSchedulerTypeTuple = (LRScheduler, ReduceLROnPlateau)
-LRSchedulerTypeUnion = Union[LRScheduler, ReduceLROnPlateau]
-LRSchedulerType = Union[type[LRScheduler], type[ReduceLROnPlateau]]
-LRSchedulerPLType = Union[LRScheduler, ReduceLROnPlateau]
-
-
-class LRSchedulerConfigType(TypedDict, total=False):
-    """The ``"lr_scheduler"`` dict ``configure_optimizers`` may return."""
-
-    scheduler: Any
-    name: Optional[str]
-    interval: str
-    frequency: int
-    reduce_on_plateau: bool
-    monitor: Optional[str]
-    strict: bool
-
-
-class OptimizerConfig(TypedDict):
-    """``{"optimizer": opt}``."""
-
-    optimizer: Optimizer
-
-
-class OptimizerLRSchedulerConfig(TypedDict, total=False):
-    """``{"optimizer": opt, "lr_scheduler": sched_or_config, "monitor": name}``."""
-
-    optimizer: Optimizer
-    lr_scheduler: Union[LRSchedulerTypeUnion, LRSchedulerConfigType]
-    monitor: str
-
-
-#: every form ``configure_optimizers`` may return
-OptimizerLRScheduler = Optional[
-    Union[
-        Optimizer,
-        Sequence[Optimizer],
-        tuple[Sequence[Optimizer], Sequence[Union[LRSchedulerTypeUnion, LRSchedulerConfig]]],
-        OptimizerConfig,
-        OptimizerLRSchedulerConfig,
-        Sequence[OptimizerConfig],
-        Sequence[OptimizerLRSchedulerConfig],
-    ]
-]
-
-
-class DistributedDataParallel(Protocol):
-    """What fulmen needs of a data-parallel wrapper: the wrapped ``module`` and a ``forward``."""
-
-    module: Any
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -11,10 +11,10 @@ Example::
             ...
 """
 
-from fulmen.trainer.optimizers import (EVAL_DATALOADERS, STEP_OUTPUT, TRAIN_DATALOADERS, DistributedDataParallel,
-                                      LRSchedulerConfig, LRSchedulerConfigType, LRSchedulerPLType, LRSchedulerType,
-                                      LRSchedulerTypeTuple, LRSchedulerTypeUnion, OptimizerConfig, OptimizerLRScheduler,
-                                      OptimizerLRSchedulerConfig)
+from fulmen.trainer.types import (EVAL_DATALOADERS, STEP_OUTPUT, TRAIN_DATALOADERS, DistributedDataParallel,
+                                 LRSchedulerConfig, LRSchedulerConfigType, LRSchedulerPLType, LRSchedulerType,
+                                 LRSchedulerTypeTuple, LRSchedulerTypeUnion, OptimizerConfig, OptimizerLRScheduler,
+                                 OptimizerLRSchedulerConfig)
 
 __all__ = [
     "EVAL_DATALOADERS", "LRSchedulerConfig", "LRSchedulerConfigType", "LRSchedulerPLType", "LRSchedulerType",
