@@ -188,7 +188,7 @@ def test_to_onnx_with_torchs_default_exporter(tmp_path):
 
 
 def test_to_onnx_names_what_is_missing(monkeypatch):
-    import fulmen.utilities.imports as imports
+    import fulmen._utils as imports
 
     model = _Exportable()
     present = {"onnx", "onnxscript"}

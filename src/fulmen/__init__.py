@@ -8,11 +8,12 @@ Example::
     trainer.fit(model, train_loader)
 """
 
+from fulmen._utils import seed_everything
+from fulmen._version import __version__
 from fulmen.callbacks.callback import Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.trainer.trainer import Trainer
-from fulmen.utilities import seed_everything
 
 import logging as _logging
 
@@ -24,7 +25,6 @@ if not _logging.getLogger().hasHandlers():
     _logger.addHandler(_logging.StreamHandler())
     _logger.propagate = False
 
-__version__ = "0.1.0"
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",
            "callbacks", "loggers"]
 

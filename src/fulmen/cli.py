@@ -40,12 +40,13 @@ import yaml
 import fulmen
 import fulmen.callbacks
 import fulmen.loggers  # noqa: F401  (so --trainer.logger CSVLogger finds it by name)
+from fulmen._utils import is_overridden, rank_zero_warn, seed_everything
 from fulmen.callbacks.callback import Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.errors import FulmenError, MisconfigurationException, missing_extra
 from fulmen.module import LightningModule
+from fulmen.saving import _new_jsonargparse, instantiate_module
 from fulmen.trainer.trainer import Trainer
-from fulmen.utilities import is_overridden, rank_zero_warn, seed_everything
 
 try:
     import jsonargparse
@@ -53,8 +54,7 @@ try:
 except ImportError:
     raise missing_extra("jsonargparse[signatures]", "cli", "fulmen.cli (LightningCLI and `fulmen fit`)") from None
 
-# jsonargparse 4.49 renamed `skip_none` to `skip_unset` and `instantiate_classes` to `instantiate`
-_NEW_JSONARGPARSE = tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
+_NEW_JSONARGPARSE = _new_jsonargparse()
 
 __all__ = ["LRSchedulerCallable", "LightningArgumentParser", "LightningCLI", "OptimizerCallable", "ReduceLROnPlateau",
            "SaveConfigCallback", "instantiate_class", "instantiate_module"]
@@ -791,26 +791,6 @@ class _Instantiator:
                 hparams[key] = value
         with _given_hyperparameters(hparams, "fulmen.cli.instantiate_module"):
             return class_type(*args, **kwargs)
-
-
-def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
-    """Build ``class_type`` from the hyperparameters a CLI run saved (nested classes included): what
-    ``load_from_checkpoint`` calls for a checkpoint whose hyperparameters name this function.
-
-    Example::
-
-        model = instantiate_module(LitModel, {"hidden": 64, "encoder": {"class_path": "pkg.Encoder"}})
-    """
-    parser = ArgumentParser(exit_on_error=False)
-    if "_class_path" in config:
-        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
-        config = {"class_path": config["_class_path"],
-                  "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
-    else:
-        parser.add_class_arguments(class_type, "module", fail_untyped=False)
-    parsed = parser.parse_object({"module": config})
-    build = parser.instantiate if _NEW_JSONARGPARSE else parser.instantiate_classes
-    return build(parsed).module
 
 
 def instantiate_class(args: Any, init: dict[str, Any]) -> Any:

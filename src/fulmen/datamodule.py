@@ -53,8 +53,8 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
         """
         from fulmen.saving import load_from_checkpoint
 
-        return load_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                    weights_only=weights_only, **kwargs)
+        return load_from_checkpoint(cls, "datamodule", checkpoint_path, map_location=map_location,
+                                    hparams_file=hparams_file, weights_only=weights_only, **kwargs)
 
     @classmethod
     def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,

@@ -193,3 +193,7 @@ class SIGTERMException(SystemExit):
             cleanup()
             raise
     """
+
+
+class _TunerExitException(Exception):
+    """Raised by a tuner callback once its search inside ``trainer.fit`` is done: the Trainer stops cleanly."""

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen._utils import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
 
 
 # Set by LightningCLI while it builds a module: the resolved config of its arguments (and the function that can
@@ -720,7 +720,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
             model.to_onnx("model.onnx", torch.randn(1, 64), dynamo=False, export_params=True)
         """
         from fulmen.errors import missing_extra
-        from fulmen.utilities.imports import package_available
+        from fulmen._utils import package_available
 
         feature = f"`{type(self).__name__}.to_onnx()`"
         if not package_available("onnx"):
@@ -755,8 +755,8 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         """
         from fulmen.saving import load_from_checkpoint
 
-        return load_from_checkpoint(cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                    strict=strict, weights_only=weights_only, **kwargs)
+        return load_from_checkpoint(cls, "module", checkpoint_path, map_location=map_location,
+                                    hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs)
 
 
 # properties TorchScript must not compile (see to_torchscript): they reach the Trainer or Python-only state

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen._utils import apply_to_collection
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import apply_to_collection
 
 _ALIASES = {
     "32": "32-true", 32: "32-true", "32-true": "32-true",

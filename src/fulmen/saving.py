@@ -1,4 +1,5 @@
-"""Rebuilding a LightningModule or LightningDataModule from a checkpoint: what ``load_from_checkpoint`` does.
+"""Rebuilding a LightningModule or LightningDataModule from a checkpoint: what ``load_from_checkpoint`` does;
+reading and writing the hyperparameter files (``hparams.yaml``) loggers keep.
 
 The object is constructed from the hyperparameters the checkpoint saved (``save_hyperparameters()``),
 updated by the caller's keyword arguments; a module then gets its weights. Loading is safe by default:
@@ -8,14 +9,18 @@ nothing beyond tensors, containers and registered plain types is unpickled unles
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import os
+import re
+from argparse import Namespace
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from fulmen.errors import CheckpointError, MisconfigurationException
-from fulmen.utilities import rank_zero_warn
+from fulmen._utils import rank_zero_warn
+from fulmen.errors import CheckpointError, MisconfigurationException, missing_extra
 
 _KEYS = {  # (hyperparameters, their __init__ argument name) per kind of object
     "module": ("hyper_parameters", "hparams_name"),
@@ -40,6 +45,94 @@ def load_hparams_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
     with get_filesystem(path).open(path, "r") as f:
         return yaml.safe_load(f) or {}
+
+
+def save_hparams_to_yaml(config_yaml: str | os.PathLike, hparams: Mapping[str, Any] | Namespace,
+                         use_omegaconf: bool = True) -> None:
+    """Write ``hparams`` (a dict, Namespace or OmegaConf container) to ``config_yaml``, replacing the file whole.
+
+    Objects YAML cannot spell safely are written as their ``str`` so that the file loads with
+    ``yaml.safe_load``. ``use_omegaconf`` is accepted for Lightning's signature: an OmegaConf
+    container is resolved to plain values either way.
+
+    Example::
+
+        save_hparams_to_yaml("hparams.yaml", {"lr": 0.1})  # load_hparams_from_yaml reads it back
+    """
+    if isinstance(hparams, Namespace):
+        hparams = vars(hparams)
+    if type(hparams).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        hparams = OmegaConf.to_container(hparams, resolve=True)
+    if not isinstance(hparams, Mapping):
+        raise MisconfigurationException(
+            f"save_hparams_to_yaml needs a dict or Namespace of hyperparameters, got {type(hparams).__name__}."
+        )
+    fs, path = _filesystem(config_yaml)
+    parent = os.path.dirname(path)
+    if parent and not fs.isdir(parent):
+        raise FileNotFoundError(f"Cannot write {path}: the folder {parent} does not exist. Create it first.")
+    _write_hparams_yaml(fs, path, hparams)
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor or numpy scalar as a Python number; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _yaml_safe(value: Any) -> Any:
+    """A copy of ``value`` that ``yaml.safe_dump`` can write and ``yaml.safe_load`` can read back.
+
+    Lightning writes arbitrary objects with Python tags (``!!python/object``), which only an unsafe
+    loader reads; fulmen writes such objects as their ``str`` so that hparams.yaml is always safe to load.
+    """
+    value = _scalar(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Namespace):
+        value = vars(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, (int, float, bool)) else k: _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_yaml_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors and numpy arrays with more than one element
+        return value.tolist()
+    return str(value)
+
+
+def _write_hparams_yaml(fs: Any, path: str, hparams: Mapping[str, Any]) -> None:
+    """Write ``hparams`` as YAML to ``path`` on the fsspec filesystem ``fs``, replacing it whole."""
+    import yaml  # only needed when hyperparameters are saved
+
+    text = yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True)
+    _atomic_write_text(fs, path, text)
+
+
+def _atomic_write_text(fs: Any, path: str, text: str) -> None:
+    """Write to a sibling temp file, then rename over ``path``: readers never see half a file.
+
+    The rename is atomic on local disks; on object stores it is still a whole-file replace.
+    """
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w", newline="") as f:
+        f.write(text)
+    fs.mv(tmp, path)
+
+
+def _filesystem(path: str | os.PathLike) -> tuple[Any, str]:
+    """The fsspec filesystem for ``path`` and the path as that filesystem spells it."""
+    from fsspec.core import url_to_fs
+
+    path = str(path)
+    if "://" not in path:
+        path = os.path.expanduser(os.path.expandvars(path))
+    fs, _ = url_to_fs(path)
+    return fs, path
 
 
 def load_hparams_from_tags_csv(path: str | os.PathLike) -> dict[str, Any]:
@@ -120,16 +213,46 @@ def _instantiate(cls: type, init_kwargs: dict[str, Any], instantiator: Any, clas
                 f"The checkpoint names class {class_path!r}, which is not an imported subclass of {cls.__name__}. "
                 f"Import the module that defines it before loading (refused so as not to import arbitrary code)."
             )
-    from fulmen.cli import instantiate_module
-
     return instantiate_module(cls, init_kwargs)
 
 
-def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
+    """Build ``class_type`` from the hyperparameters a CLI run saved (nested classes included): what
+    ``load_from_checkpoint`` calls for a checkpoint whose hyperparameters name this function.
+
+    Example::
+
+        model = instantiate_module(LitModel, {"hidden": 64, "encoder": {"class_path": "pkg.Encoder"}})
+    """
+    try:
+        from jsonargparse import ArgumentParser
+    except ImportError:
+        raise missing_extra("jsonargparse[signatures]", "cli", "rebuilding a module a LightningCLI run saved") from None
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": config["_class_path"],
+                  "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    parsed = parser.parse_object({"module": config})
+    build = parser.instantiate if _new_jsonargparse() else parser.instantiate_classes
+    return build(parsed).module
+
+
+def _new_jsonargparse() -> bool:
+    """jsonargparse 4.49 renamed ``skip_none`` to ``skip_unset`` and ``instantiate_classes`` to ``instantiate``."""
+    import jsonargparse
+
+    return tuple(int(p) for p in re.findall(r"\d+", jsonargparse.__version__)[:2]) >= (4, 49)
+
+
+def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                          strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
     """Build ``cls`` from the checkpoint at ``checkpoint_path`` (local path, URL or open file).
 
-    Used by ``LightningModule.load_from_checkpoint`` and ``LightningDataModule.load_from_checkpoint``.
+    Used by ``LightningModule.load_from_checkpoint`` and ``LightningDataModule.load_from_checkpoint``, which
+    say what ``cls`` is: ``kind`` is ``"module"`` or ``"datamodule"``.
     ``hparams_file`` (YAML or CSV) replaces the saved hyperparameters; ``kwargs`` override single ones. A
     module's weights are loaded with ``strict`` (default: the module's ``strict_loading``, else True) after its
     ``configure_model`` and ``on_load_checkpoint``; the module ends on ``map_location``'s device, or the device
@@ -140,8 +263,6 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
         model = LitModel.load_from_checkpoint("best.ckpt", map_location="cpu", lr=1e-4)
     """
     from fulmen.checkpoint import load_checkpoint
-    from fulmen.datamodule import LightningDataModule
-    from fulmen.module import LightningModule
 
     if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
         import pickle
@@ -161,7 +282,6 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
         checkpoint = load_checkpoint(checkpoint_path, map_location=map_location, weights_only=weights_only)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{checkpoint_path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
-    kind = "datamodule" if issubclass(cls, LightningDataModule) else "module"
     if hparams_file is not None:
         checkpoint[_KEYS[kind][0]] = _hparams_from_file(hparams_file)
     try:
@@ -179,13 +299,11 @@ def load_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = No
             f"{saved}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
             f"{cls.__name__}.load_from_checkpoint(path, name=value)."
         ) from err
-    if isinstance(obj, LightningDataModule):
+    if kind == "datamodule":
         state = checkpoint.get(type(obj).__qualname__)
         if state:
             obj.load_state_dict(state)
         return obj
-    if not isinstance(obj, LightningModule):
-        raise MisconfigurationException(f"load_from_checkpoint builds LightningModules and DataModules, not {cls.__name__}.")
     if "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{checkpoint_path!r} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain "

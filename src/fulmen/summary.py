@@ -1,5 +1,9 @@
 """The layer table printed at the start of fit: parameters, mode, sizes and FLOPs per layer.
 
+:func:`summarize` computes it (one pass over the submodules, and one forward pass of ``example_input_array``
+when the model has one, for sizes and FLOPs); :class:`ModelSummary` shows it with Lightning's attribute names
+and table format (Lightning's path for it is :mod:`fulmen.utilities.model_summary`).
+
 Example::
 
     from fulmen.summary import summarize
@@ -15,21 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-_UNKNOWN = "?"
-
-
-def human_count(n: float) -> str:
-    """``1234567 -> '1.2 M'``: a count with a thousands suffix (K, M, B, T), as in summaries.
-
-    Example::
-
-        human_count(130), human_count(2176)  # ('130', '2.2 K')
-    """
-    for suffix in ("", " K", " M", " B", " T"):
-        if abs(n) < 1000 or suffix == " T":
-            return f"{int(n)}" if suffix == "" else f"{n:.1f}{suffix}"
-        n /= 1000
-    return str(n)  # pragma: no cover - the loop always returns
+UNKNOWN_SIZE = "?"
+NOT_APPLICABLE = "n/a"
 
 
 def _numel(params: Any) -> int:
@@ -44,8 +35,8 @@ class LayerInfo:
     type: str
     params: int
     training: bool
-    in_size: Any = _UNKNOWN
-    out_size: Any = _UNKNOWN
+    in_size: Any = UNKNOWN_SIZE
+    out_size: Any = UNKNOWN_SIZE
     flops: int | None = None
 
 
@@ -69,10 +60,7 @@ class Summary:
         return self.total_params - self.trainable_params
 
     def __str__(self) -> str:
-        # one table format in fulmen, Lightning's: see fulmen.utilities.model_summary
-        from fulmen.utilities.model_summary.model_summary import ModelSummary
-
-        return str(ModelSummary._wrap(self))
+        return str(ModelSummary._wrap(self))  # one table format in fulmen, Lightning's
 
     __repr__ = __str__
 
@@ -115,14 +103,14 @@ def _size(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         sizes = [_size(v) for v in x]
         return sizes[0] if len(sizes) == 1 else sizes
-    return _UNKNOWN
+    return UNKNOWN_SIZE
 
 
 def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], summary: Summary) -> None:
     """One forward pass of ``example`` to fill in sizes and FLOPs; modes and grad state are restored."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fulmen.utilities import move_data_to_device
+    from fulmen._utils import move_data_to_device
 
     by_name = {layer.name: layer for layer in summary.layers}
     hooks = []
@@ -149,7 +137,7 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
         for layer in summary.layers:
             layer.flops = counts.get(f"{root}.{layer.name}", 0)
     except Exception as err:  # a summary must never stop training
-        from fulmen.utilities import rank_zero_warn
+        from fulmen._utils import rank_zero_warn
 
         rank_zero_warn(f"The model summary could not run `example_input_array` through the model ({err}); "
                        "sizes and FLOPs are left out.")
@@ -158,3 +146,260 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
             h.remove()
         for m, training in modes.items():
             m.training = training
+
+
+def get_human_readable_count(number: int) -> str:
+    """A count as Lightning's summary spells it: ``123 -> '123  '``, ``1234 -> '1.2 K'``, ``2e6 -> '2.0 M'``,
+    ``512_000 -> '512 K'`` (three digits before the unit need no decimal).
+
+    Example::
+
+        get_human_readable_count(2_176)  # '2.2 K'
+    """
+    if number < 0:
+        from fulmen.errors import MisconfigurationException
+
+        raise MisconfigurationException(f"get_human_readable_count({number}): counts are never negative.")
+    units = [" ", "K", "M", "B", "T"]
+    value, unit = float(number), 0
+    while value >= 1000 and unit < len(units) - 1:
+        value /= 1000
+        unit += 1
+    return f"{int(value):,d} {units[unit]}" if unit == 0 or value >= 100 else f"{value:,.1f} {units[unit]}"
+
+
+def get_formatted_model_size(total_model_size: float) -> str:
+    """A size in megabytes with three decimals, as under the summary table."""
+    return f"{total_model_size:,.3f}"
+
+
+def parse_batch_shape(batch: Any) -> Any:
+    """The shape of ``batch`` as a list, nested like the batch; ``"?"`` for what has no shape.
+
+    Example::
+
+        parse_batch_shape((torch.zeros(2, 3), [torch.zeros(4)]))  # [[2, 3], [[4]]]
+    """
+    if hasattr(batch, "shape"):
+        return list(batch.shape)
+    if isinstance(batch, (list, tuple)):
+        return [parse_batch_shape(el) for el in batch]
+    return UNKNOWN_SIZE
+
+
+class LayerSummary:
+    """One submodule's row: its type, parameter count, mode, and the sizes of its last forward call.
+
+    A forward hook records the sizes until :meth:`detach_hook` (or garbage collection) removes it.
+
+    Example::
+
+        row = LayerSummary(model.layer)
+        model(torch.randn(4, 32))
+        row.in_size, row.out_size, row.num_parameters  # [4, 32], [4, 2], 66
+        row.detach_hook()
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+        self._in_size: Any = UNKNOWN_SIZE
+        self._out_size: Any = UNKNOWN_SIZE
+        self._hook = module.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: Any, out: Any) -> None:
+        self._in_size, self._out_size = _size(args), _size(out)
+        self.detach_hook()  # the first call is the one that is reported
+
+    def __del__(self) -> None:
+        self.detach_hook()
+
+    def detach_hook(self) -> None:
+        if getattr(self, "_hook", None) is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @property
+    def in_size(self) -> Any:
+        return self._in_size
+
+    @property
+    def out_size(self) -> Any:
+        return self._out_size
+
+    @property
+    def layer_type(self) -> str:
+        return type(self._module).__name__
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
+                   for p in self._module.parameters())
+
+    @property
+    def training(self) -> bool:
+        return self._module.training
+
+
+class ModelSummary:
+    """The summary of ``model`` down to ``max_depth`` levels of submodules (-1: all; 0: no rows).
+
+    Attributes are lists with one entry per row (``layer_names``, ``layer_types``, ``in_sizes``,
+    ``out_sizes``, ``param_nums``, ``training_modes``) and totals (``total_parameters``,
+    ``trainable_parameters``, ``total_layer_params``, ``model_size`` in MB, ``total_training_modes``,
+    ``total_flops``). ``str(summary)`` is the table printed at the start of fit.
+
+    Example::
+
+        summary = ModelSummary(model, max_depth=-1)
+        dict(zip(summary.layer_names, summary.param_nums))
+    """
+
+    def __init__(self, model: nn.Module, max_depth: int = 1) -> None:
+        self._model = model
+        self._max_depth = max_depth
+        self._summary: Summary = summarize(model, max_depth=max_depth)
+        if not self._summary.layers and getattr(model, "example_input_array", None) is not None:
+            self._summary.total_flops = summarize(model, max_depth=1).total_flops  # no rows, but the total counts
+
+    @classmethod
+    def _wrap(cls, summary: Summary, model: nn.Module | None = None, max_depth: int = -1) -> ModelSummary:
+        """A ModelSummary over a summary already computed (:func:`summarize`)."""
+        obj = cls.__new__(cls)
+        obj._summary, obj._model, obj._max_depth = summary, model, max_depth
+        return obj
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    @property
+    def named_modules(self) -> list[tuple[str, nn.Module]]:
+        modules = dict(self._model.named_modules()) if self._model is not None else {}
+        return [(layer.name, modules[layer.name]) for layer in self._summary.layers if layer.name in modules]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._summary.layers]
+
+    @property
+    def layer_types(self) -> list[str]:
+        return [layer.type for layer in self._summary.layers]
+
+    @property
+    def in_sizes(self) -> list[Any]:
+        return [layer.in_size for layer in self._summary.layers]
+
+    @property
+    def out_sizes(self) -> list[Any]:
+        return [layer.out_size for layer in self._summary.layers]
+
+    @property
+    def param_nums(self) -> list[int]:
+        return [layer.params for layer in self._summary.layers]
+
+    @property
+    def training_modes(self) -> list[bool]:
+        return [layer.training for layer in self._summary.layers]
+
+    @property
+    def total_training_modes(self) -> dict[str, int]:
+        return {"train": self._summary.train_modules, "eval": self._summary.eval_modules}
+
+    @property
+    def total_parameters(self) -> int:
+        return self._summary.total_params
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self._summary.trainable_params
+
+    @property
+    def total_layer_params(self) -> int:
+        return sum(self.param_nums)
+
+    @property
+    def model_size(self) -> float:
+        """Memory of all parameters in megabytes (1e6 bytes)."""
+        return self._summary.model_size_mb
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs of one forward pass of ``example_input_array``; 0 without one."""
+        return self._summary.total_flops or 0
+
+    def _get_summary_data(self) -> list[tuple[str, list[str]]]:
+        """The table by column, ``(header, cells)``: what ``ModelSummary.summarize`` callbacks receive."""
+        layers = self._summary.layers
+        data = [
+            (" ", [str(i) for i in range(len(layers))]),
+            ("Name", self.layer_names),
+            ("Type", self.layer_types),
+            ("Params", [get_human_readable_count(n) for n in self.param_nums]),
+            ("Mode", ["train" if t else "eval" for t in self.training_modes]),
+            ("FLOPs", [get_human_readable_count(layer.flops or 0) for layer in layers]),
+        ]
+        if self._summary.total_flops is not None:  # an example input ran through the model: sizes are known
+            data += [("In sizes", [str(s) for s in self.in_sizes]), ("Out sizes", [str(s) for s in self.out_sizes])]
+        leftover = self.total_parameters - self.total_layer_params
+        if leftover > 0:  # parameters of the module itself, or of rows below max_depth: one more row, as Lightning
+            for i, (header, cells) in enumerate(data):
+                cells.append(" " if i == 0 else "other params" if header == "Name" else
+                             get_human_readable_count(leftover) if header == "Params" else NOT_APPLICABLE)
+        return data
+
+    def __str__(self) -> str:
+        return format_summary_table(self.total_parameters, self.trainable_parameters, self.model_size,
+                                    self.total_training_modes, self.total_flops, *self._get_summary_data())
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def summary_totals(total_parameters: int, trainable_parameters: int, model_size: float,
+                   total_training_modes: dict[str, int], total_flops: int) -> list[tuple[str, str]]:
+    """The lines under the table as ``(value, label)``, spelled as Lightning spells them."""
+    return [
+        (get_human_readable_count(trainable_parameters), "Trainable params"),
+        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+        (get_human_readable_count(total_parameters), "Total params"),
+        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+        (str(total_training_modes.get("train", 0)), "Modules in train mode"),
+        (str(total_training_modes.get("eval", 0)), "Modules in eval mode"),
+        (get_human_readable_count(total_flops), "Total Flops"),
+    ]
+
+
+def format_summary_table(total_parameters: int, trainable_parameters: int, model_size: float,
+                         total_training_modes: dict[str, int], total_flops: int,
+                         *summary_data: tuple[str, list[str]]) -> str:
+    """The summary table from its columns (``(header, cells)``, as ``ModelSummary._get_summary_data()``
+    gives them) and the totals under it.
+
+    Example::
+
+        s = ModelSummary(model)
+        print(format_summary_table(s.total_parameters, s.trainable_parameters, s.model_size,
+                                   s.total_training_modes, s.total_flops, *s._get_summary_data()))
+    """
+    widths = [max([len(header), *map(len, cells)]) for header, cells in summary_data]
+    rows = max((len(cells) for _, cells in summary_data), default=0)
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    rule = "-" * (sum(widths) + 3 * (len(widths) + 1))
+    out = []
+    if summary_data:
+        out += [line([h for h, _ in summary_data]), rule]
+        out += [line([cells[i] for _, cells in summary_data]) for i in range(rows)]
+        out.append(rule)
+    totals = summary_totals(total_parameters, trainable_parameters, model_size, total_training_modes, total_flops)
+    out += [f"{value:<10}{label}" for value, label in totals]
+    return "\n".join(out)
+
+
+def model_summary(lightning_module: nn.Module, max_depth: int = 1) -> ModelSummary:
+    """The :class:`ModelSummary` of ``lightning_module`` (Lightning's ``utilities.model_summary.summarize``).
+
+    Example::
+
+        print(model_summary(model, max_depth=2))
+    """
+    return ModelSummary(lightning_module, max_depth=max_depth)

@@ -7,7 +7,7 @@ from torch import nn
 import fulmen as pl
 from fulmen.callbacks import ModelSummary
 from fulmen.errors import MisconfigurationException
-from fulmen.summary import human_count, summarize
+from fulmen.summary import summarize
 
 
 class Known(pl.LightningModule):
@@ -74,11 +74,6 @@ def test_depth_and_no_example_input():
     assert "| FLOPs" in text and "In sizes" not in text and "2.4 K     Total params" in text  # FLOPs always, as Lightning
     with pytest.raises(MisconfigurationException, match="max_depth"):
         summarize(model, max_depth=-2)
-
-
-def test_human_count():
-    assert [human_count(n) for n in (0, 999, 1000, 2370, 1_234_567, 7e9, 3e12)] == [
-        "0", "999", "1.0 K", "2.4 K", "1.2 M", "7.0 B", "3.0 T"]
 
 
 def test_callback_prints_at_fit_start(capsys):

@@ -18,8 +18,8 @@ from fulmen.loggers.logger import (
     _convert_params,
     _flatten_dict,
     _sanitize_params,
-    _yaml_safe,
 )
+from fulmen.saving import _yaml_safe
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ class BatchSizeFinder(Callback):
 
     def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                  batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> None:
-        from fulmen.tuner import _check_search_args
+        from fulmen.finders import _check_search_args
 
         _check_search_args(mode, init_val, margin, max_val)
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
@@ -48,14 +48,14 @@ class BatchSizeFinder(Callback):
 
     def scale_batch_size(self, trainer: Any, pl_module: Any) -> None:
         """Run the search now (``on_fit_start`` calls this)."""
-        from fulmen.tuner import scale_batch_size_in_fit
+        from fulmen.finders import scale_batch_size_in_fit
 
         self.optimal_batch_size = scale_batch_size_in_fit(
             trainer, pl_module, mode=self._mode, steps_per_trial=self._steps_per_trial, init_val=self._init_val,
             max_trials=self._max_trials, batch_arg_name=self._batch_arg_name, margin=self._margin,
             max_val=self._max_val)
         if self._early_exit:
-            from fulmen.tuner import _TunerExitException
+            from fulmen.errors import _TunerExitException
 
             raise _TunerExitException()
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fulmen._utils import rank_zero_info, rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException, MonitorNotFoundError
 from fulmen.trainer.state import TrainerFn
-from fulmen.utilities import rank_zero_info, rank_zero_warn
 
 
 class EarlyStoppingReason(Enum):

@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from fulmen._utils import rank_zero_info, rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import rank_zero_info, rank_zero_warn
 
 
 def multiplicative(epoch: int) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fulmen._utils import is_overridden, rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import is_overridden, rank_zero_warn
 
 
 class GradientAccumulationScheduler(Callback):

@@ -38,14 +38,14 @@ class LearningRateFinder(Callback):
 
     def lr_find(self, trainer: Any, pl_module: Any) -> None:
         """Run the sweep now (``on_fit_start`` calls this); override to run it at another time."""
-        from fulmen.tuner import lr_find_in_fit
+        from fulmen.finders import lr_find_in_fit
 
         self.optimal_lr = lr_find_in_fit(
             trainer, pl_module, min_lr=self._min_lr, max_lr=self._max_lr, num_training=self._num_training_steps,
             mode=self._mode, early_stop_threshold=self._early_stop_threshold, update_attr=self._update_attr,
             attr_name=self._attr_name)
         if self._early_exit:
-            from fulmen.tuner import _TunerExitException
+            from fulmen.errors import _TunerExitException
 
             raise _TunerExitException()
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from fulmen._utils import rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import rank_zero_warn
 
 
 class LearningRateMonitor(Callback):

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from fulmen import checkpoint as _io
+from fulmen._utils import rank_zero_info, rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException, MonitorNotFoundError
 from fulmen.trainer.state import TrainerFn
-from fulmen.utilities import rank_zero_info, rank_zero_warn
 
 
 class Checkpoint(Callback):
@@ -476,3 +476,10 @@ def _join(base: str, *parts: str) -> str:
     if _is_local(base):
         return os.path.join(base, *parts)
     return "/".join([base.rstrip("/"), *parts])
+
+
+def _reorder(callbacks: list[Callback]) -> list[Callback]:
+    """Checkpoint callbacks run last, so they see what every other callback did first."""
+    return [cb for cb in callbacks if not isinstance(cb, Checkpoint)] + [
+        cb for cb in callbacks if isinstance(cb, Checkpoint)
+    ]

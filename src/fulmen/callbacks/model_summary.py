@@ -10,8 +10,8 @@ from fulmen.errors import MisconfigurationException, missing_extra
 
 def _lightning_args(summary: Any) -> tuple[list[tuple[str, list[str]]], int, int, float, dict[str, int], int]:
     """``summarize``'s arguments from a summary object (``fulmen.summary.Summary`` or a ``ModelSummary``)."""
+    from fulmen.summary import ModelSummary as SummaryObject
     from fulmen.summary import Summary
-    from fulmen.utilities.model_summary import ModelSummary as SummaryObject
 
     if isinstance(summary, Summary):  # fulmen's own summary, as earlier fulmen code passes it
         summary = SummaryObject._wrap(summary)
@@ -53,10 +53,10 @@ class ModelSummary(Callback):
         self.summarize(data, total, trainable, size, modes, total_flops=flops, **self._summarize_kwargs)
 
     def _summary(self, trainer: Any, pl_module: Any) -> Any:
-        """The ``ModelSummary`` object of ``pl_module`` (see :mod:`fulmen.utilities.model_summary`)."""
-        from fulmen.utilities.model_summary import summarize
+        """The ``ModelSummary`` object of ``pl_module`` (see :class:`fulmen.summary.ModelSummary`)."""
+        from fulmen.summary import ModelSummary as SummaryObject
 
-        return summarize(pl_module, max_depth=self._max_depth)
+        return SummaryObject(pl_module, max_depth=self._max_depth)
 
     @staticmethod
     def summarize(summary_data: Any, total_parameters: int | None = None, trainable_parameters: int | None = None,
@@ -66,7 +66,7 @@ class ModelSummary(Callback):
 
         A summary object (``fulmen.summary.summarize(...)``) may be passed alone instead.
         """
-        from fulmen.utilities.model_summary.model_summary import format_summary_table
+        from fulmen.summary import format_summary_table
 
         if total_parameters is None:
             summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops = (
@@ -101,7 +101,7 @@ class RichModelSummary(ModelSummary):
         from rich import get_console
         from rich.table import Table
 
-        from fulmen.utilities.model_summary.model_summary import summary_totals
+        from fulmen.summary import summary_totals
 
         if total_parameters is None:
             summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops = (

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from fulmen._lightning_utils import LightningEnum
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
 from fulmen.trainer import data as _data
-from fulmen.utilities.enums import LightningEnum
 
 _INTERVALS = ("batch", "epoch", "batch_and_epoch")
 

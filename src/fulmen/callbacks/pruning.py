@@ -9,9 +9,9 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 
+from fulmen._utils import rank_zero_info
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import rank_zero_info
 
 _METHODS = {
     "l1_unstructured": prune.L1Unstructured,

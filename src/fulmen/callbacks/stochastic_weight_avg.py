@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR
 
+from fulmen._utils import rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.callbacks.weight_averaging import _copy_without_trainer
 from fulmen.errors import MisconfigurationException
 from fulmen.trainer.optimizers import LRSchedulerConfig
-from fulmen.utilities import rank_zero_warn
 
 
 def _running_mean(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:

@@ -7,10 +7,10 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any
 
+from fulmen._utils import rank_zero_info
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
 from fulmen.trainer.state import RunningStage
-from fulmen.utilities import rank_zero_info
 
 
 class Interval(Enum):

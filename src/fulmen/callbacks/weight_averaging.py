@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
+from fulmen._utils import rank_zero_warn
 from fulmen.callbacks.callback import Callback
-from fulmen.utilities import rank_zero_warn
 
 
 def _copy_without_trainer(module: nn.Module) -> nn.Module:

@@ -20,15 +20,14 @@ from fulmen.loggers.logger import (
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
-    _atomic_write_text,
     _convert_params,
     _filesystem,
     _join,
     _scalar,
     _version_dir,
     _warn,
-    _write_hparams_yaml,
 )
+from fulmen.saving import _atomic_write_text, _write_hparams_yaml
 
 
 class ExperimentWriter:

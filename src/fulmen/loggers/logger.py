@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fulmen.errors import missing_extra
+from fulmen.saving import _filesystem, _scalar
 
 
 class Logger(ABC):
@@ -197,7 +198,7 @@ def _global_rank() -> int:
     """This process's global rank: what the strategy recorded, else the launcher's environment."""
     try:
         # the strategies keep this up to date once processes start; imported here to keep torch off import time
-        from fulmen.utilities import rank_zero_only
+        from fulmen._utils import rank_zero_only
 
         return int(getattr(rank_zero_only, "rank", 0))
     except ImportError:
@@ -272,13 +273,6 @@ def _flatten_dict(params: Mapping[Any, Any], delimiter: str = "/", parent_key: s
     return flat
 
 
-def _scalar(value: Any) -> Any:
-    """A one-element tensor or numpy scalar as a Python number; anything else unchanged."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return value.item()
-    return value
-
-
 def _sanitize_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Keep bool/int/float/str values (unwrapping scalar tensors); anything else becomes its ``str``.
 
@@ -302,58 +296,6 @@ def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict
     if not prefix:
         return dict(metrics)
     return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
-
-
-def _yaml_safe(value: Any) -> Any:
-    """A copy of ``value`` that ``yaml.safe_dump`` can write and ``yaml.safe_load`` can read back.
-
-    Lightning writes arbitrary objects with Python tags (``!!python/object``), which only an unsafe
-    loader reads; fulmen writes such objects as their ``str`` so that hparams.yaml is always safe to load.
-    """
-    value = _scalar(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, argparse.Namespace):
-        value = vars(value)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {str(k) if not isinstance(k, (int, float, bool)) else k: _yaml_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_yaml_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # tensors and numpy arrays with more than one element
-        return value.tolist()
-    return str(value)
-
-
-def _write_hparams_yaml(fs: Any, path: str, hparams: Mapping[str, Any]) -> None:
-    """Write ``hparams`` as YAML to ``path`` on the fsspec filesystem ``fs``, replacing it whole."""
-    import yaml  # only needed when hyperparameters are saved
-
-    text = yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True)
-    _atomic_write_text(fs, path, text)
-
-
-def _atomic_write_text(fs: Any, path: str, text: str) -> None:
-    """Write to a sibling temp file, then rename over ``path``: readers never see half a file.
-
-    The rename is atomic on local disks; on object stores it is still a whole-file replace.
-    """
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "w", newline="") as f:
-        f.write(text)
-    fs.mv(tmp, path)
-
-
-def _filesystem(path: str | os.PathLike) -> tuple[Any, str]:
-    """The fsspec filesystem for ``path`` and the path as that filesystem spells it."""
-    from fsspec.core import url_to_fs
-
-    path = str(path)
-    if "://" not in path:
-        path = os.path.expanduser(os.path.expandvars(path))
-    fs, _ = url_to_fs(path)
-    return fs, path
 
 
 def _next_version(fs: Any, root_dir: str) -> int:

@@ -28,8 +28,8 @@ from fulmen.loggers.logger import (
     _scalar,
     _version_dir,
     _warn,
-    _write_hparams_yaml,
 )
+from fulmen.saving import _write_hparams_yaml
 
 
 class TensorBoardLogger(_VersionedLogger):

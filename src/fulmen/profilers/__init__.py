@@ -20,13 +20,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Iterator
 
+from fulmen._utils import is_overridden
 from fulmen.errors import MisconfigurationException
 from fulmen.profilers.advanced import AdvancedProfiler
-from fulmen.profilers.base import PassThroughProfiler
-from fulmen.profilers.profiler import Profiler
+from fulmen.profilers.profiler import PassThroughProfiler, Profiler
 from fulmen.profilers.pytorch import PyTorchProfiler
 from fulmen.profilers.simple import SimpleProfiler
-from fulmen.utilities import is_overridden
 
 __all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]
 

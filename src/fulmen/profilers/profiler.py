@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fulmen.utilities import rank_zero_info
+from fulmen._utils import rank_zero_info
 
-__all__ = ["Profiler"]
+__all__ = ["PassThroughProfiler", "Profiler"]
 
 
 class Profiler:
@@ -100,4 +100,19 @@ class Profiler:
 
     def teardown(self, stage: str | None) -> None:
         """Called by the Trainer after a run; the base keeps its records."""
+
+
+class PassThroughProfiler(Profiler):
+    """What ``Trainer(profiler=None)`` uses: ``profile()`` works in user code and records nothing."""
+
+    active = False
+
+    def start(self, action_name: str) -> None:
+        pass
+
+    def stop(self, action_name: str) -> None:
+        pass
+
+    def summary(self) -> str:
+        return ""
 

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.strategy import Strategy
-from fulmen.utilities import apply_to_collection, set_global_rank
+from fulmen._utils import apply_to_collection, set_global_rank
 
 _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT"}
 
@@ -147,6 +147,8 @@ class ParallelStrategy(Strategy):
                 ) from exc
             raise
         import atexit
+
+        from fulmen.strategies.launcher import _destroy_process_group
 
         atexit.register(_destroy_process_group)  # else gloo's threads are killed mid-flight at exit
 
@@ -378,25 +380,3 @@ class DDPStrategy(ParallelStrategy):
 
 def _convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place for a LightningModule's children
-
-
-
-def _destroy_process_group() -> None:
-    """At exit: wait until every process is done with the group, then close it. A process that closes its
-    connections while a peer still reads from them makes the peer's transport thread abort."""
-    from fulmen.strategies import launcher
-
-    dist = _dist()
-    if not dist.is_initialized():
-        return
-    if launcher.FAILED:  # the peers may be waiting in a collective this process will never join
-        dist.destroy_process_group()
-        return
-    try:
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=timedelta(seconds=60))
-        else:
-            dist.barrier()
-    except Exception:  # noqa: BLE001 - a peer is gone already: nothing to wait for
-        pass
-    dist.destroy_process_group()

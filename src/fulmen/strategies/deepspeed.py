@@ -12,7 +12,6 @@ the engine. DeepSpeed runs on CPU too (gloo), which is how the tests run it. Nee
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -31,34 +30,11 @@ from fulmen.precision import Precision
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies._forward import call_as_forward
 from fulmen.strategies.ddp import ParallelStrategy, _training
-from fulmen.utilities import apply_to_collection, rank_zero_warn
+from fulmen.strategies.sharded_checkpoint import deepspeed_available, import_deepspeed
+from fulmen._utils import apply_to_collection, rank_zero_warn
 
 _TAG = "checkpoint"  # the tag folder inside a checkpoint directory (Lightning's name, so its tools read ours)
 _DTYPE_KEYS = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16", "16-true": "fp16"}
-
-
-def deepspeed_available() -> bool:
-    """Whether ``import deepspeed`` can work, found without importing it (which takes seconds)."""
-    if "deepspeed" in sys.modules:
-        return sys.modules["deepspeed"] is not None
-    try:
-        return importlib.util.find_spec("deepspeed") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def import_deepspeed(feature: str, logging_level: int = logging.WARNING) -> Any:
-    """``import deepspeed`` quietly: on a machine without a GPU it is told to use its CPU accelerator, and its
-    own logger shows ``logging_level`` and above. Raises the install command when it is missing."""
-    if not deepspeed_available():
-        raise missing_extra("deepspeed", "deepspeed", feature)
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick anyway, without its warning about it
-    import deepspeed
-    from deepspeed.utils import logger
-
-    logger.setLevel(logging_level)
-    return deepspeed
 
 
 def _skip_shm_comm_build(deepspeed: Any) -> None:
@@ -342,7 +318,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         if not module.automatic_optimization and module.trainer.accumulate_grad_batches != 1:
             raise MisconfigurationException("accumulate_grad_batches does not apply to manual optimization.")
         from fulmen.module import LightningModule
-        from fulmen.utilities import is_overridden
+        from fulmen._utils import is_overridden
 
         if is_overridden("configure_gradient_clipping", module, LightningModule):
             rank_zero_warn(

@@ -27,7 +27,7 @@ from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies._forward import call_as_forward
 from fulmen.strategies.ddp import ParallelStrategy, _training
-from fulmen.utilities import rank_zero_warn
+from fulmen._utils import rank_zero_warn
 
 _SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 # FSDP1 options with no FSDP2 counterpart, accepted so Lightning code runs: FSDP2 always behaves as asked here

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -297,14 +298,12 @@ def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: 
             for t in [*module.parameters(), *module.buffers()]:
                 t.data = t.data.clone()
     result = function(*args, **kwargs)
-    from fulmen.strategies.ddp import _destroy_process_group
-
     _destroy_process_group()  # workers end without atexit handlers
     if strategy.global_rank != 0:
         return
     module = trainer.lightning_module
     to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-    from fulmen.utilities import apply_to_collection
+    from fulmen._utils import apply_to_collection
 
     weights = {k: to_cpu(v) for k, v in module.state_dict().items()}
     metrics = apply_to_collection(dict(trainer.callback_metrics), torch.Tensor, to_cpu)
@@ -369,3 +368,23 @@ def _check_picklable(trainer: Any, function: Callable, args: tuple) -> None:
         f"cannot be pickled ({type(error).__name__}: {error}). Use strategy='ddp' (which re-runs your script instead), or "
         "make that attribute picklable (e.g. create it in setup())."
     ) from error
+
+
+def _destroy_process_group() -> None:
+    """At exit: wait until every process is done with the group, then close it. A process that closes its
+    connections while a peer still reads from them makes the peer's transport thread abort."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if FAILED:  # the peers may be waiting in a collective this process will never join
+        dist.destroy_process_group()
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer is gone already: nothing to wait for
+        pass
+    dist.destroy_process_group()

@@ -14,14 +14,17 @@ plain ``torch.load`` read.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import shutil
+import sys
 from typing import Any, Callable
 
 import torch
 
 from fulmen.checkpoint import _fsync_dir
-from fulmen.errors import CheckpointError
+from fulmen.errors import CheckpointError, missing_extra
 
 META_FILE = "meta.pt"  # the non-tensor part of a sharded FSDP checkpoint (Lightning's name for it)
 _DCP_METADATA = ".metadata"
@@ -32,6 +35,30 @@ _DEEPSPEED_KEYS = {
     "skipped_steps", "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version",
     "checkpoint_parallel_dimensions", "fulmen_keys",
 }
+
+
+def deepspeed_available() -> bool:
+    """Whether ``import deepspeed`` can work, found without importing it (which takes seconds)."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"] is not None
+    try:
+        return importlib.util.find_spec("deepspeed") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_deepspeed(feature: str, logging_level: int = logging.WARNING) -> Any:
+    """``import deepspeed`` quietly: on a machine without a GPU it is told to use its CPU accelerator, and its
+    own logger shows ``logging_level`` and above. Raises the install command when it is missing."""
+    if not deepspeed_available():
+        raise missing_extra("deepspeed", "deepspeed", feature)
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would pick anyway, without its warning about it
+    import deepspeed
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging_level)
+    return deepspeed
 
 
 def _local_dir(path: Any) -> str | None:
@@ -195,8 +222,6 @@ def _read_dcp(path: str) -> dict[str, Any]:
 
 
 def _load_deepspeed(path: str, tag: str | None = None) -> dict[str, Any]:
-    from fulmen.strategies.deepspeed import import_deepspeed
-
     import_deepspeed("Reading a DeepSpeed checkpoint")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -291,3 +316,38 @@ def cli_main(args: list[str]) -> int:
         return 1 if "pip install" in str(err) else 2
     print(out)
     return 0
+
+
+def ds_checkpoint_dir(checkpoint_dir: Any, tag: str | None = None) -> str:
+    """The tag folder inside a DeepSpeed checkpoint directory (the one ``latest`` names when ``tag`` is None).
+
+    Example::
+
+        ds_checkpoint_dir("checkpoints/last.ckpt")  # 'checkpoints/last.ckpt/checkpoint'
+    """
+    path = os.fspath(checkpoint_dir)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is not a directory; pass the directory a DeepSpeed run saved.")
+    folder = os.path.join(path, tag or _deepspeed_tag(path))
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"DeepSpeed checkpoint {path!r} has no tag folder {os.path.basename(folder)!r}.")
+    return folder
+
+
+def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: Any, output_file: Any, tag: str | None = None) -> dict:
+    """Write the DeepSpeed (ZeRO) checkpoint directory ``checkpoint_dir`` as one float32 checkpoint file that
+    ``load_from_checkpoint`` and ``torch.load`` read; returns what was written.
+
+    Example::
+
+        convert_zero_checkpoint_to_fp32_state_dict("checkpoints/last.ckpt", "last-fp32.ckpt")
+        model = LitModel.load_from_checkpoint("last-fp32.ckpt")
+    """
+    from fulmen.checkpoint import save_checkpoint
+
+    path = os.fspath(checkpoint_dir)
+    if kind(path) != "deepspeed":
+        raise CheckpointError(f"{path!r} is not a DeepSpeed checkpoint directory (it has no 'latest' or tag folder).")
+    checkpoint = _load_deepspeed(path, tag)
+    save_checkpoint(checkpoint, output_file)
+    return checkpoint

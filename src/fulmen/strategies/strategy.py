@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.overrides import TorchFunctionMode
 
+from fulmen._utils import move_data_to_device
 from fulmen.precision import Precision
-from fulmen.utilities import move_data_to_device
 
 
 class Strategy:

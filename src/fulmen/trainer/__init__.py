@@ -1,6 +1,6 @@
 """The Trainer and its loops."""
 
+from fulmen._utils import seed_everything
 from fulmen.trainer.trainer import Trainer
-from fulmen.utilities import seed_everything
 
 __all__ = ["Trainer", "seed_everything"]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Iterator
 
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import is_overridden
+from fulmen._utils import is_overridden
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 
@@ -416,7 +416,7 @@ class _SkipFirst:
         if not self.skip and self.rng is None:
             yield from self.sampler
             return
-        from fulmen.utilities import collect_rng_states, restore_rng_states
+        from fulmen._utils import collect_rng_states, restore_rng_states
 
         skip, self.skip, rng, self.rng = self.skip, 0, self.rng, None
         now = collect_rng_states() if rng is not None else None
@@ -497,7 +497,7 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False)
         loader.load_state_dict(state)
         return iter(loader)
     if _map_style_loader(loader):
-        from fulmen.utilities import collect_rng_states, restore_rng_states
+        from fulmen._utils import collect_rng_states, restore_rng_states
 
         # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
         # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
@@ -525,7 +525,7 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False)
     global _replay_warned
     if not _replay_warned:
         _replay_warned = True
-        from fulmen.utilities import rank_zero_warn
+        from fulmen._utils import rank_zero_warn
 
         rank_zero_warn(
             f"Resuming mid-epoch: the training data ({type(loader).__name__}) has neither a sampler nor "

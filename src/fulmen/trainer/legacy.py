@@ -9,8 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from fulmen._utils import is_overridden
 from fulmen.errors import LegacyAPIError
-from fulmen.utilities import is_overridden
 
 _OUTPUTS_HINT = "To use the step outputs, keep them on the module (e.g. append to a list in the step) and clear it there."
 

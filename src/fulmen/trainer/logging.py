@@ -242,7 +242,7 @@ class ResultCollection:
 
     def batch_size(self) -> int:
         if self._batch_size is None:
-            from fulmen.utilities import extract_batch_size
+            from fulmen._utils import extract_batch_size
 
             self._batch_size = extract_batch_size(self.batch) if self.batch is not None else 1
         return self._batch_size
@@ -364,7 +364,7 @@ class ResultCollection:
                 slot.epoch(self._reduce)
             elif slot.valid and slot.on_epoch and slot.name not in _WARNED_UNSYNCED:
                 _WARNED_UNSYNCED.add(slot.name)
-                from fulmen.utilities import rank_zero_warn
+                from fulmen._utils import rank_zero_warn
 
                 rank_zero_warn(f"`self.log({slot.name!r}, ...)` logs an epoch value that each process computes from its "
                                f"own share of the data. Add `sync_dist=True` to reduce it across processes, so every "
@@ -406,7 +406,7 @@ class ResultCollection:
                 "or a callable that reduces a 1-d tensor, such as torch.median."
             )
         if logger and not self.has_logger:
-            from fulmen.utilities import rank_zero_warn
+            from fulmen._utils import rank_zero_warn
 
             rank_zero_warn(f"`self.log({name!r}, ..., logger=True)` was called, but the Trainer has no logger. "
                            "Pass one, e.g. `Trainer(logger=CSVLogger('logs'))`.")
@@ -492,11 +492,6 @@ class MetricsHub:
     def progress_bar_metrics(self) -> dict[str, float]:
         self._absorb(self._current)
         return to_floats(self.pbar)
-
-    def clear_views(self) -> None:
-        self.callback.clear()
-        self.logged.clear()
-        self.pbar.clear()
 
     # -- events from the loops --------------------------------------------------------------------
     def _dataloader_done(self, results: ResultCollection) -> None:

@@ -21,7 +21,7 @@ from fulmen.precision import Precision
 from fulmen.trainer import data as _data
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn
-from fulmen.utilities import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
+from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
 
 
 def _module_cls() -> type:
@@ -147,7 +147,7 @@ def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | No
 
 def _merge_model_callbacks(trainer: Any, module: Any) -> None:
     """Callbacks from ``configure_callbacks`` replace the Trainer's of the same type; checkpoints go last."""
-    from fulmen.trainer.trainer import _reorder
+    from fulmen.callbacks.model_checkpoint import _reorder
 
     extra = module.configure_callbacks()
     if not extra:
@@ -1163,7 +1163,7 @@ def _gather_predictions(trainer: Any, loader: Any, preds: list[Any]) -> list[Any
     sampler = getattr(loader, "sampler", None)
     indices = list(sampler) if isinstance(sampler, _data.UnrepeatedDistributedSampler) else None
     to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-    from fulmen.utilities import apply_to_collection
+    from fulmen._utils import apply_to_collection
 
     gathered = trainer.strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
     batch_size = getattr(loader, "batch_size", None)
@@ -1181,7 +1181,7 @@ def _gather_predictions(trainer: Any, loader: Any, preds: list[Any]) -> list[Any
 
 def _unbatch(batch: Any) -> list[Any]:
     found: list[int] = []
-    from fulmen.utilities import apply_to_collection
+    from fulmen._utils import apply_to_collection
 
     apply_to_collection(batch, Tensor, lambda t: found.append(t.shape[0] if t.ndim else -1))
     if not found or len(set(found)) != 1 or found[0] < 0:
@@ -1194,14 +1194,14 @@ def _unbatch(batch: Any) -> list[Any]:
 # ==================================================================================================
 def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     """The whole resumable state of the run, as one dict (Lightning's layout plus fulmen's loop state)."""
-    import fulmen
+    from fulmen._version import __version__
 
     module = trainer.lightning_module
     checkpoint: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "pytorch-lightning_version": "2.5.0",  # lets Lightning's own loaders read fulmen checkpoints
-        "fulmen_version": fulmen.__version__,
+        "fulmen_version": __version__,
         "fulmen_saved_at": time.time(),  # ranks checkpoints for ckpt_path="last" (with global_step)
         "state_dict": trainer.strategy.lightning_module_state_dict(),
         "loops": {"fulmen": _loop_state_for_save(trainer)},

@@ -9,8 +9,8 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
+from fulmen._utils import rank_zero_warn
 from fulmen.errors import MisconfigurationException
-from fulmen.utilities import rank_zero_warn
 
 
 @dataclass

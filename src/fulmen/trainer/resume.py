@@ -16,8 +16,8 @@ import re
 from typing import Any
 
 from fulmen import checkpoint as _io
+from fulmen._utils import rank_zero_info, rank_zero_warn
 from fulmen.errors import CheckpointCorruptedError, CheckpointError, MisconfigurationException
-from fulmen.utilities import rank_zero_info, rank_zero_warn
 
 PREEMPTED_NAME = "preempted.ckpt"
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")

@@ -19,7 +19,7 @@ import subprocess
 import threading
 from typing import Any
 
-from fulmen.utilities import rank_zero_info, rank_zero_warn
+from fulmen._utils import rank_zero_info, rank_zero_warn
 
 # With several processes, ranks agree on "stop" every this many optimizer steps (one tiny collective);
 # on one process the bool is read after every step, which costs nothing.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
+from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.errors import MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
@@ -24,7 +25,6 @@ from fulmen.trainer import loops
 from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
-from fulmen.utilities import is_overridden, rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLogger`); no import cost
     from fulmen.loggers.logger import Logger
@@ -511,6 +511,7 @@ class Trainer(metaclass=_CheckedInit):
     def _make_callbacks(self, callbacks: Any, enable_checkpointing: bool | None, enable_progress_bar: bool | None,
                         enable_model_summary: bool | None) -> list[Callback]:
         from fulmen import callbacks as cbs
+        from fulmen.callbacks.model_checkpoint import _reorder
 
         given = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         for cb in given:
@@ -899,7 +900,7 @@ class Trainer(metaclass=_CheckedInit):
                 self.state.status = TrainerStatus.FINISHED
                 return result
             except BaseException as exc:
-                from fulmen.tuner import _TunerExitException
+                from fulmen.errors import _TunerExitException
 
                 if isinstance(exc, _TunerExitException):  # a tuner finished its search inside fit: a clean stop
                     self.state.status = TrainerStatus.FINISHED
@@ -1081,11 +1082,3 @@ def _from_compiled(model: Any) -> Any:
         setattr(module, name, ctx(fn))
     return module
 
-
-def _reorder(callbacks: list[Callback]) -> list[Callback]:
-    """Checkpoint callbacks run last, so they see what every other callback did first."""
-    from fulmen.callbacks.model_checkpoint import Checkpoint
-
-    return [cb for cb in callbacks if not isinstance(cb, Checkpoint)] + [
-        cb for cb in callbacks if isinstance(cb, Checkpoint)
-    ]

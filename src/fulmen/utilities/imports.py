@@ -10,28 +10,11 @@ Example::
         from torchvision import transforms
 """
 
-from __future__ import annotations
+from fulmen._lightning_utils import (_JSONARGPARSE_AVAILABLE, _OMEGACONF_AVAILABLE, _ONNX_AVAILABLE, _RICH_AVAILABLE,
+                                     _TENSORBOARDX_AVAILABLE, _TENSORBOARD_AVAILABLE, _TORCHVISION_AVAILABLE)
+from fulmen._utils import package_available
 
-from importlib.util import find_spec
-
-
-def package_available(name: str) -> bool:
-    """Whether ``name`` can be imported, found without importing it.
-
-    Example::
-
-        package_available("rich")  # True when rich is installed
-    """
-    try:
-        return find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-_TORCHVISION_AVAILABLE = package_available("torchvision")
-_RICH_AVAILABLE = package_available("rich")
-_OMEGACONF_AVAILABLE = package_available("omegaconf")
-_TENSORBOARD_AVAILABLE = package_available("tensorboard")
-_TENSORBOARDX_AVAILABLE = package_available("tensorboardX")
-_JSONARGPARSE_AVAILABLE = package_available("jsonargparse")
-_ONNX_AVAILABLE = package_available("onnx")
+__all__ = [
+    "_JSONARGPARSE_AVAILABLE", "_OMEGACONF_AVAILABLE", "_ONNX_AVAILABLE", "_RICH_AVAILABLE",
+    "_TENSORBOARDX_AVAILABLE", "_TENSORBOARD_AVAILABLE", "_TORCHVISION_AVAILABLE", "package_available",
+]

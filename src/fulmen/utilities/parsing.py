@@ -7,25 +7,7 @@ Example::
     is_picklable(lambda x: x)  # False
 """
 
-from __future__ import annotations
-
-import pickle
-from typing import Any
-
-from fulmen.utilities import AttributeDict
+from fulmen._lightning_utils import is_picklable
+from fulmen._utils import AttributeDict
 
 __all__ = ["AttributeDict", "is_picklable"]
-
-
-def is_picklable(obj: Any) -> bool:
-    """Whether ``pickle.dumps(obj)`` succeeds (what a checkpoint's hyperparameters need).
-
-    Example::
-
-        is_picklable({"lr": 0.1}), is_picklable(open(__file__))  # (True, False)
-    """
-    try:
-        pickle.dumps(obj)
-    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
-        return False
-    return True

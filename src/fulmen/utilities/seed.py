@@ -9,34 +9,7 @@ Example::
         torch.rand(3)        # the global generators are back where they were after the block
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from fulmen.utilities import collect_rng_states, pl_worker_init_function, restore_rng_states, seed_everything
+from fulmen._lightning_utils import isolate_rng
+from fulmen._utils import pl_worker_init_function, seed_everything
 
 __all__ = ["isolate_rng", "pl_worker_init_function", "seed_everything"]
-
-
-@contextmanager
-def isolate_rng(include_cuda: bool = True) -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's random states on leaving the block.
-
-    ``include_cuda=False`` leaves the CUDA generators alone (e.g. in a forked process that must not
-    initialise CUDA).
-
-    Example::
-
-        torch.manual_seed(1)
-        with isolate_rng():
-            a = torch.rand(1)
-        b = torch.rand(1)   # equal to a: the block did not advance the generator
-    """
-    states = collect_rng_states()
-    if not include_cuda:
-        states.pop("torch.cuda", None)
-    try:
-        yield
-    finally:
-        restore_rng_states(states)

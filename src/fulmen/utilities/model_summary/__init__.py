@@ -8,14 +8,9 @@ Example::
     summary.total_parameters, summary.layer_names
 """
 
-from fulmen.utilities.model_summary.model_summary import (
-    LayerSummary,
-    ModelSummary,
-    get_formatted_model_size,
-    get_human_readable_count,
-    parse_batch_shape,
-    summarize,
-)
+from fulmen.summary import (LayerSummary, ModelSummary, get_formatted_model_size, get_human_readable_count,
+                            parse_batch_shape)
+from fulmen.summary import model_summary as summarize
 
 __all__ = [
     "LayerSummary", "ModelSummary", "get_formatted_model_size", "get_human_readable_count", "parse_batch_shape",
