@@ -1,4 +1,4 @@
-"""The composition matrix: the program a user writes first (``program.py``) under every strategy.
+"""The composition matrix: the program a user writes first (``matrix_program.py``) under every strategy.
 
 Rows are strategies: one device, ``ddp``, ``ddp_spawn``, FSDP (FULL_SHARD and SHARD_GRAD_OP, each with sharded
 and full state dicts), DeepSpeed ZeRO stages 1-3 and their offload variants; all multi-process rows run 2 CPU
@@ -16,8 +16,8 @@ mid-epoch checkpoint and from ``ckpt_path="last"``). The columns are checks on w
 A combination that cannot work must fail early with a ``fulmen.errors`` exception naming the fix; such cells
 are listed in ``UNSUPPORTED`` and checked for that error.
 
-To re-check without launching again: ``python tests/composition/program.py OUT ROWS fit`` (then ``resume``) for
-the groups in ``GROUPS``, and ``FULMEN_MATRIX_OUT=OUT pytest tests/composition``.
+To re-check without launching again: ``python tests/composition/matrix_program.py OUT ROWS fit`` (then
+``resume``) for the groups in ``GROUPS``, and ``FULMEN_MATRIX_OUT=OUT pytest tests/composition``.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "strategies"))
-import program  # noqa: E402
+import matrix_program as program  # noqa: E402
 from test_ddp import _alive, _env, _ok, _run  # noqa: E402
 
 from fulmen.strategies.deepspeed import deepspeed_available  # noqa: E402
 
-SCRIPT = str(Path(__file__).with_name("program.py"))
+SCRIPT = str(Path(__file__).with_name("matrix_program.py"))
 FSDP = [f"fsdp:{s}:{d}" for s in ("FULL_SHARD", "SHARD_GRAD_OP") for d in ("sharded", "full")]
 DEEPSPEED = ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload",
              "deepspeed_stage_3_offload"]
 ROWS = ["single", "ddp", "ddp_spawn", *FSDP, *DEEPSPEED]
 # rows sharing a launch (one launch per group and phase): a process start costs seconds, DeepSpeed's more
-GROUPS = [["single", "ddp_spawn"], ["ddp", *FSDP], DEEPSPEED]
+GROUPS = [["single"], ["ddp_spawn"], ["ddp", *FSDP], DEEPSPEED]
 ONE_PROCESS = ("single", "ddp_spawn")  # ddp_spawn's calling process holds the results
 
 # (row, part) -> the fulmen.errors exception and a phrase of its message that names the fix
@@ -70,29 +70,38 @@ def _row_params(rows: list[str]) -> list:
 
 
 _CACHE: dict[str, dict] = {}
+TIMEOUT = 600  # per launch; a quiet machine needs a fraction of it
 
 
 def _launch(out: Path, rows: list[str], phase: str) -> None:
     cmd = [sys.executable, SCRIPT, str(out), ",".join(rows), phase]
-    _ok(_run([(cmd, _env())], out))
+    _ok(_run([(cmd, _env())], out, timeout=TIMEOUT))
 
 
 def results(row: str, tmp_path_factory) -> dict:
-    """What every rank of ``row`` reported; the row's group is launched once per session (fit, then resume)."""
+    """What every rank of ``row`` reported; the row's group is launched once per session (fit, then resume).
+    A failed launch fails every check of its rows without launching again."""
     if row not in _CACHE:
         group = next(g for g in GROUPS if row in g)
-        if os.environ.get("FULMEN_MATRIX_OUT"):  # re-check the reports of an earlier `program.py` launch
-            out = Path(os.environ["FULMEN_MATRIX_OUT"])
-        else:
-            out = tmp_path_factory.mktemp("matrix")
-            _launch(out, group, "fit")
-            _launch(out, group, "resume")
-            assert not _alive(str(out))
-        for r in group:
-            folder = out / r.replace(":", "-")
-            ranks = range(1 if r in ONE_PROCESS else 2)
-            _CACHE[r] = {"out": folder, **{phase: [json.loads((folder / f"{phase}-rank{k}.json").read_text())
-                                                   for k in ranks] for phase in ("fit", "resume")}}
+        try:
+            if os.environ.get("FULMEN_MATRIX_OUT"):  # re-check the reports of an earlier `matrix_program.py` launch
+                out = Path(os.environ["FULMEN_MATRIX_OUT"])
+            else:
+                out = tmp_path_factory.mktemp("matrix")
+                _launch(out, group, "fit")
+                _launch(out, group, "resume")
+                assert not _alive(str(out))
+            for r in group:
+                folder = out / r.replace(":", "-")
+                ranks = range(1 if r in ONE_PROCESS else 2)
+                _CACHE[r] = {"out": folder, **{phase: [json.loads((folder / f"{phase}-rank{k}.json").read_text())
+                                                       for k in ranks] for phase in ("fit", "resume")}}
+        except BaseException as err:
+            for r in group:
+                _CACHE[r] = {"failed": err}
+            raise
+    if "failed" in _CACHE[row]:
+        raise AssertionError(f"the launch of {row}'s group failed earlier") from _CACHE[row]["failed"]
     return _CACHE[row]
 
 

@@ -1,23 +1,24 @@
 """The program a user writes first, run by test_matrix.py under one strategy ("row") per launch.
 
-``python program.py OUT ROW[,ROW...] fit`` runs, in a fresh launch (2 processes, or 1 for the row ``single``),
-for each row (strategy) in turn:
+``python matrix_program.py OUT ROW[,ROW...] fit`` runs, in a fresh launch (2 processes, or 1 for the row
+``single``), for each row (strategy) in turn:
 
 - ``full``: the standard program, every feature on: ``seed_everything(7)``, a shuffled training loader with 2
   workers and a random augmentation, dropout, AdamW with a per-step StepLR, ``accumulate_grad_batches=2``,
   ``gradient_clip_val=1.0``, validation with the sanity check and ``val_check_interval=0.5``,
   ``EarlyStopping(monitor="val_loss")``, ``ModelCheckpoint(every_n_train_steps=3, save_top_k=-1,
   save_last=True)``; then ``validate``, ``test`` and ``predict`` on the same trainer. A callback copies the
-  checkpoint folder as it is after step 7, holding the step-6 checkpoint (mid-epoch 2), as if the run had died there.
+  checkpoint folder as it is after step 7, holding the step-6 checkpoint (mid-epoch 2), as if the run had
+  died there.
 - ``det``: the same program with its random parts made deterministic (dropout 0, no augmentation, no
   shuffling; workers, sanity check, clipping, accumulation, scheduler stay), so that its weights and logged
   values can be compared across strategies; it adds a torchmetrics metric logged per epoch, two validation
   loaders, an EarlyStopping that stops the run, and ``trainer.test(ckpt_path="best")``.
 - ``manual``: manual optimization with two optimizers (deterministic).
-- ``bf16``: ``det`` under ``precision="bf16-mixed"``.
+- ``bf16``: the deterministic program (one validation loader) under ``precision="bf16-mixed"``.
 
-``python program.py OUT ROW[,ROW...] resume`` (a new launch) resumes ``full`` from its step-3 checkpoint (mid-epoch 1)
-and, with ``ckpt_path="last"``, from the copied folder; both must end where ``full`` ended.
+``python matrix_program.py OUT ROW[,ROW...] resume`` (a new launch) resumes ``full`` from its step-3
+checkpoint (mid-epoch 1) and, with ``ckpt_path="last"``, from the copied folder; both must end where ``full`` ended.
 
 Each rank writes ``OUT/<row>/<phase>-rank<N>.json``: weights (whole, gathered where sharded), logged values, eval
 results, or the error a combination that cannot work raised (type and message).
