@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
@@ -114,7 +115,8 @@ class MixedPrecision(Precision):
             scaler = torch.amp.GradScaler(device_type)
         self.scaler = scaler if name == "16-mixed" else None
         self._unscaled: set[int] = set()  # optimizers whose gradients were unscaled since the last step
-        self.autocast = lambda: torch.autocast(self.device_type, dtype=self.dtype)
+        # a partial, not a lambda: strategy="ddp_spawn" pickles the precision plugin with the trainer
+        self.autocast = functools.partial(torch.autocast, self.device_type, dtype=self.dtype)
 
     def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:

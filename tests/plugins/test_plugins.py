@@ -54,3 +54,14 @@ def test_checkpoint_io_plugin_from_lightnings_path_writes_the_checkpoints(tmp_pa
     trainer.fit(BoringModel())
     assert len(Counting.saved) == 1 and Counting.saved[0].endswith(".ckpt")
     assert torch.load(Counting.saved[0], weights_only=False)["global_step"] == 2
+
+
+def test_mixed_precision_survives_pickling_for_spawned_processes():
+    """strategy="ddp_spawn" pickles the trainer, precision plugin included; the copy still autocasts."""
+    import pickle
+
+    from fulmen.plugins.precision import MixedPrecision
+
+    copy = pickle.loads(pickle.dumps(MixedPrecision("bf16-mixed", "cpu")))
+    with copy.forward_context():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

@@ -35,14 +35,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(commands: list[tuple[list[str], dict[str, str]]], out: Path) -> list[subprocess.CompletedProcess]:
+def _run(commands: list[tuple[list[str], dict[str, str]]], out: Path,
+         timeout: float = TIMEOUT) -> list[subprocess.CompletedProcess]:
     """Start every command in its own process group, wait for all; on a timeout or failure kill the groups."""
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True) for cmd, env in commands]
     results = []
     try:
         for proc in procs:
-            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            stdout, stderr = proc.communicate(timeout=timeout)
             results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
     finally:
         for proc in procs:

@@ -369,6 +369,7 @@ class FSDPStrategy(ParallelStrategy):
         from fulmen.checkpoint import load_checkpoint
 
         path = os.fspath(filepath)
+        _reshard(self.model)
         checkpoint = load_checkpoint(os.path.join(path, sharded_checkpoint.META_FILE), weights_only=weights_only)
         saved_optimizers = checkpoint.pop("fulmen_sharded", {}).get("optimizers")
         # this run's own (sharded) state dicts say which slice of each tensor to read
@@ -393,6 +394,7 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         full = not _holds_dtensors(state_dict)
+        _reshard(self.model)
         set_model_state_dict(self.model, state_dict, options=StateDictOptions(full_state_dict=full, strict=strict))
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
@@ -406,6 +408,17 @@ class FSDPStrategy(ParallelStrategy):
             state = sharded_checkpoint.optimizer_state_by_name(
                 state, [names[id(p)] for group in optimizer.param_groups for p in group["params"]])
         set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=full))
+
+
+def _reshard(module: nn.Module) -> None:
+    """Free the gathered parameters that a forward without backward left behind (evaluation, with
+    reshard_after_forward=False as under SHARD_GRAD_OP and for the root): loading writes into the shards,
+    and the next forward would otherwise reuse the stale gathered copies."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
 
 
 def _is_sharded(module: Any) -> bool:

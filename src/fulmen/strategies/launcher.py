@@ -271,7 +271,12 @@ class SpawnLauncher:
             _check_picklable(trainer, function, args)
         ctx = mp.get_context(method)
         queue = ctx.SimpleQueue()
-        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue),
+        from fulmen.utilities import collect_rng_states
+
+        # a spawned worker starts with fresh generators: give it this process's, so that a seed_everything
+        # before fit seeds the workers' dropout and loaders as it seeds each process started by strategy="ddp"
+        rng = collect_rng_states()
+        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue, rng),
                                      nprocs=strategy.num_processes, start_method=method, join=False)
         output = None
         while not context.join(0.1):
@@ -288,8 +293,11 @@ class SpawnLauncher:
 
 
 def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
-            trainer: Any, queue: Any) -> None:
+            trainer: Any, queue: Any, rng: dict[str, Any]) -> None:
+    from fulmen.utilities import restore_rng_states
+
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by the environment (and by user code, as under torchrun)
+    restore_rng_states(rng)
     strategy.set_world_ranks()
     if trainer is not None and strategy._start_method != "fork":
         # pickling for the workers put the weights in shared memory: each worker needs its own copy
