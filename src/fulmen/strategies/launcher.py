@@ -271,7 +271,7 @@ class SpawnLauncher:
             _check_picklable(trainer, function, args)
         ctx = mp.get_context(method)
         queue = ctx.SimpleQueue()
-        from fulmen.utilities import collect_rng_states
+        from fulmen._utils import collect_rng_states
 
         # a spawned worker starts with fresh generators: give it this process's, so that a seed_everything
         # before fit seeds the workers' dropout and loaders as it seeds each process started by strategy="ddp"
@@ -294,7 +294,7 @@ class SpawnLauncher:
 
 def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
             trainer: Any, queue: Any, rng: dict[str, Any]) -> None:
-    from fulmen.utilities import restore_rng_states
+    from fulmen._utils import restore_rng_states
 
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by the environment (and by user code, as under torchrun)
     restore_rng_states(rng)
