@@ -255,7 +255,8 @@ class ParallelStrategy(Strategy):
         if not dist.is_initialized():
             return lambda: decision
         world = self.world_size
-        votes = torch.tensor(int(bool(decision)), device=self.root_device)
+        # filled on the device (torch.tensor(x, device=...) would copy from the host and wait for the stream)
+        votes = torch.full((), int(bool(decision)), dtype=torch.int64, device=self.root_device)
         work = dist.all_reduce(votes, op=dist.ReduceOp.SUM, async_op=True)
         event = None
         if votes.is_cuda:  # the stream waits for the vote, then copies it to pinned host memory; the host goes on
