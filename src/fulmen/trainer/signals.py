@@ -2,10 +2,11 @@
 
 The handler only sets a Python bool; the training loop reads it after each optimizer step (and, with
 several processes, the ranks vote on it every few steps through the strategy and read the vote one step
-later, so every rank stops at the same step without ever waiting for the others). Then the Trainer writes a resumable checkpoint where ``ckpt_path="last"`` finds it,
-requeues a SLURM job when asked, and raises :class:`~fulmen.errors.SIGTERMException`: ``on_exception``
-hooks and the loggers' ``finalize`` run, and the process exits with status ``128 + signal`` (143 for
-SIGTERM), as a shell reports a process ended by that signal, so schedulers see an unfinished job.
+later, so every rank stops at the same step without waiting for the others). Then the Trainer writes a
+resumable checkpoint where ``ckpt_path="last"`` finds it, requeues a SLURM job when asked, and raises
+:class:`~fulmen.errors.SIGTERMException`: ``on_exception`` hooks and the loggers' ``finalize`` run, and the
+process exits with status ``128 + signal`` (143 for SIGTERM), as a shell reports a process ended by that
+signal, so schedulers see an unfinished job.
 A second signal ends the process at once. Handlers are installed in the main thread only, and the
 previous ones are put back when fit ends.
 """
