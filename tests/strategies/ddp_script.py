@@ -195,6 +195,9 @@ def main() -> None:
     # 2. collectives on the strategy and the module
     s = tr.strategy
     rank = tr.global_rank
+    # votes started now and read later, with other collectives in between
+    votes = [s.start_boolean_decision(rank == 0, all=False), s.start_boolean_decision(rank == 0, all=True),
+             s.start_boolean_decision(True, all=True)]
     report["all_gather"] = model.all_gather(torch.tensor([rank, rank * 10])).tolist()
     report["all_gather_dict"] = model.all_gather({"a": torch.tensor(float(rank))})["a"].tolist()
     report["reduce_mean"] = float(s.reduce(torch.tensor(float(rank + 1))))
@@ -203,6 +206,7 @@ def main() -> None:
     report["broadcast"] = s.broadcast({"from": rank}, src=1)
     report["decision_all"] = s.reduce_boolean_decision(rank == 0, all=True)
     report["decision_any"] = s.reduce_boolean_decision(rank == 0, all=False)
+    report["votes"] = [vote() for vote in votes]
     s.barrier("check")
 
     # 3. predictions come back in sample order, on every rank

@@ -141,6 +141,7 @@ def test_self_launch_trains_like_one_process_with_twice_the_batch(tmp_path, refe
         assert (rep["reduce_mean"], rep["reduce_sum"], rep["reduce_max"]) == (1.5, 3.0, 2.0)
         assert rep["broadcast"] == {"from": 1}
         assert rep["decision_all"] is False and rep["decision_any"] is True
+        assert rep["votes"] == [True, False, True]
         assert rep["predictions"] == [[0.0, 10.0, 20.0], [30.0, 40.0, 50.0], [60.0, 70.0, 80.0], [90.0]]
         assert rep["resume_bitwise"] and rep["resume_changed"]
     assert reports[0]["pid"] != reports[1]["pid"]

@@ -52,3 +52,49 @@ def test_strategy_ddp_needs_a_lightning_module():
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
     with pytest.raises(FulmenError, match="needs a fulmen.LightningModule"):
         trainer.fit(object(), DataLoader([1]))  # fails before any process starts
+
+
+
+IMPORTED_BEFORE_LAUNCH = """
+import os, sys
+import fulmen as pl
+from fulmen.strategies import launcher
+from helpers import BoringModel, make_loader
+
+def probe(self):  # in place of starting the other processes: what this process has imported by then
+    print("torch._dynamo" in sys.modules, flush=True)
+    os._exit(0)
+
+launcher.ScriptLauncher._start_children = probe
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+trainer.fit(BoringModel(), make_loader())
+"""
+
+IMPORTED_BY_ONE_PROCESS_TRAINER = """
+import sys
+import fulmen as pl
+
+pl.Trainer(accelerator="cpu", devices=1, logger=False)
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_the_launching_process_starts_the_others_before_importing_torch_dynamo(tmp_path):
+    """torch._dynamo takes 1-2 s to import (torch imports it at the first optimizer or DDP wrapper). A one-process
+    Trainer pays it at construction, outside fit; the process that starts a DDP run must not pay it before
+    starting the others, which would wait for it and then pay their own."""
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for helpers
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK",
+                                                           "MASTER_ADDR", "MASTER_PORT", "FULMEN_LAUNCHER_PID")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    outputs = []
+    for code in (IMPORTED_BEFORE_LAUNCH, IMPORTED_BY_ONE_PROCESS_TRAINER):
+        run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outputs.append(run.stdout.strip())
+    assert outputs == ["False", "True"]

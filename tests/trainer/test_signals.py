@@ -199,23 +199,27 @@ def test_fit_in_a_thread_leaves_signal_handlers_alone(tmp_path):
     assert result == {"steps": 4} and signal.getsignal(signal.SIGTERM) == before
 
 
-def test_ranks_agree_on_stopping_every_few_steps_only():
-    """With several processes the flag is reduced through the strategy, not on every step."""
+def test_ranks_vote_on_stopping_every_few_steps_and_read_the_vote_a_step_later():
+    """With several processes the flag goes to a vote through the strategy every SYNC_EVERY steps, not on
+    every step, and nobody waits for it: its result is read after the next optimizer step."""
     from fulmen.trainer.signals import SYNC_EVERY, Preemption
 
-    calls = []
+    started, read = [], []
 
     class TwoRanks:
         world_size = 2
 
-        def reduce_boolean_decision(self, decision, all=True):
-            calls.append((decision, all))
-            return True  # the other rank got the signal
+        def start_boolean_decision(self, decision, all=True):
+            vote = len(started)
+            started.append((decision, all))
+            # the other rank had a signal by the second vote
+            return lambda: read.append(vote) or vote == 1
 
     fake = type("T", (), {"strategy": TwoRanks()})()
     p = Preemption(fake)
-    assert [p.check(n) for n in range(1, 2 * SYNC_EVERY + 1)].count(True) == 2
-    assert calls == [(False, False), (False, False)]
+    checks = {n: p.check(n) for n in range(1, 2 * SYNC_EVERY + 2)}
+    assert [n for n, stop in checks.items() if stop] == [2 * SYNC_EVERY + 1]
+    assert started == [(False, False), (False, False)] and read == [0, 1]
 
 
 def test_ctrl_c_ends_as_in_lightning(tmp_path):
@@ -295,7 +299,7 @@ DDP_CHILD = textwrap.dedent('''
 
 
 def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path):
-    """Only rank 1 gets SIGTERM; the ranks agree at the next sync point, save once and all exit 143."""
+    """Only rank 1 gets SIGTERM; the ranks agree a step after the next sync point, save once and all exit 143."""
     from fulmen.trainer.signals import SYNC_EVERY
 
     script = tmp_path / "ddp_child.py"
@@ -307,8 +311,9 @@ def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path):
                            timeout=240)
     assert first.returncode == 143, first.stderr[-2000:]
     stopped = {(tmp_path / f"stopped{r}").read_text() for r in (0, 1)}
-    assert stopped == {str(SYNC_EVERY)}  # the first sync point after the signal, on both ranks
-    assert load_checkpoint(tmp_path / "checkpoints" / "preempted.ckpt")["global_step"] == SYNC_EVERY
+    # the vote of the first sync point after the signal is read a step later, on both ranks
+    assert stopped == {str(SYNC_EVERY + 1)}
+    assert load_checkpoint(tmp_path / "checkpoints" / "preempted.ckpt")["global_step"] == SYNC_EVERY + 1
     second = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
                             timeout=240)
     assert second.returncode == 0, second.stderr[-2000:]

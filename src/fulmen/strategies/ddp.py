@@ -241,6 +241,42 @@ class ParallelStrategy(Strategy):
         dist.all_reduce(votes, op=dist.ReduceOp.SUM)
         return bool(votes == self.world_size) if all else bool(votes > 0)
 
+    def start_boolean_decision(self, decision: bool, all: bool = True) -> Callable[[], bool]:
+        """``reduce_boolean_decision`` without waiting for the other processes (nor, on a GPU, for the device):
+        the vote travels while training goes on, and the returned function reads it, waiting only if it has
+        not arrived. Every process must start the same decisions in the same order.
+
+        Example::
+
+            agreed = trainer.strategy.start_boolean_decision(stop_requested, all=False)
+            ...  # the next training step
+            if agreed():
+                ...
+        """
+        dist = _dist()
+        if not dist.is_initialized():
+            return lambda: decision
+        world = self.world_size
+        # filled on the device (torch.tensor(x, device=...) would copy from the host and wait for the stream)
+        votes = torch.full((), int(bool(decision)), dtype=torch.int64, device=self.root_device)
+        work = dist.all_reduce(votes, op=dist.ReduceOp.SUM, async_op=True)
+        event = None
+        if votes.is_cuda:  # the stream waits for the vote, then copies it to pinned host memory; the host goes on
+            work.wait()
+            votes = votes.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+
+        def agreed() -> bool:
+            if event is not None:
+                event.synchronize()  # recorded a step ago: long done, unlike a sync of the whole stream
+            else:
+                work.wait()
+            count = int(votes)
+            return count == world if all else count > 0
+
+        return agreed
+
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         if self.is_global_zero:

@@ -165,6 +165,19 @@ class Strategy:
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
+    def start_boolean_decision(self, decision: bool, all: bool = True) -> Callable[[], bool]:
+        """``reduce_boolean_decision`` without waiting: starts the agreement and returns a function that
+        gives it. Every process must start the same decisions in the same order.
+
+        Example::
+
+            agreed = trainer.strategy.start_boolean_decision(stop_requested, all=False)
+            ...  # more work; the processes need not meet here
+            if agreed():
+                ...
+        """
+        return lambda: decision
+
     # -- checkpoints ----------------------------------------------------------------------------
     def lightning_module_state_dict(self) -> dict[str, Any]:
         return self.lightning_module.state_dict()

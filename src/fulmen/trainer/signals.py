@@ -1,11 +1,12 @@
 """Preemption: SIGTERM (and SLURM's requeue signal) stop a fit cleanly at the next optimizer step.
 
 The handler only sets a Python bool; the training loop reads it after each optimizer step (and, with
-several processes, agrees on it across ranks every few steps through the strategy, so every rank stops
-at the same step). Then the Trainer writes a resumable checkpoint where ``ckpt_path="last"`` finds it,
-requeues a SLURM job when asked, and raises :class:`~fulmen.errors.SIGTERMException`: ``on_exception``
-hooks and the loggers' ``finalize`` run, and the process exits with status ``128 + signal`` (143 for
-SIGTERM), as a shell reports a process ended by that signal, so schedulers see an unfinished job.
+several processes, the ranks vote on it every few steps through the strategy and read the vote one step
+later, so every rank stops at the same step without waiting for the others). Then the Trainer writes a
+resumable checkpoint where ``ckpt_path="last"`` finds it, requeues a SLURM job when asked, and raises
+:class:`~fulmen.errors.SIGTERMException`: ``on_exception`` hooks and the loggers' ``finalize`` run, and the
+process exits with status ``128 + signal`` (143 for SIGTERM), as a shell reports a process ended by that
+signal, so schedulers see an unfinished job.
 A second signal ends the process at once. Handlers are installed in the main thread only, and the
 previous ones are put back when fit ends.
 """
@@ -21,8 +22,8 @@ from typing import Any
 
 from fulmen._utils import rank_zero_info, rank_zero_warn
 
-# With several processes, ranks agree on "stop" every this many optimizer steps (one tiny collective);
-# on one process the bool is read after every step, which costs nothing.
+# With several processes, ranks vote on "stop" every this many optimizer steps (one tiny collective that
+# nobody waits for: its result is read at the next step); on one process the bool is read after every step.
 SYNC_EVERY = 8
 
 
@@ -58,7 +59,8 @@ class Preemption:
         self.requeue, self.requeue_signal = _requeue_settings(trainer)
         self._previous: dict[int, Any] = {}
         world = trainer.strategy.world_size
-        self._reduce = trainer.strategy.reduce_boolean_decision if world > 1 else None
+        self._start_vote = trainer.strategy.start_boolean_decision if world > 1 else None
+        self._vote: Any = None  # the vote started at the last sync point, read at the next step
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -85,12 +87,17 @@ class Preemption:
         self.signum = signum
 
     def check(self, batches_stepped: int) -> bool:
-        """After an optimizer step: whether every rank stops here (a collective every SYNC_EVERY steps)."""
-        if self._reduce is None:
+        """After an optimizer step: whether every rank stops here. With several processes a vote starts every
+        SYNC_EVERY steps and is read at the step after, when it has long arrived: a blocking collective here
+        would make every rank wait for the slowest one each time."""
+        if self._start_vote is None:
             return self.requested
-        if batches_stepped % SYNC_EVERY:
-            return False
-        return self._reduce(self.requested, all=False)
+        vote, self._vote = self._vote, None
+        if vote is not None and vote():
+            return True
+        if batches_stepped % SYNC_EVERY == 0:
+            self._vote = self._start_vote(self.requested, all=False)
+        return False
 
     def stop(self) -> None:
         """At a step boundary after a signal: save, requeue when asked, and leave fit."""

@@ -9,6 +9,7 @@ import difflib
 import inspect
 import math
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -300,10 +301,6 @@ class Trainer(metaclass=_CheckedInit):
         default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True,
     ) -> None:
-        # torch's first optimizer construction imports torch._dynamo (~1-2 s). Every fit pays it in
-        # configure_optimizers anyway; paying it here keeps that one-time cost out of fit's timings.
-        import torch._dynamo  # noqa: F401
-
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = _resolve_accelerator(accelerator)
         self._device_ids = _parse_devices(devices, self._accelerator)
@@ -322,6 +319,13 @@ class Trainer(metaclass=_CheckedInit):
         keep_own = isinstance(strategy, Strategy) and not given_precision
         self.strategy = _make_strategy(strategy, self._accelerator, self._device_ids, num_nodes,
                                        None if keep_own else prec, checkpoint_io, environment, sync_batchnorm)
+        if self.strategy.world_size == 1:
+            # torch's first optimizer construction imports torch._dynamo (~1-2 s). Every fit pays it in
+            # configure_optimizers anyway; paying it here keeps that one-time cost out of fit's timings. Not
+            # with several processes: a process about to start the others would pay it alone while they wait
+            # to be started; each pays it during set-up instead (DDP's constructor or the first optimizer), all at
+            # the same time, as a torchrun script does.
+            import torch._dynamo  # noqa: F401
 
         # -- loop limits --------------------------------------------------------------------------
         fast_dev_run = int(fast_dev_run) if isinstance(fast_dev_run, bool) else fast_dev_run
@@ -1057,7 +1061,8 @@ def _from_compiled(model: Any) -> Any:
     The Trainer then runs the compiled code while checkpoints, hooks and ``trainer.lightning_module``
     see the plain module (state_dict keys without the ``_orig_mod.`` prefix), as in Lightning.
     """
-    dynamo = getattr(torch, "_dynamo", None)
+    # a compiled model means torch._dynamo is imported; torch's lazy `torch._dynamo` would import it (~1-2 s)
+    dynamo = sys.modules.get("torch._dynamo")
     optimized = getattr(getattr(dynamo, "eval_frame", None), "OptimizedModule", None)
     if optimized is None or not isinstance(model, optimized):
         return model
