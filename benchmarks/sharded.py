@@ -18,15 +18,17 @@ Each process reports, from the kernel's high-water mark (``VmHWM``, reset betwee
 - ``train peak``: the peak during the training steps (optimizer states appear at the first one) and the
   validation runs between them;
 - ``save peak``: with ``--checkpoint``, the peak while ``trainer.save_checkpoint`` writes one after fit;
-- ``process peak``: the largest of these and ``ru_maxrss`` (which the resets lower too); the ratio column
-  compares it with DDP's;
+- ``process peak``: the largest of these and ``ru_maxrss`` (which the resets lower too);
+- ``train/ddp``, ``peak/ddp``: the train peak and the process peak over DDP's;
 - ``model+optim``: the bytes of every distinct storage that holds parameters (its own shard under
   FSDP/ZeRO-3) or optimizer state (DeepSpeed's flat float32 copies included), after training;
 - ``step``: the median wall time of an optimizer step (batch 8 per process), after the first.
 
 Rows: ``ddp``; ``fsdp`` (FSDPStrategy's default wrapping: each element of the model's ``nn.Sequential``
 its own unit); ``fsdp+root`` (``auto_wrap_policy=set()``: the whole model one unit, gathered whole for each
-step); ``fsdp+block`` (``auto_wrap_policy={nn.Linear}``); ``deepspeed_stage_2``; ``deepspeed_stage_3``. The
+step); ``fsdp+block`` (``auto_wrap_policy={nn.Linear}``); ``fsdp+sharded`` (``state_dict_type="sharded"``:
+with ``--checkpoint``, each process writes its shard instead of rank 0 gathering the whole model and optimizer
+state); ``deepspeed_stage_2``; ``deepspeed_stage_3``. The
 processes of one row run before the next row starts, so rows never share the machine's memory. On a CUDA
 machine, ``--accelerator gpu`` adds ``torch.cuda.max_memory_allocated``.
 """
@@ -51,7 +53,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import fulmen as pl  # noqa: E402
 
 ROWS = {"ddp": "ddp", "fsdp": "fsdp", "fsdp+root": "FSDPStrategy(auto_wrap_policy=set())",
-        "fsdp+block": "FSDPStrategy(auto_wrap_policy={nn.Linear})", "deepspeed_stage_2": "deepspeed_stage_2",
+        "fsdp+block": "FSDPStrategy(auto_wrap_policy={nn.Linear})",
+        "fsdp+sharded": "FSDPStrategy(state_dict_type='sharded')", "deepspeed_stage_2": "deepspeed_stage_2",
         "deepspeed_stage_3": "deepspeed_stage_3"}
 BATCH = 8
 
@@ -194,6 +197,8 @@ def worker(args: argparse.Namespace) -> None:
         strategy = pl.strategies.FSDPStrategy(auto_wrap_policy=set())
     elif strategy == "fsdp+block":
         strategy = pl.strategies.FSDPStrategy(auto_wrap_policy={nn.Linear})
+    elif strategy == "fsdp+sharded":
+        strategy = pl.strategies.FSDPStrategy(state_dict_type="sharded")
     elif strategy.startswith("deepspeed"):
         from fulmen.strategies.deepspeed import import_deepspeed
 
@@ -266,26 +271,27 @@ def main() -> None:
           f"with gradients and Adam state: {params * 16 / 2**20:.0f} MB), 2 processes, batch {BATCH} per process, "
           f"{args.steps} steps, {args.accelerator}, load {os.getloadavg()[0]:.2f}")
     ref = next((r for r in rows if r[0]["strategy"] == "ddp"), rows[0])
+    ref_train = max(r["peaks_mb"]["train"] for r in ref)
     ref_peak = max(r["process_peak_mb"] for r in ref)
     ref_held = max(r["held"] for r in ref)
-    cols = ["base", "setup peak", "train peak"] + (["save peak"] if args.checkpoint else []) + ["process peak"]
-    header = (f"{'strategy':<19}" + "".join(f"{c:>13}" for c in cols) + f"{'vs ' + ref[0]['strategy']:>9}"
-              f"{'model+optim':>13}{'vs ' + ref[0]['strategy']:>9}{'step s':>9}")
+    cols = ["base", "setup", "train"] + (["save"] if args.checkpoint else []) + ["process peak", "train/ddp",
+                                                                                  "peak/ddp", "model+optim", "/ddp",
+                                                                                  "step s"]
+    header = f"{'strategy':<19}" + "".join(f"{c:>13}" for c in cols)
     print(header)
     print("-" * len(header))
     for reports in rows:
         def most(key, phase=None):
             return max(r["peaks_mb"][phase] if phase else r[key] for r in reports)
 
-        figures = [most("base_mb"), most(None, "setup"), most(None, "train")]
-        if args.checkpoint:
-            figures.append(most(None, "save"))
-        peak = most("process_peak_mb")
-        held = most("held")
-        print(f"{reports[0]['strategy']:<19}" + "".join(f"{v:>13.0f}" for v in figures) + f"{peak:>13.0f}"
-              f"{peak / ref_peak:>9.2f}{held / 2**20:>13.0f}{held / ref_held:>9.2f}{most('step_s'):>9.2f}")
-    print("(MB per process, the larger of the two processes' figures; 'base' is resident before fit, inside every "
-          "peak)")
+        train, peak, held = most(None, "train"), most("process_peak_mb"), most("held")
+        figures = [most("base_mb"), most(None, "setup"), train] + ([most(None, "save")] if args.checkpoint else [])
+        figures += [peak]
+        print(f"{reports[0]['strategy']:<19}" + "".join(f"{v:>13.0f}" for v in figures)
+              + f"{train / ref_train:>13.2f}{peak / ref_peak:>13.2f}{held / 2**20:>13.0f}{held / ref_held:>13.2f}"
+              + f"{most('step_s'):>13.2f}")
+    print(f"(MB per process, the larger of the two processes' figures; 'base' is resident before fit and inside every "
+          f"peak; ratios are to {ref[0]['strategy']})")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,43 @@ def test_the_probe_sees_whole_model_tensors(reports):
             assert rep["largest"] >= rep["params_bytes"], (name, rep["largest"], rep["where"])
     for rep in reports["fsdp_root"]:
         assert "all_gather" in rep["where"] or "foreach_all_gather" in rep["where"], rep["where"]
+
+
+def test_default_fsdp_units_are_the_repeated_blocks():
+    from torch import nn
+
+    from fulmen.strategies.fsdp import _repeated_blocks
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+            self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    class GPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(32, 8)
+            self.blocks = nn.ModuleList(Block() for _ in range(3))
+            self.head = nn.Linear(8, 32, bias=False)
+            self.head.weight = self.embed.weight  # tied, both in the root
+
+    gpt = GPT()
+    # the outermost container's blocks, not the linears inside them; embedding and head stay in the root
+    assert _repeated_blocks(gpt) == list(gpt.blocks)
+
+    mlp = nn.Sequential(nn.Linear(256, 256), nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 256))
+    root = nn.Module()
+    root.net = mlp
+    # a norm holding under 1% of the container's parameters stays in the unit above
+    assert _repeated_blocks(root) == [mlp[0], mlp[3]]
+
+    shared = nn.Module()
+    shared.net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    shared.out = nn.Linear(8, 8)
+    shared.out.weight = shared.net[2].weight  # tied: must live in one unit, the root's
+    assert _repeated_blocks(shared) == [shared.net[0], shared.net[1]]
+
+    plain = nn.Module()
+    plain.a, plain.b = nn.Linear(4, 4), nn.Linear(4, 1)
+    assert _repeated_blocks(plain) == []  # nothing repeated: the root alone, as before

@@ -101,12 +101,13 @@ class DeepSpeedStrategy(ParallelStrategy):
     The remaining arguments are DeepSpeed's config entries under Lightning's names (``offload_*_device``,
     ``nvme_path``, bucket sizes, fp16 loss scaling, activation checkpointing, async I/O).
 
-    Bucket sizes left at None are sized to the model when the engine is built: an eighth of its trainable
-    parameters (at least 100k elements), at most Lightning's 2e8. The same bound goes to ZeRO-3's prefetch,
-    reuse distance and live parameters (at most DeepSpeed's own defaults). With DeepSpeed's fixed defaults a
-    model below 2e8 parameters has all its gradients in one bucket, and ZeRO-3 keeps every parameter it will use
-    again gathered: each process then holds the whole model's gradients and parameters at once, and shards
-    save nothing at the peak. A ``config`` is used as given.
+    Bucket sizes and ZeRO-3's ``sub_group_size`` left at None are sized to the model when the engine is built:
+    an eighth of its trainable parameters (at least 100k elements), at most Lightning's values (2e8; 1e12). The
+    same bound goes to ZeRO-3's prefetch, reuse distance and live parameters (at most DeepSpeed's defaults).
+    With fixed sizes, a model below them has all its gradients in one bucket, ZeRO-3 keeps every parameter it
+    will use again gathered, and the optimizer steps the whole partition as one tensor (Adam's temporaries
+    the partition's size): each process then holds the whole model's gradients and parameters at once, and
+    sharding saves little at the peak. A ``config`` is used as given.
 
     Example::
 
@@ -121,7 +122,7 @@ class DeepSpeedStrategy(ParallelStrategy):
                  params_buffer_size: int = 100_000_000, max_in_cpu: int = 1_000_000_000,
                  offload_optimizer_device: str = "cpu", optimizer_buffer_count: int = 4, block_size: int = 1048576,
                  queue_depth: int = 8, single_submit: bool = False, overlap_events: bool = True, thread_count: int = 1,
-                 pin_memory: bool = False, sub_group_size: int = 1_000_000_000_000, contiguous_gradients: bool = True,
+                 pin_memory: bool = False, sub_group_size: int | None = None, contiguous_gradients: bool = True,
                  overlap_comm: bool = True, allgather_partitions: bool = True, reduce_scatter: bool = True,
                  allgather_bucket_size: int | None = None, reduce_bucket_size: int | None = None,
                  zero_allow_untested_optimizer: bool = True, logging_batch_size_per_gpu: str | int = "auto",
@@ -157,7 +158,8 @@ class DeepSpeedStrategy(ParallelStrategy):
             thread_count=thread_count, partition_activations=partition_activations,
             cpu_checkpointing=cpu_checkpointing, contiguous_memory_optimization=contiguous_memory_optimization,
             synchronize_checkpoint_boundary=synchronize_checkpoint_boundary)
-        self._bucket_args = {"allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size}
+        self._bucket_args = {"allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size,
+                             "sub_group_size": sub_group_size}
         self._fp16_scaling = {"loss_scale": loss_scale, "initial_scale_power": initial_scale_power,
                               "loss_scale_window": loss_scale_window, "hysteresis": hysteresis,
                               "min_loss_scale": min_loss_scale}
@@ -547,6 +549,7 @@ def _share_master_weights(optimizer: Any) -> None:
 
 
 _BUCKET_CAP = 200_000_000  # Lightning's bucket sizes, the most a bucket sized to the model gets
+_SUB_GROUP_CAP = 1_000_000_000_000  # Lightning's ZeRO-3 sub-group size (DeepSpeed's own is 1e9)
 # ZeRO-3's limits on gathered parameters, and DeepSpeed's defaults for them (the most they get here)
 _STAGE3_LIMITS = {"stage3_prefetch_bucket_size": 50_000_000, "stage3_max_reuse_distance": 1_000_000_000,
                   "stage3_max_live_parameters": 1_000_000_000}
@@ -560,7 +563,7 @@ def _sized_to_model(zero: dict[str, Any], numel: int, given: dict[str, int | Non
     zero = dict(zero)
     for key, value in given.items():
         if value is None:
-            zero[key] = min(_BUCKET_CAP, bound)
+            zero[key] = min(_SUB_GROUP_CAP if key == "sub_group_size" else _BUCKET_CAP, bound)
     if zero.get("stage") == 3:
         for key, default in _STAGE3_LIMITS.items():
             zero.setdefault(key, min(default, 2 * bound if key == "stage3_max_live_parameters" else bound))
@@ -585,7 +588,7 @@ def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
 def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: bool, offload_parameters: bool,
                     offload_params_device: str, offload_optimizer_device: str, nvme_path: str,
                     params_buffer_count: int, params_buffer_size: int, max_in_cpu: int, optimizer_buffer_count: int,
-                    pin_memory: bool, sub_group_size: int, contiguous_gradients: bool, overlap_comm: bool,
+                    pin_memory: bool, sub_group_size: int | None, contiguous_gradients: bool, overlap_comm: bool,
                     allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int | None,
                     reduce_bucket_size: int | None, zero_allow_untested_optimizer: bool, block_size: int, queue_depth: int,
                     single_submit: bool, overlap_events: bool, thread_count: int, partition_activations: bool,
@@ -609,7 +612,7 @@ def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: b
         "allgather_partitions": allgather_partitions, "reduce_scatter": reduce_scatter,
         "allgather_bucket_size": _BUCKET_CAP if allgather_bucket_size is None else allgather_bucket_size,
         "reduce_bucket_size": _BUCKET_CAP if reduce_bucket_size is None else reduce_bucket_size,
-        "sub_group_size": sub_group_size,
+        "sub_group_size": _SUB_GROUP_CAP if sub_group_size is None else sub_group_size,
     }
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": offload_optimizer_device, "nvme_path": nvme_path,
