@@ -118,6 +118,8 @@ def held_bytes(trainer: pl.Trainer, module: nn.Module) -> int:
 def make_strategy(name: str):
     if name == "fsdp_root":  # the whole model one unit
         return pl.strategies.FSDPStrategy(auto_wrap_policy=set())
+    if name == "fsdp_grad_op":  # every unit keeps its parameters gathered from forward to backward
+        return pl.strategies.FSDPStrategy(sharding_strategy="SHARD_GRAD_OP")
     return name
 
 

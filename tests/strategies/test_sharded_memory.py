@@ -1,6 +1,7 @@
-"""Sharding shows in memory: under FSDP (its default wrapping) and DeepSpeed ZeRO-3 each of 2 processes holds
-half of the parameters and optimizer state DDP holds, and no operation during fit (set-up, sanity check,
-training, validation, checkpoints) creates a tensor the size of the whole model. The same probe sees such a
+"""Sharding shows in memory: under FSDP (its default wrapping, FULL_SHARD and SHARD_GRAD_OP) and DeepSpeed
+ZeRO-3 each of 2 processes holds half of the parameters and optimizer state DDP holds once fit (which ends
+with a validation) returns, and no operation during fit (set-up, sanity check, training, validation,
+checkpoints) creates a tensor the size of the whole model. The same probe sees such a
 tensor under DDP (its gradient bucket) and under FSDP with the whole model as one unit, so it can fail.
 ``memory_script.py`` runs in each process; one launch covers every strategy.
 """
@@ -24,7 +25,7 @@ SCRIPT = str(Path(__file__).with_name("memory_script.py"))
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("memory")
-    runs = ["ddp", "fsdp", "fsdp_root"] + (["deepspeed_stage_3"] if deepspeed_available() else [])
+    runs = ["ddp", "fsdp", "fsdp_grad_op", "fsdp_root"] + (["deepspeed_stage_3"] if deepspeed_available() else [])
     [result] = _run([([sys.executable, SCRIPT, str(out), "--strategies", ",".join(runs)], _env())], out)
     _ok([result])
     return {run: [json.loads((out / f"{run}-rank{r}.json").read_text()) for r in (0, 1)] for run in runs}
@@ -37,8 +38,10 @@ def _check_run(reports: list[dict]) -> None:
     assert reports[0]["val_loss"] == reports[1]["val_loss"]  # synced
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("deepspeed_stage_3", marks=pytest.mark.skipif(
-    not deepspeed_available(), reason="DeepSpeed is not installed (fulmen[deepspeed])"))])
+needs_deepspeed = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed (fulmen[deepspeed])")
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_grad_op", pytest.param("deepspeed_stage_3", marks=needs_deepspeed)])
 def test_sharded_strategy_holds_half_and_never_the_whole_model(reports, strategy):
     _check_run(reports[strategy])
     ddp_held = max(r["held"] for r in reports["ddp"])
@@ -50,13 +53,16 @@ def test_sharded_strategy_holds_half_and_never_the_whole_model(reports, strategy
 
 
 def test_the_probe_sees_whole_model_tensors(reports):
-    """DDP's gradient bucket and FSDP's gather of a single unit hold the whole model: the probe reports them."""
+    """DDP's gradient bucket and FSDP's gather of a single unit hold the whole model: the probe reports them.
+    Even so, once fit ends (after a validation) the single unit holds only its shard again."""
     for name in ("ddp", "fsdp_root"):
         _check_run(reports[name])
         for rep in reports[name]:
             assert rep["largest"] >= rep["params_bytes"], (name, rep["largest"], rep["where"])
+    ddp_held = max(r["held"] for r in reports["ddp"])
     for rep in reports["fsdp_root"]:
-        assert "all_gather" in rep["where"] or "foreach_all_gather" in rep["where"], rep["where"]
+        assert "all_gather" in rep["where"], rep["where"]
+        assert rep["held"] == pytest.approx(ddp_held / 2, rel=0.02)
 
 
 def test_default_fsdp_units_are_the_repeated_blocks():

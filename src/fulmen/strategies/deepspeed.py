@@ -590,7 +590,8 @@ def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: b
                     params_buffer_count: int, params_buffer_size: int, max_in_cpu: int, optimizer_buffer_count: int,
                     pin_memory: bool, sub_group_size: int | None, contiguous_gradients: bool, overlap_comm: bool,
                     allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int | None,
-                    reduce_bucket_size: int | None, zero_allow_untested_optimizer: bool, block_size: int, queue_depth: int,
+                    reduce_bucket_size: int | None, zero_allow_untested_optimizer: bool, block_size: int,
+                    queue_depth: int,
                     single_submit: bool, overlap_events: bool, thread_count: int, partition_activations: bool,
                     cpu_checkpointing: bool, contiguous_memory_optimization: bool,
                     synchronize_checkpoint_boundary: bool) -> dict[str, Any]:

@@ -293,15 +293,20 @@ class FSDPStrategy(ParallelStrategy):
         run = functools.partial(call_as_forward, module, module, step)
         if name == "training_step":
             return run
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
 
         def evaluate(*args: Any, **kwargs: Any) -> Any:
             try:
                 return run(*args, **kwargs)
             finally:
-                # the root keeps its parameters gathered after its forward (for the backward of a training
-                # step); with no backward to come they would stay whole until the next training step
+                # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward,
+                # for the backward of a training step; with no backward to come they would stay whole until the
+                # next training step
                 if not torch.is_grad_enabled():
-                    module.reshard()
+                    for unit in units:
+                        unit.reshard()
 
         return evaluate
 
