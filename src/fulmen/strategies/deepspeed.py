@@ -102,7 +102,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     ``nvme_path``, bucket sizes, fp16 loss scaling, activation checkpointing, async I/O).
 
     Bucket sizes and ZeRO-3's ``sub_group_size`` left at None are sized to the model when the engine is built:
-    an eighth of its trainable parameters (at least 100k elements), at most Lightning's values (2e8; 1e12). The
+    a sixteenth of its trainable parameters (at least 100k elements), at most Lightning's values (2e8; 1e12). The
     same bound goes to ZeRO-3's prefetch, reuse distance and live parameters (at most DeepSpeed's defaults).
     With fixed sizes, a model below them has all its gradients in one bucket, ZeRO-3 keeps every parameter it
     will use again gathered, and the optimizer steps the whole partition as one tensor (Adam's temporaries
@@ -557,9 +557,9 @@ _STAGE3_LIMITS = {"stage3_prefetch_bucket_size": 50_000_000, "stage3_max_reuse_d
 
 def _sized_to_model(zero: dict[str, Any], numel: int, given: dict[str, int | None]) -> dict[str, Any]:
     """``zero`` (the config's zero_optimization) with the sizes the user left unset bounded by the model's size:
-    an eighth of its ``numel`` trainable parameters (at least 100k), so no bucket or gathered set holds the
+    a sixteenth of its ``numel`` trainable parameters (at least 100k), so no bucket or gathered set holds the
     whole model."""
-    bound = max(100_000, -(-numel // 8))
+    bound = max(100_000, -(-numel // 16))
     zero = dict(zero)
     for key, value in given.items():
         if value is None:
