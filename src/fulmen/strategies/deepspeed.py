@@ -96,6 +96,14 @@ class DeepSpeedStrategy(ParallelStrategy):
     The remaining arguments are DeepSpeed's config entries under Lightning's names (``offload_*_device``,
     ``nvme_path``, bucket sizes, fp16 loss scaling, activation checkpointing, async I/O).
 
+    Bucket sizes and ZeRO-3's ``sub_group_size`` left at None are sized to the model when the engine is built:
+    a sixteenth of its trainable parameters (at least 100k elements), at most Lightning's values (2e8; 1e12). The
+    same bound goes to ZeRO-3's prefetch, reuse distance and live parameters (at most DeepSpeed's defaults).
+    With fixed sizes, a model below them has all its gradients in one bucket, ZeRO-3 keeps every parameter it
+    will use again gathered, and the optimizer steps the whole partition as one tensor (Adam's temporaries
+    the partition's size): each process then holds the whole model's gradients and parameters at once, and
+    sharding saves little at the peak. A ``config`` is used as given.
+
     Example::
 
         trainer = fulmen.Trainer(accelerator="gpu", devices=8, strategy="deepspeed_stage_3", precision="bf16-mixed")
@@ -109,9 +117,9 @@ class DeepSpeedStrategy(ParallelStrategy):
                  params_buffer_size: int = 100_000_000, max_in_cpu: int = 1_000_000_000,
                  offload_optimizer_device: str = "cpu", optimizer_buffer_count: int = 4, block_size: int = 1048576,
                  queue_depth: int = 8, single_submit: bool = False, overlap_events: bool = True, thread_count: int = 1,
-                 pin_memory: bool = False, sub_group_size: int = 1_000_000_000_000, contiguous_gradients: bool = True,
+                 pin_memory: bool = False, sub_group_size: int | None = None, contiguous_gradients: bool = True,
                  overlap_comm: bool = True, allgather_partitions: bool = True, reduce_scatter: bool = True,
-                 allgather_bucket_size: int = 200_000_000, reduce_bucket_size: int = 200_000_000,
+                 allgather_bucket_size: int | None = None, reduce_bucket_size: int | None = None,
                  zero_allow_untested_optimizer: bool = True, logging_batch_size_per_gpu: str | int = "auto",
                  config: str | os.PathLike | dict[str, Any] | None = None, logging_level: int = logging.WARN,
                  parallel_devices: list[torch.device] | None = None, cluster_environment: Any = None,
@@ -129,6 +137,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         if stage not in (0, 1, 2, 3):
             raise MisconfigurationException(f"DeepSpeedStrategy(stage={stage!r}): ZeRO has stages 0, 1, 2 and 3.")
         self._config_given = config is not None
+        # sized to the model in _initialize; None keeps the config's (or DeepSpeed's) values
+        self._sized_buckets = config is None and zero_optimization and stage > 0
         self.config = _read_config(config) if config is not None else _default_config(
             zero_optimization=zero_optimization, stage=stage, offload_optimizer=offload_optimizer,
             offload_parameters=offload_parameters, offload_params_device=offload_params_device,
@@ -143,6 +153,8 @@ class DeepSpeedStrategy(ParallelStrategy):
             thread_count=thread_count, partition_activations=partition_activations,
             cpu_checkpointing=cpu_checkpointing, contiguous_memory_optimization=contiguous_memory_optimization,
             synchronize_checkpoint_boundary=synchronize_checkpoint_boundary)
+        self._bucket_args = {"allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size,
+                             "sub_group_size": sub_group_size}
         self._fp16_scaling = {"loss_scale": loss_scale, "initial_scale_power": initial_scale_power,
                               "loss_scale_window": loss_scale_window, "hysteresis": hysteresis,
                               "min_loss_scale": min_loss_scale}
@@ -333,9 +345,14 @@ class DeepSpeedStrategy(ParallelStrategy):
     def _initialize(self, module: nn.Module, optimizer: Optimizer | None, config: dict[str, Any]) -> Any:
         import deepspeed
 
+        if self._sized_buckets and "zero_optimization" in config:
+            numel = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+            config = dict(config, zero_optimization=_sized_to_model(
+                config["zero_optimization"], numel, self._bucket_args))
         trainable = [p for p in module.parameters() if p.requires_grad] if optimizer is None else None
         engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=trainable or None,
                                           config=config, dist_init_required=False)
+        _share_master_weights(engine.optimizer)
         self.precision.engine = self._engine = engine
         return engine
 
@@ -347,7 +364,21 @@ class DeepSpeedStrategy(ParallelStrategy):
         engine = self.deepspeed_engine
         if engine is None:
             return step
-        return functools.partial(call_as_forward, engine, module, step, nested_without_hooks=self.zero_stage == 3)
+        run = functools.partial(call_as_forward, engine, module, step, nested_without_hooks=self.zero_stage == 3)
+        release = getattr(engine.optimizer, "empty_partition_cache", None) if self.zero_stage == 3 else None
+        if name == "training_step" or release is None:
+            return run
+
+        def evaluate(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return run(*args, **kwargs)
+            finally:
+                # ZeRO-3 keeps parameters it expects to use again soon gathered; with no backward to come they
+                # would stay whole until training next touches them
+                if not torch.is_grad_enabled():
+                    release()
+
+        return evaluate
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
         @contextmanager
@@ -489,6 +520,49 @@ class DeepSpeedStrategy(ParallelStrategy):
         super().teardown()  # the engine stays (self._engine) for a save or an evaluation after fit
 
 
+def _share_master_weights(optimizer: Any) -> None:
+    """ZeRO-3 training in the parameters' own dtype and place (float32, no offload) needs no second "master"
+    copy of this process's partition: DeepSpeed means to train the partition in place then (stage3.py
+    ``_create_fp32_partitions``: "we don't need another copy of the weights"), but tests for it by comparing a
+    ``torch.device`` with a device-name string, which is never equal, so it keeps a full clone. The clone is
+    dropped here: it becomes a second tensor over the partition's storage (the optimizer and its state keep
+    their keys). DeepSpeed's copy from master to partition after each step is then a copy onto itself."""
+    partitions = getattr(optimizer, "fp16_partitioned_groups_flat", None)
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    if not partitions or not masters or getattr(optimizer, "offload_optimizer", True) or getattr(
+            optimizer, "offload_param", True) or len(partitions) != len(masters):
+        return
+    with torch.no_grad():
+        for partition, master in zip(partitions, masters):
+            if (partition is None or master is partition or master.dtype != partition.dtype
+                    or master.device != partition.device or master.shape != partition.shape):
+                continue
+            partition.copy_(master)  # equal already unless set-up stepped the optimizer; the master's values win
+            master.data = partition.data
+
+
+_BUCKET_CAP = 200_000_000  # Lightning's bucket sizes, the most a bucket sized to the model gets
+_SUB_GROUP_CAP = 1_000_000_000_000  # Lightning's ZeRO-3 sub-group size (DeepSpeed's own is 1e9)
+# ZeRO-3's limits on gathered parameters, and DeepSpeed's defaults for them (the most they get here)
+_STAGE3_LIMITS = {"stage3_prefetch_bucket_size": 50_000_000, "stage3_max_reuse_distance": 1_000_000_000,
+                  "stage3_max_live_parameters": 1_000_000_000}
+
+
+def _sized_to_model(zero: dict[str, Any], numel: int, given: dict[str, int | None]) -> dict[str, Any]:
+    """``zero`` (the config's zero_optimization) with the sizes the user left unset bounded by the model's size:
+    a sixteenth of its ``numel`` trainable parameters (at least 100k), so no bucket or gathered set holds the
+    whole model."""
+    bound = max(100_000, -(-numel // 16))
+    zero = dict(zero)
+    for key, value in given.items():
+        if value is None:
+            zero[key] = min(_SUB_GROUP_CAP if key == "sub_group_size" else _BUCKET_CAP, bound)
+    if zero.get("stage") == 3:
+        for key, default in _STAGE3_LIMITS.items():
+            zero.setdefault(key, min(default, 2 * bound if key == "stage3_max_live_parameters" else bound))
+    return zero
+
+
 def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     if isinstance(config, dict):
         return json.loads(json.dumps(config))  # a copy the strategy may fill in, leaving the caller's alone
@@ -507,9 +581,10 @@ def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
 def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: bool, offload_parameters: bool,
                     offload_params_device: str, offload_optimizer_device: str, nvme_path: str,
                     params_buffer_count: int, params_buffer_size: int, max_in_cpu: int, optimizer_buffer_count: int,
-                    pin_memory: bool, sub_group_size: int, contiguous_gradients: bool, overlap_comm: bool,
-                    allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int,
-                    reduce_bucket_size: int, zero_allow_untested_optimizer: bool, block_size: int, queue_depth: int,
+                    pin_memory: bool, sub_group_size: int | None, contiguous_gradients: bool, overlap_comm: bool,
+                    allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int | None,
+                    reduce_bucket_size: int | None, zero_allow_untested_optimizer: bool, block_size: int,
+                    queue_depth: int,
                     single_submit: bool, overlap_events: bool, thread_count: int, partition_activations: bool,
                     cpu_checkpointing: bool, contiguous_memory_optimization: bool,
                     synchronize_checkpoint_boundary: bool) -> dict[str, Any]:
@@ -529,8 +604,9 @@ def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: b
     zero: dict[str, Any] = {
         "stage": stage, "contiguous_gradients": contiguous_gradients, "overlap_comm": overlap_comm,
         "allgather_partitions": allgather_partitions, "reduce_scatter": reduce_scatter,
-        "allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size,
-        "sub_group_size": sub_group_size,
+        "allgather_bucket_size": _BUCKET_CAP if allgather_bucket_size is None else allgather_bucket_size,
+        "reduce_bucket_size": _BUCKET_CAP if reduce_bucket_size is None else reduce_bucket_size,
+        "sub_group_size": _SUB_GROUP_CAP if sub_group_size is None else sub_group_size,
     }
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": offload_optimizer_device, "nvme_path": nvme_path,

@@ -42,7 +42,12 @@ class FSDPStrategy(ParallelStrategy):
     Args:
         auto_wrap_policy: which submodules become their own FSDP unit (gathered and freed on their own):
             a set of module classes, a callable ``policy(module) -> bool``, or an FSDP1 policy
-            (``ModuleWrapPolicy``, ``functools.partial(size_based_auto_wrap_policy, ...)``). None: the root only.
+            (``ModuleWrapPolicy``, ``functools.partial(size_based_auto_wrap_policy, ...)``). None: the blocks
+            of the model's outermost ``nn.ModuleList``/``nn.Sequential`` that holds two or more of them (a
+            transformer's layers, an MLP's linears) are each a unit, so a step holds one block's full parameters
+            and gradients at a time instead of the whole model's. ``set()``: the root only (the whole model is
+            gathered for every step, as Lightning's FSDPStrategy does without a policy); use it when a step
+            reads a block's parameters directly rather than by calling the block.
         activation_checkpointing_policy: the submodules whose activations are recomputed in backward instead
             of kept (same forms as ``auto_wrap_policy``). ``activation_checkpointing`` (classes) is the older name.
         cpu_offload: keep the shards (and the optimizer step) in CPU memory; True or a ``CPUOffloadPolicy``.
@@ -189,7 +194,9 @@ class FSDPStrategy(ParallelStrategy):
                 for sub in checkpointed:
                     checkpoint(sub)
             options = self._shard_options()
-            for sub in _select(module, self.auto_wrap_policy, include_root=False):
+            policy = self.auto_wrap_policy
+            units = _repeated_blocks(module) if policy is None else _select(module, policy, include_root=False)
+            for sub in units:
                 fully_shard(sub, **options)
             # the root stays gathered through a whole step: the step is its "forward", and a nested self(x)
             # must not free the parameters the rest of the step still uses
@@ -283,7 +290,25 @@ class FSDPStrategy(ParallelStrategy):
         step = getattr(module, name)
         if module is None or self.model is not module:
             return step
-        return functools.partial(call_as_forward, module, module, step)
+        run = functools.partial(call_as_forward, module, module, step)
+        if name == "training_step":
+            return run
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+        def evaluate(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return run(*args, **kwargs)
+            finally:
+                # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward,
+                # for the backward of a training step; with no backward to come they would stay whole until the
+                # next training step
+                if not torch.is_grad_enabled():
+                    for unit in units:
+                        unit.reshard()
+
+        return evaluate
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
         module = self.model
@@ -444,6 +469,38 @@ def _dcp_keys(path: str, prefix: str) -> set[str]:
 
     metadata = dcp.FileSystemReader(path).read_metadata()
     return {k.split(".")[0] for k in metadata.state_dict_metadata if k.startswith(prefix)}
+
+
+def _repeated_blocks(root: nn.Module) -> list[nn.Module]:
+    """The default units: the elements of the outermost ``nn.ModuleList``/``nn.Sequential`` holding two or more
+    blocks with parameters. Elements holding under 1% of the container's parameters (a norm between linears)
+    stay in the unit above them, and so does a block sharing a parameter with anything outside it (tied
+    weights must live in one unit)."""
+    registrations: dict[int, int] = {}
+    for _, p in root.named_parameters(remove_duplicate=False):
+        registrations[id(p)] = registrations.get(id(p), 0) + 1
+
+    def own(block: nn.Module) -> bool:
+        inside: dict[int, int] = {}
+        for _, p in block.named_parameters(remove_duplicate=False):
+            inside[id(p)] = inside.get(id(p), 0) + 1
+        return all(registrations[i] == n for i, n in inside.items())
+
+    chosen: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        if module is not root and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            total = sum(p.numel() for p in module.parameters())
+            blocks = [c for c in module.children()
+                      if total and 100 * sum(p.numel() for p in c.parameters()) >= total and own(c)]
+            if len(blocks) >= 2:
+                chosen.extend(blocks)
+                return
+        for child in module.children():
+            visit(child)
+
+    visit(root)
+    return chosen
 
 
 def _select(root: nn.Module, policy: Any, include_root: bool) -> list[nn.Module]:
