@@ -293,9 +293,7 @@ class FSDPStrategy(ParallelStrategy):
         run = functools.partial(call_as_forward, module, module, step)
         if name == "training_step":
             return run
-        from torch.distributed.fsdp import FSDPModule
-
-        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        units = _units(module)
 
         def evaluate(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -305,8 +303,7 @@ class FSDPStrategy(ParallelStrategy):
                 # for the backward of a training step; with no backward to come they would stay whole until the
                 # next training step
                 if not torch.is_grad_enabled():
-                    for unit in units:
-                        unit.reshard()
+                    _reshard(units)
 
         return evaluate
 
@@ -394,7 +391,7 @@ class FSDPStrategy(ParallelStrategy):
         from fulmen.checkpoint import load_checkpoint
 
         path = os.fspath(filepath)
-        _reshard(self.model)
+        _reshard(_units(self.model))
         checkpoint = load_checkpoint(os.path.join(path, sharded_checkpoint.META_FILE), weights_only=weights_only)
         saved_optimizers = checkpoint.pop("fulmen_sharded", {}).get("optimizers")
         # this run's own (sharded) state dicts say which slice of each tensor to read
@@ -419,7 +416,7 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         full = not _holds_dtensors(state_dict)
-        _reshard(self.model)
+        _reshard(_units(self.model))
         set_model_state_dict(self.model, state_dict, options=StateDictOptions(full_state_dict=full, strict=strict))
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
@@ -435,15 +432,19 @@ class FSDPStrategy(ParallelStrategy):
         set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=full))
 
 
-def _reshard(module: nn.Module) -> None:
-    """Free the gathered parameters that a forward without backward left behind (evaluation, with
-    reshard_after_forward=False as under SHARD_GRAD_OP and for the root): loading writes into the shards,
-    and the next forward would otherwise reuse the stale gathered copies."""
+def _units(module: nn.Module) -> list[Any]:
+    """The FSDP units inside ``module`` (the root included when it is one)."""
     from torch.distributed.fsdp import FSDPModule
 
-    for sub in module.modules():
-        if isinstance(sub, FSDPModule):
-            sub.reshard()
+    return [sub for sub in module.modules() if isinstance(sub, FSDPModule)]
+
+
+def _reshard(units: list[Any]) -> None:
+    """Free the gathered parameters that a forward without backward left behind (evaluation, with
+    reshard_after_forward=False as under SHARD_GRAD_OP and for the root): they would stay whole until the next
+    training step, and loading writes into the shards while the next forward would reuse the stale copies."""
+    for unit in units:
+        unit.reshard()
 
 
 def _is_sharded(module: Any) -> bool:
