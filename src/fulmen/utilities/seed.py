@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fulmen.utilities import collect_rng_states, pl_worker_init_function, restore_rng_states, seed_everything
+from fulmen.utilities import (collect_rng_states, pl_worker_init_function, reset_seed, restore_rng_states,
+                               seed_everything)
 
-__all__ = ["isolate_rng", "pl_worker_init_function", "seed_everything"]
+__all__ = ["isolate_rng", "pl_worker_init_function", "reset_seed", "seed_everything"]
 
 
 @contextmanager
