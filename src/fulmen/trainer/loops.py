@@ -224,6 +224,7 @@ def setup_train_data(trainer: Any) -> None:
     if trainer.overfit_batches:
         loaders = _map_loaders(loaders, _data.with_sequential_sampler)
     loaders = _data.distribute(trainer, loaders, "train")
+    _data.seed_workers(loaders, trainer.global_rank)
     iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
     limit = trainer.limit_train_batches
     for ld in _data.as_list(loaders):
@@ -268,6 +269,7 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
     loaders = _data.distribute(trainer, _data.resolve(trainer, prefix, given), prefix)
+    _data.seed_workers(loaders, trainer.global_rank)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)
     flat = _data.as_list(loaders)
