@@ -1014,6 +1014,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _first_batches(loaders: list[Any], limits: list[float]) -> Any:
+    """The first loader's iterator, made before the stage's hooks run, as in Lightning: making it draws the
+    loader's base seed from the global generator, so a hook that draws random numbers gets Lightning's."""
+    return _data.islice(loaders[0], limits[0]) if loaders else None
+
+
 def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:
     """One pass over the evaluation loaders: eval mode and inference mode, then restore training mode."""
     module = trainer.lightning_module
@@ -1024,6 +1030,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     results = metrics.eval
     results.reset()
     metrics.current = results
+    first = _first_batches(loaders, limits)
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
@@ -1047,7 +1054,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
         trainer._call_hooks(f"on_{prefix}_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.islice(loader, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
                 results.batch = batch
@@ -1114,6 +1121,7 @@ def predict(trainer: Any) -> Any:
             "predict_dataloader() on the module."
         )
     trainer._metrics.current = None
+    first = _first_batches(loaders, trainer.num_predict_batches)
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module("on_predict_model_eval")
     hooks = trainer._hooks
@@ -1132,7 +1140,7 @@ def predict(trainer: Any) -> Any:
         for dl_idx, (loader, limit) in enumerate(zip(loaders, trainer.num_predict_batches)):
             extra = (dl_idx,) if multi else ()
             preds: list[Any] = []
-            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.islice(loader, limit)):
                 batch = move(batch, dl_idx)
                 if cb_start:
                     trainer._call_callbacks("on_predict_batch_start", batch, batch_idx, *extra)
