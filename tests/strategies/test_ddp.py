@@ -194,6 +194,10 @@ def test_ddp_spawn_returns_weights_and_metrics(tmp_path, reference):
         assert got == pytest.approx(want, abs=1e-6)
     assert rep["callback_metrics"]["val_loss"] == pytest.approx(reference["metrics"]["val_loss"], rel=1e-5)
     assert rep["global_step"] == ddp_script.STEPS and rep["spawn_best_path"].endswith(".ckpt")
+    # spawned processes start as the caller was: Trainer(deterministic=True) on, the generators where Net() left
+    # them (seeded with 1), not a fresh interpreter's
+    for r in range(2):
+        assert json.loads((tmp_path / f"flags{r}.json").read_text()) == {"deterministic": True, "initial_seed": 1}
 
 
 def test_a_failing_rank_ends_every_process(tmp_path):
