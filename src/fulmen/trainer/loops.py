@@ -638,6 +638,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
                 trainer.state.stage = RunningStage.TRAINING
+                # a stop asked for by this validation (EarlyStopping) ends the epoch here, as in Lightning
+                stop = loop.should_stop and _can_stop_early(trainer, loop)
         for cfg in plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
