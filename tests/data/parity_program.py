@@ -29,6 +29,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--lib", choices=("fulmen", "lightning"), default="fulmen")
 parser.add_argument("--devices", type=int, default=1)
+parser.add_argument("--strategy", default="ddp", help="with --devices 2: ddp or ddp_spawn (spawn: only the main "
+                    "process reports, without what the batches were)")
 parser.add_argument("--workers", type=int, default=0)
 parser.add_argument("--seed-workers", action="store_true", help="seed_everything(7, workers=True)")
 parser.add_argument("--epochs", type=int, default=2)
@@ -167,7 +169,7 @@ def main() -> None:
     record = Record()
     ckpt_dir = os.path.join(args.out, "ckpt")
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
+        accelerator="cpu", devices=args.devices, strategy=args.strategy if args.devices > 1 else "auto",
         max_epochs=args.epochs, accumulate_grad_batches=2, gradient_clip_val=1.0, val_check_interval=0.5,
         callbacks=[EarlyStopping(monitor="val_loss"), record,
                    ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_top_k=-1, save_last=True)],
@@ -187,7 +189,7 @@ def main() -> None:
         "weights": {k: exact(v) for k, v in model.state_dict().items()},
         "validate": {k: exact(torch.as_tensor(v))[0] for k, v in validated[0].items()},
         "test": {k: exact(torch.as_tensor(v))[0] for k, v in tested[0].items()},
-        "predict": [[i.tolist(), exact(p)] for i, p in predicted],
+        "predict": [[i.tolist(), exact(p)] for i, p in predicted or []],  # None: Lightning under ddp_spawn
         "val_loss": fit_val_loss,
         "checkpoints": sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else [],
     }
