@@ -1123,7 +1123,6 @@ def predict(trainer: Any) -> Any:
             "predict_dataloader() on the module."
         )
     trainer._metrics.current = None
-    first = _first_batches(loaders, trainer.num_predict_batches)
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module("on_predict_model_eval")
     hooks = trainer._hooks
@@ -1142,7 +1141,8 @@ def predict(trainer: Any) -> Any:
         for dl_idx, (loader, limit) in enumerate(zip(loaders, trainer.num_predict_batches)):
             extra = (dl_idx,) if multi else ()
             preds: list[Any] = []
-            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.islice(loader, limit)):
+            # made after on_predict_start (Lightning: before), where prediction writers hook the batch samplers
+            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
                 batch = move(batch, dl_idx)
                 if cb_start:
                     trainer._call_callbacks("on_predict_batch_start", batch, batch_idx, *extra)
