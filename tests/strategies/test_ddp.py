@@ -29,7 +29,7 @@ TIMEOUT = 240
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "JSM_", "FULMEN_LAUNCHER"))
+           if not k.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "JSM_", "FULMEN_LAUNCHER", "PL_"))
            and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
