@@ -302,23 +302,66 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
     return seed
 
 
+def reset_seed() -> None:
+    """Seed every generator again with what ``seed_everything`` was last given; nothing if it was not called.
+
+    Multi-process strategies call it as each stage sets up, so every rank starts ``fit``, ``validate``,
+    ``test`` and ``predict`` from the seeded state whatever ran before in its process (model building,
+    launching), as in Lightning. The ``workers`` choice is kept.
+
+    Example::
+
+        seed_everything(7)
+        a = torch.rand(1)
+        reset_seed()
+        assert torch.equal(torch.rand(1), a)
+    """
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    if seed is not None:
+        seed_everything(int(seed), workers=bool(int(os.environ.get("PL_SEED_WORKERS", "0"))))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _worker_seeds(base: int, worker_id: int, rank: int, count: int) -> list[int]:
+    """``count`` well-spread 64-bit seeds for one worker of one rank: (base, worker, rank) packed into one
+    integer, scrambled by MurmurHash3's 64-bit finalizer, then stepped by Knuth's MMIX linear congruential
+    generator. This is the derivation Lightning's seeded workers use, so they draw the same numbers."""
+    x = (base << 32) | (worker_id << 16) | rank
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        x ^= x >> 33
+        x = (x * multiplier) & _MASK64
+    x ^= x >> 33
+    seeds = []
+    for _ in range(count):
+        x = (x * 6364136223846793005 + 1) & _MASK64
+        seeds.append(x)
+    return seeds
+
+
 def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
     """DataLoader ``worker_init_fn`` giving every worker of every rank its own, reproducible seed.
+
+    The seeds come from the loader's base seed (new for every pass over the loader, drawn from the
+    main process's seeded generator), the worker's index and the global rank, so workers of different
+    ranks never draw the same numbers and each epoch's draws are new. ``seed_everything(seed,
+    workers=True)`` makes the Trainer set it on every loader that has no ``worker_init_fn`` of its own.
 
     Example::
 
         loader = DataLoader(dataset, num_workers=4, worker_init_fn=pl_worker_init_function)
     """
-    base = int(os.environ.get("PL_GLOBAL_SEED", 0))
     rank = rank_zero_only.rank if rank is None else rank
-    ss = hash((base, worker_id, rank)) & 0xFFFFFFFF  # ints hash the same in every process
-    random.seed(ss)
-    torch.manual_seed(ss)
+    base = torch.initial_seed() - worker_id  # torch seeds worker i with base + i
+    torch_seed, py_high, py_low = _worker_seeds(base, worker_id, rank, 3)
+    torch.manual_seed(torch_seed)
+    random.seed((py_high << 32) | py_low)
     try:
         import numpy as np
     except ImportError:
         return
-    np.random.seed(ss % 2**32)
+    np.random.seed(np.random.SeedSequence([base, worker_id, rank]).generate_state(4))
 
 
 def collect_rng_states() -> dict[str, Any]:

@@ -101,3 +101,35 @@ def test_state_is_checkpointed(tmp_path):
 def test_invalid_mode():
     with pytest.raises(MisconfigurationException, match="^`mode` can be min, max, got lowest.*mode='min' or mode='max'"):
         EarlyStopping(monitor="x", mode="lowest")
+
+
+def test_a_stop_asked_by_a_mid_epoch_validation_ends_the_epoch_there():
+    """val_check_interval=0.25: the second validation is worse, so patience=1 stops the run right after it,
+    at batch 4 of 8, with no further batch and no further validation (Lightning 2.6: batches 0-3, 2
+    validations, global_step 4, current_epoch 1). fulmen trained one more batch and validated again."""
+
+    class Worse(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(2, 1)
+            self.trained, self.validations = [], 0
+
+        def training_step(self, batch, batch_idx):
+            self.trained.append(batch_idx)
+            return self.l(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", float(self.validations))  # 0, then 1, 2, ...: worse every time
+
+        def on_validation_epoch_end(self):
+            self.validations += not self.trainer.sanity_checking
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = TensorDataset(torch.randn(16, 2))
+    model = Worse()
+    trainer = pl.Trainer(max_epochs=3, val_check_interval=0.25, callbacks=[EarlyStopping("val_loss", patience=1)],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, DataLoader(data, batch_size=2), DataLoader(data, batch_size=8))
+    assert (model.trained, model.validations, trainer.global_step, trainer.current_epoch) == ([0, 1, 2, 3], 2, 4, 1)

@@ -139,6 +139,18 @@ class SaveAt(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
+class ProcessFlags(pl.Callback):
+    """Where fit starts in a spawned process: what it inherited from the caller (determinism flag, seed)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_start(self, trainer, pl_module):
+        with open(os.path.join(self.out, f"flags{trainer.global_rank}.json"), "w") as f:
+            json.dump({"deterministic": torch.are_deterministic_algorithms_enabled(),
+                       "initial_seed": torch.initial_seed()}, f)
+
+
 def trainer(args, **kwargs) -> pl.Trainer:
     kw = dict(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
               logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
@@ -165,10 +177,12 @@ def main() -> None:
 
     # 1. DDP, batch BATCH per process, STEPS steps; with logging to a CSV logger and checkpoints
     model = Net(raise_on_rank=args.raise_on_rank)
+    spawned = args.strategy.startswith(("ddp_spawn", "ddp_fork"))
     tr = trainer(args, max_steps=STEPS, limit_val_batches=1.0, num_sanity_val_steps=0,
                  logger=pl.loggers.CSVLogger(args.out, name="logs"),
-                 callbacks=[pl.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpt"), monitor="val_loss")],
-                 enable_checkpointing=True, val_check_interval=STEPS)
+                 callbacks=[pl.callbacks.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpt"), monitor="val_loss"),
+                            *([ProcessFlags(args.out)] if spawned else [])],
+                 enable_checkpointing=True, val_check_interval=STEPS, **({"deterministic": True} if spawned else {}))
     tr.fit(model, DataLoader(data(), batch_size=BATCH), DataLoader(data(1), batch_size=BATCH))
     report["weights"] = [p.detach().flatten().tolist() for p in model.parameters()]
     report["topology"] = [tr.world_size, tr.global_rank, tr.local_rank, tr.node_rank, tr.num_devices, tr.is_global_zero,

@@ -29,7 +29,7 @@ TIMEOUT = 240
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "JSM_", "FULMEN_LAUNCHER"))
+           if not k.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "JSM_", "FULMEN_LAUNCHER", "PL_"))
            and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
@@ -196,6 +196,10 @@ def test_ddp_spawn_returns_weights_and_metrics(tmp_path, reference):
         assert got == pytest.approx(want, abs=1e-6)
     assert rep["callback_metrics"]["val_loss"] == pytest.approx(reference["metrics"]["val_loss"], rel=1e-5)
     assert rep["global_step"] == ddp_script.STEPS and rep["spawn_best_path"].endswith(".ckpt")
+    # spawned processes start as the caller was: Trainer(deterministic=True) on, the generators where Net() left
+    # them (seeded with 1), not a fresh interpreter's
+    for r in range(2):
+        assert json.loads((tmp_path / f"flags{r}.json").read_text()) == {"deterministic": True, "initial_seed": 1}
 
 
 def test_a_failing_rank_ends_every_process(tmp_path):

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.strategy import Strategy
-from fulmen._utils import apply_to_collection, set_global_rank
+from fulmen._utils import apply_to_collection, reset_seed, set_global_rank
 
 _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT"}
 
@@ -128,6 +128,9 @@ class ParallelStrategy(Strategy):
     # -- set-up ---------------------------------------------------------------------------------
     def setup_environment(self) -> None:
         super().setup_environment()
+        # every stage of a seeded run starts from the seed on every rank, whatever the process drew before
+        # (building the model, launching): the numbers Lightning gives, the same in each process
+        reset_seed()
         dist = _dist()
         if dist.is_initialized():
             return

@@ -271,12 +271,8 @@ class SpawnLauncher:
             _check_picklable(trainer, function, args)
         ctx = mp.get_context(method)
         queue = ctx.SimpleQueue()
-        from fulmen._utils import collect_rng_states
-
-        # a spawned worker starts with fresh generators: give it this process's, so that a seed_everything
-        # before fit seeds the workers' dropout and loaders as it seeds each process started by strategy="ddp"
-        rng = collect_rng_states()
-        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue, rng),
+        state = _GlobalState()
+        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue, state),
                                      nprocs=strategy.num_processes, start_method=method, join=False)
         output = None
         while not context.join(0.1):
@@ -292,12 +288,31 @@ class SpawnLauncher:
         return output.result
 
 
-def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
-            trainer: Any, queue: Any, rng: dict[str, Any]) -> None:
-    from fulmen._utils import restore_rng_states
+class _GlobalState:
+    """What a spawned process would not inherit from the caller: the random generators' states (so a worker
+    continues the caller's streams, as a forked one would) and torch's determinism and cuDNN flags (set by
+    ``Trainer(deterministic=..., benchmark=...)`` in the caller)."""
 
+    def __init__(self) -> None:
+        from fulmen._utils import collect_rng_states
+
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        self.warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        self.benchmark = torch.backends.cudnn.benchmark
+        self.rng = collect_rng_states()
+
+    def restore(self) -> None:
+        from fulmen._utils import restore_rng_states
+
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.warn_only)
+        torch.backends.cudnn.benchmark = self.benchmark
+        restore_rng_states(self.rng)
+
+
+def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
+            trainer: Any, queue: Any, state: _GlobalState) -> None:
+    state.restore()
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by the environment (and by user code, as under torchrun)
-    restore_rng_states(rng)
     strategy.set_world_ranks()
     if trainer is not None and strategy._start_method != "fork":
         # pickling for the workers put the weights in shared memory: each worker needs its own copy

@@ -373,6 +373,22 @@ def _with_distributed_sampler(loader: Any, trainer: Any, stage: str) -> Any:
     return cls(loader.dataset, **kwargs)
 
 
+def seed_workers(loaders: Any, rank: int) -> None:
+    """After ``seed_everything(seed, workers=True)``, give every DataLoader of ``loaders`` that has no
+    ``worker_init_fn`` of its own ``pl_worker_init_function`` for this rank (any strategy, as in Lightning):
+    without it, torch seeds worker i of every rank alike from the loader's base seed."""
+    import os
+    from functools import partial
+
+    if not int(os.environ.get("PL_SEED_WORKERS", "0")):
+        return
+    from fulmen._utils import pl_worker_init_function
+
+    for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
+        if getattr(loader, "worker_init_fn", False) is None:
+            loader.worker_init_fn = partial(pl_worker_init_function, rank=rank)
+
+
 def sampler_seed() -> int:
     """The seed distributed samplers shuffle with: ``seed_everything``'s, as in Lightning."""
     import os

@@ -224,6 +224,7 @@ def setup_train_data(trainer: Any) -> None:
     if trainer.overfit_batches:
         loaders = _map_loaders(loaders, _data.with_sequential_sampler)
     loaders = _data.distribute(trainer, loaders, "train")
+    _data.seed_workers(loaders, trainer.global_rank)
     iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
     limit = trainer.limit_train_batches
     for ld in _data.as_list(loaders):
@@ -268,6 +269,7 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
     loaders = _data.distribute(trainer, _data.resolve(trainer, prefix, given), prefix)
+    _data.seed_workers(loaders, trainer.global_rank)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)
     flat = _data.as_list(loaders)
@@ -636,6 +638,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
                 trainer.state.stage = RunningStage.TRAINING
+                # a stop asked for by this validation (EarlyStopping) ends the epoch here, as in Lightning
+                stop = loop.should_stop and _can_stop_early(trainer, loop)
         for cfg in plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 _step_scheduler(trainer, module, cfg)
@@ -1012,6 +1016,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _first_batches(loaders: list[Any], limits: list[float]) -> Any:
+    """The first loader's iterator, made before the stage's hooks run, as in Lightning: making it draws the
+    loader's base seed from the global generator, so a hook that draws random numbers gets Lightning's."""
+    return _data.islice(loaders[0], limits[0]) if loaders else None
+
+
 def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:
     """One pass over the evaluation loaders: eval mode and inference mode, then restore training mode."""
     module = trainer.lightning_module
@@ -1022,6 +1032,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     results = metrics.eval
     results.reset()
     metrics.current = results
+    first = _first_batches(loaders, limits)
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
@@ -1045,7 +1056,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
         trainer._call_hooks(f"on_{prefix}_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.islice(loader, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
                 results.batch = batch
@@ -1130,6 +1141,7 @@ def predict(trainer: Any) -> Any:
         for dl_idx, (loader, limit) in enumerate(zip(loaders, trainer.num_predict_batches)):
             extra = (dl_idx,) if multi else ()
             preds: list[Any] = []
+            # made after on_predict_start (Lightning: before), where prediction writers hook the batch samplers
             for batch_idx, batch in enumerate(_data.islice(loader, limit)):
                 batch = move(batch, dl_idx)
                 if cb_start:

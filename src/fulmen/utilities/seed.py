@@ -10,6 +10,6 @@ Example::
 """
 
 from fulmen._lightning_utils import isolate_rng
-from fulmen._utils import pl_worker_init_function, seed_everything
+from fulmen._utils import pl_worker_init_function, reset_seed, seed_everything
 
-__all__ = ["isolate_rng", "pl_worker_init_function", "seed_everything"]
+__all__ = ["isolate_rng", "pl_worker_init_function", "reset_seed", "seed_everything"]
