@@ -574,6 +574,11 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     preempted = trainer._preemption.check if trainer._preemption is not None else None  # reads a bool set by SIGTERM
     writers = trainer._async_writers()  # background checkpoint writes: a failed one raises at the next step
 
+    if loop.val_pending:  # the checkpoint was written in the batch-end hooks of a batch followed by validation
+        loop.val_pending = False
+        _validate_in_fit(trainer, module)
+        metrics.current = results
+        trainer.state.stage = RunningStage.TRAINING
     batch_idx = skip - 1
     while True:
         batch_idx += 1
@@ -610,15 +615,22 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             for cfg in epoch_schedulers:
                 if (loop.epoch + 1) % cfg.frequency == 0:
                     _step_scheduler(trainer, module, cfg)
-        # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers) carries the row
+        # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning;
+        # a time-based interval is read after the batch-end hooks, on the clock
+        val_due = val_this_epoch and val_check_seconds is None and (
+            is_last if math.isinf(val_check_batch) else
+            (loop.total_batches if check_every_epoch is None else batch_idx + 1) % val_check_batch == 0)
+        # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers and before the
+        # validation due after it) carries the row and runs that validation first when resumed
         trainer._step_row_due = bool(log_every) and stepped and loop.batches_stepped % log_every == 0
+        trainer._val_due = val_due
         if cb_batch_end:
             trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
         if m_batch_end is not None:
             results.fx = "on_train_batch_end"
             m_batch_end(outputs, batch, batch_idx)
             results.fx = None
-        trainer._step_row_due = False
+        trainer._step_row_due = trainer._val_due = False
         if log_every and stepped and (loop.batches_stepped % log_every == 0 or loop.should_stop):
             metrics.train_step_end(loop.batches_stepped - 1, True)
         if max_time is not None and not loop.should_stop and _time_is_up(trainer):
@@ -626,12 +638,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             loop.should_stop = True
         stop = loop.should_stop and _can_stop_early(trainer, loop)
         if val_this_epoch:
-            current = loop.total_batches if check_every_epoch is None else batch_idx + 1
-            # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning
             if val_check_seconds is not None:  # only the clock decides, the epoch's end included, as in Lightning
                 on_interval = time.monotonic() - trainer._last_val_time >= val_check_seconds
             else:
-                on_interval = is_last if math.isinf(val_check_batch) else current % val_check_batch == 0
+                on_interval = val_due
             if on_interval or stop:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
@@ -1257,6 +1267,7 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
         loop.metric_states = _metric_states(trainer)
         if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
             loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
+    loop.val_pending = bool(getattr(trainer, "_val_due", False))
     if trainer.is_global_zero:  # loggers write on rank zero, which also writes the checkpoint
         loop.logger_states = [lg._resume_state() if hasattr(lg, "_resume_state") else None for lg in trainer.loggers]
     try:
@@ -1264,6 +1275,7 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     finally:
         loop.loader_state = loop.loader_generators = loop.epoch_metrics = loop.metric_states = None
         loop.logger_states = loop.pending_step_row = None
+        loop.val_pending = False
 
 
 def _metric_states(trainer: Any) -> dict[str, Any] | None:

@@ -104,6 +104,7 @@ class LoopState:
     metric_states: dict[str, Any] | None = field(default=None, repr=False)
     logger_states: list[Any] | None = field(default=None, repr=False)  # e.g. how many CSV rows were on disk
     pending_step_row: Any = field(default=None, repr=False)  # (row, step) a batch-end save preceded
+    val_pending: bool = False  # a batch-end save preceded the validation due after that batch: run it first
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
