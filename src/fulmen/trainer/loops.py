@@ -541,8 +541,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     first_epoch_here = trainer._loop_first_epoch
     trainer._loop_first_epoch = False
     reused = first_epoch_here and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
-    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused)
-    loop.loader_state = None
+    streams = trainer._worker_streams["train"]
+    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused,
+                                 streams=streams, saved_workers=streams.pending)
+    loop.loader_state = streams.pending = None
     if skip:
         restore_rng_states(resume_rng)
 
@@ -1055,7 +1057,10 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
         trainer._call_hooks(f"on_{prefix}_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(_data.islice(loader, limit)):
+            source = loader
+            if in_fit:  # persistent workers keep their random streams between validations: follow them
+                source = _data.eval_iter(loader, trainer._worker_streams.setdefault(f"val{dl_idx}", _data._WorkerStreams()))
+            for batch_idx, batch in enumerate(_data.islice(source, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
                 results.batch = batch
@@ -1220,7 +1225,8 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         checkpoint["rng_states"] = collect_rng_states()
         if trainer.world_size > 1:  # each rank draws its own random numbers (dropout, loader seeds): keep them all
             checkpoint["rng_states_per_rank"] = trainer.strategy.all_gather_object(
-                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng})
+                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng,
+                 "worker_streams": checkpoint["loops"]["fulmen"]["worker_streams"]})
         checkpoint["callbacks"] = {}
         for cb in trainer.callbacks:
             state = cb.state_dict()
@@ -1262,6 +1268,8 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     mid_epoch = loop.batches_in_epoch > 0 and not loop.epoch_loop_done
     loop.loader_state = _data.loader_state(loader) if loader is not None and mid_epoch else None
     loop.loader_generators = _data.generator_states(loader) if loader is not None else None
+    loop.worker_streams = {key: saved for key, streams in trainer._worker_streams.items()
+                           if (saved := streams.saved()) is not None} or None
     if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
         loop.epoch_metrics = trainer._metrics.train.accumulators()
         loop.metric_states = _metric_states(trainer)
@@ -1274,7 +1282,7 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
         return loop.state_dict()
     finally:
         loop.loader_state = loop.loader_generators = loop.epoch_metrics = loop.metric_states = None
-        loop.logger_states = loop.pending_step_row = None
+        loop.logger_states = loop.pending_step_row = loop.worker_streams = None
         loop.val_pending = False
 
 
@@ -1375,6 +1383,12 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         own = per_rank[trainer.global_rank]
         restore_rng_states(own["rng_states"])
         trainer._loop.epoch_start_rng = own["epoch_start_rng"]
+        trainer._loop.worker_streams = own.get("worker_streams")
     elif "rng_states" in checkpoint:
         restore_rng_states(checkpoint["rng_states"])
+    # the loaders' workers continue their random streams when their first iterator is made
+    trainer._worker_streams = {"train": _data._WorkerStreams()}
+    for key, saved in (trainer._loop.worker_streams or {}).items():
+        trainer._worker_streams[key] = _data._WorkerStreams(pending=saved)
+    trainer._loop.worker_streams = None
     return checkpoint
