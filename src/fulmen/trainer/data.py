@@ -576,28 +576,36 @@ class _Stamped:
         return _Stamped(pin_memory(self.batch), self.worker, self.rng)
 
 
-def _worker_rng() -> tuple[bytes, Any, Any]:
-    """This process's torch, random and numpy states, in forms that cross a process cheaply (no tensor)."""
+def _worker_rng() -> tuple[Any, ...]:
+    """This process's torch, random and numpy states as flat bytes and numbers: they cross to the main process
+    with every batch, so they are made cheap to pickle (no tensor, no tuple of 625 ints)."""
     import random
     import sys
+    from array import array
 
     import torch
 
+    version, internal, gauss = random.getstate()
+    out: tuple[Any, ...] = (torch.get_rng_state().numpy().tobytes(), version, array("Q", internal).tobytes(), gauss)
     np = sys.modules.get("numpy")
-    return bytes(torch.get_rng_state().numpy()), random.getstate(), np.random.get_state() if np else None
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        out += (name, keys.tobytes(), pos, has_gauss, cached)
+    return out
 
 
-def _saved_rng(raw: tuple[bytes, Any, Any]) -> dict[str, Any]:
+def _saved_rng(raw: tuple[Any, ...]) -> dict[str, Any]:
     """``_worker_rng()`` as ``collect_rng_states()`` writes it (opens with ``torch.load(weights_only=True)``)."""
+    from array import array
+
     import torch
 
-    torch_state, python, np_state = raw
-    out: dict[str, Any] = {"torch": torch.frombuffer(bytearray(torch_state), dtype=torch.uint8), "python": python}
-    if np_state is not None:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np_state
-        out["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    out: dict[str, Any] = {"torch": torch.frombuffer(bytearray(raw[0]), dtype=torch.uint8),
+                           "python": (raw[1], tuple(array("Q", raw[2])), raw[3])}
+    if len(raw) > 4:
+        name, keys, pos, has_gauss, cached = raw[4:]
+        out["numpy"] = (name, torch.frombuffer(bytearray(keys), dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF,
+                        int(pos), int(has_gauss), float(cached))
     return out
 
 
