@@ -115,3 +115,17 @@ def test_workers_load_what_plain_pytorch_loads(persistent):
     assert len(model.seen) == len(plain) == 4
     for got, want in zip(model.seen, plain):
         assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_still_carry_their_workers_states():
+    """pin_memory=True: the pinning thread pins the batch inside its stamp; the loop gets the pinned batch."""
+    from torch.utils.data import DataLoader
+
+    from fulmen.trainer import data as _data
+
+    loader = DataLoader(resume_program.Noisy(32, 0), batch_size=8, num_workers=2, pin_memory=True)
+    streams = _data._WorkerStreams()
+    batches = list(_data._worker_iter(loader, streams))
+    assert len(batches) == 4 and all(x.is_pinned() and y.is_pinned() for x, y in batches)
+    assert sorted(streams.saved()["workers"]) == [0, 1]
