@@ -25,8 +25,8 @@ if deepspeed_available():
     RUNS["zero2p"] = (2, 1, "deepspeed_stage_2")
 RESUMES = {
     "ddp0-3": ("ddp0", "epoch=1-step=3.ckpt"),  # mid second epoch
-    "ddp2p-6": ("ddp2p", "epoch=2-step=6.ckpt"),  # after the last batch, before the validation there; persistent
-    # workers seeded in the first epoch
+    "ddp2p-6": ("ddp2p", "epoch=2-step=6.ckpt"),  # after an epoch's last batch, before the validation there;
+    # persistent workers seeded in the first epoch
     "fsdp2p-3": ("fsdp2p", "epoch=1-step=3.ckpt"),
     "zero2p-3": ("zero2p", "epoch=1-step=3.ckpt"),
 }

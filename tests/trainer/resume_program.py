@@ -28,7 +28,7 @@ import fulmen as pl
 from fulmen.callbacks import EarlyStopping, ModelCheckpoint
 from fulmen.loggers import CSVLogger
 
-EPOCHS, SAMPLES, BATCH = 3, 64, 8
+EPOCHS, SAMPLES, BATCH = 4, 64, 8
 
 
 class Noisy(Dataset):

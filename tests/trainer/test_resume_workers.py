@@ -129,3 +129,20 @@ def test_pinned_batches_still_carry_their_workers_states():
     batches = list(_data._worker_iter(loader, streams))
     assert len(batches) == 4 and all(x.is_pinned() and y.is_pinned() for x, y in batches)
     assert sorted(streams.saved()["workers"]) == [0, 1]
+
+
+def test_a_persistent_loader_gives_plain_batches_after_fit():
+    """The workers of a persistent loader outlive fit: code iterating the loader afterwards (or trainer.validate)
+    gets the batches as the collate_fn made them, not fulmen's stamped ones."""
+    from torch.utils.data import DataLoader
+
+    import fulmen as pl
+
+    train = DataLoader(resume_program.Noisy(32, 0), batch_size=8, num_workers=2, persistent_workers=True)
+    val = DataLoader(resume_program.Noisy(16, 1), batch_size=8, num_workers=2, persistent_workers=True)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=os.getcwd())
+    trainer.fit(resume_program.Net(), train, val)
+    for x, y in train:
+        assert x.shape == (8, 8) and y.shape == (8, 1)
+    assert "val_loss" in trainer.validate(dataloaders=val, verbose=False)[0]

@@ -504,17 +504,17 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
     if _map_style_loader(loader):
         from fulmen.utilities import collect_rng_states, restore_rng_states
 
-        # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
-        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
         if skip and loader.num_workers and loader.persistent_workers and loader._iterator is not None:
             loader._iterator = None  # made earlier in this process: it would not skip (it keeps its own sampler)
+        # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
+        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
         fresh = reused_before and loader.num_workers > 0 and loader.persistent_workers and loader._iterator is None
         if not skip and not fresh:
             return _worker_iter(loader, streams)
         attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         # workers take batches in turn from worker 0: empty batches first (loaded by no one) give batch `skip` to
         # the worker that had it, so every worker continues its own stream and keeps its id
-        gaps = skip % loader.num_workers if loader.num_workers and attr == "batch_sampler" and streams else 0
+        gaps = skip % loader.num_workers if streams is not None and attr == "batch_sampler" and _followable(loader) else 0
         original = getattr(loader, attr)
         skipping = _SkipFirst(original, skip, gaps)
         before = collect_rng_states() if fresh else None
@@ -612,8 +612,8 @@ def _saved_rng(raw: tuple[Any, ...]) -> dict[str, Any]:
 class _StampingCollate:
     """The loader's collate_fn, run in a worker: the batch goes back stamped with the worker's states."""
 
-    def __init__(self, collate_fn: Any) -> None:
-        self.collate_fn = collate_fn
+    def __init__(self, collate_fn: Any, gaps: bool) -> None:
+        self.collate_fn, self.gaps = collate_fn, gaps  # gaps: batches are lists of samples, a gap an empty one
 
     def __call__(self, data: Any) -> Any:
         from torch.utils.data import get_worker_info
@@ -621,7 +621,7 @@ class _StampingCollate:
         info = get_worker_info()
         if info is None:  # called in the main process (0 workers, or by user code)
             return self.collate_fn(data)
-        if isinstance(data, list) and not data:  # a gap (see resume_iter): nothing was loaded
+        if self.gaps and isinstance(data, list) and not data:  # a gap (see resume_iter): nothing was loaded
             return _Stamped(None, info.id, None)
         return _Stamped(self.collate_fn(data), info.id, _worker_rng())
 
@@ -681,31 +681,56 @@ class _WorkerStreams:
         workers.update((w, _saved_rng(raw)) for w, raw in self.raw.items())
         return {"base_seed": self.base_seed, "workers": workers}
 
-    def consume(self, it: Any) -> Iterator[Any]:
-        raw = self.raw
-        for item in it:
-            if item.__class__ is _Stamped:
-                if item.rng is not None:
-                    raw[item.worker] = item.rng
-                item = item.batch
-            yield item
+
+_following: dict[type, type] = {}
+
+
+def _follow(it: Any, streams: _WorkerStreams) -> None:
+    """Make the iterator ``it`` unwrap each stamped batch as it hands it over, keeping its worker's states in
+    ``streams``: whoever consumes it (the training loop, or user code iterating a persistent loader after fit)
+    gets the plain batch, and only batches handed over count."""
+    cls = type(it)
+    if cls not in _following:
+
+        def _process_data(self: Any, data: Any, *args: Any) -> Any:
+            data = super(following, self)._process_data(data, *args)
+            if data.__class__ is _Stamped:
+                if data.rng is not None:
+                    self._fulmen_streams.raw[data.worker] = data.rng
+                return data.batch
+            return data
+
+        following = type(cls.__name__, (cls,), {"_process_data": _process_data, "__module__": cls.__module__})
+        _following[cls] = following
+    it._fulmen_streams = streams
+    it.__class__ = _following[cls]
+
+
+def _followable(loader: Any) -> bool:
+    """A map-style DataLoader with workers whose iterator is torch's own (whose last step, ``_process_data``,
+    can unwrap the stamped batches); a loader that makes its own iterator (e.g. torchdata's) restores itself."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    return (_map_style_loader(loader) and loader.num_workers > 0
+            and type(loader)._get_iterator is DataLoader._get_iterator
+            and hasattr(_MultiProcessingDataLoaderIter, "_process_data"))
 
 
 def _worker_iter(loader: Any, streams: _WorkerStreams | None, saved: dict[str, Any] | None = None) -> Iterator[Any]:
     """``iter(loader)``, with the workers' random streams followed (and, from ``saved``, continued)."""
-    if streams is None or not _map_style_loader(loader) or not loader.num_workers:
+    if streams is None or not _followable(loader):
         return iter(loader)
     if loader.persistent_workers and loader._iterator is not None:  # the same processes: their streams go on
         it = iter(loader)
-        if it is streams.iterator:
-            return streams.consume(it)
-        streams.iterator = None  # made before fit saw the loader: its batches are not stamped
+        if it is not streams.iterator:
+            streams.iterator = None  # made before fit saw the loader: its batches are not stamped
         return it
     saved = saved or {}
     workers = saved.get("workers") or {}
     collate, init = loader.collate_fn, loader.worker_init_fn
     # both are read when the iterator is made (and sent to the worker processes): the swap lasts only for iter()
-    loader.collate_fn = _StampingCollate(collate)
+    loader.collate_fn = _StampingCollate(collate, gaps=loader.batch_sampler is not None)
     loader.worker_init_fn = _WorkerStart(init, saved.get("base_seed"), workers)
     try:
         it = iter(loader)
@@ -716,14 +741,15 @@ def _worker_iter(loader: Any, streams: _WorkerStreams | None, saved: dict[str, A
     streams.restored = dict(workers)
     # the seed the workers were seeded from: the saved one where _WorkerStart put it back
     streams.base_seed = saved["base_seed"] if saved.get("base_seed") is not None else getattr(it, "_base_seed", None)
-    return streams.consume(it)
+    _follow(it, streams)
+    return it
 
 
 def eval_iter(loader: Any, streams: _WorkerStreams) -> Iterator[Any]:
     """``iter(loader)`` for a validation inside fit. A persistent-workers loader keeps its workers, and their
     random streams, from one validation to the next: they are followed, and continued after a resume, where
     the interrupted run had made the iterator already (its seed draw then must not move the random state)."""
-    if not (_map_style_loader(loader) and loader.num_workers and loader.persistent_workers):
+    if not (_followable(loader) and loader.persistent_workers):
         return iter(loader)  # a new iterator each time, seeded from this process's random state
     if streams.pending is None or loader._iterator is not None:
         return _worker_iter(loader, streams)
