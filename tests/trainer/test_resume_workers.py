@@ -63,7 +63,8 @@ def runs(tmp_path_factory) -> Path:
     launch(out, [f"{name}:{w}:{p}:auto:1" for name, (w, p) in RUNS.items()])
     for name, (source, _) in RESUMES.items():
         copy_run(out, source, name)
-    launch(out, [f"{name}:{RUNS[source][0]}:{RUNS[source][1]}:auto:1:{ckpt}" for name, (source, ckpt) in RESUMES.items()])
+    launch(out, [f"{name}:{RUNS[source][0]}:{RUNS[source][1]}:auto:1:{ckpt}"
+                 for name, (source, ckpt) in RESUMES.items()])
     return out
 
 

@@ -486,7 +486,7 @@ _replay_warned = False
 
 
 def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
-                streams: _WorkerStreams | None = None, saved_workers: dict[str, Any] | None = None) -> Iterator[Any]:
+                streams: _WorkerStreams | None = None, saved: dict[str, Any] | None = None) -> Iterator[Any]:
     """An iterator over ``loader`` that starts after its first ``skip`` batches of the epoch.
 
     In order of preference: the loader's own state (``load_state_dict``), skipping at the sampler level
@@ -494,7 +494,7 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
     the skipped batches again and says so once. ``reused_before``: an uninterrupted run would be in a later
     epoch of this loader, so a persistent-workers loader would reuse its iterator and draw no new worker seed.
     ``streams`` follows the random streams of the loader's workers (see :class:`_WorkerStreams`);
-    ``saved_workers`` is what it saved, for the workers of a resumed run to continue them.
+    ``saved`` is what it saved, for the workers of a resumed run to continue them.
     """
     if not skip and not reused_before:
         return _worker_iter(loader, streams)
@@ -514,7 +514,8 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
         attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         # workers take batches in turn from worker 0: empty batches first (loaded by no one) give batch `skip` to
         # the worker that had it, so every worker continues its own stream and keeps its id
-        gaps = skip % loader.num_workers if streams is not None and attr == "batch_sampler" and _followable(loader) else 0
+        followed = streams is not None and attr == "batch_sampler" and _followable(loader)
+        gaps = skip % loader.num_workers if followed else 0
         original = getattr(loader, attr)
         skipping = _SkipFirst(original, skip, gaps)
         before = collect_rng_states() if fresh else None
@@ -522,7 +523,7 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
         # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
         object.__setattr__(loader, attr, skipping)
         try:
-            it = _worker_iter(loader, streams, saved_workers)
+            it = _worker_iter(loader, streams, saved)
         finally:
             object.__setattr__(loader, attr, original)
         if fresh:  # as if the draw had been the only use of the RNG, as in the uninterrupted run
@@ -740,7 +741,8 @@ def _worker_iter(loader: Any, streams: _WorkerStreams | None, saved: dict[str, A
     streams.raw = {}
     streams.restored = dict(workers)
     # the seed the workers were seeded from: the saved one where _WorkerStart put it back
-    streams.base_seed = saved["base_seed"] if saved.get("base_seed") is not None else getattr(it, "_base_seed", None)
+    base = saved.get("base_seed")
+    streams.base_seed = base if base is not None else getattr(it, "_base_seed", None)
     _follow(it, streams)
     return it
 

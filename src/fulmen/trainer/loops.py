@@ -543,7 +543,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     reused = first_epoch_here and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
     streams = trainer._worker_streams["train"]
     iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused,
-                                 streams=streams, saved_workers=streams.pending)
+                                 streams=streams, saved=streams.pending)
     loop.loader_state = streams.pending = None
     if skip:
         restore_rng_states(resume_rng)
@@ -1059,7 +1059,8 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
             extra = (dl_idx,) if multi else ()
             source = loader
             if in_fit:  # persistent workers keep their random streams between validations: follow them
-                source = _data.eval_iter(loader, trainer._worker_streams.setdefault(f"val{dl_idx}", _data._WorkerStreams()))
+                streams = trainer._worker_streams.setdefault(f"val{dl_idx}", _data._WorkerStreams())
+                source = _data.eval_iter(loader, streams)
             for batch_idx, batch in enumerate(_data.islice(source, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
