@@ -423,18 +423,20 @@ class _SkipFirst:
     state. ``rng`` holds the state the uninterrupted run had at that moment; the draw is made under it.
     """
 
-    def __init__(self, sampler: Any, skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
+    def __init__(self, sampler: Any, skip: int, gaps: int = 0) -> None:
+        self.sampler, self.skip, self.gaps = sampler, skip, gaps
         self.rng: dict[str, Any] | None = None
         self.after: dict[str, Any] | None = None  # the state right after the draw made under ``rng``
 
     def __iter__(self) -> Iterator[Any]:
-        if not self.skip and self.rng is None:
+        if not self.skip and self.rng is None and not self.gaps:
             yield from self.sampler
             return
         from fulmen._utils import collect_rng_states, restore_rng_states
 
-        skip, self.skip, rng, self.rng = self.skip, 0, self.rng, None
+        for _ in range(self.gaps):  # empty batches, first: see _WorkerStreams (they load nothing)
+            yield []
+        skip, self.skip, rng, self.rng, self.gaps = self.skip, 0, self.rng, None, 0
         now = collect_rng_states() if rng is not None else None
         if rng is not None:
             restore_rng_states(rng)
@@ -499,42 +501,53 @@ def loader_state(loader: Any) -> Any:
 _replay_warned = False
 
 
-def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False) -> Iterator[Any]:
+def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
+                streams: _WorkerStreams | None = None, saved: dict[str, Any] | None = None) -> Iterator[Any]:
     """An iterator over ``loader`` that starts after its first ``skip`` batches of the epoch.
 
     In order of preference: the loader's own state (``load_state_dict``), skipping at the sampler level
     (map-style DataLoaders with any sampler: the same batches, none loaded), else replaying, which loads
     the skipped batches again and says so once. ``reused_before``: an uninterrupted run would be in a later
     epoch of this loader, so a persistent-workers loader would reuse its iterator and draw no new worker seed.
+    ``streams`` follows the random streams of the loader's workers (see :class:`_WorkerStreams`);
+    ``saved`` is what it saved, for the workers of a resumed run to continue them.
     """
     if not skip and not reused_before:
-        return iter(loader)
+        return _worker_iter(loader, streams)
     if state is not None and callable(getattr(loader, "load_state_dict", None)):
         loader.load_state_dict(state)
         return iter(loader)
     if _map_style_loader(loader):
         from fulmen._utils import collect_rng_states, restore_rng_states
 
+        if skip and loader.num_workers and loader.persistent_workers and loader._iterator is not None:
+            loader._iterator = None  # made earlier in this process: it would not skip (it keeps its own sampler)
         # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
         # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
         fresh = reused_before and loader.num_workers > 0 and loader.persistent_workers and loader._iterator is None
         if not skip and not fresh:
-            return iter(loader)
+            return _worker_iter(loader, streams)
         attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+        # workers take batches in turn from worker 0: empty batches first (loaded by no one) give batch `skip` to
+        # the worker that had it, so every worker continues its own stream and keeps its id
+        followed = streams is not None and attr == "batch_sampler" and _followable(loader)
+        gaps = skip % loader.num_workers if followed else 0
         original = getattr(loader, attr)
-        skipping = _SkipFirst(original, skip)
+        skipping = _SkipFirst(original, skip, gaps)
         before = collect_rng_states() if fresh else None
         skipping.rng = before  # workers ask for indices while the iterator is made: under this state
         # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
         object.__setattr__(loader, attr, skipping)
         try:
-            it = iter(loader)
+            it = _worker_iter(loader, streams, saved)
         finally:
             object.__setattr__(loader, attr, original)
         if fresh:  # as if the draw had been the only use of the RNG, as in the uninterrupted run
             restore_rng_states(skipping.after or before)
         elif loader.num_workers == 0:
             skipping.rng = collect_rng_states()  # as the uninterrupted run had it right after iter(loader)
+        for _ in range(gaps):
+            next(it)
         return it
     if not skip:
         return iter(loader)
@@ -553,3 +566,215 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False)
     for _ in range(skip):
         next(it)
     return it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The random streams of loader workers, for an exact resume.
+#
+# A worker seeds torch, random and numpy from the loader's base seed (drawn when the iterator is made) plus
+# its id, then draws from them for every batch it loads (random augmentation). Batches go to workers in turn,
+# from worker 0, every epoch; persistent workers keep their streams across epochs. So each batch comes back
+# with its worker's states right after loading it, the main process keeps, per worker, those of the last
+# batch it actually consumed (batches fetched ahead do not count), and a resumed run's workers start from
+# them. Nothing is reseeded: an uninterrupted run draws exactly what plain PyTorch draws.
+
+
+class _Stamped:
+    """A batch and the random states of the worker that loaded it, right after loading it."""
+
+    __slots__ = ("batch", "worker", "rng")
+
+    def __init__(self, batch: Any, worker: int, rng: Any) -> None:
+        self.batch, self.worker, self.rng = batch, worker, rng
+
+    def pin_memory(self) -> _Stamped:  # DataLoader(pin_memory=True) pins what it finds, then hands it on
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        return _Stamped(pin_memory(self.batch), self.worker, self.rng)
+
+
+def _worker_rng() -> tuple[Any, ...]:
+    """This process's torch, random and numpy states as flat bytes and numbers: they cross to the main process
+    with every batch, so they are made cheap to pickle (no tensor, no tuple of 625 ints)."""
+    import random
+    import sys
+    from array import array
+
+    import torch
+
+    version, internal, gauss = random.getstate()
+    out: tuple[Any, ...] = (torch.get_rng_state().numpy().tobytes(), version, array("Q", internal).tobytes(), gauss)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        out += (name, keys.tobytes(), pos, has_gauss, cached)
+    return out
+
+
+def _saved_rng(raw: tuple[Any, ...]) -> dict[str, Any]:
+    """``_worker_rng()`` as ``collect_rng_states()`` writes it (opens with ``torch.load(weights_only=True)``)."""
+    from array import array
+
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.frombuffer(bytearray(raw[0]), dtype=torch.uint8),
+                           "python": (raw[1], tuple(array("Q", raw[2])), raw[3])}
+    if len(raw) > 4:
+        name, keys, pos, has_gauss, cached = raw[4:]
+        out["numpy"] = (name, torch.frombuffer(bytearray(keys), dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF,
+                        int(pos), int(has_gauss), float(cached))
+    return out
+
+
+class _StampingCollate:
+    """The loader's collate_fn, run in a worker: the batch goes back stamped with the worker's states."""
+
+    def __init__(self, collate_fn: Any, gaps: bool) -> None:
+        self.collate_fn, self.gaps = collate_fn, gaps  # gaps: batches are lists of samples, a gap an empty one
+
+    def __call__(self, data: Any) -> Any:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is None:  # called in the main process (0 workers, or by user code)
+            return self.collate_fn(data)
+        if self.gaps and isinstance(data, list) and not data:  # a gap (see resume_iter): nothing was loaded
+            return _Stamped(None, info.id, None)
+        return _Stamped(self.collate_fn(data), info.id, _worker_rng())
+
+
+class _WorkerStart:
+    """The loader's worker_init_fn, run first in each worker: seeded as the interrupted run's worker was, then
+    (after the user's function) its random streams where that worker's last consumed batch left them."""
+
+    def __init__(self, init_fn: Any, base_seed: int | None, states: dict[int, Any]) -> None:
+        self.init_fn, self.base_seed, self.states = init_fn, base_seed, states
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+
+        import torch
+        from torch.utils.data import get_worker_info
+
+        from fulmen._utils import restore_rng_states
+
+        info = get_worker_info()
+        if self.base_seed is not None and info is not None and info.seed != self.base_seed + worker_id:
+            # a persistent-workers loader made again after a resume: the workers' seeds are those of the first epoch
+            seed = self.base_seed + worker_id
+            random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                import numpy as np
+                from torch.utils.data._utils.worker import _generate_state
+
+                np.random.seed(_generate_state(self.base_seed, worker_id))
+            except ImportError:
+                pass
+            object.__setattr__(info, "seed", seed)  # WorkerInfo is read-only once made
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+        state = self.states.get(worker_id)
+        if state is not None:
+            restore_rng_states(state)
+
+
+class _WorkerStreams:
+    """Per worker of a loader's current iterator, the random states after the last batch the main process
+    consumed from it. ``saved()`` is what a checkpoint keeps; a resumed run holds it as ``pending`` until the
+    loader's first iterator is made, whose workers then continue those streams."""
+
+    def __init__(self, pending: dict[str, Any] | None = None) -> None:
+        self.raw: dict[int, Any] = {}  # from this process's batches, as they came
+        self.restored: dict[int, Any] = {}  # from the checkpoint, for workers that have sent nothing since
+        self.base_seed: int | None = None
+        self.iterator: Any = None
+        self.pending = pending
+
+    def saved(self) -> dict[str, Any] | None:
+        if self.iterator is None:
+            return self.pending
+        workers = dict(self.restored)
+        workers.update((w, _saved_rng(raw)) for w, raw in self.raw.items())
+        return {"base_seed": self.base_seed, "workers": workers}
+
+
+_following: dict[type, type] = {}
+
+
+def _follow(it: Any, streams: _WorkerStreams) -> None:
+    """Make the iterator ``it`` unwrap each stamped batch as it hands it over, keeping its worker's states in
+    ``streams``: whoever consumes it (the training loop, or user code iterating a persistent loader after fit)
+    gets the plain batch, and only batches handed over count."""
+    cls = type(it)
+    if cls not in _following:
+
+        def _process_data(self: Any, data: Any, *args: Any) -> Any:
+            data = super(following, self)._process_data(data, *args)
+            if data.__class__ is _Stamped:
+                if data.rng is not None:
+                    self._fulmen_streams.raw[data.worker] = data.rng
+                return data.batch
+            return data
+
+        following = type(cls.__name__, (cls,), {"_process_data": _process_data, "__module__": cls.__module__})
+        _following[cls] = following
+    it._fulmen_streams = streams
+    it.__class__ = _following[cls]
+
+
+def _followable(loader: Any) -> bool:
+    """A map-style DataLoader with workers whose iterator is torch's own (whose last step, ``_process_data``,
+    can unwrap the stamped batches); a loader that makes its own iterator (e.g. torchdata's) restores itself."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    return (_map_style_loader(loader) and loader.num_workers > 0
+            and type(loader)._get_iterator is DataLoader._get_iterator
+            and hasattr(_MultiProcessingDataLoaderIter, "_process_data"))
+
+
+def _worker_iter(loader: Any, streams: _WorkerStreams | None, saved: dict[str, Any] | None = None) -> Iterator[Any]:
+    """``iter(loader)``, with the workers' random streams followed (and, from ``saved``, continued)."""
+    if streams is None or not _followable(loader):
+        return iter(loader)
+    if loader.persistent_workers and loader._iterator is not None:  # the same processes: their streams go on
+        it = iter(loader)
+        if it is not streams.iterator:
+            streams.iterator = None  # made before fit saw the loader: its batches are not stamped
+        return it
+    saved = saved or {}
+    workers = saved.get("workers") or {}
+    collate, init = loader.collate_fn, loader.worker_init_fn
+    # both are read when the iterator is made (and sent to the worker processes): the swap lasts only for iter()
+    loader.collate_fn = _StampingCollate(collate, gaps=loader.batch_sampler is not None)
+    loader.worker_init_fn = _WorkerStart(init, saved.get("base_seed"), workers)
+    try:
+        it = iter(loader)
+    finally:
+        loader.collate_fn, loader.worker_init_fn = collate, init
+    streams.iterator, streams.pending = it, None
+    streams.raw = {}
+    streams.restored = dict(workers)
+    # the seed the workers were seeded from: the saved one where _WorkerStart put it back
+    base = saved.get("base_seed")
+    streams.base_seed = base if base is not None else getattr(it, "_base_seed", None)
+    _follow(it, streams)
+    return it
+
+
+def eval_iter(loader: Any, streams: _WorkerStreams) -> Iterator[Any]:
+    """``iter(loader)`` for a validation inside fit. A persistent-workers loader keeps its workers, and their
+    random streams, from one validation to the next: they are followed, and continued after a resume, where
+    the interrupted run had made the iterator already (its seed draw then must not move the random state)."""
+    if not (_followable(loader) and loader.persistent_workers):
+        return iter(loader)  # a new iterator each time, seeded from this process's random state
+    if streams.pending is None or loader._iterator is not None:
+        return _worker_iter(loader, streams)
+    from fulmen._utils import collect_rng_states, restore_rng_states
+
+    rng = collect_rng_states()
+    try:
+        return _worker_iter(loader, streams, streams.pending)
+    finally:
+        restore_rng_states(rng)

@@ -543,8 +543,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     first_epoch_here = trainer._loop_first_epoch
     trainer._loop_first_epoch = False
     reused = first_epoch_here and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
-    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused)
-    loop.loader_state = None
+    streams = trainer._worker_streams["train"]
+    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused,
+                                 streams=streams, saved=streams.pending)
+    loop.loader_state = streams.pending = None
     if skip:
         restore_rng_states(resume_rng)
 
@@ -576,6 +578,11 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     preempted = trainer._preemption.check if trainer._preemption is not None else None  # reads a bool set by SIGTERM
     writers = trainer._async_writers()  # background checkpoint writes: a failed one raises at the next step
 
+    if loop.val_pending:  # the checkpoint was written in the batch-end hooks of a batch followed by validation
+        loop.val_pending = False
+        _validate_in_fit(trainer, module)
+        metrics.current = results
+        trainer.state.stage = RunningStage.TRAINING
     batch_idx = skip - 1
     while True:
         batch_idx += 1
@@ -612,15 +619,22 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             for cfg in epoch_schedulers:
                 if (loop.epoch + 1) % cfg.frequency == 0:
                     _step_scheduler(trainer, module, cfg)
-        # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers) carries the row
+        # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning;
+        # a time-based interval is read after the batch-end hooks, on the clock
+        val_due = val_this_epoch and val_check_seconds is None and (
+            is_last if math.isinf(val_check_batch) else
+            (loop.total_batches if check_every_epoch is None else batch_idx + 1) % val_check_batch == 0)
+        # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers and before the
+        # validation due after it) carries the row and runs that validation first when resumed
         trainer._step_row_due = bool(log_every) and stepped and loop.batches_stepped % log_every == 0
+        trainer._val_due = val_due
         if cb_batch_end:
             trainer._call_callbacks("on_train_batch_end", outputs, batch, batch_idx)
         if m_batch_end is not None:
             results.fx = "on_train_batch_end"
             m_batch_end(outputs, batch, batch_idx)
             results.fx = None
-        trainer._step_row_due = False
+        trainer._step_row_due = trainer._val_due = False
         if log_every and stepped and (loop.batches_stepped % log_every == 0 or loop.should_stop):
             metrics.train_step_end(loop.batches_stepped - 1, True)
         if max_time is not None and not loop.should_stop and _time_is_up(trainer):
@@ -628,12 +642,10 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             loop.should_stop = True
         stop = loop.should_stop and _can_stop_early(trainer, loop)
         if val_this_epoch:
-            current = loop.total_batches if check_every_epoch is None else batch_idx + 1
-            # a finite interval alone decides (the last batch validates only when it falls on it), as in Lightning
             if val_check_seconds is not None:  # only the clock decides, the epoch's end included, as in Lightning
                 on_interval = time.monotonic() - trainer._last_val_time >= val_check_seconds
             else:
-                on_interval = is_last if math.isinf(val_check_batch) else current % val_check_batch == 0
+                on_interval = val_due
             if on_interval or stop:
                 _validate_in_fit(trainer, module)
                 metrics.current = results
@@ -1016,10 +1028,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _first_batches(loaders: list[Any], limits: list[float]) -> Any:
-    """The first loader's iterator, made before the stage's hooks run, as in Lightning: making it draws the
-    loader's base seed from the global generator, so a hook that draws random numbers gets Lightning's."""
-    return _data.islice(loaders[0], limits[0]) if loaders else None
+def _eval_batches(trainer: Any, dl_idx: int, loader: Any, limit: float) -> Any:
+    """An iterator over one evaluation loader's batches, made now: making it draws the loader's base seed from
+    the global generator, which is why the first loader's is made before the stage's hooks run, as in Lightning
+    (a hook that draws random numbers then gets Lightning's)."""
+    source = loader
+    if trainer.state.fn == TrainerFn.FITTING:  # persistent workers keep their random streams between validations
+        streams = trainer._worker_streams.setdefault(f"val{dl_idx}", _data._WorkerStreams())
+        source = _data.eval_iter(loader, streams)
+    return _data.islice(source, limit)
 
 
 def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:
@@ -1032,7 +1049,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     results = metrics.eval
     results.reset()
     metrics.current = results
-    first = _first_batches(loaders, limits)
+    first = _eval_batches(trainer, 0, loaders[0], limits[0]) if loaders else None
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
@@ -1045,10 +1062,10 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     precision = trainer.strategy.precision
     loop = trainer._loop
     log_every = trainer.log_every_n_steps
-    log_steps = stage == RunningStage.VALIDATING and trainer.state.fn == TrainerFn.FITTING
+    in_fit = trainer.state.fn == TrainerFn.FITTING
+    log_steps = stage == RunningStage.VALIDATING and in_fit
     # inside fit (and its sanity check) no_grad, as in Lightning: inference tensors made there would meet training
     # later, and a validation_step may switch gradients on (meta-learning); validate/test may use inference_mode
-    in_fit = trainer.state.fn == TrainerFn.FITTING
     grad_ctx = trainer.strategy.evaluation_context(trainer.inference_mode and not in_fit)
     trainer.profiler.start(f"run_{prefix}")
     with grad_ctx:
@@ -1056,7 +1073,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
         trainer._call_hooks(f"on_{prefix}_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.islice(loader, limit)):
+            for batch_idx, batch in enumerate(first if dl_idx == 0 else _eval_batches(trainer, dl_idx, loader, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
                 results.batch = batch
@@ -1222,7 +1239,8 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         checkpoint["rng_states"] = collect_rng_states()
         if trainer.world_size > 1:  # each rank draws its own random numbers (dropout, loader seeds): keep them all
             checkpoint["rng_states_per_rank"] = trainer.strategy.all_gather_object(
-                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng})
+                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng,
+                 "worker_streams": checkpoint["loops"]["fulmen"]["worker_streams"]})
         checkpoint["callbacks"] = {}
         for cb in trainer.callbacks:
             state = cb.state_dict()
@@ -1264,18 +1282,22 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     mid_epoch = loop.batches_in_epoch > 0 and not loop.epoch_loop_done
     loop.loader_state = _data.loader_state(loader) if loader is not None and mid_epoch else None
     loop.loader_generators = _data.generator_states(loader) if loader is not None else None
+    loop.worker_streams = {key: saved for key, streams in trainer._worker_streams.items()
+                           if (saved := streams.saved()) is not None} or None
     if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
         loop.epoch_metrics = trainer._metrics.train.accumulators()
         loop.metric_states = _metric_states(trainer)
         if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
             loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
+    loop.val_pending = bool(getattr(trainer, "_val_due", False))
     if trainer.is_global_zero:  # loggers write on rank zero, which also writes the checkpoint
         loop.logger_states = [lg._resume_state() if hasattr(lg, "_resume_state") else None for lg in trainer.loggers]
     try:
         return loop.state_dict()
     finally:
         loop.loader_state = loop.loader_generators = loop.epoch_metrics = loop.metric_states = None
-        loop.logger_states = loop.pending_step_row = None
+        loop.logger_states = loop.pending_step_row = loop.worker_streams = None
+        loop.val_pending = False
 
 
 def _metric_states(trainer: Any) -> dict[str, Any] | None:
@@ -1375,6 +1397,12 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         own = per_rank[trainer.global_rank]
         restore_rng_states(own["rng_states"])
         trainer._loop.epoch_start_rng = own["epoch_start_rng"]
+        trainer._loop.worker_streams = own.get("worker_streams")
     elif "rng_states" in checkpoint:
         restore_rng_states(checkpoint["rng_states"])
+    # the loaders' workers continue their random streams when their first iterator is made
+    trainer._worker_streams = {"train": _data._WorkerStreams()}
+    for key, saved in (trainer._loop.worker_streams or {}).items():
+        trainer._worker_streams[key] = _data._WorkerStreams(pending=saved)
+    trainer._loop.worker_streams = None
     return checkpoint

@@ -99,11 +99,15 @@ class LoopState:
     epoch_start_generators: list[Any] | None = field(default=None, repr=False)
     loader_generators: list[Any] | None = field(default=None, repr=False)
     loader_state: Any = field(default=None, repr=False)  # a stateful loader's state_dict() at a mid-epoch save
+    # the training loader's workers: their base seed and, per worker, the random states after the last batch
+    # consumed from it (trainer/data.py, _WorkerStreams), so a resumed run's workers continue them
+    worker_streams: dict[str, Any] | None = field(default=None, repr=False)
     # at a mid-epoch save: the epoch reductions of self.log(on_epoch=True) and the logged torchmetrics' states
     epoch_metrics: dict[Any, Any] | None = field(default=None, repr=False)
     metric_states: dict[str, Any] | None = field(default=None, repr=False)
     logger_states: list[Any] | None = field(default=None, repr=False)  # e.g. how many CSV rows were on disk
     pending_step_row: Any = field(default=None, repr=False)  # (row, step) a batch-end save preceded
+    val_pending: bool = False  # a batch-end save preceded the validation due after that batch: run it first
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -475,6 +475,8 @@ class Trainer(metaclass=_CheckedInit):
         self._preemption: Any = None  # set while fit runs: SIGTERM / SLURM requeue handling
         self._loop_first_epoch = False  # true until the first training epoch of a fit has made its data iterator
         self._step_row_due = False  # a batch-end hook runs before this batch's logged row goes to the loggers
+        self._val_due = False  # ... and before the validation due after this batch
+        self._worker_streams = {"train": _data._WorkerStreams()}  # loader workers' random streams, by loader
 
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
