@@ -231,8 +231,8 @@ class _LRRecorder:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self.window.append(float(loss))
-        boundary = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch
-        if not boundary or not self.window:
+        # one point per optimizer step: the loop's answer of whether this batch ended its accumulation window
+        if not trainer._ends_window or not self.window:
             return
         n = len(self.finder.results["loss"])
         value = sum(self.window) / len(self.window)

@@ -230,3 +230,12 @@ def test_lr_find_signature_and_finder_api_match_lightning(tmp_path):
     fig = finder.plot(suggest=True, show=False)
     red = [line for line in fig.axes[0].get_lines() if line.get_color() == "red"]
     assert len(red) == 1 and red[0].get_xdata()[0] == suggestion
+
+
+def test_lr_find_records_one_point_per_optimizer_step_when_accumulating():
+    # 3 batches per window: a point averages the window's losses and comes at the step that ends it
+    finder = Tuner(quiet_trainer(max_epochs=1, accumulate_grad_batches=3)).lr_find(
+        LinearRegression(), min_lr=1e-4, max_lr=1.0, num_training=10, early_stop_threshold=None, update_attr=False)
+    assert len(finder.results["loss"]) == 10
+    lrs = finder.results["lr"]
+    assert lrs == sorted(lrs) and len(set(lrs)) == 10

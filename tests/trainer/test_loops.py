@@ -7,7 +7,7 @@ import torch
 
 import fulmen as pl
 from fulmen.errors import MisconfigurationException
-from fulmen.trainer.state import RunningStage, TrainerFn, TrainerStatus
+from fulmen.trainer.state import RunningStage, TrainerFn, TrainerStatus, accumulation_window
 from helpers import BoringModel, make_loader, quiet_trainer
 
 
@@ -186,6 +186,30 @@ def test_estimated_stepping_batches():
 
     quiet_trainer(max_epochs=3, accumulate_grad_batches=3).fit(M(), make_loader(80, 8))
     assert seen == [12]  # ceil(10 / 3) * 3
+
+
+def test_accumulation_windows_decide_zero_grad_optimizer_step_and_global_step():
+    # 7 batches, 3 per window: [0 1 2] [3 4 5] [6], the epoch's last batch closing a short window
+    rule = [accumulation_window(i, 3, i == 6) for i in range(7)]
+    assert rule == [(True, False), (False, False), (False, True), (True, False), (False, False), (False, True),
+                    (True, True)]
+    seen = {"zero": [], "step": [], "global_step": []}
+
+    class M(BoringModel):
+        def on_train_batch_start(self, batch, batch_idx):
+            self.batch_idx = batch_idx
+
+        def on_before_zero_grad(self, optimizer):
+            seen["zero"].append(self.batch_idx)
+
+        def on_before_optimizer_step(self, optimizer):
+            seen["step"].append(self.batch_idx)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen["global_step"].append(self.global_step)
+
+    quiet_trainer(max_epochs=1, accumulate_grad_batches=3).fit(M(), make_loader(56, 8))
+    assert seen == {"zero": [0, 3, 6], "step": [2, 5, 6], "global_step": [0, 0, 1, 1, 1, 2, 3]}
 
 
 def test_current_epoch_and_global_step_seen_by_the_module():

@@ -20,7 +20,7 @@ from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer import data as _data
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
-from fulmen.trainer.state import LoopState, RunningStage, TrainerFn
+from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window
 from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
 
 
@@ -572,8 +572,8 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     plateau_step = [c for c in step_schedulers if c.reduce_on_plateau]
     step_schedulers = [c for c in step_schedulers if not c.reduce_on_plateau]
     max_time = trainer.max_time
-    accumulate = trainer.accumulate_grad_batches
-    manual = not module.automatic_optimization
+    # manual optimization accumulates in training_step: each of its batches is a window of its own
+    accumulate = trainer.accumulate_grad_batches if module.automatic_optimization else 1
     check_finite, finite_every = _loss_checker(trainer, loop)
     preempted = trainer._preemption.check if trainer._preemption is not None else None  # reads a bool set by SIGTERM
     writers = trainer._async_writers()  # background checkpoint writes: a failed one raises at the next step
@@ -604,10 +604,11 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
             results.fx = None
             if response == -1:
                 break
-        outputs = step(batch, batch_idx, is_last)
+        first_in_window, stepped = accumulation_window(batch_idx, accumulate, is_last)
+        trainer._ends_window = stepped
+        outputs = step(batch, batch_idx, first_in_window, stepped)
         loop.batches_in_epoch = batch_idx + 1
         loop.total_batches += 1
-        stepped = manual or (batch_idx + 1) % accumulate == 0 or is_last
         if stepped:
             loop.batches_stepped += 1
             for cfg in step_schedulers:  # frequency counts batches of this epoch, as in Lightning
@@ -746,8 +747,11 @@ def _step_scheduler(trainer: Any, module: Any, cfg: Any) -> None:
         results.fx = None
 
 
-def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[[Any, int, bool], Any]:
+def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[[Any, int, bool, bool], Any]:
     """Build the per-batch function: training_step with (automatic) backward and optimizer step.
+
+    It is called as ``step(batch, batch_idx, first_in_window, ends_window)``, with the loop's answer of
+    ``accumulation_window``: zero the gradients at a window's first batch, step the optimizer at its end.
 
     Everything that can be decided once (which hooks exist, precision, clipping, accumulation) is
     decided here, so the returned function does only what this run needs.
@@ -781,18 +785,18 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
             lopt.__dict__["_on_before_step"] = _before_step_hooks(trainer, module, lopt.optimizer)
             lopt.__dict__["_on_after_step"] = count_step
 
-        def manual_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+        def manual_step(batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
             return _outputs(run_training_step(batch, batch_idx))
 
         return manual_step
 
     if not trainer.optimizers:
-        def no_optimizer_step(batch: Any, batch_idx: int, is_last: bool) -> Any:
+        def no_optimizer_step(batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
             out = run_training_step(batch, batch_idx)
             loss = _loss_of(out)
             if loss is not None:
                 strategy.backward(loss, None, module=module)
-            if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last:
+            if ends_window:
                 loop.global_step += 1  # Lightning counts the steps of its stand-in optimizer
             return _outputs(out)
 
@@ -815,10 +819,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
     state = {"out": None, "ran": False}
     no_sync = strategy.no_backward_sync() if accumulate > 1 else None  # accumulating: no gradient all-reduce
 
-    def step(batch: Any, batch_idx: int, is_last: bool) -> Any:
-        first_in_window = batch_idx % accumulate == 0
-        boundary = (batch_idx + 1) % accumulate == 0 or is_last
-
+    def step(batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
         def closure() -> Tensor | None:
             state["ran"] = True
             state["out"] = out = run_training_step(batch, batch_idx)
@@ -856,7 +857,7 @@ def _make_training_step(trainer: Any, module: Any, loop: LoopState) -> Callable[
                 results.fx = None
             return loss
 
-        if not boundary:
+        if not ends_window:
             if no_sync is None:
                 closure()
             else:

@@ -13,6 +13,21 @@ from enum import Enum
 from typing import Any
 
 
+def accumulation_window(batch_idx: int, accumulate: int, is_last: bool) -> tuple[bool, bool]:
+    """Where a training batch sits in its gradient-accumulation window: ``(first_in_window, ends_window)``.
+
+    The one home of the rule: a window starts every ``accumulate`` batches of the epoch and ends after
+    ``accumulate`` batches or at the epoch's last batch, where the optimizer steps. The loop decides it once
+    per batch and everything else (the step, the counters, the schedulers, the finders) reads its answer.
+    Manual optimization accumulates in ``training_step``, so its loop passes ``accumulate=1``.
+
+    Example::
+
+        accumulation_window(batch_idx=3, accumulate=4, is_last=False)  # (False, True): the optimizer steps
+    """
+    return batch_idx % accumulate == 0, is_last or (batch_idx + 1) % accumulate == 0
+
+
 class TrainerFn(str, Enum):
     """The entry point that is running: ``trainer.state.fn``."""
 

@@ -476,6 +476,7 @@ class Trainer(metaclass=_CheckedInit):
         self._loop_first_epoch = False  # true until the first training epoch of a fit has made its data iterator
         self._step_row_due = False  # a batch-end hook runs before this batch's logged row goes to the loggers
         self._val_due = False  # ... and before the validation due after this batch
+        self._ends_window = False  # the loop's accumulation_window answer for the batch in the batch hooks
         self._worker_streams = {"train": _data._WorkerStreams()}  # loader workers' random streams, by loader
 
     # -- construction helpers ---------------------------------------------------------------------
