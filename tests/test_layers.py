@@ -22,9 +22,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                                "fulmen.saving", "fulmen.summary", "fulmen.callbacks.callback",
                                                "fulmen.generation", "fulmen.plot")),
     ("precision, strategies, profilers", ("fulmen.precision", "fulmen.strategies", "fulmen.profilers")),
-    ("trainer state, data, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
-                                                  "fulmen.trainer.optimizers", "fulmen.trainer.logging",
-                                                  "fulmen.trainer.legacy", "fulmen.trainer.types")),
+    # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
+    ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
+                                                               "fulmen.trainer.checkpointing",
+                                                               "fulmen.trainer.optimizers", "fulmen.trainer.logging",
+                                                               "fulmen.trainer.legacy", "fulmen.trainer.types")),
     ("callbacks, loggers", ("fulmen.callbacks", "fulmen.loggers")),
     # resume (which checkpoint to resume from) and signals (preemption saves) are parts of a run, above the
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them

@@ -105,6 +105,7 @@ def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> No
     """Run up to ``num_steps`` optimizer steps of real training (precision, accumulation, clipping) with
     only ``recorder`` as callback, no loggers and no validation. The caller restores the state."""
     from fulmen.trainer import loops
+    from fulmen.trainer.data import setup_train_data
     from fulmen.trainer.state import LoopState, RunningStage
 
     trainer.callbacks = [recorder] if recorder is not None else []
@@ -114,7 +115,7 @@ def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> No
     trainer.max_time = None
     trainer._enable_validation = False
     trainer._loop = loop = LoopState()
-    loops.setup_train_data(trainer)
+    setup_train_data(trainer)
     trainer.state.stage = RunningStage.TRAINING
     module.train()
     while loop.global_step < num_steps and not loop.should_stop:

@@ -1,14 +1,18 @@
-"""Loader wiring: where each stage's loaders come from, how many batches each gives, and how
-several loaders combine."""
+"""Loader wiring: where each stage's loaders come from, how many batches each gives, how several loaders
+combine, how a resumed epoch continues its data, and how batches reach the device."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from torch import Tensor
 
 from fulmen.errors import MisconfigurationException
+from fulmen.precision import Precision
+from fulmen.trainer.state import RunningStage
 from fulmen._utils import is_overridden
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
@@ -778,3 +782,125 @@ def eval_iter(loader: Any, streams: _WorkerStreams) -> Iterator[Any]:
         return _worker_iter(loader, streams, streams.pending)
     finally:
         restore_rng_states(rng)
+
+
+# the wiring of a run's loaders: the Trainer's flags applied to each stage's loaders, and batches to the device
+def setup_train_data(trainer: Any) -> None:
+    loaders = resolve(trainer, "train", trainer._given_train_loaders)
+    if loaders is None:
+        raise MisconfigurationException(
+            "trainer.fit has no training data. Pass it (trainer.fit(model, train_loader)), pass a datamodule with "
+            "train_dataloader(), or define train_dataloader() on the module."
+        )
+    if trainer.overfit_batches:
+        loaders = _map_loaders(loaders, with_sequential_sampler)
+    loaders = distribute(trainer, loaders, "train")
+    seed_workers(loaders, trainer.global_rank)
+    iterable = CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
+    limit = trainer.limit_train_batches
+    for ld in as_list(loaders):
+        check_iterable(ld, "training")
+        if iterable is not loaders and isinstance(limit, float) and not math.isinf(_sized_len(ld)):
+            # as Lightning, a fraction applies to each loader: one that gets no batch is an error
+            num_batches(ld, limit, "limit_train_batches", "training")
+    trainer.train_dataloader = loaders
+    trainer._train_iterable = iterable
+    n = num_batches(iterable, trainer.limit_train_batches, "limit_train_batches", "training")
+    trainer.num_training_batches = n
+    vci = trainer.val_check_interval
+    if trainer._val_check_seconds is not None:
+        trainer._val_check_batch = math.inf  # unused: the clock decides (see _train_epoch)
+    elif isinstance(vci, int):
+        if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
+            raise MisconfigurationException(
+                f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
+                "would never run. Lower it, or set check_val_every_n_epoch=None to count batches across epochs."
+            )
+        trainer._val_check_batch = vci
+    elif math.isinf(n):
+        if vci != 1.0:
+            raise MisconfigurationException(
+                f"val_check_interval={vci} is a fraction of an epoch, but the training loader has no length. Pass a "
+                "number of batches instead, e.g. val_check_interval=1000."
+            )
+        trainer._val_check_batch = math.inf
+    else:
+        trainer._val_check_batch = max(1, int(n * vci))
+
+
+def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(loaders, dict):
+        return {k: fn(v) for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(fn(v) for v in loaders)
+    return fn(loaders)
+
+
+def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
+    """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
+    prefix = stage.dataloader_prefix
+    loaders = distribute(trainer, resolve(trainer, prefix, given), prefix)
+    seed_workers(loaders, trainer.global_rank)
+    attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
+    setattr(trainer, attr, loaders)
+    flat = as_list(loaders)
+    limit = {"val": trainer.limit_val_batches, "test": trainer.limit_test_batches,
+             "predict": trainer.limit_predict_batches}[prefix]
+    what = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
+    nums = []
+    for ld in flat:
+        check_iterable(ld, what)
+        nums.append(num_batches(ld, limit, f"limit_{prefix}_batches", what))
+    setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
+    return flat
+
+
+def batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
+    """The batch-transfer path for this run: plain device moves unless a transfer hook is overridden."""
+    from fulmen.module import LightningModule
+
+    dm = trainer.datamodule
+    strategy = trainer.strategy
+    device = strategy.root_device
+    precision = strategy.precision
+    convert = precision.convert_input if type(precision).convert_input is not Precision.convert_input else None
+
+    def owner(name: str) -> Any:
+        from fulmen.datamodule import LightningDataModule
+
+        if dm is not None and is_overridden(name, dm, LightningDataModule):
+            return getattr(dm, name)
+        return getattr(module, name) if is_overridden(name, module, LightningModule) else None
+
+    before, transfer, after = owner("on_before_batch_transfer"), owner("transfer_batch_to_device"), owner("on_after_batch_transfer")
+    results_of = trainer._metrics
+
+    if before is None and transfer is None and after is None and convert is None:
+        on_cpu = device.type == "cpu"
+
+        def move(batch: Any, dataloader_idx: int) -> Any:
+            # the common case, a tuple/list of CPU tensors already where they belong, costs a type check
+            if on_cpu and type(batch) in (list, tuple) and all(type(t) is Tensor and t.device.type == "cpu" for t in batch):
+                return batch
+            return strategy.batch_to_device(batch, device)
+
+        return move
+
+    def move_with_hooks(batch: Any, dataloader_idx: int) -> Any:
+        results = results_of.current
+        if convert is not None:
+            batch = convert(batch)
+        if results is not None:
+            results.fx = "on_before_batch_transfer"
+        batch = before(batch, dataloader_idx) if before is not None else batch
+        if results is not None:
+            results.fx = "transfer_batch_to_device"
+        batch = transfer(batch, device, dataloader_idx) if transfer is not None else strategy.batch_to_device(batch, device)
+        if results is not None:
+            results.fx = "on_after_batch_transfer"
+        batch = after(batch, dataloader_idx) if after is not None else batch
+        if results is not None:
+            results.fx = None
+        return batch
+
+    return move_with_hooks

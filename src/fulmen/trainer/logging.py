@@ -561,3 +561,54 @@ class MetricsHub:
         for lg in loggers:
             lg.log_metrics(scalars, step=step)
             lg.save()
+
+
+# the results table trainer.validate / trainer.test print
+def print_results(stage: RunningStage, results: list[dict[str, float]], console_kwargs: dict[str, Any] | None) -> None:
+    """The results table as Lightning prints it: metrics by name, one column per dataloader, every value
+    to full precision (people copy them into papers); a rich table with ``console_kwargs`` (RichProgressBar's
+    console settings, which the loop passes under that progress bar), else plain text.
+
+    Example::
+
+        print_results(RunningStage.TESTING, [{"test_loss": 0.25}], None)
+    """
+    import shutil
+    import sys
+
+    from fulmen.trainer.state import RunningStage
+
+    results = [{k.split("/dataloader_idx_")[0]: v for k, v in r.items()} for r in results]
+    names = sorted({k for r in results for k in r})
+    headers = [f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"]
+    headers += [f"DataLoader {i}" for i in range(len(results))]
+    cells = [[name] + [str(_plain(r[name])) if name in r else " " for r in results] for name in names]
+    columns = shutil.get_terminal_size(fallback=(120, 30)).columns or 120
+    width = int(min(max(len(max(names + headers[1:], key=len)), 25), columns / 2))
+    if console_kwargs is not None:
+        from rich.console import Console
+        from rich.table import Column, Table
+
+        table = Table(*[Column(h, justify="center", style="magenta" if i else "cyan", width=width)
+                        for i, h in enumerate(headers)])
+        for row in cells:
+            table.add_row(*row)
+        Console(**console_kwargs).print(table)
+        return
+    try:
+        rule_char = "─"
+        rule_char.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        rule_char = "-"
+    rule = rule_char * columns
+
+    def line(row: list[str]) -> str:
+        return "".join(f"{cell:^{width}}" for cell in row).rstrip()
+
+    print("\n".join([rule, line(headers), rule, *(line(row) for row in cells), rule]))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 import time
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
-from fulmen.trainer import data as _data
+from fulmen.trainer import checkpointing, data as _data, logging as _logging
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window
 from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
@@ -88,9 +87,9 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
         _setup_optimizers(trainer, module)
     checkpoint = None
     if resume_from:
-        checkpoint = _restore_first_valid(trainer, resume_from, weights_only, announce=requested != resume_from[0])
+        checkpoint = checkpointing.restore_first_valid(trainer, resume_from, weights_only, announce=requested != resume_from[0])
     elif trainer.ckpt_path is not None:
-        checkpoint = restore_checkpoint(trainer, trainer.ckpt_path, weights_only, fn == TrainerFn.FITTING)
+        checkpoint = checkpointing.restore_checkpoint(trainer, trainer.ckpt_path, weights_only, fn == TrainerFn.FITTING)
     trainer._start_time = time.monotonic()
     if fn == TrainerFn.FITTING:
         result = fit(trainer, resumed=checkpoint is not None)
@@ -120,29 +119,6 @@ def _check_legacy(trainer: Any, module: Any) -> None:
     legacy.check_module(module, _module_cls())
     for cb in trainer.callbacks:
         legacy.check_callback(cb, Callback)
-
-
-def _restore_first_valid(trainer: Any, paths: list[str], weights_only: bool | None,
-                         announce: bool) -> dict[str, Any] | None:
-    """Restore the first of ``paths`` that loads; with several (``"last"``), a damaged one is skipped by name.
-    ``announce``: say which file a ``"last"``/``"hpc"``/``"best"`` resolved to."""
-    from fulmen.errors import CheckpointCorruptedError
-
-    for path in paths:
-        try:
-            checkpoint = restore_checkpoint(trainer, path, weights_only, True)
-        except CheckpointCorruptedError as err:
-            if len(paths) == 1:
-                raise
-            rank_zero_warn(f'ckpt_path="last" skips a damaged checkpoint: {err}')
-            continue
-        trainer.ckpt_path = path
-        if announce:
-            rank_zero_info(f"Resuming from {path} (global step {trainer.global_step}).")
-        return checkpoint
-    rank_zero_info('ckpt_path="last": every checkpoint of this run is damaged, so training starts from scratch.')
-    trainer.ckpt_path = None
-    return None
 
 
 def _merge_model_callbacks(trainer: Any, module: Any) -> None:
@@ -209,129 +185,6 @@ def _log_hyperparams(trainer: Any) -> None:
             if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
                 lg.log_graph(module)
             lg.save()
-
-
-# ==================================================================================================
-# data
-# ==================================================================================================
-def setup_train_data(trainer: Any) -> None:
-    loaders = _data.resolve(trainer, "train", trainer._given_train_loaders)
-    if loaders is None:
-        raise MisconfigurationException(
-            "trainer.fit has no training data. Pass it (trainer.fit(model, train_loader)), pass a datamodule with "
-            "train_dataloader(), or define train_dataloader() on the module."
-        )
-    if trainer.overfit_batches:
-        loaders = _map_loaders(loaders, _data.with_sequential_sampler)
-    loaders = _data.distribute(trainer, loaders, "train")
-    _data.seed_workers(loaders, trainer.global_rank)
-    iterable = _data.CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
-    limit = trainer.limit_train_batches
-    for ld in _data.as_list(loaders):
-        _data.check_iterable(ld, "training")
-        if iterable is not loaders and isinstance(limit, float) and not math.isinf(_data._sized_len(ld)):
-            # as Lightning, a fraction applies to each loader: one that gets no batch is an error
-            _data.num_batches(ld, limit, "limit_train_batches", "training")
-    trainer.train_dataloader = loaders
-    trainer._train_iterable = iterable
-    n = _data.num_batches(iterable, trainer.limit_train_batches, "limit_train_batches", "training")
-    trainer.num_training_batches = n
-    vci = trainer.val_check_interval
-    if trainer._val_check_seconds is not None:
-        trainer._val_check_batch = math.inf  # unused: the clock decides (see _train_epoch)
-    elif isinstance(vci, int):
-        if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
-            raise MisconfigurationException(
-                f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
-                "would never run. Lower it, or set check_val_every_n_epoch=None to count batches across epochs."
-            )
-        trainer._val_check_batch = vci
-    elif math.isinf(n):
-        if vci != 1.0:
-            raise MisconfigurationException(
-                f"val_check_interval={vci} is a fraction of an epoch, but the training loader has no length. Pass a "
-                "number of batches instead, e.g. val_check_interval=1000."
-            )
-        trainer._val_check_batch = math.inf
-    else:
-        trainer._val_check_batch = max(1, int(n * vci))
-
-
-def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
-    if isinstance(loaders, dict):
-        return {k: fn(v) for k, v in loaders.items()}
-    if isinstance(loaders, (list, tuple)):
-        return type(loaders)(fn(v) for v in loaders)
-    return fn(loaders)
-
-
-def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
-    """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
-    prefix = stage.dataloader_prefix
-    loaders = _data.distribute(trainer, _data.resolve(trainer, prefix, given), prefix)
-    _data.seed_workers(loaders, trainer.global_rank)
-    attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
-    setattr(trainer, attr, loaders)
-    flat = _data.as_list(loaders)
-    limit = {"val": trainer.limit_val_batches, "test": trainer.limit_test_batches,
-             "predict": trainer.limit_predict_batches}[prefix]
-    what = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
-    nums = []
-    for ld in flat:
-        _data.check_iterable(ld, what)
-        nums.append(_data.num_batches(ld, limit, f"limit_{prefix}_batches", what))
-    setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
-    return flat
-
-
-def _batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
-    """The batch-transfer path for this run: plain device moves unless a transfer hook is overridden."""
-    lm = _module_cls()
-    dm = trainer.datamodule
-    strategy = trainer.strategy
-    device = strategy.root_device
-    precision = strategy.precision
-    convert = precision.convert_input if type(precision).convert_input is not Precision.convert_input else None
-
-    def owner(name: str) -> Any:
-        from fulmen.datamodule import LightningDataModule
-
-        if dm is not None and is_overridden(name, dm, LightningDataModule):
-            return getattr(dm, name)
-        return getattr(module, name) if is_overridden(name, module, lm) else None
-
-    before, transfer, after = owner("on_before_batch_transfer"), owner("transfer_batch_to_device"), owner("on_after_batch_transfer")
-    results_of = trainer._metrics
-
-    if before is None and transfer is None and after is None and convert is None:
-        on_cpu = device.type == "cpu"
-
-        def move(batch: Any, dataloader_idx: int) -> Any:
-            # the common case, a tuple/list of CPU tensors already where they belong, costs a type check
-            if on_cpu and type(batch) in (list, tuple) and all(type(t) is Tensor and t.device.type == "cpu" for t in batch):
-                return batch
-            return strategy.batch_to_device(batch, device)
-
-        return move
-
-    def move_with_hooks(batch: Any, dataloader_idx: int) -> Any:
-        results = results_of.current
-        if convert is not None:
-            batch = convert(batch)
-        if results is not None:
-            results.fx = "on_before_batch_transfer"
-        batch = before(batch, dataloader_idx) if before is not None else batch
-        if results is not None:
-            results.fx = "transfer_batch_to_device"
-        batch = transfer(batch, device, dataloader_idx) if transfer is not None else strategy.batch_to_device(batch, device)
-        if results is not None:
-            results.fx = "on_after_batch_transfer"
-        batch = after(batch, dataloader_idx) if after is not None else batch
-        if results is not None:
-            results.fx = None
-        return batch
-
-    return move_with_hooks
 
 
 def _takes(fn: Callable, name: str, min_args: int | None = None) -> bool:
@@ -408,7 +261,7 @@ def fit(trainer: Any, resumed: bool) -> None:
         _sanity_check(trainer)
         restore_rng_states(rng)
     if trainer.train_dataloader is None:  # estimated_stepping_batches may have set it up already
-        setup_train_data(trainer)
+        _data.setup_train_data(trainer)
     _log_hyperparams(trainer)
     trainer.state.stage = RunningStage.TRAINING
     trainer._metrics.current = trainer._metrics.train
@@ -425,7 +278,7 @@ def fit(trainer: Any, resumed: bool) -> None:
         trainer._loop_first_epoch = True  # the first epoch this fit runs (a resumed one may start at any epoch)
         while not done:
             if trainer.reload_dataloaders_every_n_epochs and loop.epoch and loop.epoch % trainer.reload_dataloaders_every_n_epochs == 0 and loop.batches_in_epoch == 0:
-                setup_train_data(trainer)
+                _data.setup_train_data(trainer)
                 trainer._val_loaders = None
             with trainer.profiler.profile("run_training_epoch"):
                 _train_epoch(trainer, module, loop)
@@ -505,7 +358,7 @@ def _sanity_check(trainer: Any) -> None:
 
 def _val_loaders(trainer: Any) -> list[Any]:
     if trainer._val_loaders is None:
-        trainer._val_loaders = setup_eval_data(trainer, RunningStage.VALIDATING, trainer._given_val_loaders)
+        trainer._val_loaders = _data.setup_eval_data(trainer, RunningStage.VALIDATING, trainer._given_val_loaders)
         if not trainer._val_loaders:
             trainer._enable_validation = False
     return trainer._val_loaders
@@ -551,7 +404,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         restore_rng_states(resume_rng)
 
     step = _make_training_step(trainer, module, loop)
-    move = _batch_mover(trainer, module)
+    move = _data.batch_mover(trainer, module)
     profiler = trainer.profiler
     if profiler.active:  # decided once per epoch: with profiler=None nothing below is wrapped
         from fulmen.profilers import _timed, timed_iter
@@ -973,7 +826,7 @@ def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
             f"No `{step}()` method defined to run `Trainer.{stage.value}`. Define `{step}(self, batch, batch_idx)` "
             f"on {type(trainer.lightning_module).__name__} and log metrics in it with self.log."
         )
-    loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)
+    loaders = _data.setup_eval_data(trainer, stage, trainer._given_eval_loaders)
     if not loaders:
         raise MisconfigurationException(
             f"trainer.{stage.value}() has no data. Pass dataloaders, a datamodule with {stage.dataloader_prefix}_dataloader(), "
@@ -982,51 +835,11 @@ def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
     nums = trainer.num_val_batches if stage == RunningStage.VALIDATING else trainer.num_test_batches
     out = evaluate(trainer, stage, loaders, nums)
     if trainer._verbose and trainer.is_global_zero and any(out):
-        _print_results(trainer, stage, out)
+        from fulmen.callbacks.progress.rich_progress import RichProgressBar
+
+        bar = trainer.progress_bar_callback
+        _logging.print_results(stage, out, bar._console_kwargs if isinstance(bar, RichProgressBar) else None)
     return out
-
-
-def _print_results(trainer: Any, stage: RunningStage, results: list[dict[str, float]]) -> None:
-    """The results table as Lightning prints it: metrics by name, one column per dataloader, every value
-    to full precision (people copy them into papers); a rich table under RichProgressBar."""
-    import shutil
-
-    results = [{k.split("/dataloader_idx_")[0]: v for k, v in r.items()} for r in results]
-    names = sorted({k for r in results for k in r})
-    headers = [f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"]
-    headers += [f"DataLoader {i}" for i in range(len(results))]
-    cells = [[name] + [str(_plain(r[name])) if name in r else " " for r in results] for name in names]
-    columns = shutil.get_terminal_size(fallback=(120, 30)).columns or 120
-    width = int(min(max(len(max(names + headers[1:], key=len)), 25), columns / 2))
-    from fulmen.callbacks.progress.rich_progress import RichProgressBar
-
-    if isinstance(trainer.progress_bar_callback, RichProgressBar):
-        from rich.console import Console
-        from rich.table import Column, Table
-
-        table = Table(*[Column(h, justify="center", style="magenta" if i else "cyan", width=width)
-                        for i, h in enumerate(headers)])
-        for row in cells:
-            table.add_row(*row)
-        Console(**trainer.progress_bar_callback._console_kwargs).print(table)
-        return
-    try:
-        rule_char = "─"
-        rule_char.encode(sys.stdout.encoding or "utf-8")
-    except (UnicodeEncodeError, LookupError):
-        rule_char = "-"
-    rule = rule_char * columns
-
-    def line(row: list[str]) -> str:
-        return "".join(f"{cell:^{width}}" for cell in row).rstrip()
-
-    print("\n".join([rule, line(headers), rule, *(line(row) for row in cells), rule]))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
 
 
 def _eval_batches(trainer: Any, dl_idx: int, loader: Any, limit: float) -> Any:
@@ -1059,7 +872,7 @@ def evaluate(trainer: Any, stage: RunningStage, loaders: list[Any], limits: list
     hooks = trainer._hooks
     cb_start, cb_end = hooks[f"on_{prefix}_batch_start"], hooks[f"on_{prefix}_batch_end"]
     m_start, m_end = _module_hook(module, f"on_{prefix}_batch_start"), _module_hook(module, f"on_{prefix}_batch_end")
-    move = _batch_mover(trainer, module)
+    move = _data.batch_mover(trainer, module)
     precision = trainer.strategy.precision
     loop = trainer._loop
     log_every = trainer.log_every_n_steps
@@ -1134,7 +947,7 @@ def predict(trainer: Any) -> Any:
         )
     stage = RunningStage.PREDICTING
     trainer.state.stage = stage
-    loaders = setup_eval_data(trainer, stage, trainer._given_eval_loaders)
+    loaders = _data.setup_eval_data(trainer, stage, trainer._given_eval_loaders)
     if not loaders:
         raise MisconfigurationException(
             "trainer.predict() has no data. Pass dataloaders, a datamodule with predict_dataloader(), or define "
@@ -1146,7 +959,7 @@ def predict(trainer: Any) -> Any:
     hooks = trainer._hooks
     cb_start, cb_end = hooks["on_predict_batch_start"], hooks["on_predict_batch_end"]
     m_start, m_end = _module_hook(module, "on_predict_batch_start"), _module_hook(module, "on_predict_batch_end")
-    move = _batch_mover(trainer, module)
+    move = _data.batch_mover(trainer, module)
     precision = trainer.strategy.precision
     keep = trainer._return_predictions
     multi = len(loaders) > 1
@@ -1217,193 +1030,3 @@ def _unbatch(batch: Any) -> list[Any]:
     if not found or len(set(found)) != 1 or found[0] < 0:
         return []  # not one row per sample: the caller falls back to rank order
     return [apply_to_collection(batch, Tensor, lambda t, i=i: t[i]) for i in range(found[0])]
-
-
-# ==================================================================================================
-# checkpoints
-# ==================================================================================================
-def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
-    """The whole resumable state of the run, as one dict (Lightning's layout plus fulmen's loop state)."""
-    from fulmen._version import __version__
-
-    module = trainer.lightning_module
-    checkpoint: dict[str, Any] = {
-        "epoch": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "pytorch-lightning_version": "2.5.0",  # lets Lightning's own loaders read fulmen checkpoints
-        "fulmen_version": __version__,
-        "fulmen_saved_at": time.time(),  # ranks checkpoints for ckpt_path="last" (with global_step)
-        "state_dict": trainer.strategy.lightning_module_state_dict(),
-        "loops": {"fulmen": _loop_state_for_save(trainer)},
-    }
-    if not weights_only:
-        checkpoint["rng_states"] = collect_rng_states()
-        if trainer.world_size > 1:  # each rank draws its own random numbers (dropout, loader seeds): keep them all
-            checkpoint["rng_states_per_rank"] = trainer.strategy.all_gather_object(
-                {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng,
-                 "worker_streams": checkpoint["loops"]["fulmen"]["worker_streams"]})
-        checkpoint["callbacks"] = {}
-        for cb in trainer.callbacks:
-            state = cb.state_dict()
-            if state:
-                checkpoint["callbacks"][cb.state_key] = state
-        checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(o) for o in trainer.optimizers]
-        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
-        precision = trainer.strategy.precision
-        precision_state = precision.state_dict()
-        if precision_state:  # under the plugin's class name, as Lightning writes it (e.g. "MixedPrecision")
-            checkpoint[type(precision).__qualname__] = precision_state
-    if module.hparams:
-        checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
-        checkpoint["hyper_parameters"] = module._hparams_to_save()
-    dm = trainer.datamodule
-    if dm is not None:
-        if dm.hparams:
-            checkpoint["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
-            checkpoint["datamodule_hyper_parameters"] = dm._hparams_to_save()
-        if not weights_only:
-            state = dm.state_dict()
-            if state:
-                checkpoint[type(dm).__qualname__] = state
-    if not weights_only:
-        for cb in trainer.callbacks:
-            if is_overridden("on_save_checkpoint", cb, type(cb).__mro__[-2]):
-                cb.on_save_checkpoint(trainer, module, checkpoint)
-    module.on_save_checkpoint(checkpoint)
-    if dm is not None:
-        dm.on_save_checkpoint(checkpoint)
-    return checkpoint
-
-
-def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
-    """The loop state, with what the training loader holds at this moment (its own state mid-epoch, the
-    current state of its random generators)."""
-    loop = trainer._loop
-    loader = trainer._train_iterable if trainer.train_dataloader is not None else None
-    mid_epoch = loop.batches_in_epoch > 0 and not loop.epoch_loop_done
-    loop.loader_state = _data.loader_state(loader) if loader is not None and mid_epoch else None
-    loop.loader_generators = _data.generator_states(loader) if loader is not None else None
-    loop.worker_streams = {key: saved for key, streams in trainer._worker_streams.items()
-                           if (saved := streams.saved()) is not None} or None
-    if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
-        loop.epoch_metrics = trainer._metrics.train.accumulators()
-        loop.metric_states = _metric_states(trainer)
-        if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
-            loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
-    loop.val_pending = bool(getattr(trainer, "_val_due", False))
-    if trainer.is_global_zero:  # loggers write on rank zero, which also writes the checkpoint
-        loop.logger_states = [lg._resume_state() if hasattr(lg, "_resume_state") else None for lg in trainer.loggers]
-    try:
-        return loop.state_dict()
-    finally:
-        loop.loader_state = loop.loader_generators = loop.epoch_metrics = loop.metric_states = None
-        loop.logger_states = loop.pending_step_row = loop.worker_streams = None
-        loop.val_pending = False
-
-
-def _metric_states(trainer: Any) -> dict[str, Any] | None:
-    """The state of each torchmetrics Metric logged this epoch, by its attribute path in the module."""
-    logged = {id(slot.metric) for slot in trainer._metrics.train.slots.values() if slot.metric is not None}
-    if not logged:
-        return None
-    return {
-        name: {"states": {k: getattr(m, k) for k in m._defaults}, "update_count": m._update_count}
-        for name, m in trainer.lightning_module.named_modules() if id(m) in logged
-    }
-
-
-def _resume_epoch_metrics(trainer: Any, loop: LoopState) -> None:
-    if loop.epoch_metrics:
-        trainer._metrics.train.load_accumulators(loop.epoch_metrics)
-    if loop.metric_states:
-        modules = dict(trainer.lightning_module.named_modules())
-        for name, saved in loop.metric_states.items():
-            metric = modules.get(name)
-            if metric is None:
-                continue
-            for key, value in saved["states"].items():
-                if isinstance(value, Tensor):
-                    value = value.to(metric.device)
-                elif isinstance(value, list):
-                    value = [v.to(metric.device) if isinstance(v, Tensor) else v for v in value]
-                setattr(metric, key, value)
-            metric._update_count = saved["update_count"]
-            metric._computed = None
-    for lg, state in zip(trainer.loggers, loop.logger_states or []):
-        if state is not None and hasattr(lg, "_resume_from"):
-            lg._resume_from(state)
-    if loop.pending_step_row is not None:  # the row of the batch the checkpoint was written after
-        trainer._metrics.send_row(*loop.pending_step_row)
-    loop.epoch_metrics = loop.metric_states = loop.logger_states = loop.pending_step_row = None
-
-
-def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, training: bool) -> dict[str, Any]:
-    """Load ``path`` into the module (and, when fitting, the callbacks, optimizers, schedulers and loop)."""
-    from fulmen.errors import CheckpointError
-
-    rank_zero_info(f"Restoring states from the checkpoint path at {path}")
-    checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{path} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain state_dict use "
-            "model.load_state_dict(torch.load(path))."
-        )
-    module = trainer.lightning_module
-    module.on_load_checkpoint(checkpoint)
-    trainer.strategy.load_model_state_dict(checkpoint["state_dict"])
-    dm = trainer.datamodule
-    if dm is not None:
-        dm.on_load_checkpoint(checkpoint)
-        if type(dm).__qualname__ in checkpoint:
-            dm.load_state_dict(checkpoint[type(dm).__qualname__])
-    if not training:
-        return checkpoint
-    states = checkpoint.get("callbacks", {})
-    for cb in trainer.callbacks:
-        cb.on_load_checkpoint(trainer, module, checkpoint)
-        if cb.state_key in states:
-            cb.load_state_dict(states[cb.state_key])
-    saved_opts = checkpoint.get("optimizer_states")
-    if saved_opts is None:
-        raise CheckpointError(
-            f"{path} holds weights only (no optimizer state), so training cannot resume from it exactly. Load the "
-            "weights with Module.load_from_checkpoint and start a new fit, or pass a full checkpoint."
-        )
-    if len(saved_opts) != len(trainer.optimizers):
-        raise CheckpointError(
-            f"{path} has {len(saved_opts)} optimizer state(s) but configure_optimizers returned "
-            f"{len(trainer.optimizers)}. Resume with the same optimizer set-up."
-        )
-    for opt, state in zip(trainer.optimizers, saved_opts):
-        trainer.strategy.load_optimizer_state_dict(opt, state)
-    for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
-        cfg.scheduler.load_state_dict(state)
-    precision = trainer.strategy.precision
-    if type(precision).__qualname__ in checkpoint:
-        precision.load_state_dict(checkpoint[type(precision).__qualname__])
-    loop_state = checkpoint.get("loops", {}).get("fulmen")
-    trainer._loop = LoopState()
-    if loop_state is not None:
-        trainer._loop.load_state_dict(loop_state)
-    else:  # a Lightning checkpoint: continue with the first epoch it had not processed (from its start)
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        processed = fit_loop.get("epoch_progress", {}).get("current", {}).get("processed")
-        trainer._loop.epoch = checkpoint.get("epoch", 0) + 1 if processed is None else processed
-        trainer._loop.global_step = checkpoint.get("global_step", 0)
-        stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
-        trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
-    _resume_epoch_metrics(trainer, trainer._loop)
-    per_rank = checkpoint.get("rng_states_per_rank")
-    if per_rank is not None and len(per_rank) == trainer.world_size:
-        own = per_rank[trainer.global_rank]
-        restore_rng_states(own["rng_states"])
-        trainer._loop.epoch_start_rng = own["epoch_start_rng"]
-        trainer._loop.worker_streams = own.get("worker_streams")
-    elif "rng_states" in checkpoint:
-        restore_rng_states(checkpoint["rng_states"])
-    # the loaders' workers continue their random streams when their first iterator is made
-    trainer._worker_streams = {"train": _data._WorkerStreams()}
-    for key, saved in (trainer._loop.worker_streams or {}).items():
-        trainer._worker_streams[key] = _data._WorkerStreams(pending=saved)
-    trainer._loop.worker_streams = None
-    return checkpoint

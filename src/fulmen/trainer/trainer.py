@@ -21,8 +21,8 @@ from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.errors import MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
+from fulmen.trainer import checkpointing, loops
 from fulmen.trainer import data as _data
-from fulmen.trainer import loops
 from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
@@ -707,7 +707,7 @@ class Trainer(metaclass=_CheckedInit):
     def estimated_stepping_batches(self) -> float:
         """How many optimizer steps fit will take, from the loader length, limits, epochs and accumulation."""
         if self.train_dataloader is None and self.lightning_module is not None:
-            loops.setup_train_data(self)
+            _data.setup_train_data(self)
         batches = self.num_training_batches
         if math.isinf(batches):
             return self.max_steps if self.max_steps != -1 else math.inf
@@ -1041,13 +1041,13 @@ class Trainer(metaclass=_CheckedInit):
             raise MisconfigurationException(
                 "save_checkpoint needs a model: call it during or after trainer.fit/validate/test/predict."
             )
-        checkpoint = loops.dump_checkpoint(self, weights_only)
+        checkpoint = checkpointing.dump_checkpoint(self, weights_only)
         self.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
         self.strategy.barrier("save_checkpoint")
 
     def _save_checkpoint_async(self, filepath: Any, weights_only: bool, io: Any) -> None:
         """``save_checkpoint`` through a given background writer (``ModelCheckpoint(save_async=True)``)."""
-        checkpoint = loops.dump_checkpoint(self, weights_only)
+        checkpoint = checkpointing.dump_checkpoint(self, weights_only)
         if self.is_global_zero:
             io.save_checkpoint(checkpoint, filepath)
         self.strategy.barrier("save_checkpoint")
