@@ -163,6 +163,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         self.logging_level = logging_level
         self.load_full_weights = load_full_weights
         self.exclude_frozen_parameters = exclude_frozen_parameters
+        # not a rule of its own: the loop's accumulation_window answer, delivered through the seam the other
+        # strategies use (batches that do not end a window run inside no_backward_sync)
         self._boundary = True
         self._config_done = False
         self._engine: Any = None
