@@ -1285,7 +1285,7 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     loop.worker_streams = {key: saved for key, streams in trainer._worker_streams.items()
                            if (saved := streams.saved()) is not None} or None
     if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
-        loop.epoch_metrics = trainer._metrics.train.accumulators()
+        loop.epoch_metrics = trainer._metrics.train.accumulators(trainer.lightning_module)
         loop.metric_states = _metric_states(trainer)
         if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
             loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
@@ -1313,7 +1313,8 @@ def _metric_states(trainer: Any) -> dict[str, Any] | None:
 
 def _resume_epoch_metrics(trainer: Any, loop: LoopState) -> None:
     if loop.epoch_metrics:
-        trainer._metrics.train.load_accumulators(loop.epoch_metrics)
+        trainer._metrics.train.load_accumulators(loop.epoch_metrics, trainer.lightning_module,
+                                                 trainer.strategy.root_device)
     if loop.metric_states:
         modules = dict(trainer.lightning_module.named_modules())
         for name, saved in loop.metric_states.items():
