@@ -257,6 +257,25 @@ def test_epoch_values_and_csv_rows_after_a_mid_epoch_resume_equal_the_uninterrup
     assert rows_resumed == rows_straight  # the first epoch's means (logged after the resume) included
 
 
+def test_a_checkpoint_without_slot_settings_still_resumes_its_epoch_values(tmp_path):
+    """Checkpoints written before the slots' settings were saved: each slot picks its values up when it is logged
+    again (a mid-epoch resume logs every slot again). The settings are plain values: weights_only=True opens it."""
+    straight = _fit_logged(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_logged(tmp_path / "cut", [Crash(at=7)])
+    path = tmp_path / "cut" / "ckpts" / "epoch=0-step=4.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["loops"]["fulmen"]["epoch_metrics"]
+    assert {key[1] for key, state in saved.items() if "settings" in state} == {"loss", "v_sum", "v_max", "v_min",
+                                                                               "v_median", "metric"}
+    for state in saved.values():
+        del state["settings"], state["step"]
+    torch.save(checkpoint, path)
+    resumed = _fit_logged(tmp_path / "cut", ckpt_path=path)
+    for key in ["loss_epoch", "v_sum", "v_max", "v_min", "v_median", "metric"]:
+        assert torch.equal(straight.callback_metrics[key], resumed.callback_metrics[key]), key
+
+
 def test_a_directory_checkpoint_is_loaded_by_the_strategy(tmp_path):
     """Sharded checkpoints are directories: the path goes to the strategy's load_checkpoint as it is."""
     from fulmen.checkpoint import load_checkpoint
