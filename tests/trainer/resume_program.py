@@ -4,12 +4,14 @@ resume tests (``tests/trainer/test_resume_workers.py``, ``tests/strategies/test_
 A shuffled training loader whose ``__getitem__`` draws a random augmentation (in the loader's workers when it has
 some), dropout, AdamW with a StepLR stepped per step, gradient accumulation and clipping, validation twice per
 epoch with the sanity check, EarlyStopping, ModelCheckpoint every 3 steps, a CSV logger. Each run writes, on rank
-zero, ``<root>/final.pt`` (the full weights) and ``<root>/final.json`` (callback_metrics); the CSV rows are in
-``<root>/lightning_logs/version_0/metrics.csv``.
+zero, ``<root>/final.pt`` (the full weights), ``<root>/final.json`` (callback_metrics) and ``<root>/final_bar.json``
+(progress_bar_metrics); the CSV rows are in ``<root>/lightning_logs/version_0/metrics.csv``.
 
 Usage: python resume_program.py OUT RUN [RUN ...]
-  RUN = name:workers:persistent:strategy:devices[:checkpoint file name]; a run with a checkpoint resumes from
-  ``OUT/name/lightning_logs/version_0/checkpoints/<checkpoint>`` (the caller copies the uninterrupted run there).
+  RUN = name:workers:persistent:strategy:devices[:checkpoint file name[:logged]]; a run with a checkpoint resumes
+  from ``OUT/name/lightning_logs/version_0/checkpoints/<checkpoint>`` (the caller copies the uninterrupted run
+  there); an empty checkpoint name starts afresh. ``logged`` runs ``Logged`` (more kinds of logged values) with a
+  checkpoint every 4 steps, so that checkpoints fall on the last batch of each epoch, the fit's last included.
 Several runs go in one launch, one after another, because starting processes costs seconds.
 """
 
@@ -64,11 +66,32 @@ class Net(pl.LightningModule):
         return [opt], [{"scheduler": torch.optim.lr_scheduler.StepLR(opt, 2, 0.8), "interval": "step"}]
 
 
+class Logged(Net):
+    """Net, logging also to the progress bar and a torchmetrics Metric, each with step and epoch values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchmetrics.classification import BinaryAccuracy
+
+        self.accuracy = BinaryAccuracy()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.accuracy(logits, y)
+        self.log("train_acc", self.accuracy, on_step=True, on_epoch=True)
+        return loss
+
+
 def run(out: str, spec: str) -> None:
     name, workers, persistent, strategy, devices, *ckpt = spec.split(":")
+    logged = ckpt[1:] == ["logged"]
+    ckpt = [c for c in ckpt[:1] if c]
     root = os.path.join(out, name)
     pl.seed_everything(7)
-    model = Net()
+    model = Logged() if logged else Net()
     kwargs = dict(num_workers=int(workers), persistent_workers=persistent == "1")
     train = DataLoader(Noisy(SAMPLES, 0), batch_size=BATCH, shuffle=True, **kwargs)
     val = DataLoader(Noisy(SAMPLES // 2, 1), batch_size=BATCH, **kwargs)
@@ -77,7 +100,7 @@ def run(out: str, spec: str) -> None:
         gradient_clip_val=1.0, val_check_interval=0.5, default_root_dir=root, logger=CSVLogger(root),
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[EarlyStopping(monitor="val_loss"),
-                   ModelCheckpoint(every_n_train_steps=3, save_top_k=-1, save_last=True)],
+                   ModelCheckpoint(every_n_train_steps=4 if logged else 3, save_top_k=-1, save_last=True)],
     )
     path = os.path.join(root, "lightning_logs", "version_0", "checkpoints", ckpt[0]) if ckpt else None
     trainer.fit(model, train, val, ckpt_path=path)
@@ -86,6 +109,8 @@ def run(out: str, spec: str) -> None:
         torch.save({k: v.detach().clone() for k, v in weights.items()}, os.path.join(root, "final.pt"))
         with open(os.path.join(root, "final.json"), "w") as f:
             json.dump({k: float(v) for k, v in trainer.callback_metrics.items()}, f)
+        with open(os.path.join(root, "final_bar.json"), "w") as f:
+            json.dump(trainer.progress_bar_metrics, f)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,25 @@ def test_epoch_values_and_csv_rows_after_a_mid_epoch_resume_equal_the_uninterrup
     assert rows_resumed == rows_straight  # the first epoch's means (logged after the resume) included
 
 
+def test_a_checkpoint_without_slot_settings_still_resumes_its_epoch_values(tmp_path):
+    """Checkpoints written before the slots' settings were saved: each slot picks its values up when it is logged
+    again (a mid-epoch resume logs every slot again). The settings are plain values: weights_only=True opens it."""
+    straight = _fit_logged(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_logged(tmp_path / "cut", [Crash(at=7)])
+    path = tmp_path / "cut" / "ckpts" / "epoch=0-step=4.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["loops"]["fulmen"]["epoch_metrics"]
+    assert {key[1] for key, state in saved.items() if "settings" in state} == {"loss", "v_sum", "v_max", "v_min",
+                                                                               "v_median", "metric"}
+    for state in saved.values():
+        del state["settings"], state["step"]
+    torch.save(checkpoint, path)
+    resumed = _fit_logged(tmp_path / "cut", ckpt_path=path)
+    for key in ["loss_epoch", "v_sum", "v_max", "v_min", "v_median", "metric"]:
+        assert torch.equal(straight.callback_metrics[key], resumed.callback_metrics[key]), key
+
+
 def test_a_directory_checkpoint_is_loaded_by_the_strategy(tmp_path):
     """Sharded checkpoints are directories: the path goes to the strategy's load_checkpoint as it is."""
     from fulmen.checkpoint import load_checkpoint
@@ -274,3 +293,45 @@ def test_a_directory_checkpoint_is_loaded_by_the_strategy(tmp_path):
     trainer = quiet_trainer(max_epochs=2, strategy=strategy)
     trainer.fit(Dropout(), make_loader(80, 8, shuffle=True), ckpt_path=tmp_path / "sharded.ckpt")
     assert strategy.loaded == str(tmp_path / "sharded.ckpt") and trainer.global_step == 20
+
+
+# The program a user writes first (resume_program.py's `Logged`: validation with the sanity check, a shuffled
+# loader with 2 workers, step and epoch values logged to the progress bar and through a torchmetrics Metric, a CSV
+# logger, a checkpoint every 4 steps), 8 batches and 4 steps per epoch: its checkpoints fall on each epoch's last
+# batch. Resumed from one in a new process, nothing is left to log before the epoch ends: the restored slots
+# must show and log their values by themselves.
+LAST_BATCH_RESUMES = {"last": ("epoch=3-step=16.ckpt", 16), "middle": ("epoch=1-step=8.ckpt", 8)}
+
+
+@pytest.fixture(scope="module")
+def last_batch_runs(tmp_path_factory):
+    from test_resume_workers import copy_run, launch
+
+    out = tmp_path_factory.mktemp("resume_last_batch")
+    launch(out, ["full:2:0:auto:1::logged"])
+    for name in LAST_BATCH_RESUMES:
+        copy_run(out, "full", name)
+    launch(out, [f"{name}:2:0:auto:1:{ckpt}:logged" for name, (ckpt, _) in LAST_BATCH_RESUMES.items()])
+    return out
+
+
+@pytest.mark.parametrize("resumed", list(LAST_BATCH_RESUMES))
+def test_a_resume_from_an_epochs_last_batch_reports_the_epoch_as_the_uninterrupted_run(last_batch_runs, resumed):
+    import json
+
+    out, step = last_batch_runs, LAST_BATCH_RESUMES[resumed][1]
+    full = json.loads((out / "full" / "final.json").read_text())
+    # the values a resume from the fit's last batch must bring back without logging them again
+    assert {"train_loss_step", "train_loss_epoch", "train_acc_step", "train_acc_epoch"} <= full.keys()
+    assert json.loads((out / resumed / "final.json").read_text()) == full
+    assert json.loads((out / resumed / "final_bar.json").read_text()) == json.loads(
+        (out / "full" / "final_bar.json").read_text())
+    want = torch.load(out / "full" / "final.pt")
+    got = torch.load(out / resumed / "final.pt")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # a resume from an explicit path logs to a new version (as Lightning): it holds the rows from the checkpoint on,
+    # the validation due after the saved batch and the epoch's row (its means over all 8 batches) first
+    full_rows = _csv(out / "full" / "lightning_logs" / "version_0" / "metrics.csv")
+    rows = _csv(out / resumed / "lightning_logs" / "version_1" / "metrics.csv")
+    assert rows == [r for r in full_rows if int(r["step"]) >= step - 1]
+    assert rows[1]["train_loss_epoch"] and rows[1]["train_acc_epoch"] and rows[1]["step"] == str(step - 1)

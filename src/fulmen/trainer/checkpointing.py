@@ -54,10 +54,14 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     }
     if not weights_only:
         checkpoint["rng_states"] = collect_rng_states()
-        if trainer.world_size > 1:  # each rank draws its own random numbers (dropout, loader seeds): keep them all
+        if trainer.world_size > 1:
+            # each rank draws its own random numbers (dropout, loader seeds) and sums its own share of the epoch's
+            # logged values and metric states (synced only when reported): keep them all
+            own = checkpoint["loops"]["fulmen"]
             checkpoint["rng_states_per_rank"] = trainer.strategy.all_gather_object(
                 {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng,
-                 "worker_streams": checkpoint["loops"]["fulmen"]["worker_streams"]})
+                 "worker_streams": own["worker_streams"], "epoch_metrics": own.get("epoch_metrics"),
+                 "metric_states": own.get("metric_states")})
         checkpoint["callbacks"] = {}
         for cb in trainer.callbacks:
             state = cb.state_dict()
@@ -102,7 +106,7 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     loop.worker_streams = {key: saved for key, streams in trainer._worker_streams.items()
                            if (saved := streams.saved()) is not None} or None
     if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
-        loop.epoch_metrics = trainer._metrics.train.accumulators()
+        loop.epoch_metrics = trainer._metrics.train.accumulators(trainer.lightning_module)
         loop.metric_states = _metric_states(trainer)
         if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
             loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
@@ -130,7 +134,8 @@ def _metric_states(trainer: Any) -> dict[str, Any] | None:
 
 def _resume_epoch_metrics(trainer: Any, loop: LoopState) -> None:
     if loop.epoch_metrics:
-        trainer._metrics.train.load_accumulators(loop.epoch_metrics)
+        trainer._metrics.train.load_accumulators(loop.epoch_metrics, trainer.lightning_module,
+                                                 trainer.strategy.root_device)
     if loop.metric_states:
         modules = dict(trainer.lightning_module.named_modules())
         for name, saved in loop.metric_states.items():
@@ -208,15 +213,18 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         trainer._loop.global_step = checkpoint.get("global_step", 0)
         stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
         trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
-    _resume_epoch_metrics(trainer, trainer._loop)
     per_rank = checkpoint.get("rng_states_per_rank")
     if per_rank is not None and len(per_rank) == trainer.world_size:
         own = per_rank[trainer.global_rank]
         restore_rng_states(own["rng_states"])
         trainer._loop.epoch_start_rng = own["epoch_start_rng"]
         trainer._loop.worker_streams = own.get("worker_streams")
+        for key in ("epoch_metrics", "metric_states"):  # this rank's share, not rank zero's (older files lack it)
+            if key in own:
+                setattr(trainer._loop, key, own[key])
     elif "rng_states" in checkpoint:
         restore_rng_states(checkpoint["rng_states"])
+    _resume_epoch_metrics(trainer, trainer._loop)
     # the loaders' workers continue their random streams when their first iterator is made
     trainer._worker_streams = {"train": _data._WorkerStreams()}
     for key, saved in (trainer._loop.worker_streams or {}).items():

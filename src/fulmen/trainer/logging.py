@@ -119,6 +119,12 @@ class _Slot:
         if self.metric is not None:
             self.metric.reset()
 
+    def take_values(self, other: _Slot) -> None:
+        """Continue with ``other``'s values (a slot rebuilt from a checkpoint, now logged again)."""
+        self.acc, self.weight, self.values, self.valid = other.acc, other.weight, other.values, other.valid
+        if self.on_step:
+            self.step_value = other.step_value
+
     def update(self, value: Tensor | float, batch_size: int) -> None:
         """Record one value: a detached tensor, or a Python float that stays one until it is read.
 
@@ -161,7 +167,8 @@ class _Slot:
         """The value of the latest step (synced across processes when ``sync_dist`` asks for it)."""
         if self.metric is not None:
             cache = getattr(self.metric, "_forward_cache", None)
-            return cache.detach() if isinstance(cache, Tensor) else None
+            # step_value: the latest step's value restored from a checkpoint, before the metric's next forward
+            return cache.detach() if isinstance(cache, Tensor) else self.step_value
         v = self.step_value
         if v is not None and not isinstance(v, Tensor):
             v = self.step_value = self._tensor(v)
@@ -213,25 +220,56 @@ class ResultCollection:
         self.pending: dict[tuple, dict[str, Any]] = {}  # epoch accumulators restored from a mid-epoch checkpoint
 
     # -- resuming mid-epoch ---------------------------------------------------------------------
-    def accumulators(self) -> dict[tuple, dict[str, Any]]:
-        """The epoch reductions so far (sums, weights, max/min, values of custom reductions), per slot."""
-        out = {key: {"acc": slot.acc, "weight": slot.weight, "values": list(slot.values)}
-               for key, slot in self.slots.items() if slot.valid and slot.on_epoch and slot.metric is None}
+    def accumulators(self, module: Any = None) -> dict[tuple, dict[str, Any]]:
+        """What each slot logged this epoch so far: its epoch reduction (sums, weights, max/min, values of
+        custom reductions), its latest step value and, where they fit in plain types, its settings, so a
+        resumed run can show and log the slot even if nothing logs it again before the epoch ends.
+
+        ``module`` (the LightningModule) names the torchmetrics objects by their attribute path."""
+        paths = {id(m): n for n, m in module.named_modules()} if module is not None else {}
+        out = {}
+        for key, slot in self.slots.items():
+            if not slot.valid or (slot.metric is not None and not slot.on_epoch):
+                continue
+            state: dict[str, Any] = {"acc": slot.acc, "weight": slot.weight, "values": list(slot.values),
+                                     "step": slot.step(self._reduce) if slot.on_step else None}
+            settings = _settings(slot, paths)
+            if settings is not None:
+                state["settings"] = settings
+            elif not slot.on_epoch or slot.metric is not None:
+                continue  # nothing a re-logged slot could pick up (as before settings were saved)
+            out[key] = state
         out.update((k, v) for k, v in self.pending.items() if k not in out)  # restored but not logged again yet
         return out
 
-    def load_accumulators(self, state: dict[tuple, dict[str, Any]]) -> None:
-        """Continue the epoch's reductions; a slot picks its state up when it is first logged again."""
-        self.pending = dict(state)
-        for key in list(self.pending):
+    def load_accumulators(self, state: dict[tuple, dict[str, Any]], module: Any = None,
+                          device: torch.device | None = None) -> None:
+        """Continue the epoch's values. A slot saved with its settings is rebuilt now (its values show at the
+        epoch's end even if nothing logs it again); one saved without (an older checkpoint) picks its values
+        up when it is first logged again."""
+        self.pending = {}
+        modules = dict(module.named_modules()) if module is not None else {}
+        device = device if device is not None else torch.device("cpu")
+        for key, saved in state.items():
             if key in self.slots:
-                self._resume_slot(self.slots[key], self.pending.pop(key))
+                self._resume_slot(self.slots[key], saved)
+                continue
+            slot = _rebuilt(key, saved.get("settings"), modules, device)
+            if slot is None:
+                self.pending[key] = saved
+                continue
+            self._resume_slot(slot, saved)
+            self.slots[key] = slot
+            if slot.step_value is not None:
+                self.in_batches = True  # saved after a batch: the views show its step values until the epoch ends
 
     @staticmethod
     def _resume_slot(slot: _Slot, state: dict[str, Any]) -> None:
         move = lambda v: v.to(slot.device) if isinstance(v, Tensor) else v  # noqa: E731
         slot.acc, slot.weight = move(state["acc"]), state["weight"]
         slot.values = [move(v) for v in state["values"]]
+        if state.get("step") is not None and slot.on_step:
+            slot.step_value = move(state["step"])
         slot.valid, slot.epoch_value = True, None
 
     def new_batch(self, batch: Any, dataloader_idx: int | None) -> None:
@@ -313,8 +351,11 @@ class ResultCollection:
                 "or a torchmetrics Metric. For a dict of values use `self.log_dict(...)`."
             )
         slot = self.slots.get(key)
-        if slot is None:
+        if slot is None or slot.config is None:  # config None: rebuilt from a checkpoint, not logged since
+            restored = slot
             slot = self._new_slot(key, config, metric, sync_dist_group, device)
+            if restored is not None:
+                slot.take_values(restored)
         elif slot.config != config:
             raise MisconfigurationException(
                 f"`self.log({name!r}, ...)` was called twice in `{fx}` with different arguments "
@@ -418,6 +459,50 @@ class ResultCollection:
         if key in self.pending:
             self._resume_slot(slot, self.pending.pop(key))
         return slot
+
+
+def _settings(slot: _Slot, metric_paths: dict[int, str]) -> dict[str, Any] | None:
+    """A slot's settings as plain values (a checkpoint opens with ``weights_only=True``), or None where they do
+    not fit: a custom process group, a reduction that is not a function of ``torch``, an unknown metric."""
+    reduce = slot.reduce
+    if callable(reduce):
+        name = getattr(reduce, "__name__", None)
+        if name is None or getattr(torch, name, None) is not reduce:
+            return None
+        reduce = f"torch.{name}"
+    metric = None
+    if slot.metric is not None:
+        metric = metric_paths.get(id(slot.metric))
+        if metric is None:
+            return None
+    if slot.sync_dist_group is not None:
+        return None
+    return {"name": slot.name, "suffix": slot.suffix, "fx": slot.fx, "on_step": slot.on_step,
+            "on_epoch": slot.on_epoch, "prog_bar": slot.prog_bar, "logger": slot.logger, "reduce": reduce,
+            "sync_dist": slot.sync_dist, "dataloader_idx": slot.dataloader_idx, "metric": metric}
+
+
+def _rebuilt(key: tuple, settings: dict[str, Any] | None, modules: dict[str, Any],
+             device: torch.device) -> _Slot | None:
+    """The slot ``_settings`` described, with no config yet: the first ``self.log`` of it after the resume
+    supplies that (and checks its arguments as for a new slot)."""
+    if not settings:
+        return None
+    reduce = settings["reduce"]
+    if reduce.startswith("torch."):
+        reduce = getattr(torch, reduce[len("torch."):], None)
+        if reduce is None:
+            return None
+    metric = None
+    if settings["metric"] is not None:
+        metric = modules.get(settings["metric"])
+        if metric is None or not _is_torchmetric(metric):
+            return None
+    slot = _Slot(settings["name"], settings["suffix"], settings["fx"], None, settings["on_step"],
+                 settings["on_epoch"], settings["prog_bar"], settings["logger"], reduce, settings["sync_dist"], None,
+                 settings["dataloader_idx"], device)
+    slot.metric = metric
+    return slot
 
 
 def _describe(config: tuple) -> str:
