@@ -38,6 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import fulmen as pl
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "strategies"))
+from sharded_script import full_weights as gathered  # noqa: E402  every parameter whole, whatever the strategy sharded
+
 FEATURES, HIDDEN, TRAIN, VAL = 8, 16, 64, 32
 BATCH = 4  # per process; the one-device row uses 2 * BATCH, the same global batch
 EPOCHS = 2  # 8 batches per epoch on every row: 4 optimizer steps, validation after batches 4 and 8
@@ -173,21 +176,6 @@ def loaders(row: str, random: bool, val_loaders: int = 1):
                        num_workers=2)
     vals = [DataLoader(Augmented(VAL, 1 + i, 0.0), batch_size=batch) for i in range(val_loaders)]
     return train, vals[0] if val_loaders == 1 else vals
-
-
-def gathered(tr: pl.Trainer, model: nn.Module) -> dict[str, list[float]]:
-    """Every parameter whole, on every rank, whatever the strategy sharded (float32, as the optimizer holds it)."""
-    engine = getattr(tr.strategy, "deepspeed_engine", None)
-    if engine is not None and tr.strategy.zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            return {n: p.detach().float().flatten().tolist() for n, p in model.named_parameters()}
-    out = {}
-    for n, p in model.named_parameters():
-        p = p.full_tensor() if hasattr(p, "full_tensor") else p
-        out[n] = p.detach().float().flatten().tolist()
-    return out
 
 
 def floats(metrics) -> dict[str, float]:
