@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("module, data module, checkpoint files", ("fulmen.module", "fulmen.datamodule", "fulmen.checkpoint",
                                                "fulmen.saving", "fulmen.summary", "fulmen.callbacks.callback",
                                                "fulmen.generation", "fulmen.plot")),
-    ("precision, strategies, profilers", ("fulmen.precision", "fulmen.strategies", "fulmen.profilers")),
+    ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies", "fulmen.profilers")),
     # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
                                                                "fulmen.trainer.checkpointing",

@@ -243,8 +243,7 @@ _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
 #: everything under it) or ``"module:Name"`` for one name.
 OMITTED: dict[str, str] = {
     # whole modules
-    "accelerators": ("fulmen has no Accelerator classes: pass `accelerator='cpu'|'cuda'|'mps'|'auto'` and "
-                     "`devices=` to the Trainer; the strategy owns the device."),
+    "accelerators.xla": _XLA,
     "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
               "run does with hooks and callbacks."),
     "overrides": _INTERNAL,
@@ -275,6 +274,7 @@ OMITTED: dict[str, str] = {
                                  "http(s) path as `ckpt_path`."),
     "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
+    "accelerators:XLAAccelerator": _XLA,
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
     "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
