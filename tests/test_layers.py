@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them
     ("loops, trainer", ("fulmen.trainer", "fulmen.finders", "fulmen.callbacks.lr_finder",
                         "fulmen.callbacks.batch_size_finder", "fulmen")),
-    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.demos")),
+    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.run_command", "fulmen.demos")),
 ]
 
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
