@@ -260,7 +260,6 @@ OMITTED: dict[str, str] = {
     "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
-    "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "strategies.single_xla": _XLA,
     "strategies.xla": _XLA,
     "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
@@ -312,7 +311,6 @@ OMITTED: dict[str, str] = {
                                                  "`PyTorchProfiler(record_module_names=True)` does it."),
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
-    "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "utilities:is_shared_filesystem": _INTERNAL,
     "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
