@@ -18,8 +18,19 @@ from fulmen.accelerators.accelerator import Accelerator
 from fulmen.accelerators.cpu import CPUAccelerator
 from fulmen.accelerators.cuda import CUDAAccelerator, find_usable_cuda_devices
 from fulmen.accelerators.mps import MPSAccelerator
-from fulmen.accelerators.registry import AcceleratorRegistry
+from fulmen.accelerators import registry as _registry
 from fulmen.errors import MisconfigurationException
+
+AcceleratorRegistry = _registry.AcceleratorRegistry
+"""The names ``Trainer(accelerator=...)`` resolves: "cpu", "cuda", "mps" and whatever you register.
+
+Example::
+
+    from fulmen.accelerators import AcceleratorRegistry, CPUAccelerator
+
+    AcceleratorRegistry.register("cpu_again", CPUAccelerator)
+    trainer = fulmen.Trainer(accelerator="cpu_again")
+"""
 
 for _cls in (CPUAccelerator, CUDAAccelerator, MPSAccelerator):
     _cls.register_accelerators(AcceleratorRegistry)

@@ -53,13 +53,4 @@ class _AcceleratorRegistry(dict):
         return "Registered Accelerators: " + ", ".join(sorted(self))
 
 
-AcceleratorRegistry = _AcceleratorRegistry()
-"""The names ``Trainer(accelerator=...)`` resolves: "cpu", "cuda", "mps" and whatever you register.
-
-Example::
-
-    from fulmen.accelerators import AcceleratorRegistry, CPUAccelerator
-
-    AcceleratorRegistry.register("cpu_again", CPUAccelerator)
-    trainer = fulmen.Trainer(accelerator="cpu_again")
-"""
+AcceleratorRegistry = _AcceleratorRegistry()  # documented where fulmen.accelerators publishes it
