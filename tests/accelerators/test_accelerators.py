@@ -121,3 +121,36 @@ def test_device_stats_monitor_reads_the_accelerators_stats(tmp_path):
     stats = {k: v for m in logged for k, v in m.items() if k.startswith("DeviceStatsMonitor")}
     assert stats == {"DeviceStatsMonitor.on_train_batch_start/answer": 42.0,
                      "DeviceStatsMonitor.on_train_batch_end/answer": 42.0}
+
+
+def test_an_accelerator_of_your_own_runs_a_fit_on_the_devices_it_names():
+    class Mine(Accelerator):
+        def setup_device(self, device):
+            pass
+
+        def teardown(self):
+            pass
+
+        @staticmethod
+        def parse_devices(devices):
+            return 1
+
+        @staticmethod
+        def get_parallel_devices(devices):
+            return [torch.device("cpu")]
+
+        @staticmethod
+        def auto_device_count():
+            return 1
+
+        @staticmethod
+        def is_available():
+            return True
+
+        @staticmethod
+        def name():
+            return "mine"
+
+    trainer = _quiet(accelerator=Mine(), precision="bf16-mixed", max_steps=1)
+    trainer.fit(BoringModel())  # autocast is asked for the device's type ("cpu"), not the accelerator's name
+    assert trainer.global_step == 1 and trainer.strategy.root_device == torch.device("cpu")

@@ -64,9 +64,9 @@ class Accelerator(ABC):
         """Whether this hardware is usable in this process."""
 
     @staticmethod
+    @abstractmethod
     def name() -> str:
         """The accelerator's name in ``Trainer(accelerator=...)`` (``"cpu"``, ``"cuda"``, ``"mps"``)."""
-        return ""
 
     def setup(self, trainer: Any) -> None:
         """Called by the Trainer before the model reaches the device; nothing to do by default."""

@@ -54,14 +54,13 @@ class _CheckedInit(type):
         return super().__call__(**kwargs)
 
 
-def _make_strategy(strategy: Any, accelerator: Accelerator, device_ids: list[int], num_nodes: int, precision: Any,
-                   checkpoint_io: Any, environment: Any, sync_batchnorm: bool) -> Strategy:
+def _make_strategy(strategy: Any, accelerator: Accelerator, devices: list[torch.device], num_nodes: int,
+                   precision: Any, checkpoint_io: Any, environment: Any, sync_batchnorm: bool) -> Strategy:
     """The strategy object for the flags; a multi-process one learns its ranks from the cluster environment."""
     from fulmen.strategies import STRATEGY_NAMES, ParallelStrategy, resolve_strategy_name
 
     if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
         raise MisconfigurationException(f"num_nodes={num_nodes!r}: pass the number of machines, an integer >= 1.")
-    devices = accelerator.get_parallel_devices(device_ids)
     several = len(devices) * num_nodes > 1
     if strategy is None or strategy == "auto":
         strategy = "ddp" if several else "single_device"
@@ -70,7 +69,7 @@ def _make_strategy(strategy: Any, accelerator: Accelerator, device_ids: list[int
         if name == "single_device":
             if several:
                 raise MisconfigurationException(
-                    f"strategy='single_device' runs one process, but devices={device_ids} x num_nodes={num_nodes} asks "
+                    f"strategy='single_device' runs one process, but devices={len(devices)} x num_nodes={num_nodes} asks "
                     "for several. Use strategy='ddp' (or 'auto'), or devices=1."
                 )
             return SingleDeviceStrategy(devices[0], precision, checkpoint_io)
@@ -93,16 +92,16 @@ def _make_strategy(strategy: Any, accelerator: Accelerator, device_ids: list[int
     if isinstance(strategy, ParallelStrategy):
         from fulmen.strategies.environments import detect_environment
 
-        if sync_batchnorm and accelerator.name() != "cuda":
+        if sync_batchnorm and devices[0].type != "cuda":
             raise MisconfigurationException(
-                f"sync_batchnorm=True needs CUDA GPUs: torch's SyncBatchNorm does not run on {accelerator.name()}. Remove the "
+                f"sync_batchnorm=True needs CUDA GPUs: torch's SyncBatchNorm does not run on {devices[0].type}. Remove the "
                 "flag here (each process then keeps its own batch statistics)."
             )
         strategy.sync_batchnorm = sync_batchnorm
         strategy.configure(accelerator, devices, num_nodes, environment or detect_environment())
     elif several:
         raise MisconfigurationException(
-            f"{type(strategy).__name__} runs one process, but devices={device_ids} x num_nodes={num_nodes} asks for "
+            f"{type(strategy).__name__} runs one process, but devices={len(devices)} x num_nodes={num_nodes} asks for "
             "several. Pass strategy='ddp', or devices=1."
         )
     return strategy
@@ -244,6 +243,7 @@ class Trainer(metaclass=_CheckedInit):
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = resolve_accelerator(accelerator)
         self._device_ids = _device_ids(self._accelerator, devices)
+        parallel_devices = self._accelerator.get_parallel_devices(self._device_ids)
         plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
         from fulmen.precision import Precision
         from fulmen.strategies.environments import ClusterEnvironment
@@ -253,11 +253,11 @@ class Trainer(metaclass=_CheckedInit):
             raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
         self._precision_flag = precision
         given_precision = precision is not None or precision_plugin is not None
-        prec = precision_plugin or make_precision(precision, self._accelerator.name())
+        prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
         checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
         environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
         keep_own = isinstance(strategy, Strategy) and not given_precision
-        self.strategy = _make_strategy(strategy, self._accelerator, self._device_ids, num_nodes,
+        self.strategy = _make_strategy(strategy, self._accelerator, parallel_devices, num_nodes,
                                        None if keep_own else prec, checkpoint_io, environment, sync_batchnorm)
         if self.strategy.world_size == 1:
             # torch's first optimizer construction imports torch._dynamo (~1-2 s). Every fit pays it in
