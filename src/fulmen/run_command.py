@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fulmen run", description="Run SCRIPT in one process per device (like torchrun), exporting "
                 "the settings as LT_* variables that Fabric reads as its defaults. Arguments after SCRIPT go to it.")
     p.add_argument("--accelerator", help=f"the hardware: {', '.join(ACCELERATORS)}")
-    p.add_argument("--strategy", help="how processes share the work, e.g. ddp, fsdp, deepspeed, model_parallel")
+    p.add_argument("--strategy", help="how processes share the work, e.g. ddp, fsdp, deepspeed_stage_2")
     p.add_argument("--devices", default="1", help="devices per machine: a number, indices ('0,1') or 'auto' "
                    "(default 1)")
     p.add_argument("--num-nodes", "--num_nodes", type=int, default=1, help="how many machines (default 1)")
