@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("module, data module, checkpoint files", ("fulmen.module", "fulmen.datamodule", "fulmen.checkpoint",
                                                "fulmen.saving", "fulmen.summary", "fulmen.callbacks.callback",
                                                "fulmen.generation", "fulmen.plot")),
-    ("precision, strategies, profilers", ("fulmen.precision", "fulmen.strategies", "fulmen.profilers")),
+    ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies", "fulmen.profilers")),
     # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
                                                                "fulmen.trainer.checkpointing",
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them
     ("loops, trainer", ("fulmen.trainer", "fulmen.finders", "fulmen.callbacks.lr_finder",
                         "fulmen.callbacks.batch_size_finder", "fulmen")),
-    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.demos")),
+    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.run_command", "fulmen.demos")),
 ]
 
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.

@@ -243,8 +243,7 @@ _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
 #: everything under it) or ``"module:Name"`` for one name.
 OMITTED: dict[str, str] = {
     # whole modules
-    "accelerators": ("fulmen has no Accelerator classes: pass `accelerator='cpu'|'cuda'|'mps'|'auto'` and "
-                     "`devices=` to the Trainer; the strategy owns the device."),
+    "accelerators.xla": _XLA,
     "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
               "run does with hooks and callbacks."),
     "overrides": _INTERNAL,
@@ -261,7 +260,6 @@ OMITTED: dict[str, str] = {
     "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
-    "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "strategies.single_xla": _XLA,
     "strategies.xla": _XLA,
     "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
@@ -275,6 +273,7 @@ OMITTED: dict[str, str] = {
                                  "http(s) path as `ckpt_path`."),
     "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
+    "accelerators:XLAAccelerator": _XLA,
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
     "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
@@ -312,7 +311,6 @@ OMITTED: dict[str, str] = {
                                                  "`PyTorchProfiler(record_module_names=True)` does it."),
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
-    "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "utilities:is_shared_filesystem": _INTERNAL,
     "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
