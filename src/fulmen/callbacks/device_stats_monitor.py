@@ -8,6 +8,7 @@ import torch
 
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException, missing_extra
+from fulmen.trainer.state import logging_due
 
 
 def _cpu_stats() -> dict[str, float]:
@@ -57,8 +58,7 @@ class DeviceStatsMonitor(Callback):
     def _log(self, trainer: Any, hook: str) -> None:
         if not trainer.loggers:
             return
-        every = trainer.log_every_n_steps
-        if not every or (trainer._loop.batches_stepped + 1) % every != 0:
+        if not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
             return
         device = trainer.strategy.root_device
         stats = _device_stats(device)

@@ -8,6 +8,7 @@ counter is not in here, it is not resumable, on purpose.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -26,6 +27,26 @@ def accumulation_window(batch_idx: int, accumulate: int, is_last: bool) -> tuple
         accumulation_window(batch_idx=3, accumulate=4, is_last=False)  # (False, True): the optimizer steps
     """
     return batch_idx % accumulate == 0, is_last or (batch_idx + 1) % accumulate == 0
+
+
+def steps_in_epoch(batches: int, accumulate: int) -> int:
+    """The optimizer steps of an epoch of ``batches`` batches: ``accumulation_window``'s count of windows."""
+    return math.ceil(batches / accumulate)
+
+
+def logging_due(batches_stepped: int, every: int) -> bool:
+    """Whether step-level values go to the loggers at ``batches_stepped`` (the batches that ended an
+    accumulation window so far): every ``log_every_n_steps`` of them, never when it is 0.
+
+    The one home of the logging cadence: the loop flushes the logged row on it, and the monitoring
+    callbacks (learning rate, device stats, throughput) log on it. A callback asking before the batch
+    steps passes ``batches_stepped + 1``.
+
+    Example::
+
+        logging_due(trainer._loop.batches_stepped, trainer.log_every_n_steps)
+    """
+    return every > 0 and batches_stepped % every == 0
 
 
 class TrainerFn(str, Enum):
