@@ -1,4 +1,5 @@
-"""``RunContext``: what the loops need from the Trainer, resolved once per run.
+"""``RunContext``: what the loops need from the Trainer, resolved once per run; ``EpochPlan``: what one
+training epoch will do, decided before its first batch.
 
 The loops take this instead of reaching into the Trainer's private attributes: the objects a run works
 with (module, strategy, loop state, metrics, callback hooks) and the few values the loops own while it
@@ -8,9 +9,12 @@ runs (when validation last ran, the validation loaders). What users may change w
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from fulmen.trainer.optimizers import LRSchedulerConfig
 from fulmen.trainer.state import LoopState
 
 if TYPE_CHECKING:
@@ -30,7 +34,7 @@ class RunContext:
         loops.train_epoch(ctx)
     """
 
-    trainer: Any  # the Trainer: hooks receive it; its public flags are read where used (trainer.py imports this)
+    trainer: Any  # hooks receive it; its public flags are read where used (not typed: trainer.py imports this)
     module: LightningModule
     strategy: Strategy
     loop: LoopState
@@ -50,7 +54,7 @@ class RunContext:
     start_time: float = 0.0  # time.monotonic() when the run started: max_time counts from here
     last_val_time: float = 0.0  # when validation last ended (a time-based val_check_interval)
     val_loaders: list[Any] | None = None  # set up at the first validation of a fit
-    first_epoch: bool = True  # until the fit's first training epoch has made its data iterator
+    first_epoch: bool = False  # set by fit: until its first training epoch has made its data iterator
 
     @classmethod
     def of(cls, trainer: Any) -> RunContext:
@@ -63,3 +67,54 @@ class RunContext:
             given_eval_loaders=trainer._given_eval_loaders, verbose=trainer._verbose,
             return_predictions=trainer._return_predictions,
         )
+
+
+class EpochPlan:
+    """What one training epoch will do, decided before its first batch (after ``on_train_epoch_start``, where
+    callbacks may change the flags): the batch loop reads the answers.
+
+    Validation inside the epoch: a batch count (``val_check_batch``, from ``val_check_interval``, counted in
+    the epoch or across epochs when ``check_val_every_n_epoch`` is None) or a clock (``val_check_seconds``),
+    in the epochs ``check_val_every_n_epoch`` allows. Schedulers step by their interval and frequency.
+
+    Example::
+
+        plan = EpochPlan(ctx)
+        if plan.val_due(batch_idx, loop.total_batches, is_last): ...
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        trainer, automatic, epoch = ctx.trainer, ctx.module.automatic_optimization, ctx.loop.epoch
+        every_epoch = trainer.check_val_every_n_epoch
+        # batches per accumulation window (manual optimization accumulates in training_step: 1)
+        self.accumulate: int = trainer.accumulate_grad_batches if automatic else 1
+        self.log_every: int = trainer.log_every_n_steps
+        self.validate: bool = trainer._enable_validation and (every_epoch is None or (epoch + 1) % every_epoch == 0)
+        self.val_check_batch: float = trainer._val_check_batch
+        self.val_check_seconds: float | None = trainer._val_check_seconds
+        self.count_across_epochs = every_epoch is None  # the interval counts all the fit's batches
+        self.max_steps: int = trainer.max_steps
+        self.max_time: float | None = trainer.max_time
+        configs: list[LRSchedulerConfig] = trainer.lr_scheduler_configs if automatic else []
+        due = [c for c in configs if c.interval == "step" or (epoch + 1) % c.frequency == 0]  # frequency: epochs
+        # interval="step": after the optimizer step; ReduceLROnPlateau's after the batch's validation
+        self.step_schedulers = [c for c in due if c.interval == "step" and not c.reduce_on_plateau]
+        self.plateau_step = [c for c in due if c.interval == "step" and c.reduce_on_plateau]
+        # interval="epoch": after the epoch's last batch; ReduceLROnPlateau's after the epoch-end hooks
+        self.epoch_schedulers = [c for c in due if c.interval == "epoch" and not c.reduce_on_plateau]
+        self.plateau_epoch = [c for c in due if c.interval == "epoch" and c.reduce_on_plateau]
+
+    def val_due(self, batch_idx: int, total_batches: int, is_last: bool) -> bool:
+        """Whether the batch interval puts a validation after this batch. A finite interval alone decides
+        (the last batch validates only when it falls on it), as in Lightning; a clock is read after the
+        batch-end hooks (``val_on_clock``)."""
+        if not self.validate or self.val_check_seconds is not None:
+            return False
+        if math.isinf(self.val_check_batch):
+            return is_last
+        return (total_batches if self.count_across_epochs else batch_idx + 1) % self.val_check_batch == 0
+
+    def val_on_clock(self, ctx: RunContext) -> bool:
+        """A time-based interval: whether that long has passed since the last validation (the epoch's end
+        included: only the clock decides, as in Lightning)."""
+        return self.validate and time.monotonic() - ctx.last_val_time >= self.val_check_seconds

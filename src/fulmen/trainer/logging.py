@@ -223,8 +223,8 @@ class ResultCollection:
         self.pending: dict[tuple, dict[str, Any]] = {}  # epoch accumulators restored from a mid-epoch checkpoint
 
     def hook(self, fx: str) -> ResultCollection:
-        """Record what ``self.log`` logs inside the ``with`` block under hook ``fx``; the hook that was
-        running before is restored after it. Allocates nothing: it runs around every step.
+        """Record what ``self.log`` logs in the ``with`` block under hook ``fx``, then restore the caller's hook
+        (no allocation: it runs around every step).
 
         Example::
 

@@ -5,30 +5,28 @@ decided once per run (``Trainer._collect_hooks``); in the batch loop an empty ho
 and no value is turned into a Python number, so the loop adds next to nothing to a step.
 
 A run's Trainer reaches the loops as a ``RunContext`` (trainer/context.py). Each training epoch first
-makes its plan (``_EpochPlan``: when schedulers step, when validation runs, how often logs flush), then
+makes its plan (``EpochPlan``: when schedulers step, when validation runs, how often logs flush), then
 runs the batch loop, which reads the plan's answers.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
+from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, restore_rng_states
 from fulmen.errors import MisconfigurationException
 from fulmen.module import LightningModule
 from fulmen.precision import Precision
 from fulmen.trainer import checkpointing, data as _data
 from fulmen.trainer.checks import (FiniteLossCheck, check_dataloader_idx, check_legacy, raise_if_not_finite, takes,
                                    training_loss)
-from fulmen.trainer.context import RunContext
+from fulmen.trainer.context import EpochPlan, RunContext
 from fulmen.trainer.logging import log_hyperparams, print_results
-from fulmen.trainer.optimizers import LRSchedulerConfig, setup_optimizers
+from fulmen.trainer.optimizers import setup_optimizers, step_scheduler
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window, logging_due
 
 
@@ -234,65 +232,6 @@ def _validate_in_fit(ctx: RunContext) -> None:
     ctx.trainer.state.stage = RunningStage.TRAINING
 
 
-@dataclass
-class _EpochPlan:
-    """What one training epoch will do, decided before its first batch: the batch loop reads the answers.
-
-    Validation inside the epoch: a batch count (``val_check_batch``, from ``val_check_interval``, counted in
-    the epoch or across epochs when ``check_val_every_n_epoch`` is None) or a clock (``val_check_seconds``),
-    in the epochs ``check_val_every_n_epoch`` allows. Schedulers step by their interval and frequency.
-    """
-
-    accumulate: int  # batches per accumulation window (manual optimization: 1, it accumulates itself)
-    log_every: int  # log_every_n_steps
-    validate: bool  # this epoch validates at all
-    val_check_batch: float
-    val_check_seconds: float | None
-    count_across_epochs: bool  # check_val_every_n_epoch=None: the interval counts all the fit's batches
-    step_schedulers: list[LRSchedulerConfig]  # interval="step"
-    epoch_schedulers: list[LRSchedulerConfig]  # interval="epoch", stepped after the epoch's last batch
-    plateau_step: list[LRSchedulerConfig]  # ReduceLROnPlateau with interval="step": after the batch's validation
-    plateau_epoch: list[LRSchedulerConfig]  # ReduceLROnPlateau with interval="epoch": after the epoch-end hooks
-    max_steps: int
-    max_time: float | None
-
-    @classmethod
-    def make(cls, ctx: RunContext) -> _EpochPlan:
-        trainer, module, epoch = ctx.trainer, ctx.module, ctx.loop.epoch
-        every_epoch = trainer.check_val_every_n_epoch
-        configs = trainer.lr_scheduler_configs if module.automatic_optimization else []
-        due = lambda c: (epoch + 1) % c.frequency == 0  # noqa: E731  (an epoch scheduler's frequency counts epochs)
-        return cls(
-            accumulate=trainer.accumulate_grad_batches if module.automatic_optimization else 1,
-            log_every=trainer.log_every_n_steps,
-            validate=trainer._enable_validation and (every_epoch is None or (epoch + 1) % every_epoch == 0),
-            val_check_batch=trainer._val_check_batch,
-            val_check_seconds=trainer._val_check_seconds,
-            count_across_epochs=every_epoch is None,
-            step_schedulers=[c for c in configs if c.interval == "step" and not c.reduce_on_plateau],
-            epoch_schedulers=[c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau and due(c)],
-            plateau_step=[c for c in configs if c.interval == "step" and c.reduce_on_plateau],
-            plateau_epoch=[c for c in configs if c.interval == "epoch" and c.reduce_on_plateau and due(c)],
-            max_steps=trainer.max_steps,
-            max_time=trainer.max_time,
-        )
-
-    def val_due(self, batch_idx: int, total_batches: int, is_last: bool) -> bool:
-        """Whether the batch interval puts a validation after this batch. A finite interval alone decides
-        (the last batch validates only when it falls on it), as in Lightning; a clock is read after the
-        batch-end hooks (``val_on_clock``)."""
-        if not self.validate or self.val_check_seconds is not None:
-            return False
-        if math.isinf(self.val_check_batch):
-            return is_last
-        return (total_batches if self.count_across_epochs else batch_idx + 1) % self.val_check_batch == 0
-
-    def val_on_clock(self, ctx: RunContext) -> bool:
-        """A time-based interval: whether that long has passed since the last validation (the epoch's end
-        included: only the clock decides, as in Lightning)."""
-        return self.validate and time.monotonic() - ctx.last_val_time >= self.val_check_seconds
-
-
 def train_epoch(ctx: RunContext) -> None:
     """One training epoch: batches, in-epoch validation, then the epoch-end hooks."""
     trainer, module, loop, metrics, hooks = ctx.trainer, ctx.module, ctx.loop, ctx.metrics, ctx.hooks
@@ -302,8 +241,10 @@ def train_epoch(ctx: RunContext) -> None:
     torch.set_grad_enabled(True)
     ctx.call_hooks("on_train_epoch_start")
     skip = loop.batches_in_epoch
-    iterator = _epoch_batches(ctx, skip)
-    plan = _EpochPlan.make(ctx)  # after on_train_epoch_start, where callbacks may change the flags
+    reused = ctx.first_epoch and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
+    ctx.first_epoch = False
+    iterator = _data.epoch_batches(trainer, loop, skip, reused_before=reused)
+    plan = EpochPlan(ctx)  # after on_train_epoch_start, where callbacks may change the flags
     step = _training_step(ctx)
     move = _data.batch_mover(trainer, module)
     if ctx.profiler.active:  # decided once per epoch: with profiler=None nothing below is wrapped
@@ -351,12 +292,12 @@ def train_epoch(ctx: RunContext) -> None:
             loop.batches_stepped += 1
             for cfg in plan.step_schedulers:  # frequency counts batches of this epoch, as in Lightning
                 if (batch_idx + 1) % cfg.frequency == 0:
-                    _step_scheduler(ctx, cfg)
+                    step_scheduler(trainer, cfg)
         if check_finite is not None and check_finite.due(stepped, is_last):
             check_finite(outputs, batch_idx)
         if is_last:
             for cfg in plan.epoch_schedulers:
-                _step_scheduler(ctx, cfg)
+                step_scheduler(trainer, cfg)
         val_due = plan.val_due(batch_idx, loop.total_batches, is_last)
         row_due = stepped and logging_due(loop.batches_stepped, plan.log_every)
         # a checkpoint written by a batch-end hook (before this batch's row goes to the loggers and before the
@@ -380,7 +321,7 @@ def train_epoch(ctx: RunContext) -> None:
                 stop = loop.should_stop and _can_stop_early(ctx)
         for cfg in plan.plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
-                _step_scheduler(ctx, cfg)
+                step_scheduler(trainer, cfg)
         for writer in writers:
             if writer._error is not None:
                 writer.raise_if_failed()
@@ -402,58 +343,7 @@ def train_epoch(ctx: RunContext) -> None:
             hook(trainer, module)
     metrics.train_epoch_end(max(loop.batches_stepped - 1, 0))  # logs the epoch values, then resets them
     for cfg in plan.plateau_epoch:
-        _step_scheduler(ctx, cfg)
-
-
-def _epoch_batches(ctx: RunContext, skip: int) -> Iterator[Any]:
-    """The epoch's batch iterator, continuing after ``skip`` batches when resumed mid-epoch.
-
-    The epoch's data order is drawn from the RNG here: that state is kept, so a mid-epoch resume rebuilds
-    the same order. A mid-epoch resume uses the loader's own state, else skips at the sampler level
-    (nothing loaded), else replays.
-    """
-    trainer, loop = ctx.trainer, ctx.loop
-    train_iterable = trainer._train_iterable
-    if skip:
-        resume_rng = collect_rng_states()
-        restore_rng_states(loop.epoch_start_rng)
-        _data.set_generator_states(train_iterable, loop.epoch_start_generators)
-        loop.loader_generators = None
-    else:
-        if loop.loader_generators is not None:  # resumed at an epoch's end: the loader's generators as saved
-            _data.set_generator_states(train_iterable, loop.loader_generators)
-            loop.loader_generators = None
-        loop.epoch_start_rng = collect_rng_states()
-        loop.epoch_start_generators = _data.generator_states(train_iterable)
-    if loop.sampler_seed is None:
-        loop.sampler_seed = _data.sampler_seed()
-    _data.set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
-    reused = ctx.first_epoch and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
-    ctx.first_epoch = False
-    streams = trainer._worker_streams["train"]
-    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused,
-                                 streams=streams, saved=streams.pending)
-    loop.loader_state = streams.pending = None
-    if skip:
-        restore_rng_states(resume_rng)
-    return iterator
-
-
-def _step_scheduler(ctx: RunContext, cfg: LRSchedulerConfig) -> None:
-    metric = None
-    if cfg.reduce_on_plateau:
-        available = ctx.trainer.callback_metrics
-        metric = available.get(cfg.monitor)
-        if metric is None:
-            if cfg.strict:
-                raise MisconfigurationException(
-                    f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged. Logged keys: {sorted(available)}. "
-                    "Log it with self.log, change 'monitor', or set 'strict': False to skip the step."
-                )
-            rank_zero_warn(f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged; skipping its step.")
-            return
-    with ctx.metrics.hook("lr_scheduler_step"):
-        ctx.module.lr_scheduler_step(cfg.scheduler, metric)
+        step_scheduler(trainer, cfg)
 
 
 # ==================================================================================================
@@ -832,38 +722,5 @@ def predict(ctx: RunContext) -> Any:
     if not keep:
         return None
     if trainer.world_size > 1:
-        all_preds = [_gather_predictions(ctx, ld, preds) for ld, preds in zip(loaders, all_preds)]
+        all_preds = [_data.gather_predictions(ctx.strategy, ld, preds) for ld, preds in zip(loaders, all_preds)]
     return all_preds if multi else all_preds[0]
-
-
-def _gather_predictions(ctx: RunContext, loader: Any, preds: list[Any]) -> list[Any]:
-    """Every rank's predictions, back in the loader's sample order and batch size (as one process gives them)."""
-    from torch.utils.data import default_collate
-
-    from fulmen._utils import apply_to_collection
-
-    sampler = getattr(loader, "sampler", None)
-    indices = list(sampler) if isinstance(sampler, _data.UnrepeatedDistributedSampler) else None
-    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-    gathered = ctx.strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
-    batch_size = getattr(loader, "batch_size", None)
-    samples: dict[int, Any] = {}
-    for rank_indices, rank_preds in gathered:
-        pieces = [piece for batch in rank_preds for piece in _unbatch(batch)] if rank_indices is not None else None
-        if pieces is None or batch_size is None or len(pieces) != len(rank_indices):
-            rank_zero_warn("The predictions of several processes could not be put back in sample order (they are not "
-                           "tensors with one row per sample); trainer.predict returns them rank after rank.")
-            return [p for _, rank_preds_ in gathered for p in rank_preds_]
-        samples.update(zip(rank_indices, pieces))
-    ordered = [samples[i] for i in sorted(samples)]
-    return [default_collate(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
-
-
-def _unbatch(batch: Any) -> list[Any]:
-    from fulmen._utils import apply_to_collection
-
-    found: list[int] = []
-    apply_to_collection(batch, Tensor, lambda t: found.append(t.shape[0] if t.ndim else -1))
-    if not found or len(set(found)) != 1 or found[0] < 0:
-        return []  # not one row per sample: the caller falls back to rank order
-    return [apply_to_collection(batch, Tensor, lambda t, i=i: t[i]) for i in range(found[0])]

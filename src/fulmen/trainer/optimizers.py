@@ -119,6 +119,24 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
     return optimizers, configs
 
 
+def step_scheduler(trainer: Any, cfg: LRSchedulerConfig) -> None:
+    """Step one scheduler through ``LightningModule.lr_scheduler_step`` (ReduceLROnPlateau: with its metric)."""
+    metric = None
+    if cfg.reduce_on_plateau:
+        available = trainer.callback_metrics
+        metric = available.get(cfg.monitor)
+        if metric is None:
+            if cfg.strict:
+                raise MisconfigurationException(
+                    f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged. Logged keys: {sorted(available)}. "
+                    "Log it with self.log, change 'monitor', or set 'strict': False to skip the step."
+                )
+            rank_zero_warn(f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged; skipping its step.")
+            return
+    with trainer._metrics.hook("lr_scheduler_step"):
+        trainer.lightning_module.lr_scheduler_step(cfg.scheduler, metric)
+
+
 def _from_dicts(items: list[dict]) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
     optimizers, configs = [], []
     for item in items:

@@ -8,7 +8,6 @@ counter is not in here, it is not resumable, on purpose.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -29,18 +28,10 @@ def accumulation_window(batch_idx: int, accumulate: int, is_last: bool) -> tuple
     return batch_idx % accumulate == 0, is_last or (batch_idx + 1) % accumulate == 0
 
 
-def steps_in_epoch(batches: int, accumulate: int) -> int:
-    """The optimizer steps of an epoch of ``batches`` batches: ``accumulation_window``'s count of windows."""
-    return math.ceil(batches / accumulate)
-
-
 def logging_due(batches_stepped: int, every: int) -> bool:
-    """Whether step-level values go to the loggers at ``batches_stepped`` (the batches that ended an
-    accumulation window so far): every ``log_every_n_steps`` of them, never when it is 0.
-
-    The one home of the logging cadence: the loop flushes the logged row on it, and the monitoring
-    callbacks (learning rate, device stats, throughput) log on it. A callback asking before the batch
-    steps passes ``batches_stepped + 1``.
+    """The one home of the logging cadence: whether step-level values go to the loggers once
+    ``batches_stepped`` batches ended an accumulation window (every ``log_every_n_steps``, never when 0).
+    The loop flushes its rows on it, the monitoring callbacks log on it (before a batch: ``+ 1``).
 
     Example::
 

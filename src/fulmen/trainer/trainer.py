@@ -26,7 +26,7 @@ from fulmen.trainer.checks import check_fit_configuration
 from fulmen.trainer import data as _data
 from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
-from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus, steps_in_epoch
+from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
 
 if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLogger`); no import cost
     from fulmen.loggers.logger import Logger
@@ -722,7 +722,7 @@ class Trainer(metaclass=_CheckedInit):
         batches = self.num_training_batches
         if math.isinf(batches):
             return self.max_steps if self.max_steps != -1 else math.inf
-        per_epoch = steps_in_epoch(batches, self.accumulate_grad_batches)
+        per_epoch = math.ceil(batches / self.accumulate_grad_batches)
         epochs = self.max_epochs if self.max_epochs not in (None, -1) else math.inf
         total = per_epoch * epochs
         if self.max_steps != -1:
