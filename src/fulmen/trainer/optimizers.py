@@ -197,10 +197,9 @@ class LightningOptimizer:
     """
 
     def __init__(self, optimizer: Optimizer, trainer: Any = None) -> None:
-        self.__dict__["_optimizer"] = optimizer
-        self.__dict__["_trainer"] = trainer
-        self.__dict__["_on_before_step"] = None  # set by the loop to run hooks + clipping after the closure
-        self.__dict__["_on_after_step"] = None
+        object.__setattr__(self, "_optimizer", optimizer)  # this class's setattr goes to the optimizer
+        object.__setattr__(self, "_trainer", trainer)
+        self._set_step_hooks(None, None)
 
     @property
     def optimizer(self) -> Optimizer:
@@ -227,7 +226,7 @@ class LightningOptimizer:
     def _set_step_hooks(self, before: Callable[[], None] | None, after: Callable[[], None] | None) -> None:
         """What the loop runs around ``step()``: ``before`` between the closure and the optimizer step (the
         hooks, clipping), ``after`` once it is taken (counting the step). Set once per epoch."""
-        object.__setattr__(self, "_on_before_step", before)  # this class's setattr goes to the optimizer
+        object.__setattr__(self, "_on_before_step", before)
         object.__setattr__(self, "_on_after_step", after)
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
