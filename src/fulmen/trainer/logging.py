@@ -675,7 +675,6 @@ class MetricsHub:
             lg.save()
 
 
-# the results table trainer.validate / trainer.test print
 def log_hyperparams(trainer: Any) -> None:
     """Send the module's and the datamodule's saved hyperparameters to the loggers (rank zero), once per run."""
     if not trainer.loggers or not trainer.enable_autolog_hparams:
@@ -703,6 +702,7 @@ def log_hyperparams(trainer: Any) -> None:
             lg.save()
 
 
+# the results table trainer.validate / trainer.test print
 def print_results(stage: RunningStage, results: list[dict[str, float]], console_kwargs: dict[str, Any] | None) -> None:
     """The results table as Lightning prints it: metrics by name, one column per dataloader, every value
     to full precision (people copy them into papers); a rich table with ``console_kwargs`` (RichProgressBar's

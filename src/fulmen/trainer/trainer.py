@@ -22,8 +22,8 @@ from fulmen.errors import MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import checkpointing, loops
-from fulmen.trainer.checks import check_fit_configuration
 from fulmen.trainer import data as _data
+from fulmen.trainer.checks import check_fit_configuration
 from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
