@@ -105,6 +105,7 @@ def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> No
     """Run up to ``num_steps`` optimizer steps of real training (precision, accumulation, clipping) with
     only ``recorder`` as callback, no loggers and no validation. The caller restores the state."""
     from fulmen.trainer import loops
+    from fulmen.trainer.context import RunContext
     from fulmen.trainer.data import setup_train_data
     from fulmen.trainer.state import LoopState, RunningStage
 
@@ -118,9 +119,10 @@ def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> No
     setup_train_data(trainer)
     trainer.state.stage = RunningStage.TRAINING
     module.train()
+    ctx = RunContext.of(trainer)  # with the hooks, loop state and flags set above
     while loop.global_step < num_steps and not loop.should_stop:
         seen = loop.total_batches
-        loops._train_epoch(trainer, module, loop)
+        loops.train_epoch(ctx)
         loop.epoch, loop.batches_in_epoch, loop.epoch_loop_done = loop.epoch + 1, 0, False
         if loop.total_batches == seen:  # an empty epoch: nothing more will come
             break

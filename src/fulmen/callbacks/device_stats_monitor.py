@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from fulmen.callbacks.callback import Callback
 from fulmen.accelerators.cpu import get_cpu_stats
 from fulmen.errors import MisconfigurationException
+from fulmen.trainer.state import logging_due
 
 
 class DeviceStatsMonitor(Callback):
@@ -36,8 +36,7 @@ class DeviceStatsMonitor(Callback):
     def _log(self, trainer: Any, hook: str) -> None:
         if not trainer.loggers:
             return
-        every = trainer.log_every_n_steps
-        if not every or (trainer._loop.batches_stepped + 1) % every != 0:
+        if not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
             return
         device = trainer.strategy.root_device
         stats = {k: float(v) for k, v in trainer.accelerator.get_device_stats(device).items()}

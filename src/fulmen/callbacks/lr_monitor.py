@@ -10,6 +10,7 @@ import torch
 from fulmen._utils import rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
+from fulmen.trainer.state import logging_due
 
 
 class LearningRateMonitor(Callback):
@@ -59,9 +60,7 @@ class LearningRateMonitor(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.logging_interval == "epoch":
             return
-        loop = trainer._loop
-        every = trainer.log_every_n_steps
-        if (every and (loop.batches_stepped + 1) % every == 0) or trainer.should_stop:
+        if logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps) or trainer.should_stop:
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:

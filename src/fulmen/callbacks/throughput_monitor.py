@@ -10,7 +10,7 @@ import torch
 
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException
-from fulmen.trainer.state import RunningStage
+from fulmen.trainer.state import RunningStage, logging_due
 
 
 class _Window:
@@ -92,9 +92,9 @@ class ThroughputMonitor(Callback):
         self._start(RunningStage.TRAINING.value)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = trainer.log_every_n_steps
         stepped = trainer._loop.batches_stepped
-        self._update(trainer, RunningStage.TRAINING.value, batch, bool(every) and stepped % every == 0, stepped - 1)
+        self._update(trainer, RunningStage.TRAINING.value, batch, logging_due(stepped, trainer.log_every_n_steps),
+                     stepped - 1)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:

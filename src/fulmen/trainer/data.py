@@ -13,7 +13,7 @@ from torch import Tensor
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer.state import RunningStage
-from fulmen._utils import is_overridden
+from fulmen._utils import apply_to_collection, collect_rng_states, is_overridden, restore_rng_states
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 
@@ -906,3 +906,65 @@ def batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
         return batch
 
     return move_with_hooks
+
+
+def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool) -> Iterator[Any]:
+    """The epoch's batch iterator, continuing after ``skip`` batches when resumed mid-epoch.
+
+    The epoch's data order is drawn from the RNG here: that state is kept, so a mid-epoch resume rebuilds
+    the same order. A mid-epoch resume uses the loader's own state, else skips at the sampler level
+    (nothing loaded), else replays.
+    """
+    train_iterable = trainer._train_iterable
+    if skip:
+        resume_rng = collect_rng_states()
+        restore_rng_states(loop.epoch_start_rng)
+        set_generator_states(train_iterable, loop.epoch_start_generators)
+        loop.loader_generators = None
+    else:
+        if loop.loader_generators is not None:  # resumed at an epoch's end: the loader's generators as saved
+            set_generator_states(train_iterable, loop.loader_generators)
+            loop.loader_generators = None
+        loop.epoch_start_rng = collect_rng_states()
+        loop.epoch_start_generators = generator_states(train_iterable)
+    if loop.sampler_seed is None:
+        loop.sampler_seed = sampler_seed()
+    set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
+    streams = trainer._worker_streams["train"]
+    iterator = resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused_before,
+                                 streams=streams, saved=streams.pending)
+    loop.loader_state = streams.pending = None
+    if skip:
+        restore_rng_states(resume_rng)
+    return iterator
+
+
+def gather_predictions(strategy: Any, loader: Any, preds: list[Any]) -> list[Any]:
+    """Every rank's predictions, back in the loader's sample order and batch size (as one process gives them)."""
+    from torch.utils.data import default_collate
+
+    from fulmen._utils import rank_zero_warn
+
+    sampler = getattr(loader, "sampler", None)
+    indices = list(sampler) if isinstance(sampler, UnrepeatedDistributedSampler) else None
+    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
+    gathered = strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
+    batch_size = getattr(loader, "batch_size", None)
+    samples: dict[int, Any] = {}
+    for rank_indices, rank_preds in gathered:
+        pieces = [piece for batch in rank_preds for piece in _unbatch(batch)] if rank_indices is not None else None
+        if pieces is None or batch_size is None or len(pieces) != len(rank_indices):
+            rank_zero_warn("The predictions of several processes could not be put back in sample order (they are not "
+                           "tensors with one row per sample); trainer.predict returns them rank after rank.")
+            return [p for _, rank_preds_ in gathered for p in rank_preds_]
+        samples.update(zip(rank_indices, pieces))
+    ordered = [samples[i] for i in sorted(samples)]
+    return [default_collate(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+def _unbatch(batch: Any) -> list[Any]:
+    found: list[int] = []
+    apply_to_collection(batch, Tensor, lambda t: found.append(t.shape[0] if t.ndim else -1))
+    if not found or len(set(found)) != 1 or found[0] < 0:
+        return []  # not one row per sample: the caller falls back to rank order
+    return [apply_to_collection(batch, Tensor, lambda t, i=i: t[i]) for i in range(found[0])]

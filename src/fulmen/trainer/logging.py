@@ -13,6 +13,7 @@ once its batches are done, epoch values (``name``/``name_epoch``). Evaluation st
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from numbers import Number
 from typing import Any, Callable
 
@@ -55,6 +56,7 @@ _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min
 _REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", sum: "sum", torch.max: "max", max: "max", torch.min: "min",
                min: "min"}
 _ALL = object()  # "no dataloader filter"
+_NOTHING_TO_RECORD = nullcontext()
 _WARNED_UNSYNCED: set[str] = set()  # names warned about (once per process) for epoch values without sync_dist
 
 
@@ -206,7 +208,8 @@ class ResultCollection:
     def __init__(self, training: bool, reduce_fn: Callable[[Tensor, str, Any], Tensor] | None = None) -> None:
         self.training = training
         self.slots: dict[tuple, _Slot] = {}
-        self.fx: str | None = None  # the hook running now; set by the trainer before it calls one
+        self.fx: str | None = None  # the hook running now; set through `hook(fx)` around each call
+        self._callers: list[str | None] = []  # the hooks `hook` interrupted, innermost last
         self.dataloader_idx: int | None = None  # set while a stage with several loaders runs a batch
         self.batch: Any = None
         self._batch_size: int | None = None
@@ -218,6 +221,25 @@ class ResultCollection:
         # the batch loop ends), never when a view is read, which may happen on rank zero only (progress bar)
         self.distributed = False
         self.pending: dict[tuple, dict[str, Any]] = {}  # epoch accumulators restored from a mid-epoch checkpoint
+
+    def hook(self, fx: str) -> ResultCollection:
+        """Record what ``self.log`` logs in the ``with`` block under hook ``fx``, then restore the caller's hook
+        (no allocation: it runs around every step).
+
+        Example::
+
+            with results.hook("training_step"):
+                loss = module.training_step(batch, batch_idx)
+        """
+        self._callers.append(self.fx)
+        self.fx = fx
+        return self
+
+    def __enter__(self) -> ResultCollection:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.fx = self._callers.pop()
 
     # -- resuming mid-epoch ---------------------------------------------------------------------
     def accumulators(self, module: Any = None) -> dict[tuple, dict[str, Any]]:
@@ -555,6 +577,11 @@ class MetricsHub:
             self._absorb(self._current)
             self._current = results
 
+    def hook(self, fx: str) -> Any:
+        """``current.hook(fx)``, or nothing to record when no stage is running (set-up hooks)."""
+        results = self._current
+        return results.hook(fx) if results is not None else _NOTHING_TO_RECORD
+
     # -- views ------------------------------------------------------------------------------------
     def _absorb(self, results: ResultCollection | None, on_step: bool | None = None,
                 dataloader_idx: Any = _ALL) -> tuple[dict, dict, dict]:
@@ -645,6 +672,33 @@ class MetricsHub:
             scalars.setdefault("epoch", trainer.current_epoch)
         for lg in loggers:
             lg.log_metrics(scalars, step=step)
+            lg.save()
+
+
+def log_hyperparams(trainer: Any) -> None:
+    """Send the module's and the datamodule's saved hyperparameters to the loggers (rank zero), once per run."""
+    if not trainer.loggers or not trainer.enable_autolog_hparams:
+        return
+    module, dm = trainer.lightning_module, trainer.datamodule
+    params: dict[str, Any] = {}
+    if getattr(module, "_log_hyperparams", False):
+        params.update(module._hparams_to_save(initial=True))
+    if dm is not None and getattr(dm, "_log_hyperparams", False):
+        dm_params = dm._hparams_to_save(initial=True)
+        # LightningCLI's "_class_path" differs by nature; it is not logged either, as in Lightning
+        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k] and k != "_class_path"}
+        if overlap:
+            raise MisconfigurationException(
+                f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
+                "rename one of them."
+            )
+        params.update(dm_params)
+    params.pop("_class_path", None)
+    if trainer.is_global_zero:
+        for lg in trainer.loggers:
+            lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
+            if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
+                lg.log_graph(module)
             lg.save()
 
 

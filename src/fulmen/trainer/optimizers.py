@@ -119,6 +119,24 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
     return optimizers, configs
 
 
+def step_scheduler(trainer: Any, cfg: LRSchedulerConfig) -> None:
+    """Step one scheduler through ``LightningModule.lr_scheduler_step`` (ReduceLROnPlateau: with its metric)."""
+    metric = None
+    if cfg.reduce_on_plateau:
+        available = trainer.callback_metrics
+        metric = available.get(cfg.monitor)
+        if metric is None:
+            if cfg.strict:
+                raise MisconfigurationException(
+                    f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged. Logged keys: {sorted(available)}. "
+                    "Log it with self.log, change 'monitor', or set 'strict': False to skip the step."
+                )
+            rank_zero_warn(f"ReduceLROnPlateau watches '{cfg.monitor}', which was not logged; skipping its step.")
+            return
+    with trainer._metrics.hook("lr_scheduler_step"):
+        trainer.lightning_module.lr_scheduler_step(cfg.scheduler, metric)
+
+
 def _from_dicts(items: list[dict]) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
     optimizers, configs = [], []
     for item in items:
@@ -132,6 +150,35 @@ def _from_dicts(items: list[dict]) -> tuple[list[Optimizer], list[LRSchedulerCon
         if item.get("lr_scheduler") is not None:
             configs.append(_scheduler_config(item["lr_scheduler"], item.get("monitor")))
     return optimizers, configs
+
+
+def setup_optimizers(trainer: Any, module: Any) -> None:
+    """Call ``configure_optimizers`` and hand the optimizers to the strategy; fail early on flags that
+    automatic optimization needs when the module steps by hand."""
+    if not module.automatic_optimization:
+        for what, flag, value, default, instead in (
+            ("accumulation", "accumulate_grad_batches", trainer.accumulate_grad_batches, 1,
+             "step every N batches in training_step"),
+            ("clipping", "gradient_clip_val", trainer.gradient_clip_val, None,
+             "call self.clip_gradients(opt, ...) before opt.step()"),
+        ):
+            if value not in (default, 0):
+                raise MisconfigurationException(  # Lightning's first sentence, then fulmen's fix
+                    f"Automatic gradient {what} is not supported for manual optimization. Remove "
+                    f"`Trainer({flag}={value!r})` or switch to automatic optimization: {type(module).__name__} sets "
+                    f"automatic_optimization=False, so {instead}."
+                )
+    trainer._metrics.current = None
+    optimizers, configs = parse_optimizers(trainer._call_module("configure_optimizers"))
+    if len(optimizers) > 1 and module.automatic_optimization:
+        raise MisconfigurationException(
+            f"configure_optimizers returned {len(optimizers)} optimizers. Several optimizers need manual "
+            "optimization: set `self.automatic_optimization = False` in __init__ and step them in training_step "
+            "(`opt_g, opt_d = self.optimizers()`)."
+        )
+    trainer.optimizers = trainer.strategy.setup_optimizers(optimizers)
+    trainer.lr_scheduler_configs = configs
+    trainer._lightning_optimizers = [LightningOptimizer(o, trainer) for o in trainer.optimizers]
 
 
 class LightningOptimizer:
@@ -150,10 +197,9 @@ class LightningOptimizer:
     """
 
     def __init__(self, optimizer: Optimizer, trainer: Any = None) -> None:
-        self.__dict__["_optimizer"] = optimizer
-        self.__dict__["_trainer"] = trainer
-        self.__dict__["_on_before_step"] = None  # set by the loop to run hooks + clipping after the closure
-        self.__dict__["_on_after_step"] = None
+        object.__setattr__(self, "_optimizer", optimizer)  # this class's setattr goes to the optimizer
+        object.__setattr__(self, "_trainer", trainer)
+        self._set_step_hooks(None, None)
 
     @property
     def optimizer(self) -> Optimizer:
@@ -176,6 +222,12 @@ class LightningOptimizer:
 
     def __repr__(self) -> str:
         return f"LightningOptimizer({self._optimizer!r})"
+
+    def _set_step_hooks(self, before: Callable[[], None] | None, after: Callable[[], None] | None) -> None:
+        """What the loop runs around ``step()``: ``before`` between the closure and the optimizer step (the
+        hooks, clipping), ``after`` once it is taken (counting the step). Set once per epoch."""
+        object.__setattr__(self, "_on_before_step", before)
+        object.__setattr__(self, "_on_after_step", after)
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Take an optimizer step through the Trainer's strategy; ``closure`` recomputes the loss (LBFGS)."""

@@ -28,6 +28,18 @@ def accumulation_window(batch_idx: int, accumulate: int, is_last: bool) -> tuple
     return batch_idx % accumulate == 0, is_last or (batch_idx + 1) % accumulate == 0
 
 
+def logging_due(batches_stepped: int, every: int) -> bool:
+    """The one home of the logging cadence: whether step-level values go to the loggers once
+    ``batches_stepped`` batches ended an accumulation window (every ``log_every_n_steps``, never when 0).
+    The loop flushes its rows on it, the monitoring callbacks log on it (before a batch: ``+ 1``).
+
+    Example::
+
+        logging_due(trainer._loop.batches_stepped, trainer.log_every_n_steps)
+    """
+    return every > 0 and batches_stepped % every == 0
+
+
 class TrainerFn(str, Enum):
     """The entry point that is running: ``trainer.state.fn``."""
 

@@ -24,6 +24,7 @@ from fulmen.precision import make_precision
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import checkpointing, loops
 from fulmen.trainer import data as _data
+from fulmen.trainer.checks import check_fit_configuration
 from fulmen.trainer.logging import MetricsHub
 from fulmen.trainer.optimizers import LightningOptimizer, LRSchedulerConfig
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
@@ -408,18 +409,28 @@ class Trainer(metaclass=_CheckedInit):
         self._model_was_given = True
         self._verbose = True
         self._return_predictions = True
-        self._start_time: float | None = None
         self._val_check_batch: float = math.inf
-        self._last_val_time = 0.0  # when validation last ended (time-based val_check_interval)
         self._enable_validation = False
         self._preemption: Any = None  # set while fit runs: SIGTERM / SLURM requeue handling
-        self._loop_first_epoch = False  # true until the first training epoch of a fit has made its data iterator
-        self._step_row_due = False  # a batch-end hook runs before this batch's logged row goes to the loggers
-        self._val_due = False  # ... and before the validation due after this batch
-        self._ends_window = False  # the loop's accumulation_window answer for the batch in the batch hooks
+        # the loop's decisions for the batch whose batch-end hooks run, which callbacks and checkpoints read:
+        self._ends_window = False  # it ends an accumulation window (accumulation_window)
+        self._step_row_due = False  # its logged row goes to the loggers after the hooks (logging_due)
+        self._val_due = False  # validation runs after the hooks (the epoch plan's val_due)
         self._worker_streams = {"train": _data._WorkerStreams()}  # loader workers' random streams, by loader
 
     # -- construction helpers ---------------------------------------------------------------------
+    def _merge_model_callbacks(self, module: Any) -> None:
+        """Callbacks from ``configure_callbacks`` replace the Trainer's of the same type; checkpoints go last."""
+        from fulmen.callbacks.model_checkpoint import _reorder
+
+        extra = module.configure_callbacks()
+        if not extra:
+            return
+        extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+        types = {type(cb) for cb in extra}
+        kept = [cb for cb in self.callbacks if type(cb) not in types]
+        self.callbacks = _reorder(kept + extra)
+
     @staticmethod
     def _set_torch_flags(deterministic: Any, benchmark: bool | None) -> None:
         if deterministic not in (None, True, False, "warn"):
@@ -810,7 +821,7 @@ class Trainer(metaclass=_CheckedInit):
                 "fulmen.LightningModule (it is an nn.Module)."
             )
         if fn == TrainerFn.FITTING:
-            loops.check_fit_configuration(model)
+            check_fit_configuration(model)
         self.state = TrainerState(TrainerStatus.RUNNING, fn, None)
         self.lightning_module = model
         model._trainer = self
@@ -945,39 +956,24 @@ class Trainer(metaclass=_CheckedInit):
 
     def _call_hooks(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Callbacks' ``name`` then the module's (when it has one); returns the module's result."""
-        results = self._metrics.current
-        if results is not None:
-            caller_fx, results.fx = results.fx, name  # restored after: hooks may run inside a logging hook
         module = self.lightning_module
-        for hook in self._hooks.get(name, ()):
-            hook(self, module, *args, **kwargs)
-        fn = getattr(module, name, None)
-        out = fn(*args, **kwargs) if fn is not None else None
-        if results is not None:
-            results.fx = caller_fx
-        return out
+        with self._metrics.hook(name):  # hooks may run inside a logging hook: its name comes back after
+            for hook in self._hooks.get(name, ()):
+                hook(self, module, *args, **kwargs)
+            fn = getattr(module, name, None)
+            return fn(*args, **kwargs) if fn is not None else None
 
     def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.lightning_module, name, None)
         if fn is None:  # a hook the user switched off with `model.<hook> = None`
             return None
-        results = self._metrics.current
-        if results is not None:
-            results.fx = name
-        try:
+        with self._metrics.hook(name):
             return fn(*args, **kwargs)
-        finally:
-            if results is not None:
-                results.fx = None
 
     def _call_callbacks(self, name: str, *args: Any, **kwargs: Any) -> None:
-        results = self._metrics.current
-        if results is not None:
-            caller_fx, results.fx = results.fx, name
-        for hook in self._hooks.get(name, ()):
-            hook(self, self.lightning_module, *args, **kwargs)
-        if results is not None:
-            results.fx = caller_fx
+        with self._metrics.hook(name):
+            for hook in self._hooks.get(name, ()):
+                hook(self, self.lightning_module, *args, **kwargs)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, filepath: Any, weights_only: bool = False, storage_options: Any = None) -> None:
