@@ -127,3 +127,229 @@ def test_states_module_holds_the_trainers_state_types():
     trainer.fit(Look())
     assert seen == [(TrainerFn.FITTING, RunningStage.TRAINING)] and seen[0][0] == "fit"
     assert isinstance(trainer.state, TrainerState) and trainer.state.status == TrainerStatus.FINISHED
+
+
+# -- public names Lightning users read (issue 21) ------------------------------------------------------------------
+def test_hparams_checkpoint_keys_read_the_saved_hyperparameters_as_in_lightning(tmp_path):
+    import torch
+
+    import fulmen as pl
+    from tests.helpers import BoringModel, make_loader
+
+    class Model(BoringModel):
+        def __init__(self, lr=0.1, width=32):
+            super().__init__(lr=lr)
+            self.save_hyperparameters()
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, batch_size=8):
+            super().__init__()
+            self.save_hyperparameters()
+
+        def train_dataloader(self):
+            return make_loader(batch_size=self.hparams.batch_size)
+
+    trainer = pl.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(Model(lr=0.05), datamodule=Data(batch_size=16))
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    # Lightning's keys: a script that reads them from the class finds the same entries in fulmen's checkpoints
+    assert (Model.CHECKPOINT_HYPER_PARAMS_KEY, Model.CHECKPOINT_HYPER_PARAMS_NAME,
+            Model.CHECKPOINT_HYPER_PARAMS_TYPE) == ("hyper_parameters", "hparams_name", "hparams_type")
+    assert dict(ckpt[Model.CHECKPOINT_HYPER_PARAMS_KEY]) == {"lr": 0.05, "width": 32}
+    assert ckpt[Model.CHECKPOINT_HYPER_PARAMS_NAME] == "kwargs"
+    assert Data.CHECKPOINT_HYPER_PARAMS_KEY == "datamodule_hyper_parameters"
+    assert dict(ckpt[Data.CHECKPOINT_HYPER_PARAMS_KEY]) == {"batch_size": 16}
+    assert ckpt[Data.CHECKPOINT_HYPER_PARAMS_NAME] == "kwargs" and Data.name is None
+
+
+def test_strict_loading_false_lets_fit_resume_from_a_checkpoint_without_some_weights(tmp_path):
+    import pytest
+    import torch
+    from torch import nn
+
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    trainer = quiet_trainer(max_steps=2, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(BoringModel(), make_loader())
+    path = trainer.checkpoint_callback.best_model_path
+
+    class WithHead(BoringModel):  # a new head the old checkpoint does not have
+        def __init__(self, strict):
+            super().__init__()
+            self.head = nn.Linear(2, 2)
+            if not strict:
+                self.strict_loading = False
+
+        def configure_optimizers(self):  # the head is frozen: the optimizer state matches the checkpoint's
+            return torch.optim.SGD(self.layer.parameters(), lr=self.lr)
+
+    assert WithHead(strict=True).strict_loading is True
+    with pytest.raises(RuntimeError, match="head"):
+        quiet_trainer(max_steps=4).fit(WithHead(strict=True), make_loader(), ckpt_path=path)
+    model = WithHead(strict=False)
+    head = model.head.weight.detach().clone()
+    resumed = quiet_trainer(max_steps=4)
+    resumed.fit(model, make_loader(), ckpt_path=path)
+    assert resumed.global_step == 4 and model.strict_loading is False
+    assert torch.equal(model.head.weight, head)  # not in the checkpoint, and not trained (outside the loss)
+
+
+def test_toggled_optimizer_freezes_the_other_optimizers_parameters_inside_the_block_only():
+    import pytest
+    import torch
+    from torch import nn
+
+    import fulmen as pl
+    from tests.helpers import make_loader, quiet_trainer
+
+    seen = []
+
+    class Gan(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.g, self.d = nn.Linear(32, 32), nn.Linear(32, 1)
+
+        def training_step(self, batch, batch_idx):
+            opt_g, opt_d = self.optimizers()
+            with self.toggled_optimizer(opt_g):
+                seen.append((self.g.weight.requires_grad, self.d.weight.requires_grad))
+                loss = self.d(self.g(batch[0])).mean()
+                self.manual_backward(loss)
+                opt_g.step()
+                opt_g.zero_grad()
+            seen.append((self.g.weight.requires_grad, self.d.weight.requires_grad))
+            if batch_idx == 1:
+                with pytest.raises(ZeroDivisionError), self.toggled_optimizer(opt_d):
+                    seen.append((self.g.weight.requires_grad, self.d.weight.requires_grad))
+                    1 / 0
+                seen.append((self.g.weight.requires_grad, self.d.weight.requires_grad))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.g.parameters(), lr=0.1), torch.optim.SGD(self.d.parameters(), lr=0.1)
+
+    quiet_trainer(max_steps=2).fit(Gan(), make_loader())
+    assert seen == [(True, False), (True, True), (True, False), (True, True), (False, True), (True, True)]
+
+
+def test_strategy_on_exception_is_called_with_the_error_after_the_callbacks_and_the_datamodule():
+    import pytest
+
+    import fulmen as pl
+    from fulmen.strategies import SingleDeviceStrategy
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    calls = []
+
+    class Careful(SingleDeviceStrategy):
+        def on_exception(self, exception):
+            calls.append(("strategy", str(exception)))
+
+    class Note(pl.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            calls.append(("callback", str(exception)))
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            return make_loader()
+
+        def on_exception(self, exception):
+            calls.append(("datamodule", str(exception)))
+
+    class Broken(BoringModel):
+        def training_step(self, batch, batch_idx):
+            raise ValueError("bad batch")
+
+    trainer = quiet_trainer(max_steps=1, strategy=Careful("cpu"), callbacks=[Note()])
+    with pytest.raises(ValueError, match="bad batch"):
+        trainer.fit(Broken(), datamodule=Data())
+    assert calls == [("callback", "bad batch"), ("datamodule", "bad batch"), ("strategy", "bad batch")]
+    assert trainer.interrupted
+
+
+def test_trainer_evaluating_and_profiler_local_rank():
+    from fulmen.profilers import SimpleProfiler
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    seen = []
+
+    class Look(BoringModel):
+        def training_step(self, batch, batch_idx):
+            seen.append(("train", self.trainer.evaluating))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append(("sanity" if self.trainer.sanity_checking else "val", self.trainer.evaluating))
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append(("test", self.trainer.evaluating))
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append(("predict", self.trainer.evaluating))
+
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
+                            limit_predict_batches=1,
+                            num_sanity_val_steps=1, profiler=SimpleProfiler())
+    model = Look()
+    trainer.fit(model, make_loader(), make_loader())
+    trainer.test(model, make_loader(), verbose=False)
+    trainer.predict(model, make_loader())
+    assert seen == [("sanity", True), ("train", False), ("val", True), ("test", True), ("predict", False)]
+    assert trainer.profiler.local_rank == 0 and not trainer.evaluating
+
+
+def test_advanced_profiler_dump_stats_writes_each_actions_pstats_where_lightning_does(tmp_path):
+    import pstats
+
+    import pytest
+
+    from fulmen.errors import MisconfigurationException
+    from fulmen.profilers import AdvancedProfiler
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    profiler = AdvancedProfiler(dirpath=tmp_path / "prof", filename="perf", dump_stats=True)
+    quiet_trainer(max_steps=2, profiler=profiler).fit(BoringModel(), make_loader())
+    path = tmp_path / "prof" / "fit-perf-[LightningModule]BoringModel.training_step.prof"
+    assert path.is_file() and (tmp_path / "prof" / "fit-perf.txt").is_file()
+    stats = pstats.Stats(str(path)).stats
+    assert sum(calls for (_, _, fn), (calls, *_) in stats.items() if fn == "training_step") == 2
+
+    alone = AdvancedProfiler(dump_stats=True)  # no folder and no Trainer to give one
+    with alone.profile("step"):
+        sum(range(10))
+    with pytest.raises(MisconfigurationException, match="dirpath="):
+        alone.summary()
+
+
+def test_has_len_all_ranks_at_lightnings_path():
+    import pytest
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from fulmen.errors import EmptyLoaderError
+    from fulmen.strategies import SingleDeviceStrategy
+    from fulmen.utilities.data import has_len_all_ranks
+    from tests.helpers import make_loader
+
+    one = SingleDeviceStrategy("cpu")
+    assert has_len_all_ranks(make_loader(n=64, batch_size=8), one) is True
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+    assert has_len_all_ranks(DataLoader(Stream()), one) is False
+    with pytest.warns(UserWarning, match="no batches on any process"):
+        assert has_len_all_ranks([], one) is True
+
+    class FourRanks(SingleDeviceStrategy):  # the other processes hold 4 batches, this one none
+        def reduce(self, tensor, group=None, reduce_op="mean"):
+            return tensor + 4
+
+    with pytest.raises(EmptyLoaderError, match="allow_zero_length_dataloader_with_multiple_devices") as err:
+        has_len_all_ranks([], FourRanks("cpu"))
+    assert isinstance(err.value, RuntimeError)  # Lightning's type
+    with pytest.warns(UserWarning, match="no batches on this process"):
+        assert has_len_all_ranks([], FourRanks("cpu"), allow_zero_length_dataloader_with_multiple_devices=True)
+    assert torch.is_tensor(FourRanks("cpu").reduce(torch.tensor(0)))

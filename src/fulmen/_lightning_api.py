@@ -277,7 +277,6 @@ OMITTED: dict[str, str] = {
     # single names
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
-    "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
     "cli:ModuleType": _INTERNAL,
     "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "
                                    "themselves; subclass them (or `Callback`)."),
@@ -314,7 +313,6 @@ OMITTED: dict[str, str] = {
                                           "`schedule=torch.profiler.schedule(...)`."),
     "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "utilities:is_shared_filesystem": _INTERNAL,
-    "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
     "strategies.deepspeed:remove_module_hooks": _INTERNAL,
     "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,

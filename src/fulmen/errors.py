@@ -178,6 +178,19 @@ class MonitorNotFoundError(MisconfigurationException, RuntimeError):
     """
 
 
+class EmptyLoaderError(MisconfigurationException, RuntimeError):
+    """A data loader yields no batch on this process while the other processes' loaders do, so the processes
+    would wait on each other forever. A ``RuntimeError`` as in Lightning.
+
+    Example::
+
+        try:
+            has_len_all_ranks(loader, trainer.strategy)
+        except EmptyLoaderError as err:
+            print(err)  # names the loader and how to give every process at least one batch
+    """
+
+
 class SIGTERMException(SystemExit):
     """How a fit ends after SIGTERM (or SLURM's requeue signal): a ``SystemExit`` (Lightning's name).
 

@@ -672,6 +672,11 @@ class Trainer(metaclass=_CheckedInit):
         return self.state.stage == RunningStage.PREDICTING
 
     @property
+    def evaluating(self) -> bool:
+        """True during validation (the sanity check included) and testing."""
+        return self.state.stage is not None and self.state.stage.evaluating
+
+    @property
     def checkpoint_callbacks(self) -> list[Any]:
         from fulmen.callbacks import ModelCheckpoint
 
@@ -971,6 +976,7 @@ class Trainer(metaclass=_CheckedInit):
             module.on_exception(exc)
         if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
             self.datamodule.on_exception(exc)
+        self.strategy.on_exception(exc)
         for lg in self.loggers:
             try:
                 lg.finalize("failed")
