@@ -353,3 +353,65 @@ def test_has_len_all_ranks_at_lightnings_path():
     with pytest.warns(UserWarning, match="no batches on this process"):
         assert has_len_all_ranks([], FourRanks("cpu"), allow_zero_length_dataloader_with_multiple_devices=True)
     assert torch.is_tensor(FourRanks("cpu").reduce(torch.tensor(0)))
+
+
+# -- Lightning's module paths that fulmen re-exports (issue 21) ----------------------------------------------------
+def test_tuner_package_paths_give_the_tuner_and_its_result(tmp_path):
+    from fulmen.tuner import Tuner
+    from fulmen.tuner.lr_finder import _LRFinder
+    from fulmen.tuner.tuning import Tuner as TunerAtLightningsPath
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    assert TunerAtLightningsPath is Tuner
+    finder = Tuner(quiet_trainer(max_epochs=1, default_root_dir=tmp_path)).lr_find(
+        BoringModel(), make_loader(n=64, batch_size=4), num_training=6, update_attr=False)
+    assert isinstance(finder, _LRFinder) and len(finder.results["lr"]) == 6
+    assert finder.results["lr"][0] < finder.results["lr"][-1]
+
+
+def test_loggers_utilities_scan_checkpoints_tags_what_a_logger_uploads(tmp_path):
+    import os
+
+    import fulmen as pl
+    from fulmen.callbacks import ModelCheckpoint
+    from fulmen.loggers.utilities import _scan_checkpoints
+    from tests.helpers import BoringModel, make_loader
+
+    class Falling(BoringModel):  # val_loss 3, 2, 1: the newest checkpoint is always the best
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("val_loss", 3.0 - self.current_epoch)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2, save_last=True)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[ckpt], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Falling(), make_loader(), make_loader())
+    found = _scan_checkpoints(ckpt, {})
+    tags = {os.path.basename(path): (tag, float(score)) for _, path, score, tag in found}
+    assert tags == {"epoch=1-step=4.ckpt": ("best_k", 2.0), "epoch=2-step=6.ckpt": ("best_k", 1.0),
+                    "last.ckpt": ("latest", 1.0)}
+    assert [t for t, *_ in found] == sorted(t for t, *_ in found)  # oldest first
+    logged = {path: mtime for mtime, path, *_ in found}
+    assert _scan_checkpoints(ckpt, logged) == []  # nothing new since they were uploaded
+
+
+def test_launchers_and_overrides_paths_name_fulmens_launchers_and_sampler():
+    from torch.utils.data import DistributedSampler
+
+    import fulmen as pl
+    from fulmen.overrides.distributed import UnrepeatedDistributedSampler
+    from fulmen.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+    from fulmen.strategies.launchers.multiprocessing import _MultiProcessingLauncher as Spawn
+    from fulmen.strategies.launchers.subprocess_script import _SubprocessScriptLauncher as Script
+
+    assert Spawn is _MultiProcessingLauncher and Script is _SubprocessScriptLauncher
+    spawn = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
+    script = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    assert isinstance(spawn.strategy.launcher, _MultiProcessingLauncher)
+    assert isinstance(script.strategy.launcher, _SubprocessScriptLauncher)
+
+    # Lightning's results: each sample once over the ranks, no padding, shuffled unless asked not to
+    ranks = [UnrepeatedDistributedSampler(list(range(7)), num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    assert [list(s) for s in ranks] == [[0, 2, 4, 6], [1, 3, 5]] and [len(s) for s in ranks] == [4, 3]
+    shuffled = [UnrepeatedDistributedSampler(list(range(7)), num_replicas=2, rank=r) for r in (0, 1)]
+    assert shuffled[0].shuffle and sorted(list(shuffled[0]) + list(shuffled[1])) == list(range(7))
+    assert isinstance(ranks[0], DistributedSampler)
