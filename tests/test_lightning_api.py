@@ -415,3 +415,93 @@ def test_launchers_and_overrides_paths_name_fulmens_launchers_and_sampler():
     shuffled = [UnrepeatedDistributedSampler(list(range(7)), num_replicas=2, rank=r) for r in (0, 1)]
     assert shuffled[0].shuffle and sorted(list(shuffled[0]) + list(shuffled[1])) == list(range(7))
     assert isinstance(ranks[0], DistributedSampler)
+
+
+# -- exception types, warnings and logger names Lightning's users rely on (issue 21) ----------------------------------
+def test_info_records_carry_lightnings_logger_names_under_fulmen(tmp_path, caplog):
+    import logging
+
+    import fulmen as pl
+    from fulmen.callbacks import EarlyStopping
+    from tests.helpers import BoringModel, make_loader
+
+    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[EarlyStopping("val_loss", verbose=True)])
+    model = BoringModel()
+    with caplog.at_level(logging.INFO, logger="fulmen"):
+        trainer.fit(model, make_loader(), make_loader())
+        trainer.test(model, make_loader(), ckpt_path="best", verbose=False)
+    names = {(r.name, r.getMessage().split(" ")[0]) for r in caplog.records}
+    assert ("fulmen.utilities.rank_zero", "Restoring") in names  # rank_zero_info, as Lightning's module logger
+    assert ("fulmen.callbacks.early_stopping", "Metric") in names
+    assert all(r.name.startswith("fulmen.") for r in caplog.records)  # so logging.getLogger("fulmen") governs all
+
+    caplog.clear()
+    fulmen_logger = logging.getLogger("fulmen")
+    level = fulmen_logger.level
+    fulmen_logger.setLevel(logging.WARNING)  # what a user writes to silence them
+    try:
+        trainer.test(model, make_loader(), ckpt_path="best", verbose=False)
+    finally:
+        fulmen_logger.setLevel(level)
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+
+
+def test_wrong_model_arguments_raise_a_type_error_as_in_lightning():
+    import pytest
+    from torch import nn
+
+    from fulmen.errors import ArgumentTypeError, MisconfigurationException
+    from tests.helpers import make_loader, quiet_trainer
+
+    with pytest.raises(TypeError, match="LightningModule") as err:
+        quiet_trainer(max_steps=1).fit(nn.Linear(32, 2), make_loader())
+    assert isinstance(err.value, ArgumentTypeError) and isinstance(err.value, MisconfigurationException)
+    for stage in ("validate", "test", "predict"):
+        with pytest.raises(TypeError, match=f"trainer.{stage}\\(model"):
+            getattr(quiet_trainer(), stage)()
+
+
+def test_two_progress_bars_are_refused_as_in_lightning():
+    import pytest
+
+    import fulmen as pl
+    from fulmen.callbacks import TQDMProgressBar
+    from fulmen.errors import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="2 progress bars"):
+        pl.Trainer(logger=False, callbacks=[TQDMProgressBar(), TQDMProgressBar(refresh_rate=5)])
+
+
+def test_a_shuffled_evaluation_loader_warns_and_an_ordered_one_does_not(recwarn):
+    import warnings
+
+    import pytest
+    from torch.utils.data import DataLoader
+
+    from fulmen.utilities.warnings import PossibleUserWarning
+    from tests.helpers import BoringModel, make_loader, quiet_trainer
+
+    ordered = make_loader()
+    shuffled = DataLoader(ordered.dataset, batch_size=8, shuffle=True)
+    with pytest.warns(PossibleUserWarning, match="shuffle=False"):
+        quiet_trainer().validate(BoringModel(), shuffled, verbose=False)
+    with pytest.warns(PossibleUserWarning, match="test DataLoader"):
+        quiet_trainer().test(BoringModel(), shuffled, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = quiet_trainer().validate(BoringModel(), ordered, verbose=False)
+    assert set(result[0]) == {"val_loss"}
+
+
+def test_self_log_outside_a_run_warns_and_records_nothing():
+    import pytest
+    import torch
+
+    from tests.helpers import BoringModel, make_loader
+
+    model = BoringModel()
+    batch = next(iter(make_loader()))
+    with pytest.warns(UserWarning, match="'train_loss'.*not attached to a Trainer"):
+        loss = model.training_step(batch, 0)
+    assert torch.is_tensor(loss) and model._trainer is None

@@ -30,7 +30,8 @@ from torch import nn
 from fulmen._utils import (apply_to_collection, collect_rng_states, package_available, rank_zero_info,
                            rank_zero_only, rank_zero_warn, restore_rng_states)
 
-_log = logging.getLogger("fulmen")
+# a child of "fulmen" (which users configure), named like Lightning's rank-zero logger, which tests and handlers read
+_log = logging.getLogger("fulmen.utilities.rank_zero")
 
 
 class LightningEnum(str, Enum):

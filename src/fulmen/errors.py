@@ -163,6 +163,20 @@ class UnknownArgumentError(MisconfigurationException, TypeError):
     """
 
 
+class ArgumentTypeError(MisconfigurationException, TypeError):
+    """An argument is missing or of the wrong kind (a plain ``nn.Module`` where a ``LightningModule`` is needed).
+
+    Also a ``TypeError``, what Lightning (and Python) raise here, so ``except TypeError`` in ported code still works.
+
+    Example::
+
+        try:
+            trainer.fit(torch.nn.Linear(4, 2))
+        except ArgumentTypeError as err:
+            print(err)  # says to subclass fulmen.LightningModule
+    """
+
+
 class MonitorNotFoundError(MisconfigurationException, RuntimeError):
     """A callback monitors a metric that was not logged; the message lists the metrics that were.
 

@@ -360,7 +360,10 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         """
         trainer = self._trainer
         if trainer is None:
-            return  # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning
+            # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning, which says so
+            rank_zero_warn(f"self.log({name!r}) is ignored: {type(self).__name__} is not attached to a Trainer. Values "
+                           "are recorded only inside trainer.fit/validate/test/predict.")
+            return
         if not isinstance(name, str):
             raise MisconfigurationException(f"`self.log` needs a string name, got {type(name).__name__}.")
         if trainer.barebones:

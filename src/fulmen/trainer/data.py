@@ -828,6 +828,17 @@ def setup_train_data(trainer: Any) -> None:
         trainer._val_check_batch = max(1, int(n * vci))
 
 
+def _shuffles(loader: Any) -> bool:
+    """Whether a DataLoader draws its samples in random order (a RandomSampler, or a sampler with shuffle=True)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    if not isinstance(loader, DataLoader):
+        return False
+    sampler = getattr(loader.batch_sampler, "sampler", None) if loader.batch_sampler is not None else None
+    sampler = loader.sampler if sampler is None else sampler
+    return isinstance(sampler, RandomSampler) or getattr(sampler, "shuffle", False) is True
+
+
 def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(loaders, dict):
         return {k: fn(v) for k, v in loaders.items()}
@@ -839,7 +850,17 @@ def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
 def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
-    loaders = distribute(trainer, resolve(trainer, prefix, given), prefix)
+    loaders = resolve(trainer, prefix, given)
+    shuffled = [type(ld.dataset).__name__ for ld in as_list(loaders) if _shuffles(ld)]
+    if shuffled:
+        from fulmen._lightning_utils import PossibleUserWarning
+        from fulmen._utils import rank_zero_warn
+
+        rank_zero_warn(
+            f"The {prefix} loader over {shuffled[0]} shuffles its samples; an evaluation gives the same result in "
+            f"order, and is easier to compare between runs. Pass `shuffle=False` to the {prefix} DataLoader.",
+            category=PossibleUserWarning)
+    loaders = distribute(trainer, loaders, prefix)
     seed_workers(loaders, trainer.global_rank)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)

@@ -18,7 +18,7 @@ import torch
 
 from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
-from fulmen.errors import MisconfigurationException, UnknownArgumentError
+from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import checkpointing, loops
@@ -532,6 +532,11 @@ class Trainer(metaclass=_CheckedInit):
             raise MisconfigurationException(
                 "enable_checkpointing=False, but a ModelCheckpoint is in `callbacks`. Remove one or the other."
             )
+        bars = [type(cb).__name__ for cb in out if isinstance(cb, cbs.ProgressBar)]
+        if len(bars) > 1:
+            raise MisconfigurationException(
+                f"`callbacks` holds {len(bars)} progress bars ({', '.join(bars)}); a Trainer draws one. Keep one of them."
+            )
         if enable_progress_bar is False and has(cbs.ProgressBar):
             raise MisconfigurationException(
                 "enable_progress_bar=False, but a progress bar is in `callbacks`. Remove one or the other."
@@ -822,7 +827,7 @@ class Trainer(metaclass=_CheckedInit):
     def _model_or_current(self, model: Any, what: str) -> Any:
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
+                raise ArgumentTypeError(
                     f"trainer.{what}() needs a model: pass it, e.g. trainer.{what}(model, dataloaders), or call "
                     "trainer.fit(model) first."
                 )
@@ -860,7 +865,7 @@ class Trainer(metaclass=_CheckedInit):
 
         model = _from_compiled(model)
         if not isinstance(model, LightningModule):
-            raise MisconfigurationException(
+            raise ArgumentTypeError(
                 f"Trainer.{fn.value} needs a fulmen.LightningModule, got {type(model).__name__}. Subclass "
                 "fulmen.LightningModule (it is an nn.Module)."
             )
