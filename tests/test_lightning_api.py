@@ -505,3 +505,19 @@ def test_self_log_outside_a_run_warns_and_records_nothing():
     with pytest.warns(UserWarning, match="'train_loss'.*not attached to a Trainer"):
         loss = model.training_step(batch, 0)
     assert torch.is_tensor(loss) and model._trainer is None
+
+
+def test_finder_callbacks_list_their_modes_as_lightning_does():
+    import pytest
+
+    from fulmen.callbacks import BatchSizeFinder, LearningRateFinder
+    from fulmen.errors import MisconfigurationException
+
+    assert set(BatchSizeFinder.SUPPORTED_MODES) == {"power", "binsearch"}
+    assert set(LearningRateFinder.SUPPORTED_MODES) == {"linear", "exponential"}
+    for mode in BatchSizeFinder.SUPPORTED_MODES:
+        assert BatchSizeFinder(mode=mode)._mode == mode
+    for mode in LearningRateFinder.SUPPORTED_MODES:
+        assert LearningRateFinder(mode=mode)._mode == mode
+    with pytest.raises(MisconfigurationException, match="'exponential' or 'linear'"):
+        LearningRateFinder(mode="cosine")
