@@ -38,7 +38,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
 COMPATIBILITY = ("fulmen.core", "fulmen.plugins", "fulmen.utilities", "fulmen.trainer.states",
                  "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint",
-                 "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base")
+                 "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base", "fulmen.tuner.lr_finder",
+                 "fulmen.loggers.utilities", "fulmen.strategies.launchers", "fulmen.overrides")
 
 
 def _modules() -> dict[str, pathlib.Path]:

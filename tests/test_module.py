@@ -69,7 +69,8 @@ def test_properties_without_and_with_a_trainer():
     assert m.device == torch.device("cpu")
     with pytest.raises(RuntimeError, match="not attached to a Trainer"):
         m.trainer
-    m.log("ignored", 1.0)  # outside a run, as in Lightning, logging does nothing
+    with pytest.warns(UserWarning, match="not attached"):
+        m.log("ignored", 1.0)  # outside a run, as in Lightning, logging does nothing but say so
     trainer = quiet_trainer(max_epochs=1)
     trainer.fit(m, make_loader(16, 8))
     assert m.trainer is trainer and m.global_step == 2

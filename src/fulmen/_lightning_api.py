@@ -110,6 +110,7 @@ LIGHTNING_API: dict[str, tuple[str, ...]] = {
     "loggers.mlflow": ("LOCAL_FILE_URI_PREFIX", "MLFlowLogger",),
     "loggers.neptune": ("NeptuneLogger",),
     "loggers.tensorboard": ("TensorBoardLogger",),
+    "loggers.utilities": ("_scan_checkpoints",),
     "loggers.wandb": ("WandbLogger",),
     "loops.evaluation_loop": ("RestartStage",),
     "loops.fit_loop": ("RestartStage",),
@@ -165,6 +166,9 @@ LIGHTNING_API: dict[str, tuple[str, ...]] = {
     "strategies.ddp": ("DDPStrategy",),
     "strategies.deepspeed": ("DeepSpeedStrategy", "remove_module_hooks",),
     "strategies.fsdp": ("FSDPStrategy",),
+    "strategies.launchers": ("_MultiProcessingLauncher", "_SubprocessScriptLauncher", "_XLALauncher",),
+    "strategies.launchers.multiprocessing": ("_MultiProcessingLauncher",),
+    "strategies.launchers.subprocess_script": ("_SubprocessScriptLauncher",),
     "strategies.model_parallel": ("ModelParallelStrategy",),
     "strategies.parallel": ("ParallelStrategy",),
     "strategies.single_device": ("SingleDeviceStrategy",),
@@ -172,9 +176,11 @@ LIGHTNING_API: dict[str, tuple[str, ...]] = {
     "strategies.strategy": ("Strategy",),
     "strategies.xla": ("XLAStrategy",),
     "trainer": ("Trainer", "seed_everything",),
+    "trainer.configuration_validator": ("_verify_loop_configurations",),
     "trainer.states": ("RunningStage", "TrainerFn", "TrainerState", "TrainerStatus",),
     "trainer.trainer": ("Trainer",),
     "tuner": ("Tuner",),
+    "tuner.lr_finder": ("_LRCallback", "_LRFinder",),
     "tuner.tuning": ("Tuner",),
     "utilities": (
         "AttributeDict", "CombinedLoader", "GradClipAlgorithmType", "LightningEnum", "disable_possible_user_warnings",
@@ -246,7 +252,8 @@ OMITTED: dict[str, str] = {
     "accelerators.xla": _XLA,
     "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
               "run does with hooks and callbacks."),
-    "overrides": _INTERNAL,
+    "trainer.configuration_validator": ("fulmen checks the module when fit/validate/test/predict starts and names "
+                                        "the missing hook; there is no validator to call."),
     "callbacks.spike": ("Spike detection is not ported; a non-finite loss stops fit with `NonFiniteLossError` "
                         "naming the step."),
     "loggers.comet": _LOGGER,
@@ -262,7 +269,6 @@ OMITTED: dict[str, str] = {
     "profilers.xla": _XLA,
     "strategies.single_xla": _XLA,
     "strategies.xla": _XLA,
-    "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
     "utilities.compile": ("The Trainer unwraps a `torch.compile`d module itself; `module._orig_mod` is the "
                           "uncompiled one."),
     "utilities.migration": ("fulmen reads Lightning 2.x checkpoints as they are; upgrade 1.x checkpoints with "
@@ -276,7 +282,6 @@ OMITTED: dict[str, str] = {
     "accelerators:XLAAccelerator": _XLA,
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
-    "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
     "cli:ModuleType": _INTERNAL,
     "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "
                                    "themselves; subclass them (or `Callback`)."),
@@ -312,9 +317,15 @@ OMITTED: dict[str, str] = {
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
     "utilities:is_shared_filesystem": _INTERNAL,
-    "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
     "strategies.deepspeed:remove_module_hooks": _INTERNAL,
+    "strategies.launchers:_XLALauncher": _XLA,
+    "overrides.distributed:UnrepeatedDistributedSamplerWrapper": (
+        "fulmen shards a custom sampler across processes itself (`use_distributed_sampler=True`); pass the sampler "
+        "to the DataLoader as it is."),
+    "overrides.distributed:prepare_for_backward": _INTERNAL,
+    "tuner.lr_finder:_LRCallback": ("The sweep's callback is internal to `Tuner.lr_find`; use the "
+                                    "`LearningRateFinder` callback to run the sweep from a callback."),
     "utilities.model_summary.model_summary:LEFTOVER_PARAMS_NAME": _INTERNAL,
     "utilities.model_summary.model_summary:PARAMETER_NUM_UNITS": _INTERNAL,
     "utilities.parsing:clean_namespace": _INTERNAL,

@@ -30,7 +30,8 @@ from torch import nn
 from fulmen._utils import (apply_to_collection, collect_rng_states, package_available, rank_zero_info,
                            rank_zero_only, rank_zero_warn, restore_rng_states)
 
-_log = logging.getLogger("fulmen")
+# a child of "fulmen" (which users configure), named like Lightning's rank-zero logger, which tests and handlers read
+_log = logging.getLogger("fulmen.utilities.rank_zero")
 
 
 class LightningEnum(str, Enum):
@@ -311,6 +312,49 @@ def has_len(dataloader: Any) -> bool:
     if n == 0:
         rank_zero_warn(f"`{type(dataloader).__name__}` returned 0 length. Please make sure this was your intention.")
     return n is not None
+
+
+def has_len_all_ranks(dataloader: Any, strategy: Any,
+                      allow_zero_length_dataloader_with_multiple_devices: bool = False) -> bool:
+    """Whether ``dataloader`` has a length on every process (False when it has none here, e.g. an iterable).
+
+    The lengths are summed over the processes through ``strategy.reduce`` (one collective: call it at set-up,
+    not per batch). A total of zero warns; an empty loader on this process while others have batches raises
+    :class:`~fulmen.errors.EmptyLoaderError`, unless ``allow_zero_length_dataloader_with_multiple_devices``,
+    which warns instead. A length on an ``IterableDataset``'s loader warns: with several workers it is only
+    right when each worker yields its own share.
+
+    Example::
+
+        from fulmen.utilities.data import has_len_all_ranks
+
+        if has_len_all_ranks(trainer.train_dataloader, trainer.strategy):
+            steps = len(trainer.train_dataloader)
+    """
+    local = sized_len(dataloader)
+    if local is None:
+        return False
+    name = type(dataloader).__name__
+    total = int(strategy.reduce(torch.tensor(local, device=strategy.root_device), reduce_op="sum"))
+    if total == 0:
+        rank_zero_warn(f"`{name}` has no batches on any process; check its dataset and `batch_size`/`drop_last` "
+                       "if you meant to run on it.")
+    elif local == 0:
+        if not allow_zero_length_dataloader_with_multiple_devices:
+            from fulmen.errors import EmptyLoaderError
+
+            raise EmptyLoaderError(
+                f"`{name}` has no batches on this process while the other processes' loaders have some, so the "
+                "processes would wait on each other: give the dataset at least one batch per process (a smaller "
+                "`batch_size`, `drop_last=False`), or pass `allow_zero_length_dataloader_with_multiple_devices=True`."
+            )
+        rank_zero_warn(f"`{name}` has no batches on this process but has some on others; "
+                       "the processes run unequal numbers of batches.")
+    dataset = getattr(dataloader, "dataset", None)
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        rank_zero_warn(f"`{name}` reads an IterableDataset that defines `__len__`: with `num_workers > 1` that "
+                       "length is only right when each worker yields its own share of the data.")
+    return True
 
 
 def suggested_max_num_workers(local_world_size: int) -> int:

@@ -252,12 +252,13 @@ def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklev
     _warn(message, category, stacklevel=stacklevel)
 
 
-_log = logging.getLogger("fulmen")
+# a child of "fulmen" (which users configure), named like Lightning's rank-zero logger, which tests and handlers read
+_log = logging.getLogger("fulmen.utilities.rank_zero")
 
 
 @rank_zero_only
 def rank_zero_info(message: str, *args: Any, **kwargs: Any) -> None:
-    """Log ``message`` at INFO on the "fulmen" logger, on rank zero only.
+    """Log ``message`` at INFO on the "fulmen.utilities.rank_zero" logger (under "fulmen"), on rank zero only.
 
     ``import fulmen`` shows these lines on stderr (as Lightning shows its own) unless logging is already
     configured; route or silence them with ``logging.getLogger("fulmen")``.

@@ -31,9 +31,25 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
         trainer.fit(model, datamodule=DigitsData())
     """
 
+    #: the checkpoint keys of the data module's hyperparameters (Lightning's names and values)
+    CHECKPOINT_HYPER_PARAMS_KEY = "datamodule_hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "datamodule_hparams_type"
+    name: str | None = None  # a label for the data module; fulmen does not read it
+
     def __init__(self) -> None:
         super().__init__()
         self.trainer: Any = None
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Called when a run fails, after the callbacks' ``on_exception``; override it to clean up (close files,
+        stop a data server).
+
+        Example::
+
+            def on_exception(self, exception):
+                self.reader.close()
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """What this datamodule needs to resume; saved in checkpoints."""

@@ -163,6 +163,20 @@ class UnknownArgumentError(MisconfigurationException, TypeError):
     """
 
 
+class ArgumentTypeError(MisconfigurationException, TypeError):
+    """An argument is missing or of the wrong kind (a plain ``nn.Module`` where a ``LightningModule`` is needed).
+
+    Also a ``TypeError``, what Lightning (and Python) raise here, so ``except TypeError`` in ported code still works.
+
+    Example::
+
+        try:
+            trainer.fit(torch.nn.Linear(4, 2))
+        except ArgumentTypeError as err:
+            print(err)  # says to subclass fulmen.LightningModule
+    """
+
+
 class MonitorNotFoundError(MisconfigurationException, RuntimeError):
     """A callback monitors a metric that was not logged; the message lists the metrics that were.
 
@@ -175,6 +189,19 @@ class MonitorNotFoundError(MisconfigurationException, RuntimeError):
             fulmen.Trainer(callbacks=[early_stopping]).fit(model, train_loader, val_loader)
         except MonitorNotFoundError as err:
             print(err)  # lists the metrics that were logged, val_loss among them
+    """
+
+
+class EmptyLoaderError(MisconfigurationException, RuntimeError):
+    """A data loader yields no batch on this process while the other processes' loaders do, so the processes
+    would wait on each other forever. A ``RuntimeError`` as in Lightning.
+
+    Example::
+
+        try:
+            has_len_all_ranks(loader, trainer.strategy)
+        except EmptyLoaderError as err:
+            print(err)  # names the loader and how to give every process at least one batch
     """
 
 

@@ -232,6 +232,13 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         fulmen.Trainer(max_epochs=3).fit(LitModel(), train_loader)
     """
 
+    #: the checkpoint keys under which the module's hyperparameters, their ``__init__`` argument name and their
+    #: container type are stored (Lightning's names and values, so ``checkpoint[Model.CHECKPOINT_HYPER_PARAMS_KEY]``
+    #: reads the same in both)
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+
     _jit_is_scripting = False  # True while to_torchscript compiles: properties then answer without a Trainer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -240,6 +247,28 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         self.automatic_optimization: bool = True
         self.example_input_array: Any = None
         self._compiler_ctx: Any = None
+        self._strict_loading: bool | None = None
+
+    @property
+    def strict_loading(self) -> bool:
+        """Whether a checkpoint's weights must match this module's keys exactly (default True).
+
+        Set it to False in ``__init__`` for a module whose checkpoints leave weights out on purpose (a frozen
+        backbone loaded from elsewhere); ``trainer.fit(ckpt_path=...)`` and ``load_from_checkpoint`` then load
+        what is there.
+
+        Example::
+
+            class Head(fulmen.LightningModule):
+                def __init__(self):
+                    super().__init__()
+                    self.strict_loading = False  # the backbone's weights are not in our checkpoints
+        """
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, strict: bool) -> None:
+        self._strict_loading = strict
 
     # -- attachments ----------------------------------------------------------------------------
     @property
@@ -331,7 +360,10 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         """
         trainer = self._trainer
         if trainer is None:
-            return  # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning
+            # outside a run (e.g. calling training_step by hand) logging is a no-op, as in Lightning, which says so
+            rank_zero_warn(f"self.log({name!r}) is ignored: {type(self).__name__} is not attached to a Trainer. Values "
+                           "are recorded only inside trainer.fit/validate/test/predict.")
+            return
         if not isinstance(name, str):
             raise MisconfigurationException(f"`self.log` needs a string name, got {type(name).__name__}.")
         if trainer.barebones:
@@ -487,6 +519,26 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         for p in (p for g in optimizer.param_groups for p in g["params"]):
             p.requires_grad = state.get(id(p), p.requires_grad)
         self._param_requires_grad_state = state
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """``toggle_optimizer`` for the block, ``untoggle_optimizer`` after it, also when the block raises.
+
+        Example::
+
+            def training_step(self, batch, batch_idx):
+                opt_g, opt_d = self.optimizers()
+                with self.toggled_optimizer(opt_g):
+                    loss = self.generator_loss(batch)
+                    self.manual_backward(loss)
+                    opt_g.step()
+                    opt_g.zero_grad()
+        """
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def untoggle_optimizer(self, optimizer: Any) -> None:
         """Undo ``toggle_optimizer``."""

@@ -94,7 +94,8 @@ def test_terminal_bar_draws_with_tqdm(monkeypatch):
     text = out.getvalue()
     assert "Epoch 1: 100%" in text and "20/20" in text and "train_loss=" in text
     assert "Validation" in text and "Sanity Checking" in text
-    assert bar.train_progress_bar is None  # closed at the end of training
+    # closed at the end of training, but still readable, as in Lightning
+    assert bar.train_progress_bar.disable and (bar.train_progress_bar.total, bar.train_progress_bar.n) == (20, 20)
 
 
 def test_refresh_rate_zero_and_disable_draw_nothing(capsys):
@@ -214,3 +215,93 @@ def test_rich_bar_exposes_its_progress_while_running():
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
                callbacks=[bar, Look()]).fit(Model(), data(3))
     assert seen and isinstance(seen[0], Progress)
+
+
+def test_bars_are_readable_from_callbacks_while_each_stage_runs_and_after_it():
+    # what Lightning's users read: `.total`, `.n`, `.leave` of each stage's bar, also off a terminal
+    bar, seen = TQDMProgressBar(), []
+
+    def look(b):
+        return None if b is None else (b.total, b.n, b.leave)
+
+    class Look(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(("train", look(bar.train_progress_bar)))
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(("sanity" if trainer.sanity_checking else "val", look(bar.val_progress_bar)))
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(("test", look(bar.test_progress_bar)))
+
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(("predict", look(bar.predict_progress_bar)))
+
+    class Predicts(Model):
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch[0])
+
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=2, num_sanity_val_steps=1, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[bar, Look()])
+    model = Predicts()
+    trainer.fit(model, data(3), data(4))
+    after_fit = look(bar.train_progress_bar), look(bar.val_progress_bar)
+    trainer.test(model, data(2), verbose=False)
+    trainer.predict(model, data(2))
+    assert seen == [("sanity", (1, 1, False)),
+                    ("train", (3, 1, True)), ("train", (3, 2, True)), ("train", (3, 3, True)),
+                    ("val", (2, 1, False)), ("val", (2, 2, False)),  # nested under the training bar
+                    ("test", (2, 1, True)), ("test", (2, 2, True)), ("predict", (2, 1, True)), ("predict", (2, 2, True))]
+    assert after_fit == ((3, 3, True), (2, 2, False))  # closed bars stay readable
+    assert bar.test_progress_bar.disable and look(bar.predict_progress_bar) == (2, 2, True)
+    assert TQDMProgressBar.BAR_FORMAT.startswith("{l_bar}{bar}|")
+
+
+def test_custom_bar_reacts_to_a_new_eval_loader_with_the_public_tracker(capsys):
+    class PerLoader(TQDMProgressBar):
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            if self.has_dataloader_changed(dataloader_idx):
+                self.print(f"loader {dataloader_idx}")
+
+        def on_test_start(self, trainer, pl_module):
+            self.reset_dataloader_idx_tracker()
+
+    class TwoLoaders(Model):
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            pass
+
+    trainer = pl.Trainer(logger=False, enable_model_summary=False, callbacks=[PerLoader()])
+    for _ in range(2):
+        trainer.test(TwoLoaders(), [data(2), data(3)], verbose=False)
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("loader")] == ["loader 0", "loader 1"] * 2
+
+
+def test_rich_bar_theme_formats_the_metrics_and_its_tasks_are_readable(capsys):
+    pytest.importorskip("rich")
+    from fulmen.callbacks.progress.rich_progress import RichProgressBar, RichProgressBarTheme
+
+    theme = RichProgressBarTheme(metrics_format=".1e", metrics_text_delimiter=" | ", progress_bar="green")
+    bar, seen = RichProgressBar(theme=theme), []
+
+    class Look(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            task = bar.train_progress_bar
+            seen.append((task.total, task.completed))
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append((trainer.sanity_checking, bar.val_progress_bar.total, bar.val_sanity_check_bar is not None))
+
+    class TwoMetrics(Model):
+        def training_step(self, batch, batch_idx):
+            self.log("a", 1.0, prog_bar=True)
+            self.log("b", 250.0, prog_bar=True)
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         limit_val_batches=1, num_sanity_val_steps=1, callbacks=[bar, Look()])
+    trainer.fit(TwoMetrics(), data(2), data(2))
+    assert bar.theme is theme and RichProgressBar().theme == RichProgressBarTheme()
+    assert seen == [(True, 1, True), (2, 1), (2, 2), (False, 1, False)]
+    assert "a: 1.0e+00 | b: 2.5e+02" in capsys.readouterr().out
+    assert bar.train_progress_bar is None  # the tasks live while the stage runs

@@ -26,6 +26,8 @@ class BatchSizeFinder(Callback):
         trainer.fit(model)       # model.batch_size is now the largest that fits
     """
 
+    SUPPORTED_MODES = ("power", "binsearch")  # the values ``mode`` accepts
+
     def __init__(self, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                  batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> None:
         from fulmen.finders import _check_search_args

@@ -9,10 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen._utils import rank_zero_info, rank_zero_warn
+from fulmen._utils import rank_zero_warn
 from fulmen.callbacks.callback import Callback
 from fulmen.errors import MisconfigurationException, MonitorNotFoundError
 from fulmen.trainer.state import TrainerFn
+
+# under "fulmen", named like Lightning's module logger, so that a test or handler reading that name finds it
+_log = logging.getLogger("fulmen.callbacks.early_stopping")
 
 
 class EarlyStoppingReason(Enum):
@@ -161,7 +164,8 @@ class EarlyStopping(Callback):
             self.stopping_reason_message = reason
         if reason and self.verbose:
             prefix = f"[rank: {trainer.global_rank}] " if trainer.world_size > 1 else ""
-            (rank_zero_info if self.log_rank_zero_only else logging.getLogger("fulmen").info)(prefix + reason)
+            if trainer.is_global_zero or not self.log_rank_zero_only:
+                _log.info(prefix + reason)
 
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
         sign = self.order_dict[self.mode]

@@ -23,12 +23,14 @@ class LearningRateFinder(Callback):
         trainer.callbacks[0].optimal_lr.suggestion()
     """
 
+    SUPPORTED_MODES = ("linear", "exponential")  # the values ``mode`` accepts
+
     def __init__(self, min_lr: float = 1e-8, max_lr: float = 1.0, num_training_steps: int = 100,
                  mode: str = "exponential", early_stop_threshold: float | None = 4.0, update_attr: bool = True,
                  attr_name: str = "") -> None:
         from fulmen.errors import MisconfigurationException
 
-        if mode not in ("exponential", "linear"):
+        if mode not in self.SUPPORTED_MODES:
             raise MisconfigurationException(f"LearningRateFinder mode={mode!r} is not known; use 'exponential' or 'linear'.")
         self._min_lr, self._max_lr, self._num_training_steps = min_lr, max_lr, num_training_steps
         self._mode, self._early_stop_threshold = mode, early_stop_threshold

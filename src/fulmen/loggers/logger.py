@@ -370,6 +370,30 @@ def _checkpoints_to_upload(callback: Any, uploaded: dict[str, float]) -> list[tu
     return sorted(found, key=lambda item: (item[0], item[1]))
 
 
+def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, float]) -> list[tuple[float, str, Any, str]]:
+    """Lightning's helper for loggers that upload checkpoints: the callback's files that are new or changed since
+    ``logged_model_time`` (path -> mtime of what was uploaded), oldest first, as ``(mtime, path, score, tag)``
+    with ``tag`` one of ``"latest"``, ``"best"``, ``"best_k"`` (the most specific that applies).
+
+    Example (a logger written for Lightning)::
+
+        for mtime, path, score, tag in _scan_checkpoints(callback, self._logged_model_time):
+            self.experiment.log_artifact(path, aliases=["latest", "best"] if tag == "best" else ["latest"])
+            self._logged_model_time[path] = mtime
+    """
+    best_k = getattr(checkpoint_callback, "best_k_models", None) or {}
+    best = getattr(checkpoint_callback, "best_model_path", "")
+    found = []
+    for mtime, path, _, _ in _checkpoints_to_upload(checkpoint_callback, logged_model_time):
+        if path in best_k:
+            found.append((mtime, path, best_k[path], "best_k"))
+        elif path == best:
+            found.append((mtime, path, getattr(checkpoint_callback, "best_model_score", None), "best"))
+        else:
+            found.append((mtime, path, getattr(checkpoint_callback, "current_score", None), "latest"))
+    return found
+
+
 def _checkpoint_metadata(callback: Any, path: str, score: Any) -> dict[str, Any]:
     """What is stored next to an uploaded checkpoint: its score, file name and the callback's settings."""
     settings = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")

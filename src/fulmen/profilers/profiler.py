@@ -43,6 +43,11 @@ class Profiler:
         self._stage: str | None = None
         self._local_rank: int | None = None  # set only when several processes run, to tell their files apart
 
+    @property
+    def local_rank(self) -> int:
+        """The rank of this process on its machine (0 when one process runs); it tells the ranks' files apart."""
+        return 0 if self._local_rank is None else self._local_rank
+
     def start(self, action_name: str) -> None:
         """Begin timing ``action_name``."""
         raise NotImplementedError

@@ -208,6 +208,17 @@ class Strategy:
         if self.is_global_zero:
             self.checkpoint_io.remove_checkpoint(filepath)
 
+    def on_exception(self, exception: BaseException) -> None:
+        """Called when a run fails, after the callbacks' and the data module's ``on_exception`` and before the
+        loggers are finalized and the strategy torn down; override it to release what the strategy holds.
+
+        Example::
+
+            class Careful(SingleDeviceStrategy):
+                def on_exception(self, exception):
+                    print("run failed on", self.root_device, "with", type(exception).__name__)
+        """
+
     def teardown(self) -> None:
         """Release devices and processes after a run."""
 

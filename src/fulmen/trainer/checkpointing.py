@@ -171,7 +171,7 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         )
     module = trainer.lightning_module
     module.on_load_checkpoint(checkpoint)
-    trainer.strategy.load_model_state_dict(checkpoint["state_dict"])
+    trainer.strategy.load_model_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     dm = trainer.datamodule
     if dm is not None:
         dm.on_load_checkpoint(checkpoint)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Iterator
 
 from torch import Tensor
+from torch.utils.data import DistributedSampler
 
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
@@ -263,26 +264,28 @@ def _distributed_sampler(trainer: Any, dataset: Any, shuffle: bool, drop_last: b
     shard = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
     world, rank = (shard["num_replicas"], shard["rank"]) if shard else (trainer.world_size, trainer.global_rank)
     if stage == "predict":
-        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=sampler_seed(),
                               drop_last=drop_last if stage == "train" else False)
 
 
-class UnrepeatedDistributedSampler:
-    """Prediction: every sample exactly once over all ranks (rank r takes r, r+W, r+2W, ...),
-    so no rank repeats samples to even out the counts; ranks may get one batch fewer.
+class UnrepeatedDistributedSampler(DistributedSampler):
+    """Prediction: every sample exactly once over all ranks (rank r takes positions r, r+W, r+2W, ... of the
+    order), so no rank repeats samples to even out the counts; ranks may get one batch fewer. The arguments are
+    ``DistributedSampler``'s (shuffled by default, ``num_replicas``/``rank`` from the process group when left out).
 
     Example::
 
-        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=2, rank=0)
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=2, rank=0, shuffle=False)  # 0, 2, 4, ...
     """
 
-    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool = False, seed: int = 0) -> None:
-        self.dataset, self.num_replicas, self.rank, self.shuffle, self.seed = dataset, num_replicas, rank, shuffle, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        # no padding: this rank's share of the real samples only
+        self.num_samples = len(range(self.rank, len(self.dataset), self.num_replicas))
+        self.total_size = len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
         import torch
@@ -294,9 +297,6 @@ class UnrepeatedDistributedSampler:
             g.manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=g).tolist()
         return iter(order[self.rank::self.num_replicas])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
 
 class _ShardedSampler:
@@ -830,6 +830,17 @@ def setup_train_data(trainer: Any) -> None:
         trainer._val_check_batch = max(1, int(n * vci))
 
 
+def _shuffles(loader: Any) -> bool:
+    """Whether a DataLoader draws its samples in random order (a RandomSampler, or a sampler with shuffle=True)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    if not isinstance(loader, DataLoader):
+        return False
+    sampler = getattr(loader.batch_sampler, "sampler", None) if loader.batch_sampler is not None else None
+    sampler = loader.sampler if sampler is None else sampler
+    return isinstance(sampler, RandomSampler) or getattr(sampler, "shuffle", False) is True
+
+
 def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(loaders, dict):
         return {k: fn(v) for k, v in loaders.items()}
@@ -841,7 +852,17 @@ def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
 def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
-    loaders = distribute(trainer, resolve(trainer, prefix, given), prefix)
+    loaders = resolve(trainer, prefix, given)
+    shuffled = [type(ld.dataset).__name__ for ld in as_list(loaders) if _shuffles(ld)]
+    if shuffled:
+        from fulmen._lightning_utils import PossibleUserWarning
+        from fulmen._utils import rank_zero_warn
+
+        rank_zero_warn(
+            f"The {prefix} loader over {shuffled[0]} shuffles its samples; an evaluation gives the same result in "
+            f"order, and is easier to compare between runs. Pass `shuffle=False` to the {prefix} DataLoader.",
+            category=PossibleUserWarning)
+    loaders = distribute(trainer, loaders, prefix)
     seed_workers(loaders, trainer.global_rank)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)

@@ -19,7 +19,7 @@ import torch
 from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
 from fulmen.accelerators import Accelerator, resolve_accelerator
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
-from fulmen.errors import MisconfigurationException, UnknownArgumentError
+from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import checkpointing, loops
@@ -483,6 +483,11 @@ class Trainer(metaclass=_CheckedInit):
             raise MisconfigurationException(
                 "enable_checkpointing=False, but a ModelCheckpoint is in `callbacks`. Remove one or the other."
             )
+        bars = [type(cb).__name__ for cb in out if isinstance(cb, cbs.ProgressBar)]
+        if len(bars) > 1:
+            raise MisconfigurationException(
+                f"`callbacks` holds {len(bars)} progress bars ({', '.join(bars)}); a Trainer draws one. Keep one of them."
+            )
         if enable_progress_bar is False and has(cbs.ProgressBar):
             raise MisconfigurationException(
                 "enable_progress_bar=False, but a progress bar is in `callbacks`. Remove one or the other."
@@ -633,6 +638,11 @@ class Trainer(metaclass=_CheckedInit):
         return self.state.stage == RunningStage.PREDICTING
 
     @property
+    def evaluating(self) -> bool:
+        """True during validation (the sanity check included) and testing."""
+        return self.state.stage is not None and self.state.stage.evaluating
+
+    @property
     def checkpoint_callbacks(self) -> list[Any]:
         from fulmen.callbacks import ModelCheckpoint
 
@@ -778,7 +788,7 @@ class Trainer(metaclass=_CheckedInit):
     def _model_or_current(self, model: Any, what: str) -> Any:
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
+                raise ArgumentTypeError(
                     f"trainer.{what}() needs a model: pass it, e.g. trainer.{what}(model, dataloaders), or call "
                     "trainer.fit(model) first."
                 )
@@ -816,7 +826,7 @@ class Trainer(metaclass=_CheckedInit):
 
         model = _from_compiled(model)
         if not isinstance(model, LightningModule):
-            raise MisconfigurationException(
+            raise ArgumentTypeError(
                 f"Trainer.{fn.value} needs a fulmen.LightningModule, got {type(model).__name__}. Subclass "
                 "fulmen.LightningModule (it is an nn.Module)."
             )
@@ -932,6 +942,7 @@ class Trainer(metaclass=_CheckedInit):
             module.on_exception(exc)
         if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
             self.datamodule.on_exception(exc)
+        self.strategy.on_exception(exc)
         for lg in self.loggers:
             try:
                 lg.finalize("failed")

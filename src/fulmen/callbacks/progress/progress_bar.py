@@ -140,10 +140,22 @@ class ProgressBar(Callback):
         """
         return {**get_standard_metrics(trainer), **trainer.progress_bar_metrics}
 
-    def _eval_dataloader_changed(self, dataloader_idx: int) -> bool:
+    def has_dataloader_changed(self, dataloader_idx: int) -> bool:
+        """Whether an evaluation batch comes from another loader than the previous one (and remember it).
+
+        Example (a bar that starts a new line per loader)::
+
+            def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+                if self.has_dataloader_changed(dataloader_idx):
+                    self.print(f"loader {dataloader_idx}")
+        """
         changed = dataloader_idx != self._current_eval_dataloader_idx
         self._current_eval_dataloader_idx = dataloader_idx
         return changed
+
+    def reset_dataloader_idx_tracker(self) -> None:
+        """Forget the last evaluation loader, so the next batch counts as a change (called when a stage starts)."""
+        self._current_eval_dataloader_idx = None
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.is_enabled and trainer.is_global_zero:

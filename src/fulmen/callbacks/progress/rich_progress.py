@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
 from fulmen.errors import MisconfigurationException, missing_extra
+
+
+@dataclass
+class RichProgressBarTheme:
+    """The styles of :class:`RichProgressBar`'s columns: any ``rich`` style (a colour, ``"bold"``, ``"dim italic"``
+    ...), plus how the metrics are written (``metrics_format`` for floats, joined by ``metrics_text_delimiter``).
+
+    Example::
+
+        theme = RichProgressBarTheme(progress_bar="green", metrics="bold", metrics_format=".2e")
+        trainer = fulmen.Trainer(callbacks=[RichProgressBar(theme=theme)])
+    """
+
+    description: Any = ""
+    progress_bar: Any = "#6206E0"
+    progress_bar_finished: Any = "#6206E0"
+    progress_bar_pulse: Any = "#6206E0"
+    batch_progress: Any = ""
+    time: Any = "dim"
+    processing_speed: Any = "dim underline"
+    metrics: Any = "italic"
+    metrics_text_delimiter: str = " "
+    metrics_format: str = ".3f"
 
 
 class RichProgressBar(_EvalBatchBars, ProgressBar):
@@ -18,6 +42,7 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
     Args:
         refresh_rate: Advance the bars every this many batches (0 turns them off).
         leave: Keep each finished epoch's bar on screen.
+        theme: The columns' styles and the metrics' format (:class:`RichProgressBarTheme`).
         console_kwargs: Arguments for ``rich.console.Console``.
 
     Example::
@@ -25,7 +50,7 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         trainer = fulmen.Trainer(callbacks=[fulmen.callbacks.RichProgressBar(leave=True)])
     """
 
-    def __init__(self, refresh_rate: int = 1, leave: bool = False, theme: Any = None,
+    def __init__(self, refresh_rate: int = 1, leave: bool = False, theme: RichProgressBarTheme | None = None,
                  console_kwargs: dict[str, Any] | None = None) -> None:
         try:
             import rich  # noqa: F401
@@ -35,6 +60,7 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             raise MisconfigurationException(f"RichProgressBar(refresh_rate={refresh_rate!r}): pass an integer >= 0.")
         super().__init__()
         self._refresh_rate, self._leave = refresh_rate, leave
+        self.theme = RichProgressBarTheme() if theme is None else theme
         self._console_kwargs = console_kwargs or {}
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
@@ -53,18 +79,56 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
     def is_enabled(self) -> bool:
         return self._enabled and self._refresh_rate > 0
 
+    # -- the running stages' tasks (``rich.progress.Task``: ``.total``, ``.completed``, ``.description``) ---------
+    def _task(self, key: str) -> Any:
+        task_id = self._tasks.get(key)
+        if task_id is None or self._progress is None:
+            return None
+        return next((task for task in self._progress.tasks if task.id == task_id), None)
+
+    @property
+    def train_progress_bar(self) -> Any:
+        """The training epoch's task while fit runs, else None."""
+        return self._task("train")
+
+    @property
+    def val_progress_bar(self) -> Any:
+        """The validation task while validation runs (the sanity check's during it), else None."""
+        return self._task("val")
+
+    @property
+    def val_sanity_check_bar(self) -> Any:
+        """The sanity check's task while it runs, else None."""
+        trainer = self._trainer
+        return self._task("val") if trainer is not None and trainer.sanity_checking else None
+
+    @property
+    def test_progress_bar(self) -> Any:
+        """The test task while ``trainer.test`` runs, else None."""
+        return self._task("test")
+
+    @property
+    def predict_progress_bar(self) -> Any:
+        """The predict task while ``trainer.predict`` runs, else None."""
+        return self._task("predict")
+
     def _start(self) -> Any:
         if self._progress is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             from rich.table import Column
 
+            theme = self.theme
             self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"), BarColumn(bar_width=20),
-                MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[rate]}"),
+                TextColumn("[progress.description]{task.description}", style=theme.description),
+                BarColumn(bar_width=20, complete_style=theme.progress_bar, finished_style=theme.progress_bar_finished,
+                          pulse_style=theme.progress_bar_pulse),
+                MofNCompleteColumn(table_column=Column(style=theme.batch_progress)),
+                TimeElapsedColumn(table_column=Column(style=theme.time)),
+                TextColumn("{task.fields[rate]}", style=theme.processing_speed),
                 # the metrics wrap rather than squeeze the counts when the line is short
-                TextColumn("{task.fields[metrics]}", table_column=Column(overflow="fold", ratio=1)),
+                TextColumn("{task.fields[metrics]}", style=theme.metrics,
+                           table_column=Column(overflow="fold", ratio=1)),
                 console=Console(**self._console_kwargs), auto_refresh=False,
             )
             self._progress.start()
@@ -98,7 +162,9 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
 
     def _metrics_text(self) -> str:
         metrics = self.get_metrics(self.trainer, self.trainer.lightning_module)
-        return " ".join(f"{k}: {_fmt_value(v)}" for k, v in metrics.items())
+        fmt = self.theme.metrics_format
+        return self.theme.metrics_text_delimiter.join(
+            f"{k}: {format(v, fmt) if isinstance(v, float) else _fmt_value(v)}" for k, v in metrics.items())
 
     def _close(self, key: str) -> None:
         task = self._tasks.pop(key, None)
@@ -113,10 +179,6 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._tasks.clear()
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.is_enabled:
-            self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches))
-
     def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
         self._close("val")
 
@@ -138,15 +200,19 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         self._stop()
 
     def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
-        if self.is_enabled and (self._eval_dataloader_changed(dataloader_idx) or key not in self._tasks):
+        if self.is_enabled and (self.has_dataloader_changed(dataloader_idx) or key not in self._tasks):
             self._open(key, f"{desc} DataLoader {dataloader_idx}" if several else desc, total)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._current_eval_dataloader_idx = None
+        self.reset_dataloader_idx_tracker()
 
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            # one task over all sanity batches, opened at the first (the batch counts are known by then)
+            if self.is_enabled and "val" not in self._tasks:
+                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches))
+        else:
             self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
                                    dataloader_idx, len(trainer.num_val_batches) > 1)
 
@@ -165,13 +231,13 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._progress.update(self._tasks["train"], metrics=self._metrics_text())
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._current_eval_dataloader_idx = None
+        self.reset_dataloader_idx_tracker()
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._current_eval_dataloader_idx = None
+        self.reset_dataloader_idx_tracker()
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()

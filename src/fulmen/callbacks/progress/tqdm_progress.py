@@ -77,8 +77,9 @@ def __getattr__(name: str) -> Any:
 class _LineBar:
     """tqdm's interface for output that is not a terminal: a line now and then instead of redraws."""
 
-    def __init__(self, desc: str, total: float, interval: float, quiet: bool) -> None:
+    def __init__(self, desc: str, total: float, interval: float, quiet: bool, leave: bool) -> None:
         self.desc, self.total, self.n, self.interval, self.quiet = desc, total, 0, interval, quiet
+        self.leave, self.disable = leave, False  # read like tqdm's: kept after the stage, closed once it ends
         self.postfix = ""
         self.start = self.last_line = time.monotonic()
 
@@ -114,7 +115,7 @@ class _LineBar:
         pass
 
     def close(self) -> None:
-        pass
+        self.disable = True
 
 
 class TQDMProgressBar(_EvalBatchBars, ProgressBar):
@@ -134,6 +135,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     """
 
     line_interval = 30.0  # seconds between two progress lines when output is not a terminal
+    BAR_FORMAT = _BAR_FORMAT  # tqdm's ``bar_format`` of every bar; override it in a subclass to change the layout
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
         super().__init__()
@@ -142,7 +144,8 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         self._refresh_rate = refresh_rate
         self._process_position = process_position
         self._leave = leave
-        self._bars: dict[str, Any] = {}
+        self._bars: dict[str, Any] = {}  # the bars open now
+        self._closed: dict[str, Any] = {}  # each stage's last bar after it closed: still readable, as in Lightning
         self._next_postfix = 0.0
         self._tty: bool | None = None
 
@@ -159,9 +162,15 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         return self._enabled and self._refresh_rate > 0
 
     # -- the bars (Lightning's attributes: read them, or replace a bar from a hook) --------------------
+    # While a stage runs its bar is open; once the stage ends it is closed but still there, so that `.total`,
+    # `.n` and `.leave` can be read after `trainer.fit`/`test` too. The sanity check draws on the val bar.
+    def _bar(self, key: str) -> Any:
+        bar = self._bars.get(key)
+        return self._closed.get(key) if bar is None else bar
+
     @property
     def train_progress_bar(self) -> Any:
-        return self._bars.get("train")
+        return self._bar("train")
 
     @train_progress_bar.setter
     def train_progress_bar(self, bar: Any) -> None:
@@ -169,7 +178,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
 
     @property
     def val_progress_bar(self) -> Any:
-        return self._bars.get("val")
+        return self._bar("val")
 
     @val_progress_bar.setter
     def val_progress_bar(self, bar: Any) -> None:
@@ -177,7 +186,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
 
     @property
     def test_progress_bar(self) -> Any:
-        return self._bars.get("test")
+        return self._bar("test")
 
     @test_progress_bar.setter
     def test_progress_bar(self, bar: Any) -> None:
@@ -185,7 +194,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
 
     @property
     def predict_progress_bar(self) -> Any:
-        return self._bars.get("predict")
+        return self._bar("predict")
 
     @predict_progress_bar.setter
     def predict_progress_bar(self, bar: Any) -> None:
@@ -198,7 +207,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     #         return bar
     def _tqdm(self, desc: str, position: int, leave: bool, **kwargs: Any) -> Any:
         return _tqdm_class()(desc=desc, position=position, disable=self.is_disabled, leave=leave,
-                             dynamic_ncols=True, file=sys.stdout, bar_format=_BAR_FORMAT, **kwargs)
+                             dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
 
     def init_sanity_tqdm(self) -> Any:
         """The bar of the sanity check (under the training bar, removed when done)."""
@@ -244,7 +253,8 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
             bar.set_description(desc, refresh=False)
         else:
             # in a log, only the training epochs and stand-alone evaluation get lines; nested bars stay quiet
-            bar = _LineBar(desc, float("inf") if total is None else total, self.line_interval, quiet=nested)
+            bar = _LineBar(desc, float("inf") if total is None else total, self.line_interval, quiet=nested,
+                           leave=not nested)
         self._bars[key] = bar
         return bar
 
@@ -252,10 +262,14 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         bar = self._bars.pop(key, None)
         if bar is not None:
             bar.close()
+            self._closed[key] = bar
 
     def _advance(self, key: str, n: int, total: float) -> None:
         bar = self._bars.get(key)
         if bar is None or not (n % self._refresh_rate == 0 or n >= total):
+            return
+        if isinstance(bar, _LineBar) and bar.quiet:  # prints nothing: count, but read no metrics
+            bar.update(n - bar.n)
             return
         now = time.monotonic()
         if now >= self._next_postfix or n >= total:  # metrics are read a few times a second at most
@@ -270,9 +284,7 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
 
     # -- sanity check -----------------------------------------------------------------------------
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
-        self._current_eval_dataloader_idx = None
-        if self.is_enabled and self._is_tty():
-            self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches), nested=True)
+        self.reset_dataloader_idx_tracker()
 
     def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
         self._close("val")
@@ -308,10 +320,10 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _eval_start(self, key: str) -> None:
-        self._current_eval_dataloader_idx = None
+        self.reset_dataloader_idx_tracker()
 
     def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
-        if not self.is_enabled or not self._eval_dataloader_changed(dataloader_idx) and key in self._bars:
+        if not self.is_enabled or not self.has_dataloader_changed(dataloader_idx) and key in self._bars:
             return
         nested = key == "val" and self.trainer.state.fn == "fit"
         if several:
@@ -330,7 +342,11 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking:
-            return  # one bar over all sanity batches, opened in on_sanity_check_start
+            # one bar over all sanity batches, opened at the first (the batch counts are known by then); in a log
+            # it stays quiet, but callbacks can read it
+            if self.is_enabled and "val" not in self._bars:
+                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches), nested=True)
+            return
         self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
                                dataloader_idx, len(trainer.num_val_batches) > 1)
 

@@ -1,4 +1,4 @@
-"""Tuning before training: a learning-rate range test (``lr_find``) and the largest batch size that fits
+"""The Tuner: a learning-rate range test (``lr_find``) and the largest batch size that fits
 (``scale_batch_size``).
 
 Both run short trainings on the real Trainer, then put the module, its optimizers and the Trainer back

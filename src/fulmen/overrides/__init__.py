@@ -1,0 +1,6 @@
+"""Lightning's ``overrides`` package: the distributed samplers users import from ``overrides.distributed``.
+
+Example::
+
+    from fulmen.overrides.distributed import UnrepeatedDistributedSampler
+"""
