@@ -116,7 +116,7 @@ def _check_legacy(trainer: Any, module: Any) -> None:
     from fulmen.callbacks.callback import Callback
     from fulmen.trainer import legacy
 
-    legacy.check_module(module, _module_cls())
+    legacy.check_module(module, _module_cls(), trainer.state.fn.value)
     for cb in trainer.callbacks:
         legacy.check_callback(cb, Callback)
 

@@ -34,23 +34,35 @@ if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLo
 class _CheckedInit(type):
     """Reject unknown Trainer arguments with the closest valid name, before ``__init__`` runs."""
 
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # `inspect.signature(Trainer)` would otherwise read this metaclass's `__call__(*args, **kwargs)`
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise MisconfigurationException(
+        base = Trainer
+        params = inspect.signature(cls.__init__).parameters
+        if args and cls.__init__ is base.__init__:  # a subclass may take positional arguments of its own
+            raise UnknownArgumentError(
                 f"{cls.__name__}() takes keyword arguments only, e.g. {cls.__name__}(max_epochs=10)."
             )
-        params = inspect.signature(cls.__init__).parameters
+        # names a subclass's `**kwargs` passes on are checked against the Trainer's own arguments
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            known = set(params) | set(inspect.signature(base.__init__).parameters)
+        else:
+            known = set(params)
         for name in kwargs:
-            if name not in params:
+            if name not in known:
                 from fulmen.trainer.legacy import trainer_flag_hint
 
                 legacy = trainer_flag_hint(name)
                 if legacy is not None:
                     raise UnknownArgumentError(legacy)
-                close = difflib.get_close_matches(name, list(params), n=1)
+                close = difflib.get_close_matches(name, sorted(known - {"self", "args", "kwargs"}), n=1)
                 hint = f" Did you mean `{close[0]}`?" if close else ""
                 raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
-        return super().__call__(**kwargs)
+        return super().__call__(*args, **kwargs)
 
 
 def _parse_devices(devices: Any, accelerator: str) -> list[int]:
@@ -255,6 +267,9 @@ class Trainer(metaclass=_CheckedInit):
         reload_dataloaders_every_n_epochs: ask for fresh training loaders every N epochs (0: never).
         default_root_dir: where logs and checkpoints go when no other path is given (default: the current directory).
         enable_autolog_hparams: send the module's and datamodule's hyperparameters to the loggers.
+        model_registry: accepted for Lightning 2.6 programs and configs, and kept as ``trainer.model_registry``.
+            Lightning uploads checkpoints to its hosted model registry under this name; fulmen has no such
+            service, so nothing is uploaded (one warning says so). Checkpoints stay where ModelCheckpoint writes.
     """
 
     def __init__(
@@ -300,6 +315,7 @@ class Trainer(metaclass=_CheckedInit):
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True,
+        model_registry: str | None = None,
     ) -> None:
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = _resolve_accelerator(accelerator)
@@ -417,6 +433,13 @@ class Trainer(metaclass=_CheckedInit):
         self.num_nodes = num_nodes
         self.barebones = barebones
         self.enable_autolog_hparams = enable_autolog_hparams
+        self.model_registry = model_registry
+        if model_registry:
+            rank_zero_warn(
+                f"Trainer(model_registry={model_registry!r}) is kept but not used: fulmen does not upload to "
+                "Lightning's hosted model registry. Checkpoints are written where ModelCheckpoint saves them; "
+                "remove the argument to silence this."
+            )
         self.deterministic = deterministic
         self._set_torch_flags(deterministic, benchmark)
         from fulmen.profilers import make_profiler

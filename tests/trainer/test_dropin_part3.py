@@ -1,0 +1,151 @@
+"""Programs Lightning 2.x accepts run on fulmen with the same results (issue 21, drop-in part 3).
+
+Each test is the program a Lightning user writes, with the Trainer's features left on (sanity check,
+checkpoints, logger, progress bar), asserting the values, files and warnings Lightning gives.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fulmen as pl
+from fulmen.errors import LegacyAPIError
+from helpers import BoringModel, make_loader
+
+
+def _trainer(tmp_path, **kwargs) -> pl.Trainer:
+    """The Trainer a user writes: logger, checkpoints, sanity check and progress bar on."""
+    kwargs.setdefault("max_epochs", 1)
+    return pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", enable_model_summary=False, **kwargs)
+
+
+# -- 1. Lightning 1.x hooks that 2.x skips --------------------------------------------------------
+def test_callback_with_1x_hooks_runs_to_the_end_with_one_warning(tmp_path):
+    class Old(pl.Callback):  # written for Lightning 1.x: 2.x never calls these and goes on
+        def __init__(self):
+            self.calls, self.epochs = [], 0
+
+        def on_epoch_end(self, trainer, pl_module):
+            self.calls.append("on_epoch_end")
+
+        def on_batch_start(self, trainer, pl_module):
+            self.calls.append("on_batch_start")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs += 1
+
+    cb = Old()
+    with pytest.warns(UserWarning, match=r"Callback Old defines `on_batch_start`.*will not run") as record:
+        trainer = _trainer(tmp_path, max_epochs=2, callbacks=[cb])
+        trainer.fit(BoringModel(), make_loader(), make_loader(n=16))
+        _trainer(tmp_path, callbacks=[cb]).fit(BoringModel(), make_loader())  # a second run: no second warning
+    assert trainer.global_step == 16 and cb.epochs == 3
+    assert cb.calls == []  # as on Lightning 2.x: never called
+    legacy = [str(w.message) for w in record if "Lightning 1.x hook" in str(w.message)]
+    assert sorted(m.split("`")[1] for m in legacy) == ["on_batch_start", "on_epoch_end"]
+
+
+def test_module_1x_hooks_warn_where_lightning_goes_on_and_raise_where_it_stops(tmp_path):
+    class StepEnd(BoringModel):
+        def training_step_end(self, out):
+            raise AssertionError("never called")
+
+        def test_epoch_end(self, outputs):  # refused by trainer.test only, as on Lightning
+            raise AssertionError("never called")
+
+    model = StepEnd()
+    with pytest.warns(UserWarning, match=r"StepEnd defines `training_step_end`.*will not run"):
+        trainer = _trainer(tmp_path)
+        trainer.fit(model, make_loader(), make_loader(n=16))
+    assert trainer.global_step == 8
+    assert trainer.validate(model, make_loader(n=16), verbose=False)[0]["val_loss"] > 0
+    with pytest.raises(LegacyAPIError, match=r"`test_epoch_end`.*on_test_epoch_end"):
+        trainer.test(model, make_loader(n=16), verbose=False)
+
+
+# -- 2. a validation step that needs gradients (meta-learning) ------------------------------------
+class MetaLearner(BoringModel):
+    """MAML-style: validation adapts a copy of the weights with one inner gradient step."""
+
+    def __init__(self):
+        super().__init__()
+        self.adapted_losses = []
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        with torch.set_grad_enabled(True):
+            fast = [p.detach().clone().requires_grad_(True) for p in self.layer.parameters()]
+            loss = F.cross_entropy(F.linear(x, *fast), y)
+            grads = torch.autograd.grad(loss, fast)
+            fast = [p - 0.5 * g for p, g in zip(fast, grads)]
+            probe = nn.Linear(2, 1)
+            probe(F.linear(x, *fast)).sum().backward()  # backward() in validation, as the programs do
+            assert probe.weight.grad is not None
+        adapted = F.cross_entropy(F.linear(x, *fast), y)
+        self.adapted_losses.append(adapted.detach())
+        self.log("val_adapted", adapted)
+
+
+def test_validation_step_that_needs_gradients_runs_in_sanity_check_fit_and_validate(tmp_path):
+    model = MetaLearner()
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, make_loader(), make_loader(n=16))
+    # 2 sanity batches + 2 validation batches per epoch x 2 epochs
+    assert len(model.adapted_losses) == 2 + 2 * 2
+    assert all(torch.isfinite(v) for v in model.adapted_losses)
+    # a stand-alone validate runs under inference_mode unless told otherwise, on Lightning too
+    trainer = _trainer(tmp_path, inference_mode=False)
+    [res] = trainer.validate(model, make_loader(n=16), verbose=False)
+    assert res["val_adapted"] == pytest.approx(torch.stack(model.adapted_losses[-2:]).mean().item(), rel=1e-5)
+
+
+# -- 3. Trainer(model_registry=...) and the 2.6 signature -----------------------------------------
+LIGHTNING_2_6_TRAINER_ARGS = [
+    "accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks", "fast_dev_run",
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
+    "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
+    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing",
+    "enable_progress_bar", "enable_model_summary", "accumulate_grad_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "deterministic", "benchmark", "inference_mode", "use_distributed_sampler",
+    "profiler", "detect_anomaly", "barebones", "plugins", "sync_batchnorm", "reload_dataloaders_every_n_epochs",
+    "default_root_dir", "enable_autolog_hparams", "model_registry",
+]  # list(inspect.signature(lightning.pytorch.Trainer).parameters), Lightning 2.6
+
+
+def test_trainer_signature_has_lightning_2_6_arguments_in_order():
+    assert list(inspect.signature(pl.Trainer).parameters) == LIGHTNING_2_6_TRAINER_ARGS
+
+
+def test_model_registry_is_kept_and_warns_once_that_nothing_is_uploaded(tmp_path):
+    with pytest.warns(UserWarning, match=r"model_registry='my-model'.*not used") as record:
+        trainer = _trainer(tmp_path, model_registry="my-model")
+    assert trainer.model_registry == "my-model"
+    assert sum("model_registry" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(num_workers|worker|bottleneck).*")
+        assert _trainer(tmp_path).model_registry is None
+
+
+# -- 8. Trainer subclasses ------------------------------------------------------------------------
+def test_trainer_subclass_with_positional_arguments(tmp_path):
+    class MyTrainer(pl.Trainer):
+        def __init__(self, tag, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tag = tag
+
+    trainer = MyTrainer("exp1", max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path)
+    assert trainer.tag == "exp1" and trainer.max_epochs == 1 and trainer.limit_train_batches == 2
+    trainer.fit(BoringModel(), make_loader(), make_loader(n=16))
+    assert trainer.global_step == 2
+    assert list(inspect.signature(MyTrainer).parameters) == ["tag", "args", "kwargs"]
+    with pytest.raises(TypeError, match=r"no argument `max_epoch`.*`max_epochs`"):  # a typo still gets the hint
+        MyTrainer("exp1", max_epoch=1)
+    with pytest.raises(TypeError, match=r"keyword arguments only"):
+        pl.Trainer("cpu")
