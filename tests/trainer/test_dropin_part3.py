@@ -149,3 +149,49 @@ def test_trainer_subclass_with_positional_arguments(tmp_path):
         MyTrainer("exp1", max_epoch=1)
     with pytest.raises(TypeError, match=r"keyword arguments only"):
         pl.Trainer("cpu")
+
+
+# -- 4. torchmetrics objects between successive trainer.test() calls ------------------------------
+def test_logged_torchmetrics_start_each_test_call_empty_and_each_call_restores(tmp_path, caplog):
+    torchmetrics = pytest.importorskip("torchmetrics")
+
+    class WithMetrics(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.mean = torchmetrics.MeanMetric()
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.mean(batch[0].sum(1).mean())
+            self.log("test_mean", self.mean)
+
+    data = make_loader(n=48)
+    xs = torch.cat([x for x, _ in data])
+    model = WithMetrics()
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, data, make_loader(n=16))
+    got = []
+    with caplog.at_level("INFO", logger="fulmen"):
+        for k in range(3):
+            part = make_loader(n=16, seed=k + 1)
+            [res] = trainer.test(model, part, ckpt_path="best", verbose=False)
+            got.append(res["test_mean"])
+    expected = [torch.cat([x for x, _ in make_loader(n=16, seed=k + 1)]).sum(1).mean().item() for k in range(3)]
+    assert got == pytest.approx(expected, rel=1e-5)  # each call's own mean, not a running one
+    assert xs.shape[0] == 48 and model.mean.update_count == 0  # reset at the evaluation's end, as in Lightning
+    restored = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Restoring states from")]
+    assert len(restored) == 3 and all(trainer.checkpoint_callback.best_model_path in m for m in restored)
+
+
+# -- 8. ckpt_path="last" in validate/test before a last checkpoint exists -------------------------
+def test_ckpt_path_last_before_any_last_checkpoint_warns_and_uses_current_weights(tmp_path):
+    model = BoringModel()
+    loader = make_loader(n=16)
+    trainer = _trainer(tmp_path)
+    with pytest.warns(UserWarning, match=r'ckpt_path="last": no last checkpoint.*current weights'):
+        [before] = trainer.test(model, loader, ckpt_path="last", verbose=False)
+    expected = F.cross_entropy(model(torch.cat([x for x, _ in loader])), torch.cat([y for _, y in loader])).item()
+    assert before["test_loss"] == pytest.approx(expected, rel=1e-5)
+    trainer.fit(model, make_loader(), loader)  # ModelCheckpoint without save_last: still no last checkpoint
+    with pytest.warns(UserWarning, match=r'ckpt_path="last": no last checkpoint'):
+        [after] = trainer.validate(model, loader, ckpt_path="last", verbose=False)
+    assert after["val_loss"] != pytest.approx(before["test_loss"])  # the trained weights, not reloaded ones

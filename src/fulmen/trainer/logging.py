@@ -617,7 +617,13 @@ class MetricsHub:
         log = self._absorb(results, on_step=False)[1]
         if step is not None:
             self._send(log, step, with_epoch=True)
-        return results.per_dataloader(num_loaders)
+        per_loader = results.per_dataloader(num_loaders)
+        # the logged torchmetrics objects start the next evaluation (another trainer.test() call) empty, as in
+        # Lightning; their epoch values are computed and cached in the slots by now
+        for slot in results.slots.values():
+            if slot.metric is not None:
+                slot.metric.reset()
+        return per_loader
 
     def pending_train_row(self, step: int) -> tuple[dict[str, float], int] | None:
         """The step row about to go to the loggers, as numbers (written into a checkpoint saved before it)."""

@@ -856,20 +856,30 @@ class Trainer(metaclass=_CheckedInit):
             if cb is not None and getattr(cb, "best_model_path", ""):
                 return cb.best_model_path
             return None
-        if ckpt_path in ("best", "last"):
+        if ckpt_path == "last":
+            cb = self.checkpoint_callback
+            path = getattr(cb, "last_model_path", "") if cb is not None else ""
+            if not path:
+                # as Lightning: "last" may be written before any fit has saved one; the current weights are used
+                rank_zero_warn(
+                    'ckpt_path="last": no last checkpoint was saved yet, so no checkpoint is loaded and the model\'s '
+                    "current weights are used. Add `ModelCheckpoint(save_last=True)` and run trainer.fit first, or "
+                    "pass a file path."
+                )
+                return None
+            return path
+        if ckpt_path == "best":
             cb = self.checkpoint_callback
             if cb is None:
                 raise MisconfigurationException(
-                    f'ckpt_path="{ckpt_path}" needs a ModelCheckpoint callback, and this Trainer has none. Pass a path.'
+                    'ckpt_path="best" needs a ModelCheckpoint callback, and this Trainer has none. Pass a path.'
                 )
-            path = cb.best_model_path if ckpt_path == "best" else getattr(cb, "last_model_path", "")
-            if not path:
+            if not cb.best_model_path:
                 raise MisconfigurationException(
-                    f'ckpt_path="{ckpt_path}": no such checkpoint was saved yet. Run trainer.fit first'
-                    + (" with a monitored metric, or" if ckpt_path == "best" else " with ModelCheckpoint(save_last=True), or")
-                    + " pass a file path."
+                    'ckpt_path="best": no such checkpoint was saved yet. Run trainer.fit first with a monitored '
+                    "metric, or pass a file path."
                 )
-            return path
+            return cb.best_model_path
         return ckpt_path
 
     # -- the run ------------------------------------------------------------------------------------
