@@ -195,3 +195,40 @@ def test_ckpt_path_last_before_any_last_checkpoint_warns_and_uses_current_weight
     with pytest.warns(UserWarning, match=r'ckpt_path="last": no last checkpoint'):
         [after] = trainer.validate(model, loader, ckpt_path="last", verbose=False)
     assert after["val_loss"] != pytest.approx(before["test_loss"])  # the trained weights, not reloaded ones
+
+
+# -- 5. Tuner.lr_find: Lightning's grid, smoothing and suggestion ---------------------------------
+def test_lr_find_samples_lightnings_grid_and_suggests_its_rate(tmp_path, caplog):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fulmen.tuner import Tuner
+
+    class Net(pl.LightningModule):
+        def __init__(self, lr=0.01):
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = nn.Sequential(nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 2))
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    pl.seed_everything(1)
+    x = torch.randn(512, 32)
+    loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=8)  # 64 batches
+    model = Net()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    with caplog.at_level("INFO", logger="fulmen"):
+        finder = Tuner(trainer).lr_find(model, loader, num_training=100)
+    lrs = finder.results["lr"]
+    # max_epochs=1 ends the sweep after the loader's 64 batches, as on Lightning
+    assert len(lrs) == 64
+    assert lrs[0] == pytest.approx(1e-8) and lrs[1:] == pytest.approx([1e-8 * 1e8 ** ((k + 1) / 100) for k in range(1, 64)])
+    # the first smoothed losses are Lightning's (its bias correction reads about half the first loss)
+    assert finder.results["loss"][:2] == pytest.approx([0.319775, 0.486657], abs=1e-5)
+    assert finder.suggestion() == pytest.approx(7.585775750291837e-08, rel=1e-9)  # Lightning 2.6, same program
+    assert model.hparams.lr == finder.suggestion()
+    assert any("set the learning rate to its suggestion" in r.getMessage() and str(model.hparams.lr) in r.getMessage()
+               for r in caplog.records)
