@@ -232,3 +232,58 @@ def test_lr_find_samples_lightnings_grid_and_suggests_its_rate(tmp_path, caplog)
     assert model.hparams.lr == finder.suggestion()
     assert any("set the learning rate to its suggestion" in r.getMessage() and str(model.hparams.lr) in r.getMessage()
                for r in caplog.records)
+
+
+# -- 6. hp_metric only for runs with hyperparameters ----------------------------------------------
+def test_hp_metric_is_written_only_when_hyperparameters_are_saved(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fulmen.loggers import TensorBoardLogger
+
+    class WithHparams(BoringModel):
+        def __init__(self, lr: float = 0.1):
+            super().__init__(lr=lr)
+            self.save_hyperparameters()
+
+    tags = {}
+    for cls in (BoringModel, WithHparams):
+        logger = TensorBoardLogger(tmp_path / cls.__name__)
+        trainer = _trainer(tmp_path, logger=logger, enable_progress_bar=False)
+        trainer.fit(cls(), make_loader(), make_loader(n=16))
+        events = EventAccumulator(logger.log_dir)
+        events.Reload()
+        tags[cls.__name__] = {t: [e.value for e in events.Scalars(t)] for t in events.Tags()["scalars"] if "hp" in t}
+    assert tags == {"BoringModel": {}, "WithHparams": {"hp_metric": [-1.0]}}
+
+
+# -- 8. hyperparameters saved by both the module and the datamodule -------------------------------
+def test_module_and_datamodule_hparams_with_tensor_values_merge_or_name_the_key(tmp_path):
+    from fulmen.errors import MisconfigurationException
+
+    class Model(BoringModel):
+        def __init__(self, hp):
+            super().__init__()
+            self.save_hyperparameters(hp)
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, hp):
+            super().__init__()
+            self.save_hyperparameters(hp)
+
+        def train_dataloader(self):
+            return make_loader()
+
+        def val_dataloader(self):
+            return make_loader(n=16)
+
+    from fulmen.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, logger=logger)
+    shared = {"weights": torch.ones(3), "depth": 2}
+    trainer.fit(Model(shared), datamodule=Data({**shared, "batch": 8}))  # equal tensors: merged
+    assert trainer.global_step == 8
+    assert set(logger.experiment.hparams) == {"weights", "depth", "batch"}
+    with pytest.raises(MisconfigurationException, match=r"\['weights'\]"):
+        _trainer(tmp_path).fit(Model(shared), datamodule=Data({**shared, "weights": torch.zeros(3)}))

@@ -166,12 +166,15 @@ def _log_hyperparams(trainer: Any) -> None:
         return
     module, dm = trainer.lightning_module, trainer.datamodule
     params: dict[str, Any] = {}
+    # only sources that called save_hyperparameters() (logger=True) are logged; with none, loggers get no call
+    # (so no hp_metric either), as in Lightning
+    sources = getattr(module, "_log_hyperparams", False) or (dm is not None and getattr(dm, "_log_hyperparams", False))
     if getattr(module, "_log_hyperparams", False):
         params.update(module._hparams_to_save(initial=True))
     if dm is not None and getattr(dm, "_log_hyperparams", False):
         dm_params = dm._hparams_to_save(initial=True)
         # LightningCLI's "_class_path" differs by nature; it is not logged either, as in Lightning
-        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k] and k != "_class_path"}
+        overlap = {k for k in dm_params if k in params and not _same(params[k], dm_params[k]) and k != "_class_path"}
         if overlap:
             raise MisconfigurationException(
                 f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
@@ -181,10 +184,21 @@ def _log_hyperparams(trainer: Any) -> None:
     params.pop("_class_path", None)
     if trainer.is_global_zero:
         for lg in trainer.loggers:
-            lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
+            if sources:
+                lg.log_hyperparams(params)
             if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
                 lg.log_graph(module)
             lg.save()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values agree (tensors by value; objects that cannot compare: by identity)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 def _takes(fn: Callable, name: str, min_args: int | None = None) -> bool:
