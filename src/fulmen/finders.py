@@ -432,3 +432,43 @@ def scale_batch_size_in_fit(trainer: Any, module: Any, mode: str = "power", step
         snapshot.restore()
     _set_attr(holders, batch_arg_name, found)
     return found
+
+
+def scale_batch_size_for_evaluation(trainer: Any, model: Any, method: str, dataloaders: Any, datamodule: Any,
+                                    mode: str = "power", steps: int = 3, init_val: int = 2, max_trials: int = 25,
+                                    name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> int:
+    """The search for ``trainer.validate/test/predict``: each trial is a real run of ``method`` over ``steps``
+    batches, without callbacks or loggers; the weights are restored afterwards. Loaders passed in are used as
+    they are (their batch size cannot change; the attribute still gets the size found, as in Lightning)."""
+    if datamodule is not None:
+        trainer.datamodule, datamodule.trainer = datamodule, trainer
+    holders = _batch_attr(trainer, model, name)
+    limit = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[method]
+    saved = {a: getattr(trainer, a) for a in (limit, "callbacks", "_loggers")}
+    weights = copy.deepcopy(model.state_dict())
+    run = getattr(trainer, method)
+    kwargs = {"verbose": False} if method != "predict" else {"return_predictions": False}
+
+    def try_size(size: int) -> bool:
+        _set_attr(holders, name, size)
+        setattr(trainer, limit, steps)
+        trainer.callbacks, trainer._loggers = [], []
+        try:
+            return _trial(lambda: run(model, dataloaders, datamodule=datamodule, **kwargs))
+        finally:
+            for a, v in saved.items():
+                setattr(trainer, a, v)
+
+    loader_attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[method]
+
+    def cap() -> int | None:
+        loaders = getattr(trainer, loader_attr)
+        first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        return _dataset_len(first) if first is not None else None
+
+    try:
+        found = _search(try_size, mode, init_val, max_trials, cap, margin, max_val)
+    finally:
+        model.load_state_dict(weights)
+    _set_attr(holders, name, found)
+    return found

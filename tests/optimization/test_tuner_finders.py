@@ -9,7 +9,8 @@ import fulmen as pl
 from _optim_helpers import quiet_trainer, regression_data
 from fulmen.callbacks import BatchSizeFinder, LearningRateFinder
 from fulmen.errors import FulmenError, MisconfigurationException
-from fulmen.tuner import Tuner, _search
+from fulmen.finders import _search
+from fulmen.tuner import Tuner
 
 
 class LinearRegression(pl.LightningModule):

@@ -287,3 +287,56 @@ def test_module_and_datamodule_hparams_with_tensor_values_merge_or_name_the_key(
     assert set(logger.experiment.hparams) == {"weights", "depth", "batch"}
     with pytest.raises(MisconfigurationException, match=r"\['weights'\]"):
         _trainer(tmp_path).fit(Model(shared), datamodule=Data({**shared, "weights": torch.zeros(3)}))
+
+
+# -- 8. BatchSizeFinder with validate / test / predict ----------------------------------------------
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_batch_size_finder_callback_tunes_evaluation_stages(tmp_path, stage):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fulmen.callbacks import BatchSizeFinder
+
+    data = TensorDataset(torch.randn(64, 32), torch.randint(0, 2, (64,)))
+
+    class Sized(BoringModel):
+        def __init__(self, batch_size=2):
+            super().__init__()
+            self.batch_size, self.sizes = batch_size, []
+
+        def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+            self.sizes.append(len(batch[0]))
+
+        on_test_batch_start = on_predict_batch_start = on_validation_batch_start
+
+        def val_dataloader(self):
+            return DataLoader(data, batch_size=self.batch_size)
+
+        test_dataloader = predict_dataloader = val_dataloader
+
+    model = Sized()
+    finder = BatchSizeFinder(max_trials=3, steps_per_trial=2)
+    trainer = _trainer(tmp_path, callbacks=[finder])
+    kwargs = {} if stage == "predict" else {"verbose": False}
+    out = getattr(trainer, stage)(model, **kwargs)
+    # trials of 2 batches at 2, 4, 8 (as on Lightning), then the real run over 64 samples at 8
+    assert finder.optimal_batch_size == model.batch_size == 8
+    assert model.sizes == [2, 2, 4, 4] + [8] * 10
+    assert len(out) == (8 if stage == "predict" else 1)
+    assert trainer.state.fn.value == stage and trainer.lightning_module is model
+
+
+# -- 8. val_check_interval longer than an epoch with validation turned off --------------------------
+@pytest.mark.parametrize("limit_val_batches", [0, 0.0])
+def test_val_check_interval_beyond_the_epoch_is_accepted_when_validation_is_off(tmp_path, limit_val_batches):
+    class Counting(BoringModel):
+        val_batches = 0
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.val_batches += 1
+
+    model = Counting()
+    trainer = _trainer(tmp_path, val_check_interval=100, limit_val_batches=limit_val_batches)
+    trainer.fit(model, make_loader(), make_loader(n=16))
+    assert trainer.global_step == 8 and model.val_batches == 0
+    with pytest.raises(ValueError, match="val_check_interval=100"):  # with validation on it still fails, as Lightning
+        _trainer(tmp_path, val_check_interval=100).fit(Counting(), make_loader(), make_loader(n=16))

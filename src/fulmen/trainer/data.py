@@ -811,7 +811,9 @@ def setup_train_data(trainer: Any) -> None:
     if trainer._val_check_seconds is not None:
         trainer._val_check_batch = math.inf  # unused: the clock decides (see _train_epoch)
     elif isinstance(vci, int):
-        if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
+        # limit_val_batches=0 turns validation off: the interval is then never used (Lightning accepts it too)
+        if (trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n
+                and trainer.limit_val_batches != 0):
             raise MisconfigurationException(
                 f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
                 "would never run. Lower it, or set check_val_every_n_epoch=None to count batches across epochs."

@@ -819,6 +819,7 @@ class Trainer(metaclass=_CheckedInit):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException("predict() got both dataloaders and a datamodule; pass one or the other.")
+        self._tune_batch_size(model, TrainerFn.PREDICTING, dataloaders, datamodule)
         self._given_eval_loaders = dataloaders
         self._return_predictions = True if return_predictions is None else return_predictions
         model = self._model_or_current(model, "predict")
@@ -832,10 +833,26 @@ class Trainer(metaclass=_CheckedInit):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException(f"{fn.value}() got both dataloaders and a datamodule; pass one or the other.")
+        self._tune_batch_size(model, fn, dataloaders, datamodule)
         self._given_eval_loaders = dataloaders
         self._verbose = verbose
         model = self._model_or_current(model, fn.value)
         return self._run(model, fn, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
+
+    def _tune_batch_size(self, model: Any, fn: TrainerFn, dataloaders: Any, datamodule: Any) -> None:
+        """A BatchSizeFinder callback searches before validate/test/predict run (Lightning: as the stage starts).
+        Its trials are runs of the same stage; what they change on the Trainer is put back for the real one."""
+        from fulmen.callbacks.batch_size_finder import BatchSizeFinder
+
+        finder = next((cb for cb in self.callbacks if isinstance(cb, BatchSizeFinder)), None)
+        target = model if model is not None else self.lightning_module
+        if finder is None or target is None or self.fast_dev_run:
+            return
+        saved = (self.state, self.lightning_module, self.datamodule, self._model_was_given)
+        try:
+            finder.scale_batch_size_for(self, target, fn.value, dataloaders, datamodule)
+        finally:
+            self.state, self.lightning_module, self.datamodule, self._model_was_given = saved
 
     def _model_or_current(self, model: Any, what: str) -> Any:
         if model is None:
