@@ -13,7 +13,7 @@ from torch import Tensor
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer.state import RunningStage
-from fulmen._utils import is_overridden
+from fulmen._utils import is_overridden, rank_zero_warn
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 
@@ -152,11 +152,13 @@ def check_iterable(loader: Any, what: str) -> None:
 def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) -> float:
     """How many batches to take from ``loader`` under ``limit_*_batches``; inf when it has no length."""
     n = _sized_len(loader)
-    if n == 0:
-        raise MisconfigurationException(
-            f"The {what} dataloader is empty (0 batches). Check the dataset's length and the batch size "
-            "(with drop_last=True a dataset smaller than one batch gives nothing)."
+    if n == 0:  # Lightning goes on with no batches for this stage; so does fulmen, saying so
+        rank_zero_warn(
+            f"The {what} dataloader is empty (0 batches), so this stage runs no {what} batch. If that is not "
+            "intended, check the dataset's length and the batch size (with drop_last=True a dataset smaller than "
+            "one batch gives nothing)."
         )
+        return 0
     if limit is None:
         return n
     if isinstance(limit, float):

@@ -847,6 +847,8 @@ def evaluate_entry(trainer: Any, stage: RunningStage) -> list[dict[str, float]]:
             f"or define {stage.dataloader_prefix}_dataloader() on the module."
         )
     nums = trainer.num_val_batches if stage == RunningStage.VALIDATING else trainer.num_test_batches
+    if not sum(nums):  # no batch to run (empty loaders, limit 0): skipped, hooks included, as in Lightning
+        return []
     out = evaluate(trainer, stage, loaders, nums)
     if trainer._verbose and trainer.is_global_zero and any(out):
         from fulmen.callbacks.progress.rich_progress import RichProgressBar
@@ -967,6 +969,8 @@ def predict(trainer: Any) -> Any:
             "trainer.predict() has no data. Pass dataloaders, a datamodule with predict_dataloader(), or define "
             "predict_dataloader() on the module."
         )
+    if not sum(trainer.num_predict_batches):  # nothing to predict: skipped, hooks included, as in Lightning
+        return None
     trainer._metrics.current = None
     modes = {name: m.training for name, m in module.named_modules()}
     trainer._call_module("on_predict_model_eval")
