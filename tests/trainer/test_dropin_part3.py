@@ -340,3 +340,30 @@ def test_val_check_interval_beyond_the_epoch_is_accepted_when_validation_is_off(
     assert trainer.global_step == 8 and model.val_batches == 0
     with pytest.raises(ValueError, match="val_check_interval=100"):  # with validation on it still fails, as Lightning
         _trainer(tmp_path, val_check_interval=100).fit(Counting(), make_loader(), make_loader(n=16))
+
+
+# -- 9. overfit_batches reads the validation loader in order too -----------------------------------
+def test_overfit_batches_validates_on_the_same_first_batches_in_order(tmp_path):
+    from torch.utils.data import DataLoader
+
+    data = torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32)
+
+    class Seen(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.train_firsts, self.val_firsts = [], []
+
+        def training_step(self, batch, batch_idx):
+            self.train_firsts.append(int(batch[0, 0]))
+            return self.layer(batch).sum()
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.val_firsts.append(int(batch[0, 0]))
+
+    model = Seen()
+    trainer = _trainer(tmp_path, max_epochs=2, overfit_batches=2)
+    with pytest.warns(UserWarning, match="shuffled validation dataloader is read in order"):
+        trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True), DataLoader(data, batch_size=4, shuffle=True))
+    first_two = [0, 4 * 32]  # the first element of the first two batches, in order
+    assert model.train_firsts == first_two * 2
+    assert model.val_firsts == first_two * 3  # sanity check, then after each epoch: the training batches

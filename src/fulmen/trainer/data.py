@@ -203,12 +203,18 @@ def check_limit(value: Any, flag: str) -> int | float | None:
     raise MisconfigurationException(f"{flag}={value!r}: pass an int (batches) or a float fraction in (0, 1].")
 
 
-def with_sequential_sampler(loader: Any) -> Any:
-    """A copy of a DataLoader that does not shuffle (used by ``overfit_batches``)."""
+def with_sequential_sampler(loader: Any, what: str | None = None) -> Any:
+    """A copy of a DataLoader that does not shuffle (used by ``overfit_batches``); with ``what`` (the loader's
+    stage, "training" or "validation") a warning says its shuffling was turned off, as Lightning warns."""
     from torch.utils.data import DataLoader, RandomSampler
 
     if type(loader) is not DataLoader or not isinstance(loader.sampler, RandomSampler):
         return loader
+    if what is not None:
+        rank_zero_warn(
+            f"overfit_batches reads the same first batches every epoch, so the shuffled {what} dataloader is read "
+            "in order (shuffle=False) for this fit."
+        )
     return DataLoader(
         loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
@@ -795,7 +801,7 @@ def setup_train_data(trainer: Any) -> None:
             "train_dataloader(), or define train_dataloader() on the module."
         )
     if trainer.overfit_batches:
-        loaders = _map_loaders(loaders, with_sequential_sampler)
+        loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "training"))
     loaders = distribute(trainer, loaders, "train")
     seed_workers(loaders, trainer.global_rank)
     iterable = CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
@@ -843,7 +849,10 @@ def _map_loaders(loaders: Any, fn: Callable[[Any], Any]) -> Any:
 def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
-    loaders = distribute(trainer, resolve(trainer, prefix, given), prefix)
+    loaders = resolve(trainer, prefix, given)
+    if prefix == "val" and trainer.overfit_batches and trainer.state.fn == "fit":  # inside fit, as Lightning
+        loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "validation"))
+    loaders = distribute(trainer, loaders, prefix)
     seed_workers(loaders, trainer.global_rank)
     attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
     setattr(trainer, attr, loaders)
