@@ -367,3 +367,15 @@ def test_overfit_batches_validates_on_the_same_first_batches_in_order(tmp_path):
     first_two = [0, 4 * 32]  # the first element of the first two batches, in order
     assert model.train_firsts == first_two * 2
     assert model.val_firsts == first_two * 3  # sanity check, then after each epoch: the training batches
+
+
+# -- 9. Lightning's PL_TRAINER_* environment defaults ---------------------------------------------
+def test_trainer_arguments_from_pl_trainer_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_MAX_EPOCHS", "2")
+    monkeypatch.setenv("PL_TRAINER_LIMIT_TRAIN_BATCHES", "0.5")
+    monkeypatch.setenv("PL_TRAINER_ACCELERATOR", "cpu")  # not a literal: kept as text
+    trainer = pl.Trainer(default_root_dir=tmp_path, enable_model_summary=False, limit_val_batches=1)
+    assert (trainer.max_epochs, trainer.limit_train_batches) == (2, 0.5)
+    trainer.fit(BoringModel(), make_loader(), make_loader(n=16))
+    assert trainer.global_step == 2 * 4
+    assert pl.Trainer(max_epochs=5, logger=False).max_epochs == 5  # an argument passed wins

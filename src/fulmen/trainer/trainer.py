@@ -43,6 +43,7 @@ class _CheckedInit(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         base = Trainer
         params = inspect.signature(cls.__init__).parameters
+        kwargs = {**_env_defaults(cls, params), **kwargs}
         if args and cls.__init__ is base.__init__:  # a subclass may take positional arguments of its own
             raise UnknownArgumentError(
                 f"{cls.__name__}() takes keyword arguments only, e.g. {cls.__name__}(max_epochs=10)."
@@ -63,6 +64,26 @@ class _CheckedInit(type):
                 hint = f" Did you mean `{close[0]}`?" if close else ""
                 raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
         return super().__call__(*args, **kwargs)
+
+
+def _env_defaults(cls: type, params: Any) -> dict[str, Any]:
+    """Lightning's environment defaults: ``PL_TRAINER_MAX_EPOCHS=3`` (``PL_<CLASS>_<ARGUMENT>``, the class's name
+    in capitals) stands for ``max_epochs=3`` unless the argument is passed. Values are read as Python literals
+    where they parse (``3``, ``0.5``, ``True``, ``[0, 1]``), else kept as text."""
+    import ast
+
+    found = {}
+    prefix = f"PL_{cls.__name__.upper()}_"
+    for name, p in params.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
+            continue
+        raw = os.environ.get(prefix + name.upper())
+        if raw:
+            try:
+                found[name] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                found[name] = raw
+    return found
 
 
 def _parse_devices(devices: Any, accelerator: str) -> list[int]:
