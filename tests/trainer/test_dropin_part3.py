@@ -150,6 +150,18 @@ def test_trainer_subclass_with_positional_arguments(tmp_path):
     with pytest.raises(TypeError, match=r"keyword arguments only"):
         pl.Trainer("cpu")
 
+    class PopsItsOwn(pl.Trainer):  # Lightning's other subclass pattern: take own names out of **kwargs
+        def __init__(self, **kwargs):
+            self.custom = kwargs.pop("custom", 0)
+            super().__init__(**kwargs)
+
+    trainer = PopsItsOwn(custom=321, fast_dev_run=True)
+    assert trainer.custom == 321 and trainer.fast_dev_run == 1
+    with pytest.raises(TypeError, match=r"PopsItsOwn has no argument `max_epoch`.*`max_epochs`"):
+        PopsItsOwn(custom=1, max_epoch=3)
+    with pytest.raises(TypeError, match=r"gpus.*accelerator='gpu'"):  # removed 1.x flags keep their hint
+        PopsItsOwn(gpus=1)
+
 
 # -- 4. torchmetrics objects between successive trainer.test() calls ------------------------------
 def test_logged_torchmetrics_start_each_test_call_empty_and_each_call_restores(tmp_path, caplog):

@@ -32,7 +32,11 @@ if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLo
 
 
 class _CheckedInit(type):
-    """Reject unknown Trainer arguments with the closest valid name, before ``__init__`` runs."""
+    """Reject unknown Trainer arguments with the closest valid name, and fill Lightning's environment defaults.
+
+    Unknown names fail before ``__init__`` runs; a subclass with ``**kwargs`` (which may pop names of its own)
+    gets the same message when they reach the Trainer's ``__init__``.
+    """
 
     @property
     def __signature__(cls) -> inspect.Signature:
@@ -48,22 +52,40 @@ class _CheckedInit(type):
             raise UnknownArgumentError(
                 f"{cls.__name__}() takes keyword arguments only, e.g. {cls.__name__}(max_epochs=10)."
             )
-        # names a subclass's `**kwargs` passes on are checked against the Trainer's own arguments
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            known = set(params) | set(inspect.signature(base.__init__).parameters)
-        else:
-            known = set(params)
+            # a subclass's `**kwargs` may pop its own names before passing the rest on: the Trainer's own
+            # signature is checked when they reach it
+            try:
+                return super().__call__(*args, **kwargs)
+            except TypeError as exc:
+                name = _unexpected_argument(exc, base)
+                if name is None:
+                    raise
+                own = inspect.signature(base.__init__).parameters
+                raise UnknownArgumentError(_unknown_argument_message(cls, name, own)) from None
         for name in kwargs:
-            if name not in known:
-                from fulmen.trainer.legacy import trainer_flag_hint
-
-                legacy = trainer_flag_hint(name)
-                if legacy is not None:
-                    raise UnknownArgumentError(legacy)
-                close = difflib.get_close_matches(name, sorted(known - {"self", "args", "kwargs"}), n=1)
-                hint = f" Did you mean `{close[0]}`?" if close else ""
-                raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
+            if name not in params:
+                raise UnknownArgumentError(_unknown_argument_message(cls, name, params))
         return super().__call__(*args, **kwargs)
+
+
+def _unexpected_argument(exc: TypeError, base: type) -> str | None:
+    """The argument name in Python's "Trainer.__init__() got an unexpected keyword argument 'x'", else None."""
+    import re
+
+    found = re.fullmatch(rf"{base.__qualname__}\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+    return found.group(1) if found else None
+
+
+def _unknown_argument_message(cls: type, name: str, params: Any) -> str:
+    from fulmen.trainer.legacy import trainer_flag_hint
+
+    legacy = trainer_flag_hint(name)
+    if legacy is not None:
+        return legacy
+    close = difflib.get_close_matches(name, [p for p in params if p not in ("self", "args", "kwargs")], n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"{cls.__name__} has no argument `{name}`.{hint}"
 
 
 def _env_defaults(cls: type, params: Any) -> dict[str, Any]:
