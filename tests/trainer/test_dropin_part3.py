@@ -391,3 +391,9 @@ def test_trainer_arguments_from_pl_trainer_environment_variables(tmp_path, monke
     trainer.fit(BoringModel(), make_loader(), make_loader(n=16))
     assert trainer.global_step == 2 * 4
     assert pl.Trainer(max_epochs=5, logger=False).max_epochs == 5  # an argument passed wins
+
+
+def test_num_sanity_val_batches_is_known_after_fit_even_without_a_sanity_check(tmp_path):
+    trainer = _trainer(tmp_path, num_sanity_val_steps=0, limit_val_batches=3)
+    trainer.fit(BoringModel(), make_loader(), [make_loader(n=16), make_loader(n=64)])
+    assert trainer.num_val_batches == [2, 3] and trainer.num_sanity_val_batches == [0, 0]  # Lightning's values

@@ -865,6 +865,8 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
         check_iterable(ld, what)
         nums.append(num_batches(ld, limit, f"limit_{prefix}_batches", what))
     setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
+    if prefix == "val" and trainer.state.fn == "fit":  # as Lightning: known once fit's loaders are, sanity check or not
+        trainer.num_sanity_val_batches = [min(trainer.num_sanity_val_steps, n) for n in nums]
     return flat
 
 
