@@ -13,7 +13,7 @@ from torch import Tensor
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer.state import RunningStage
-from fulmen._utils import is_overridden, rank_zero_warn
+from fulmen._utils import is_overridden
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 
@@ -153,6 +153,8 @@ def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) ->
     """How many batches to take from ``loader`` under ``limit_*_batches``; inf when it has no length."""
     n = _sized_len(loader)
     if n == 0:  # Lightning goes on with no batches for this stage; so does fulmen, saying so
+        from fulmen._utils import rank_zero_warn
+
         rank_zero_warn(
             f"The {what} dataloader is empty (0 batches), so this stage runs no {what} batch. If that is not "
             "intended, check the dataset's length and the batch size (with drop_last=True a dataset smaller than "
@@ -211,6 +213,8 @@ def with_sequential_sampler(loader: Any, what: str | None = None) -> Any:
     if type(loader) is not DataLoader or not isinstance(loader.sampler, RandomSampler):
         return loader
     if what is not None:
+        from fulmen._utils import rank_zero_warn
+
         rank_zero_warn(
             f"overfit_batches reads the same first batches every epoch, so the shuffled {what} dataloader is read "
             "in order (shuffle=False) for this fit."
