@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from fulmen._utils import collect_rng_states, rank_zero_warn, restore_rng_states
+from fulmen._utils import collect_rng_states, rank_zero_info, rank_zero_warn, restore_rng_states
 from fulmen.errors import FulmenError, MisconfigurationException, missing_extra
 
 
@@ -101,9 +101,10 @@ class _Snapshot:
         module.train(self.training)
 
 
-def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> None:
+def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any, max_epochs: int | None = None) -> None:
     """Run up to ``num_steps`` optimizer steps of real training (precision, accumulation, clipping) with
-    only ``recorder`` as callback, no loggers and no validation. The caller restores the state."""
+    only ``recorder`` as callback, no loggers and no validation, in at most ``max_epochs`` epochs (None or
+    -1: as many as the steps need). The caller restores the state."""
     from fulmen.trainer import loops
     from fulmen.trainer.context import RunContext
     from fulmen.trainer.data import setup_train_data
@@ -121,6 +122,8 @@ def _train_steps(trainer: Any, module: Any, num_steps: int, recorder: Any) -> No
     module.train()
     ctx = RunContext.of(trainer)  # with the hooks, loop state and flags set above
     while loop.global_step < num_steps and not loop.should_stop:
+        if max_epochs not in (None, -1) and loop.epoch >= max_epochs:
+            break
         seen = loop.total_batches
         loops.train_epoch(ctx)
         loop.epoch, loop.batches_in_epoch, loop.epoch_loop_done = loop.epoch + 1, 0, False
@@ -146,8 +149,12 @@ class _LRFinder:
         self._optimal_idx: int | None = None
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of sweep step ``step`` (0-based): from ``lr_min`` to ``lr_max``."""
-        r = step / max(self.num_training - 1, 1)
+        """The learning rate of sweep step ``step`` (0-based): from ``lr_min`` to ``lr_max``.
+
+        Lightning's grid, so that a seeded sweep tries the same rates and suggests the same one: step 0 uses
+        ``lr_min``, step k >= 1 sits at fraction (k + 1) / num_training of the way (the last step at ``lr_max``).
+        """
+        r = 0.0 if step == 0 else min((step + 1) / max(self.num_training, 1), 1.0)
         if self.mode == "linear":
             return self.lr_min + r * (self.lr_max - self.lr_min)
         return self.lr_min * (self.lr_max / self.lr_min) ** r
@@ -167,10 +174,8 @@ class _LRFinder:
             )
             self._optimal_idx = None
             return None
-        # the slope along the sweep's own axis (log lr for the exponential sweep, as plotted): against raw lr,
-        # the tiny steps at the low end turn batch-to-batch noise into the steepest "descent"
-        axis = lrs[idx].log() if self.mode == "exponential" else lrs[idx]
-        slope = torch.gradient(losses[idx], spacing=[axis])[0]
+        # the slope against the learning rate itself, as Lightning computes it, so both suggest the same rate
+        slope = torch.gradient(losses[idx], spacing=[lrs[idx]])[0]
         self._optimal_idx = int(idx[int(torch.argmin(slope))])
         return self.results["lr"][self._optimal_idx]
 
@@ -216,6 +221,7 @@ class _LRRecorder:
 
         self.finder, self.threshold, self.beta = finder, early_stop_threshold, beta
         self.avg, self.best, self.window = 0.0, math.inf, []
+        self.diverged_at: int | None = None  # the number of points when the loss diverged (the sweep stopped)
         recorder = self
 
         class Hooks(Callback):  # built here so that importing the tuner stays light
@@ -241,12 +247,15 @@ class _LRRecorder:
         value = sum(self.window) / len(self.window)
         self.window = []
         self.avg = self.beta * self.avg + (1 - self.beta) * value
-        smoothed = self.avg / (1 - self.beta ** (n + 1))
+        # the bias correction counts optimizer steps taken including this one, plus one, as Lightning's does
+        # (its first points read about half the loss): the same curve, hence the same early stop and suggestion
+        smoothed = self.avg / (1 - self.beta ** (n + 2))
         self.finder.results["lr"].append(trainer.optimizers[0].param_groups[0]["lr"])
         self.finder.results["loss"].append(smoothed)
         diverged = self.threshold is not None and n > 0 and smoothed > self.threshold * self.best
         if diverged or not math.isfinite(smoothed):
             trainer.should_stop = True
+            self.diverged_at = n + 1
         self.best = min(self.best, smoothed)
 
 
@@ -286,9 +295,12 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
     snapshot = _Snapshot(trainer, module)
     try:
         trainer.lr_scheduler_configs = []  # the sweep sets the rate itself
-        _train_steps(trainer, module, num_training, recorder.callback)
+        # the Trainer's max_epochs bounds the sweep, as in Lightning: a short loader gives fewer points
+        _train_steps(trainer, module, num_training, recorder.callback, max_epochs=trainer.max_epochs)
     finally:
         snapshot.restore()
+    if recorder.diverged_at is not None:
+        rank_zero_info(f"lr_find stopped after {recorder.diverged_at} steps: the loss diverged.")
     if update_attr:
         lr = finder.suggestion()
         if lr is not None:
@@ -301,6 +313,7 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
             for cfg in trainer.lr_scheduler_configs:
                 if hasattr(cfg.scheduler, "base_lrs"):
                     cfg.scheduler.base_lrs = [lr] * len(cfg.scheduler.base_lrs)
+            rank_zero_info(f"lr_find set the learning rate to its suggestion, {lr} (`{name}`).")
     return finder
 
 
@@ -420,4 +433,44 @@ def scale_batch_size_in_fit(trainer: Any, module: Any, mode: str = "power", step
     finally:
         snapshot.restore()
     _set_attr(holders, batch_arg_name, found)
+    return found
+
+
+def scale_batch_size_for_evaluation(trainer: Any, model: Any, method: str, dataloaders: Any, datamodule: Any,
+                                    mode: str = "power", steps: int = 3, init_val: int = 2, max_trials: int = 25,
+                                    name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> int:
+    """The search for ``trainer.validate/test/predict``: each trial is a real run of ``method`` over ``steps``
+    batches, without callbacks or loggers; the weights are restored afterwards. Loaders passed in are used as
+    they are (their batch size cannot change; the attribute still gets the size found, as in Lightning)."""
+    if datamodule is not None:
+        trainer.datamodule, datamodule.trainer = datamodule, trainer
+    holders = _batch_attr(trainer, model, name)
+    limit = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[method]
+    saved = {a: getattr(trainer, a) for a in (limit, "callbacks", "_loggers")}
+    weights = copy.deepcopy(model.state_dict())
+    run = getattr(trainer, method)
+    kwargs = {"verbose": False} if method != "predict" else {"return_predictions": False}
+
+    def try_size(size: int) -> bool:
+        _set_attr(holders, name, size)
+        setattr(trainer, limit, steps)
+        trainer.callbacks, trainer._loggers = [], []
+        try:
+            return _trial(lambda: run(model, dataloaders, datamodule=datamodule, **kwargs))
+        finally:
+            for a, v in saved.items():
+                setattr(trainer, a, v)
+
+    loader_attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[method]
+
+    def cap() -> int | None:
+        loaders = getattr(trainer, loader_attr)
+        first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        return _dataset_len(first) if first is not None else None
+
+    try:
+        found = _search(try_size, mode, init_val, max_trials, cap, margin, max_val)
+    finally:
+        model.load_state_dict(weights)
+    _set_attr(holders, name, found)
     return found

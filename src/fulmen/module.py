@@ -38,7 +38,7 @@ class HyperparametersMixin:
 
     def __init__(self) -> None:
         super().__init__()
-        self._log_hyperparams = True
+        self._log_hyperparams = False  # save_hyperparameters(logger=True) turns it on: nothing saved, nothing logged
 
     def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None,
                              frame: Any = None, logger: bool = True) -> None:

@@ -382,3 +382,12 @@ def test_cli_checkpoints_rebuild_their_model_with_load_from_checkpoint(tmp_path)
     torch.save(evil, tmp_path / "evil.ckpt")
     with pytest.raises(pl_errors.CheckpointError, match="not a LightningCLI instantiator"):
         pkg.WithEncoder.load_from_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_yaml_with_lightning_2_6_model_registry_runs_and_the_saved_config_keeps_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"trainer:\n  model_registry: my-model\n  default_root_dir: {tmp_path}\n")
+    with pytest.warns(UserWarning, match="model_registry='my-model'"):
+        cli = LightningCLI(pkg.BoringModel, pkg.RandomData, trainer_defaults=FAST, args=["fit", "--config", str(config)])
+    assert cli.trainer.model_registry == "my-model" and cli.trainer.global_step > 0
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["model_registry"] == "my-model"

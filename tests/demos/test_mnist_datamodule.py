@@ -85,3 +85,14 @@ def test_datamodule_splits_and_trains(tmp_path):
     assert trainer.global_step == 8 and trainer.num_val_batches == [2]
     with pytest.raises(pl.errors.MisconfigurationException, match="val_split=40"):
         MNISTDataModule(tmp_path, val_split=40).setup("fit")
+
+
+def test_default_folder_is_data_as_in_lightning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _mnist_files(tmp_path / "data" / "MNIST" / "raw", gz=True)  # where torchvision's download puts them
+    dm = MNISTDataModule(batch_size=4, val_split=8)
+    assert dm.data_dir == "./data"
+    dm.prepare_data()
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1, 28, 28) and len(dm.val_dataloader().dataset) == 8

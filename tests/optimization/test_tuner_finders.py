@@ -9,7 +9,8 @@ import fulmen as pl
 from _optim_helpers import quiet_trainer, regression_data
 from fulmen.callbacks import BatchSizeFinder, LearningRateFinder
 from fulmen.errors import FulmenError, MisconfigurationException
-from fulmen.tuner import Tuner, _search
+from fulmen.finders import _search
+from fulmen.tuner import Tuner
 
 
 class LinearRegression(pl.LightningModule):
@@ -48,13 +49,14 @@ class LinearRegression(pl.LightningModule):
 def test_lr_find_suggests_a_good_rate_and_restores_the_model(tmp_path):
     model = LinearRegression(batch_size=64, n=2048)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = quiet_trainer(max_epochs=1)
+    trainer = quiet_trainer(max_epochs=3)  # max_epochs bounds the sweep too (32 batches an epoch), as in Lightning
     finder = Tuner(trainer).lr_find(model, min_lr=1e-4, max_lr=10.0, num_training=80)
     lrs, losses = finder.results["lr"], finder.results["loss"]
     assert lrs[0] == pytest.approx(1e-4) and all(a < b for a, b in zip(lrs, lrs[1:]))
     assert len(lrs) < 80 and lrs[-1] > 1.0  # stopped early once the loss blew up past lr=1
     suggestion = finder.suggestion()
-    assert 0.02 <= suggestion <= 1.0  # below the divergence at 1, where the loss falls fastest
+    # Lightning's rule (the steepest fall of the loss against the raw rate) picks a cautious rate on this problem
+    assert 1e-4 < suggestion < 0.02
     assert model.lr == suggestion
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert trainer.global_step == 0 and not any(isinstance(c, LearningRateFinder) for c in trainer.callbacks)
@@ -64,10 +66,11 @@ def test_lr_find_suggests_a_good_rate_and_restores_the_model(tmp_path):
     fig.savefig(tmp_path / "lr.png")
     assert (tmp_path / "lr.png").stat().st_size > 0
 
-    trainer.fit(model)  # the suggested rate trains well
     x, y = regression_data(2048).tensors
-    final = nn.functional.mse_loss(model.layer(x), y)
-    assert final.item() < 0.05
+    initial = nn.functional.mse_loss(model.layer(x), y).item()
+    trainer.fit(model)  # the fit goes on with the suggested rate
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == suggestion
+    assert nn.functional.mse_loss(model.layer(x), y).item() < initial
 
 
 def test_lr_find_linear_mode_without_update_keeps_the_attribute():
@@ -75,7 +78,8 @@ def test_lr_find_linear_mode_without_update_keeps_the_attribute():
     finder = Tuner(quiet_trainer(max_epochs=1)).lr_find(model, min_lr=0.01, max_lr=0.5, num_training=20,
                                                          mode="linear", update_attr=False, early_stop_threshold=None)
     assert len(finder.results["lr"]) == 20
-    assert finder.results["lr"][-1] == pytest.approx(0.5) and finder.results["lr"][1] - finder.results["lr"][0] == pytest.approx(0.49 / 19)
+    # Lightning's grid: min_lr first, then step k at (k + 1) / num_training of the way, max_lr last
+    assert finder.results["lr"][-1] == pytest.approx(0.5) and finder.results["lr"][1] - finder.results["lr"][0] == pytest.approx(0.49 * 2 / 20)
     assert model.lr == 0.123
 
 
@@ -221,7 +225,7 @@ def test_lr_find_signature_and_finder_api_match_lightning(tmp_path):
     assert params == ["self", "model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule", "method",
                       "mode", "steps_per_trial", "init_val", "max_trials", "batch_arg_name", "margin", "max_val"]
     model = LinearRegression(batch_size=64, n=1024)
-    finder = Tuner(quiet_trainer(max_epochs=1)).lr_find(model, min_lr=1e-4, max_lr=1.0, num_training=30,
+    finder = Tuner(quiet_trainer(max_epochs=2)).lr_find(model, min_lr=1e-4, max_lr=1.0, num_training=30,
                                                         early_stop_threshold=None)
     assert set(finder.results) == {"lr", "loss"} and len(finder.results["lr"]) == 30
     suggestion = finder.suggestion(skip_begin=5, skip_end=2)

@@ -85,10 +85,17 @@ def test_training_step_returning_none_skips_the_step():
     assert not torch.equal(before, model.layer.weight)
 
 
-def test_empty_dataloader(tmp_path):
+def test_empty_dataloader_warns_and_trains_nothing(tmp_path):
+    # Lightning goes on with an empty loader (a warning, no step); so does fulmen
     empty = DataLoader(TensorDataset(torch.randn(0, 32), torch.zeros(0, dtype=torch.long)), batch_size=4)
-    _fit_fails(BoringModel(), empty, match="empty", root=tmp_path / "run")
-    assert _nothing_written(tmp_path / "run")
+    model = BoringModel()
+    before = model.layer.weight.detach().clone()
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"training dataloader is empty \(0 batches\)"):
+        trainer.fit(model, empty)
+    assert trainer.global_step == 0 and torch.equal(before, model.layer.weight)
+    with pytest.warns(UserWarning, match=r"test dataloader is empty"):
+        assert trainer.test(model, empty, verbose=False) == []
 
 
 def test_unknown_trainer_argument_suggests_the_closest():

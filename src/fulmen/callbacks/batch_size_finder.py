@@ -17,8 +17,8 @@ class BatchSizeFinder(Callback):
     it; no size above ``max_val`` is tried. Weights, optimizers and the Trainer are restored
     after every trial; ``optimal_batch_size`` holds the result.
 
-    As a callback it tunes ``trainer.fit``; for validate/test/predict use
-    ``Tuner(trainer).scale_batch_size(model, method="validate")``.
+    It searches at the start of ``trainer.fit``, and before ``trainer.validate/test/predict`` (trials of that
+    stage), as in Lightning.
 
     Example::
 
@@ -39,14 +39,16 @@ class BatchSizeFinder(Callback):
         self._early_exit = False  # set by the Tuner: end the fit once the search is done
         self.optimal_batch_size: int | None = init_val
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit":
-            from fulmen.errors import MisconfigurationException
+    def scale_batch_size_for(self, trainer: Any, pl_module: Any, stage: str, dataloaders: Any = None,
+                             datamodule: Any = None) -> None:
+        """Run the search for ``trainer.validate/test/predict`` (the Trainer calls this before the stage runs):
+        each trial runs ``steps_per_trial`` batches of that stage."""
+        from fulmen.finders import scale_batch_size_for_evaluation
 
-            raise MisconfigurationException(
-                f"BatchSizeFinder as a callback tunes trainer.fit, not trainer.{stage}. Remove it from this Trainer's "
-                f"callbacks and call Tuner(trainer).scale_batch_size(model, method={stage!r}) instead."
-            )
+        self.optimal_batch_size = scale_batch_size_for_evaluation(
+            trainer, pl_module, stage, dataloaders, datamodule, mode=self._mode, steps=self._steps_per_trial,
+            init_val=self._init_val, max_trials=self._max_trials, name=self._batch_arg_name, margin=self._margin,
+            max_val=self._max_val)
 
     def scale_batch_size(self, trainer: Any, pl_module: Any) -> None:
         """Run the search now (``on_fit_start`` calls this)."""

@@ -126,7 +126,8 @@ class MNISTDataModule(LightningDataModule):
     """MNIST with ``val_split`` training images held out for validation (split with ``seed``).
 
     Args:
-        data_dir: Folder with the idx files (see the module's docstring for where they may be).
+        data_dir: Folder with the idx files (see the module's docstring for where they may be); ``./data`` by
+            default, as in Lightning's demo.
         val_split: How many training images go to the validation set.
         num_workers: DataLoader workers (fulmen's default is 0 where Lightning's demo uses 16).
         normalize: Standardise images with MNIST's mean and std.
@@ -142,7 +143,7 @@ class MNISTDataModule(LightningDataModule):
 
     name = "mnist"
 
-    def __init__(self, data_dir: str | os.PathLike = ".", val_split: int = 5000, num_workers: int = 0,
+    def __init__(self, data_dir: str | os.PathLike = "./data", val_split: int = 5000, num_workers: int = 0,
                  normalize: bool = False, seed: int = 42, batch_size: int = 32) -> None:
         super().__init__()
         self.data_dir = os.fspath(data_dir)

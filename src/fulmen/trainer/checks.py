@@ -36,9 +36,10 @@ def check_fit_configuration(model: Any) -> None:
         )
 
 
-def check_legacy(module: Any, callbacks: list[Any]) -> None:
-    """Lightning 1.x hooks and signatures fail here, with the 2.x way, instead of never running."""
-    legacy.check_module(module, LightningModule)
+def check_legacy(module: Any, callbacks: list[Any], stage: str) -> None:
+    """Lightning 1.x hooks: those Lightning 2.x refuses for ``stage`` fail here with the 2.x way; the
+    others warn once (Lightning 2.x skips them)."""
+    legacy.check_module(module, LightningModule, stage)
     for cb in callbacks:
         legacy.check_callback(cb, Callback)
 

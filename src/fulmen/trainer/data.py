@@ -153,11 +153,15 @@ def check_iterable(loader: Any, what: str) -> None:
 def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) -> float:
     """How many batches to take from ``loader`` under ``limit_*_batches``; inf when it has no length."""
     n = _sized_len(loader)
-    if n == 0:
-        raise MisconfigurationException(
-            f"The {what} dataloader is empty (0 batches). Check the dataset's length and the batch size "
-            "(with drop_last=True a dataset smaller than one batch gives nothing)."
+    if n == 0:  # Lightning goes on with no batches for this stage; so does fulmen, saying so
+        from fulmen._utils import rank_zero_warn
+
+        rank_zero_warn(
+            f"The {what} dataloader is empty (0 batches), so this stage runs no {what} batch. If that is not "
+            "intended, check the dataset's length and the batch size (with drop_last=True a dataset smaller than "
+            "one batch gives nothing)."
         )
+        return 0
     if limit is None:
         return n
     if isinstance(limit, float):
@@ -202,12 +206,20 @@ def check_limit(value: Any, flag: str) -> int | float | None:
     raise MisconfigurationException(f"{flag}={value!r}: pass an int (batches) or a float fraction in (0, 1].")
 
 
-def with_sequential_sampler(loader: Any) -> Any:
-    """A copy of a DataLoader that does not shuffle (used by ``overfit_batches``)."""
+def with_sequential_sampler(loader: Any, what: str | None = None) -> Any:
+    """A copy of a DataLoader that does not shuffle (used by ``overfit_batches``); with ``what`` (the loader's
+    stage, "training" or "validation") a warning says its shuffling was turned off, as Lightning warns."""
     from torch.utils.data import DataLoader, RandomSampler
 
     if type(loader) is not DataLoader or not isinstance(loader.sampler, RandomSampler):
         return loader
+    if what is not None:
+        from fulmen._utils import rank_zero_warn
+
+        rank_zero_warn(
+            f"overfit_batches reads the same first batches every epoch, so the shuffled {what} dataloader is read "
+            "in order (shuffle=False) for this fit."
+        )
     return DataLoader(
         loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
@@ -795,7 +807,7 @@ def setup_train_data(trainer: Any) -> None:
             "train_dataloader(), or define train_dataloader() on the module."
         )
     if trainer.overfit_batches:
-        loaders = _map_loaders(loaders, with_sequential_sampler)
+        loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "training"))
     loaders = distribute(trainer, loaders, "train")
     seed_workers(loaders, trainer.global_rank)
     iterable = CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
@@ -813,7 +825,9 @@ def setup_train_data(trainer: Any) -> None:
     if trainer._val_check_seconds is not None:
         trainer._val_check_batch = math.inf  # unused: the clock decides (see _train_epoch)
     elif isinstance(vci, int):
-        if trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n:
+        # limit_val_batches=0 turns validation off: the interval is then never used (Lightning accepts it too)
+        if (trainer.check_val_every_n_epoch is not None and not math.isinf(n) and vci > n
+                and trainer.limit_val_batches != 0):
             raise MisconfigurationException(
                 f"val_check_interval={vci} is more than the {int(n)} training batches of an epoch, so validation "
                 "would never run. Lower it, or set check_val_every_n_epoch=None to count batches across epochs."
@@ -853,6 +867,8 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
     """Resolve the loaders of an evaluation/predict stage and their batch counts; [] when there are none."""
     prefix = stage.dataloader_prefix
     loaders = resolve(trainer, prefix, given)
+    if prefix == "val" and trainer.overfit_batches and trainer.state.fn == "fit":  # inside fit, as Lightning
+        loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "validation"))
     shuffled = [type(ld.dataset).__name__ for ld in as_list(loaders) if _shuffles(ld)]
     if shuffled:
         from fulmen._lightning_utils import PossibleUserWarning
@@ -875,6 +891,8 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
         check_iterable(ld, what)
         nums.append(num_batches(ld, limit, f"limit_{prefix}_batches", what))
     setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
+    if prefix == "val" and trainer.state.fn == "fit":  # as Lightning: known once fit's loaders are, sanity check or not
+        trainer.num_sanity_val_batches = [min(trainer.num_sanity_val_steps, n) for n in nums]
     return flat
 
 

@@ -1,7 +1,9 @@
-"""Lightning 1.x hooks, signatures and Trainer flags that 2.x removed: each gets an error saying what
-to write instead, rather than a bare ``TypeError`` or a hook that silently never runs.
+"""Lightning 1.x hooks, signatures and Trainer flags that 2.x removed, each with what to write instead.
 
-Checked once per run (signatures are read then, never per step).
+Where Lightning 2.x stops the run (the module's ``*_epoch_end`` hooks for the stage that would run them,
+``optimizer_idx`` signatures, removed Trainer flags) fulmen raises; a removed hook that 2.x simply never
+calls (``Callback.on_epoch_end``, ``LightningModule.on_batch_start``, ...) gets one warning and the run
+goes on, as it does on Lightning. Checked once per run (signatures are read then, never per step).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from fulmen._utils import is_overridden
+from fulmen._utils import is_overridden, rank_zero_warn
 from fulmen.errors import LegacyAPIError
 
 _OUTPUTS_HINT = "To use the step outputs, keep them on the module (e.g. append to a list in the step) and clear it there."
@@ -125,14 +127,36 @@ def _params(fn: Callable) -> dict[str, inspect.Parameter]:
         return {}
 
 
-def check_module(model: Any, base: type) -> None:
-    """Raise when ``model`` defines a hook or a signature that only Lightning 1.x called."""
+# the removed epoch-end hooks Lightning 2.x refuses, by the stage (TrainerFn value) that would have run them
+_FATAL_MODULE_HOOKS: dict[str, tuple[str, ...]] = {
+    "fit": ("training_epoch_end", "validation_epoch_end"),
+    "validate": ("validation_epoch_end",),
+    "test": ("test_epoch_end",),
+}
+
+_warned: set[tuple[type, str]] = set()  # (class, hook) already warned about: once per process
+
+
+def _never_called(obj: Any, owner: str, name: str, hint: str) -> None:
+    key = (type(obj), name)
+    if key not in _warned:
+        _warned.add(key)
+        rank_zero_warn(f"{owner} defines `{name}`, a Lightning 1.x hook that 2.x (and fulmen) never call: it will not "
+                       f"run. {hint}")
+
+
+def check_module(model: Any, base: type, stage: str = "fit") -> None:
+    """Raise where Lightning 2.x raises for a 1.x hook or signature on ``model``; warn once for the rest."""
     cls = type(model).__name__
+    fatal = _FATAL_MODULE_HOOKS.get(stage, ())
     for name, hint in MODULE_HOOKS.items():
-        if _own(model, name, base) is not None:
+        if _own(model, name, base) is None:
+            continue
+        if name in fatal:
             raise LegacyAPIError(
                 f"{cls} defines `{name}`, a Lightning 1.x hook that 2.x (and fulmen) no longer call. {hint}"
             )
+        _never_called(model, cls, name, hint)
     if "optimizer_idx" in _params(model.training_step):
         raise LegacyAPIError(
             f"{cls}.training_step takes `optimizer_idx`: the Lightning 1.x way to train several optimizers, removed "
@@ -151,15 +175,14 @@ def check_module(model: Any, base: type) -> None:
 
 
 def check_callback(callback: Any, base: type) -> None:
-    """Raise when ``callback`` defines a hook or a signature that only Lightning 1.x called."""
+    """Warn once for a removed 1.x hook on ``callback`` (Lightning 2.x skips it and goes on); raise for an
+    ``outputs`` parameter, which would fail at the epoch's end."""
     if type(callback).__module__.startswith("fulmen."):
         return  # fulmen's own callbacks are written for 2.x
     cls = type(callback).__name__
     for name, hint in CALLBACK_HOOKS.items():
         if _own(callback, name, base) is not None:
-            raise LegacyAPIError(
-                f"Callback {cls} defines `{name}`, a Lightning 1.x hook that 2.x (and fulmen) no longer call. {hint}"
-            )
+            _never_called(callback, f"Callback {cls}", name, hint)
     for name in _NO_OUTPUTS_HOOKS:
         _check_no_outputs(callback, name, f"Callback {cls}", 2, base)
 

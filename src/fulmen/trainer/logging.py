@@ -644,7 +644,13 @@ class MetricsHub:
         log = self._absorb(results, on_step=False)[1]
         if step is not None:
             self._send(log, step, with_epoch=True)
-        return results.per_dataloader(num_loaders)
+        per_loader = results.per_dataloader(num_loaders)
+        # the logged torchmetrics objects start the next evaluation (another trainer.test() call) empty, as in
+        # Lightning; their epoch values are computed and cached in the slots by now
+        for slot in results.slots.values():
+            if slot.metric is not None:
+                slot.metric.reset()
+        return per_loader
 
     def pending_train_row(self, step: int) -> tuple[dict[str, float], int] | None:
         """The step row about to go to the loggers, as numbers (written into a checkpoint saved before it)."""
@@ -681,12 +687,15 @@ def log_hyperparams(trainer: Any) -> None:
         return
     module, dm = trainer.lightning_module, trainer.datamodule
     params: dict[str, Any] = {}
+    # only sources that called save_hyperparameters() (logger=True) are logged; with none, loggers get no call
+    # (so no hp_metric either), as in Lightning
+    sources = getattr(module, "_log_hyperparams", False) or (dm is not None and getattr(dm, "_log_hyperparams", False))
     if getattr(module, "_log_hyperparams", False):
         params.update(module._hparams_to_save(initial=True))
     if dm is not None and getattr(dm, "_log_hyperparams", False):
         dm_params = dm._hparams_to_save(initial=True)
         # LightningCLI's "_class_path" differs by nature; it is not logged either, as in Lightning
-        overlap = {k for k in dm_params if k in params and params[k] != dm_params[k] and k != "_class_path"}
+        overlap = {k for k in dm_params if k in params and not _same(params[k], dm_params[k]) and k != "_class_path"}
         if overlap:
             raise MisconfigurationException(
                 f"The module and the datamodule both save hyperparameter(s) {sorted(overlap)} with different values; "
@@ -696,10 +705,21 @@ def log_hyperparams(trainer: Any) -> None:
     params.pop("_class_path", None)
     if trainer.is_global_zero:
         for lg in trainer.loggers:
-            lg.log_hyperparams(params)  # even when empty, as Lightning: the run's folder exists from the start
+            if sources:
+                lg.log_hyperparams(params)
             if getattr(lg, "_log_graph", False) and hasattr(lg, "log_graph"):
                 lg.log_graph(module)
             lg.save()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values agree (tensors by value; objects that cannot compare: by identity)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 # the results table trainer.validate / trainer.test print

@@ -38,7 +38,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     module = trainer.lightning_module
     stage = fn.value
     trainer._merge_model_callbacks(module)
-    check_legacy(module, trainer.callbacks)
+    check_legacy(module, trainer.callbacks, fn.value)
     resume_from = None
     if fn == TrainerFn.FITTING:  # before any hook: resuming may pick the logger version to continue in
         from fulmen.trainer.resume import resolve_fit_path
@@ -565,6 +565,8 @@ def evaluate_entry(ctx: RunContext, stage: RunningStage) -> list[dict[str, float
             f"or define {stage.dataloader_prefix}_dataloader() on the module."
         )
     nums = trainer.num_val_batches if stage == RunningStage.VALIDATING else trainer.num_test_batches
+    if not sum(nums):  # no batch to run (empty loaders, limit 0): skipped, hooks included, as in Lightning
+        return []
     out = evaluate(ctx, stage, loaders, nums)
     if ctx.verbose and trainer.is_global_zero and any(out):
         from fulmen.callbacks.progress.rich_progress import RichProgressBar
@@ -681,6 +683,8 @@ def predict(ctx: RunContext) -> Any:
             "trainer.predict() has no data. Pass dataloaders, a datamodule with predict_dataloader(), or define "
             "predict_dataloader() on the module."
         )
+    if not sum(trainer.num_predict_batches):  # nothing to predict: skipped, hooks included, as in Lightning
+        return None
     ctx.metrics.current = None
     modes = {name: m.training for name, m in module.named_modules()}
     ctx.call_module("on_predict_model_eval")

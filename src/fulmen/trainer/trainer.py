@@ -34,25 +34,80 @@ if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLo
 
 
 class _CheckedInit(type):
-    """Reject unknown Trainer arguments with the closest valid name, before ``__init__`` runs."""
+    """Reject unknown Trainer arguments with the closest valid name, and fill Lightning's environment defaults.
+
+    Unknown names fail before ``__init__`` runs; a subclass with ``**kwargs`` (which may pop names of its own)
+    gets the same message when they reach the Trainer's ``__init__``.
+    """
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # `inspect.signature(Trainer)` would otherwise read this metaclass's `__call__(*args, **kwargs)`
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise MisconfigurationException(
+        base = Trainer
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {**_env_defaults(cls, params), **kwargs}
+        if args and cls.__init__ is base.__init__:  # a subclass may take positional arguments of its own
+            raise UnknownArgumentError(
                 f"{cls.__name__}() takes keyword arguments only, e.g. {cls.__name__}(max_epochs=10)."
             )
-        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            # a subclass's `**kwargs` may pop its own names before passing the rest on: the Trainer's own
+            # signature is checked when they reach it
+            try:
+                return super().__call__(*args, **kwargs)
+            except TypeError as exc:
+                name = _unexpected_argument(exc, base)
+                if name is None:
+                    raise
+                own = inspect.signature(base.__init__).parameters
+                raise UnknownArgumentError(_unknown_argument_message(cls, name, own)) from None
         for name in kwargs:
             if name not in params:
-                from fulmen.trainer.legacy import trainer_flag_hint
+                raise UnknownArgumentError(_unknown_argument_message(cls, name, params))
+        return super().__call__(*args, **kwargs)
 
-                legacy = trainer_flag_hint(name)
-                if legacy is not None:
-                    raise UnknownArgumentError(legacy)
-                close = difflib.get_close_matches(name, list(params), n=1)
-                hint = f" Did you mean `{close[0]}`?" if close else ""
-                raise UnknownArgumentError(f"{cls.__name__} has no argument `{name}`.{hint}")
-        return super().__call__(**kwargs)
+
+def _unexpected_argument(exc: TypeError, base: type) -> str | None:
+    """The argument name in Python's "Trainer.__init__() got an unexpected keyword argument 'x'", else None."""
+    import re
+
+    found = re.fullmatch(rf"{base.__qualname__}\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+    return found.group(1) if found else None
+
+
+def _unknown_argument_message(cls: type, name: str, params: Any) -> str:
+    from fulmen.trainer.legacy import trainer_flag_hint
+
+    legacy = trainer_flag_hint(name)
+    if legacy is not None:
+        return legacy
+    close = difflib.get_close_matches(name, [p for p in params if p not in ("self", "args", "kwargs")], n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"{cls.__name__} has no argument `{name}`.{hint}"
+
+
+def _env_defaults(cls: type, params: Any) -> dict[str, Any]:
+    """Lightning's environment defaults: ``PL_TRAINER_MAX_EPOCHS=3`` (``PL_<CLASS>_<ARGUMENT>``, the class's name
+    in capitals) stands for ``max_epochs=3`` unless the argument is passed. Values are read as Python literals
+    where they parse (``3``, ``0.5``, ``True``, ``[0, 1]``), else kept as text."""
+    import ast
+
+    found = {}
+    prefix = f"PL_{cls.__name__.upper()}_"
+    for name, p in params.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
+            continue
+        raw = os.environ.get(prefix + name.upper())
+        if raw:
+            try:
+                found[name] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                found[name] = raw
+    return found
 
 
 def _make_strategy(strategy: Any, accelerator: Accelerator, devices: list[torch.device], num_nodes: int,
@@ -195,6 +250,9 @@ class Trainer(metaclass=_CheckedInit):
         reload_dataloaders_every_n_epochs: ask for fresh training loaders every N epochs (0: never).
         default_root_dir: where logs and checkpoints go when no other path is given (default: the current directory).
         enable_autolog_hparams: send the module's and datamodule's hyperparameters to the loggers.
+        model_registry: accepted for Lightning 2.6 programs and configs, and kept as ``trainer.model_registry``.
+            Lightning uploads checkpoints to its hosted model registry under this name; fulmen has no such
+            service, so nothing is uploaded (one warning says so). Checkpoints stay where ModelCheckpoint writes.
     """
 
     def __init__(
@@ -240,6 +298,7 @@ class Trainer(metaclass=_CheckedInit):
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True,
+        model_registry: str | None = None,
     ) -> None:
         # -- hardware -----------------------------------------------------------------------------
         self._accelerator = resolve_accelerator(accelerator)
@@ -358,6 +417,13 @@ class Trainer(metaclass=_CheckedInit):
         self.num_nodes = num_nodes
         self.barebones = barebones
         self.enable_autolog_hparams = enable_autolog_hparams
+        self.model_registry = model_registry
+        if model_registry:
+            rank_zero_warn(
+                f"Trainer(model_registry={model_registry!r}) is kept but not used: fulmen does not upload to "
+                "Lightning's hosted model registry. Checkpoints are written where ModelCheckpoint saves them; "
+                "remove the argument to silence this."
+            )
         self.deterministic = deterministic
         self._set_torch_flags(deterministic, benchmark)
         from fulmen.profilers import make_profiler
@@ -767,6 +833,7 @@ class Trainer(metaclass=_CheckedInit):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException("predict() got both dataloaders and a datamodule; pass one or the other.")
+        self._tune_batch_size(model, TrainerFn.PREDICTING, dataloaders, datamodule)
         self._given_eval_loaders = dataloaders
         self._return_predictions = True if return_predictions is None else return_predictions
         model = self._model_or_current(model, "predict")
@@ -780,10 +847,26 @@ class Trainer(metaclass=_CheckedInit):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException(f"{fn.value}() got both dataloaders and a datamodule; pass one or the other.")
+        self._tune_batch_size(model, fn, dataloaders, datamodule)
         self._given_eval_loaders = dataloaders
         self._verbose = verbose
         model = self._model_or_current(model, fn.value)
         return self._run(model, fn, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
+
+    def _tune_batch_size(self, model: Any, fn: TrainerFn, dataloaders: Any, datamodule: Any) -> None:
+        """A BatchSizeFinder callback searches before validate/test/predict run (Lightning: as the stage starts).
+        Its trials are runs of the same stage; what they change on the Trainer is put back for the real one."""
+        from fulmen.callbacks.batch_size_finder import BatchSizeFinder
+
+        finder = next((cb for cb in self.callbacks if isinstance(cb, BatchSizeFinder)), None)
+        target = model if model is not None else self.lightning_module
+        if finder is None or target is None or self.fast_dev_run:
+            return
+        saved = (self.state, self.lightning_module, self.datamodule, self._model_was_given)
+        try:
+            finder.scale_batch_size_for(self, target, fn.value, dataloaders, datamodule)
+        finally:
+            self.state, self.lightning_module, self.datamodule, self._model_was_given = saved
 
     def _model_or_current(self, model: Any, what: str) -> Any:
         if model is None:
@@ -804,20 +887,30 @@ class Trainer(metaclass=_CheckedInit):
             if cb is not None and getattr(cb, "best_model_path", ""):
                 return cb.best_model_path
             return None
-        if ckpt_path in ("best", "last"):
+        if ckpt_path == "last":
+            cb = self.checkpoint_callback
+            path = getattr(cb, "last_model_path", "") if cb is not None else ""
+            if not path:
+                # as Lightning: "last" may be written before any fit has saved one; the current weights are used
+                rank_zero_warn(
+                    'ckpt_path="last": no last checkpoint was saved yet, so no checkpoint is loaded and the model\'s '
+                    "current weights are used. Add `ModelCheckpoint(save_last=True)` and run trainer.fit first, or "
+                    "pass a file path."
+                )
+                return None
+            return path
+        if ckpt_path == "best":
             cb = self.checkpoint_callback
             if cb is None:
                 raise MisconfigurationException(
-                    f'ckpt_path="{ckpt_path}" needs a ModelCheckpoint callback, and this Trainer has none. Pass a path.'
+                    'ckpt_path="best" needs a ModelCheckpoint callback, and this Trainer has none. Pass a path.'
                 )
-            path = cb.best_model_path if ckpt_path == "best" else getattr(cb, "last_model_path", "")
-            if not path:
+            if not cb.best_model_path:
                 raise MisconfigurationException(
-                    f'ckpt_path="{ckpt_path}": no such checkpoint was saved yet. Run trainer.fit first'
-                    + (" with a monitored metric, or" if ckpt_path == "best" else " with ModelCheckpoint(save_last=True), or")
-                    + " pass a file path."
+                    'ckpt_path="best": no such checkpoint was saved yet. Run trainer.fit first with a monitored '
+                    "metric, or pass a file path."
                 )
-            return path
+            return cb.best_model_path
         return ckpt_path
 
     # -- the run ------------------------------------------------------------------------------------

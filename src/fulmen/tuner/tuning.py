@@ -21,7 +21,7 @@ from typing import Any
 
 from fulmen._utils import rank_zero_warn
 from fulmen.errors import MisconfigurationException
-from fulmen.finders import _LRFinder, _batch_attr, _check_search_args, _dataset_len, _search, _set_attr, _trial
+from fulmen.finders import _LRFinder, _check_search_args, scale_batch_size_for_evaluation
 
 __all__ = ["Tuner"]
 
@@ -127,43 +127,11 @@ class Tuner:
     def _scale_for_evaluation(self, model: Any, dataloaders: Any, datamodule: Any, method: str, mode: str,
                               steps: int, init_val: int, max_trials: int, name: str, margin: float,
                               max_val: int) -> int:
-        """Each trial is a real ``trainer.validate/test/predict`` over ``steps`` batches, without callbacks or loggers."""
-        trainer = self._trainer
         if dataloaders is not None:
             raise MisconfigurationException(
                 f"scale_batch_size(method={method!r}) rebuilds the loader with each candidate size, so it cannot use "
                 f"dataloaders passed in. Define {'val' if method == 'validate' else method}_dataloader() on the module "
                 "or a datamodule, reading `self.batch_size`."
             )
-        if datamodule is not None:
-            trainer.datamodule, datamodule.trainer = datamodule, trainer
-        holders = _batch_attr(trainer, model, name)
-        limit = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[method]
-        saved = {a: getattr(trainer, a) for a in (limit, "callbacks", "_loggers")}
-        weights = copy.deepcopy(model.state_dict())
-        run = getattr(trainer, method)
-        kwargs = {"verbose": False} if method != "predict" else {"return_predictions": False}
-
-        def try_size(size: int) -> bool:
-            _set_attr(holders, name, size)
-            setattr(trainer, limit, steps)
-            trainer.callbacks, trainer._loggers = [], []
-            try:
-                return _trial(lambda: run(model, datamodule=datamodule, **kwargs))
-            finally:
-                for a, v in saved.items():
-                    setattr(trainer, a, v)
-
-        loader_attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[method]
-
-        def cap() -> int | None:
-            loaders = getattr(trainer, loader_attr)
-            first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-            return _dataset_len(first) if first is not None else None
-
-        try:
-            found = _search(try_size, mode, init_val, max_trials, cap, margin, max_val)
-        finally:
-            model.load_state_dict(weights)
-        _set_attr(holders, name, found)
-        return found
+        return scale_batch_size_for_evaluation(self._trainer, model, method, None, datamodule, mode, steps, init_val,
+                                               max_trials, name, margin, max_val)
