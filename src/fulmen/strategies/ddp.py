@@ -30,12 +30,6 @@ def _dist() -> Any:
     return dist
 
 
-def _training(module: Any) -> bool:
-    trainer = getattr(module, "_trainer", None)
-    fn = getattr(getattr(trainer, "state", None), "fn", None)
-    return fn is not None and fn.value == "fit"
-
-
 class ParallelStrategy(Strategy):
     """Several processes, one device each: topology, process group and collectives.
 
@@ -328,7 +322,7 @@ class DDPStrategy(ParallelStrategy):
             module = _convert_sync_batchnorm(module)
         self.lightning_module = module
         self.model = module
-        if _training(module) and any(p.requires_grad for p in module.parameters()):
+        if self.training and any(p.requires_grad for p in module.parameters()):
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.root_device.index or 0] if self.root_device.type == "cuda" else None

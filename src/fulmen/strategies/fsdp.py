@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies._forward import call_as_forward
-from fulmen.strategies.ddp import ParallelStrategy, _training
+from fulmen.strategies.ddp import ParallelStrategy
 from fulmen._utils import rank_zero_warn
 
 _SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
@@ -280,6 +280,7 @@ class FSDPStrategy(ParallelStrategy):
                         "the optimizer from self.parameters() inside configure_optimizers (it runs after sharding), "
                         "not from tensors kept earlier."
                     )
+        self._optimizers = list(optimizers)  # a sharded checkpoint is read straight into their states
         return optimizers
 
     # -- what the loops call --------------------------------------------------------------------
@@ -396,8 +397,7 @@ class FSDPStrategy(ParallelStrategy):
         saved_optimizers = checkpoint.pop("fulmen_sharded", {}).get("optimizers")
         # this run's own (sharded) state dicts say which slice of each tensor to read
         shards: dict[str, Any] = {"model": get_model_state_dict(self.model)}
-        trainer = self.lightning_module.trainer
-        optimizers = trainer.optimizers if _training(self.lightning_module) else []
+        optimizers = self._optimizers if self.training else []
         if saved_optimizers is None:
             saved_optimizers = len(_dcp_keys(path, "optimizer_"))
         if optimizers and saved_optimizers == len(optimizers):
