@@ -401,7 +401,7 @@ class DDPStrategy(ParallelStrategy):
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
         model = self.model
         lm = self.lightning_module
-        if model is not lm and not lm.automatic_optimization and torch.is_grad_enabled() and model.require_backward_grad_sync:
+        if model is not lm and not getattr(lm, "automatic_optimization", True) and torch.is_grad_enabled() and model.require_backward_grad_sync:
             from torch.nn.parallel.distributed import _find_tensors
 
             model.require_forward_param_sync = True
