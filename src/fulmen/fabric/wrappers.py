@@ -226,7 +226,7 @@ class _FabricDataLoader:
             restore_rng_states(pending["epoch_start_rng"])
             _data.set_generator_states(loader, pending["epoch_start_generators"])
             self._epoch_start_rng, self._epoch_start_generators = pending["epoch_start_rng"], pending["epoch_start_generators"]
-            _data.set_epoch(loader, self._num_iter_calls - 1)
+            _data.set_epoch(loader, self._num_iter_calls - 1, pending.get("sampler_seed"))
             iterator = _data.resume_iter(loader, skip, pending.get("loader_state"), streams=self._streams,
                                          saved=pending.get("worker_streams"))
             restore_rng_states(resume_rng)
@@ -235,7 +235,7 @@ class _FabricDataLoader:
                 _data.set_generator_states(loader, pending.get("generators"))
             self._epoch_start_rng = collect_rng_states()
             self._epoch_start_generators = _data.generator_states(loader)
-            _data.set_epoch(loader, self._num_iter_calls)
+            _data.set_epoch(loader, self._num_iter_calls, pending.get("sampler_seed") if pending is not None else None)
             self._num_iter_calls += 1
             skip = 0
             # a persistent-workers loader in a later epoch: the uninterrupted run reused its iterator
@@ -270,9 +270,18 @@ class _FabricDataLoader:
                 "epoch_start_generators": self._epoch_start_generators if mid else None,
                 "generators": _data.generator_states(self._dataloader),
                 "loader_state": _data.loader_state(self._dataloader) if mid else None,
-                "worker_streams": self._streams.saved()}
+                "worker_streams": self._streams.saved(), "sampler_seed": _sampler_seed(self._dataloader)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (see ``state_dict``) at the next ``iter()``."""
         self._num_iter_calls = int(state["num_iter_calls"])
         self._pending = state
+
+
+def _sampler_seed(loader: Any) -> int | None:
+    """The seed a DistributedSampler shuffles with (``seed_everything``'s when the loader was set up)."""
+    for holder in (loader, getattr(loader, "batch_sampler", None)):
+        seed = getattr(getattr(holder, "sampler", None), "seed", None)
+        if isinstance(seed, int):
+            return seed
+    return None

@@ -425,6 +425,12 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         full = not _holds_dtensors(state)
+        if full and not state.get("state"):
+            # a stateless optimizer (plain SGD): only the hyperparameters to restore, and torch's loader cannot
+            # place an empty state on a device
+            for group, saved in zip(optimizer.param_groups, state.get("param_groups", [])):
+                group.update({k: v for k, v in saved.items() if k != "params"})
+            return
         if full:
             names = {id(p): n for n, p in self.model.named_parameters()}
             state = sharded_checkpoint.optimizer_state_by_name(
