@@ -335,10 +335,9 @@ class Fabric:
                 "setup. Use what setup returns: model, optimizer = fabric.setup(model, optimizer); loss = model(x)."
             )
         strategy = self._strategy
-        if _is_deepspeed(strategy):
-            engine = model._forward_module if model is not None else strategy.model
-            with _bound(strategy, engine, model.module if model is not None else strategy.lightning_module):
-                strategy.backward(tensor, None, *args, module=engine, **kwargs)
+        if model is not None:  # several engines (DeepSpeed): the one this loss belongs to
+            with _bound(strategy, model._forward_module, model.module):
+                strategy.backward(tensor, None, *args, module=_PLAIN, **kwargs)
             return
         strategy.backward(tensor, None, *args, module=_PLAIN, **kwargs)
 
