@@ -6,7 +6,7 @@ import importlib
 import subprocess
 import sys
 
-from fulmen._lightning_api import LIGHTNING_API, OMITTED, fulmen_path, omission, rows
+from fulmen._lightning_api import FABRIC_API, FABRIC_OMITTED, LIGHTNING_API, OMITTED, fulmen_path, omission, rows
 
 
 def _resolves(module: str, name: str | None = None) -> bool:
@@ -85,7 +85,7 @@ def test_the_paths_published_code_imports_are_supported():
 
 def test_rows_give_the_docs_one_entry_per_lightning_name():
     table = list(rows())
-    assert len(table) == sum(len(v) for v in LIGHTNING_API.values())
+    assert len(table) == sum(len(v) for v in LIGHTNING_API.values()) + sum(len(v) for v in FABRIC_API.values())
     by_path = {r["lightning"]: r for r in table}
     assert by_path["lightning.pytorch.utilities.exceptions.MisconfigurationException"] == {
         "lightning": "lightning.pytorch.utilities.exceptions.MisconfigurationException",
@@ -127,3 +127,15 @@ def test_states_module_holds_the_trainers_state_types():
     trainer.fit(Look())
     assert seen == [(TrainerFn.FITTING, RunningStage.TRAINING)] and seen[0][0] == "fit"
     assert isinstance(trainer.state, TrainerState) and trainer.state.status == TrainerStatus.FINISHED
+
+
+def test_lightning_fabrics_names_import_from_fulmen_fabric_or_are_explained():
+    missing, now_present = [], []
+    for module, names in FABRIC_API.items():
+        path = ".".join(p for p in ("fabric", module) if p)
+        for name in names:
+            (now_present if f"{module}:{name}" in FABRIC_OMITTED else missing).append(f"{path}.{name}") \
+                if _resolves(path, name) == (f"{module}:{name}" in FABRIC_OMITTED) else None
+    assert not missing, f"listed as supported but not importable: {missing}"
+    assert not now_present, f"fulmen has these now: remove them from FABRIC_OMITTED: {now_present}"
+    assert all(key.partition(":")[2] in FABRIC_API[key.partition(":")[0]] for key in FABRIC_OMITTED)

@@ -12,6 +12,6 @@ Example::
 """
 
 from fulmen.fabric.fabric import Fabric, seed_everything
-from fulmen.fabric.wrappers import _FabricDataLoader, _FabricModule, _FabricOptimizer
+from fulmen.fabric.wrappers import _FabricDataLoader, _FabricModule, _FabricOptimizer, is_wrapped
 
-__all__ = ["Fabric", "seed_everything"]
+__all__ = ["Fabric", "is_wrapped", "seed_everything"]

@@ -285,3 +285,14 @@ def _sampler_seed(loader: Any) -> int | None:
         if isinstance(seed, int):
             return seed
     return None
+
+
+def is_wrapped(obj: object) -> bool:
+    """Whether ``obj`` is a module, optimizer or loader that ``Fabric.setup*`` returned.
+
+    Example::
+
+        model = fabric.setup(model)
+        assert is_wrapped(model) and not is_wrapped(model.module)
+    """
+    return isinstance(obj, (_FabricModule, _FabricOptimizer, _FabricDataLoader))
