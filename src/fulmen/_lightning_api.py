@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-__all__ = ["FABRIC_API", "FABRIC_OMITTED", "LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fulmen_path", "omission",
-           "rows"]
+__all__ = ["FABRIC_API", "FABRIC_OMITTED", "LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fabric_rows", "fulmen_path",
+           "omission", "rows"]
 
 #: the Lightning release the table was taken from
 LIGHTNING_VERSION = "2.6.6"
@@ -392,6 +392,10 @@ def rows() -> Iterator[dict[str, str | None]]:
             reason = omission(module, name)
             fulmen = None if reason is not None else ".".join(p for p in (fulmen_path(module), name) if p)
             yield {"lightning": lightning, "fulmen": fulmen, "note": reason or ""}
+
+
+def fabric_rows() -> Iterator[dict[str, str | None]]:
+    """:func:`rows` for Lightning Fabric: ``lightning.fabric.X.Y`` is ``fulmen.fabric.X.Y`` or explained."""
     for module, names in FABRIC_API.items():
         for name in names:
             reason = FABRIC_OMITTED.get(f"{module}:{name}")
