@@ -288,8 +288,9 @@ class Fabric:
                 )
             loader = _data.distribute(owner, loader, "train")
             _data.seed_workers(loader, self.global_rank)
-            device = self.device if move_to_device and not _is_deepspeed_zero3(self._strategy) else None
-            out.append(_FabricDataLoader(loader, device=device if move_to_device else None))
+            # CPU batches are where they belong already: no walk through each batch on the hot path
+            device = self.device if move_to_device and self.device.type != "cpu" else None
+            out.append(_FabricDataLoader(loader, device=device))
         return out[0] if len(out) == 1 else out
 
     def _check_not_set_up(self, module: Any, optimizers: Sequence[Any], method: str) -> None:
@@ -694,10 +695,6 @@ def _run_launched(fabric: Fabric, function: Callable[..., Any] | None, args: tup
 def _is_deepspeed(strategy: Strategy) -> bool:
     return type(strategy).__name__ == "DeepSpeedStrategy" or any(
         c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)
-
-
-def _is_deepspeed_zero3(strategy: Strategy) -> bool:
-    return False  # batches go to the device for every stage, as in Lightning
 
 
 def _writes_shards(strategy: Strategy, module: _FabricModule) -> bool:

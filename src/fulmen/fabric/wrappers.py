@@ -50,6 +50,7 @@ class _FabricModule(nn.Module):
         self._forward_module = forward_module
         self._original_module = original_module if original_module is not None else forward_module
         object.__setattr__(self, "_strategy", strategy)
+        object.__setattr__(self, "_call", forward_module)  # a plain reference: no nn.Module.__getattr__ per step
         object.__setattr__(self, "_counter", counter or _Counter())
         precision = strategy.precision
         # decided once: a plain float32 run calls the module directly, with no context manager per call
@@ -75,9 +76,9 @@ class _FabricModule(nn.Module):
         if self._convert is not None:
             args, kwargs = self._convert((args, kwargs))
         if self._autocast is None:
-            return self._forward_module(*args, **kwargs)
+            return self._call(*args, **kwargs)
         with self._autocast():
-            return self._forward_module(*args, **kwargs)
+            return self._call(*args, **kwargs)
 
     def mark_forward_method(self, method: str | Callable) -> None:
         """Make calls to ``method`` of the original module go through the strategy's wrapper, as ``forward``
