@@ -289,8 +289,8 @@ class Fabric:
             loader = _data.distribute(owner, loader, "train")
             _data.seed_workers(loader, self.global_rank)
             # CPU batches are where they belong already: no walk through each batch on the hot path
-            device = self.device if move_to_device and self.device.type != "cpu" else None
-            out.append(_FabricDataLoader(loader, device=device))
+            out.append(_FabricDataLoader(loader, device=self.device if move_to_device else None,
+                                         move=self.device.type != "cpu"))
         return out[0] if len(out) == 1 else out
 
     def _check_not_set_up(self, module: Any, optimizers: Sequence[Any], method: str) -> None:

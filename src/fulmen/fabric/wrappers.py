@@ -192,9 +192,10 @@ class _FabricDataLoader:
                 ...
     """
 
-    def __init__(self, dataloader: Any, device: torch.device | None = None) -> None:
+    def __init__(self, dataloader: Any, device: torch.device | None = None, move: bool = True) -> None:
         self._dataloader = dataloader
-        self._device = device
+        self._target = device
+        self._device = device if move else None  # None: batches are handed on as they come
         self._num_iter_calls = 0
         self._consumed = 0  # batches handed out by the current iterator
         self._in_epoch = False
@@ -206,7 +207,7 @@ class _FabricDataLoader:
 
     @property
     def device(self) -> torch.device | None:
-        return self._device
+        return self._target
 
     def __len__(self) -> int:
         return len(self._dataloader)
