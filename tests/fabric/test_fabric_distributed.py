@@ -47,8 +47,10 @@ def test_each_strategy_trains_like_a_raw_loop_on_the_combined_batch_and_reloads_
         reference = train[rank]["reference"]
         for strategy in strategies:
             weights, reloaded = train[rank][strategy]
-            # DeepSpeed through Fabric drifts from the reference from the second step on (the Trainer's DeepSpeed
-            # runs match it to 1e-6): a known gap, checked loosely here until it is found
+            # DeepSpeed (any ZeRO stage, even zero_optimization=False) drifts from the raw loop from the second step
+            # on in this program, by up to ~3e-2; the Trainer's DeepSpeed runs of the same program end on the same
+            # drifted weights, before and after the seam change: a known gap of the shared strategy (or DeepSpeed on
+            # CPU), checked loosely here until it is found
             atol = 5e-2 if strategy.startswith("deepspeed") else 1e-6
             for name, value in reference.items():
                 # the same arithmetic up to the order of the gradient sum over the two processes
