@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("module, data module, checkpoint files", ("fulmen.module", "fulmen.datamodule", "fulmen.checkpoint",
                                                "fulmen.saving", "fulmen.summary", "fulmen.callbacks.callback",
                                                "fulmen.generation", "fulmen.plot")),
-    ("precision, strategies, profilers", ("fulmen.precision", "fulmen.strategies", "fulmen.profilers")),
+    ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies", "fulmen.profilers")),
     # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
                                                                "fulmen.trainer.checkpointing",
@@ -34,14 +34,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the trainer's resolve_hardware
     ("loops, trainer, fabric", ("fulmen.trainer", "fulmen.finders", "fulmen.callbacks.lr_finder",
                                 "fulmen.callbacks.batch_size_finder", "fulmen", "fulmen.fabric")),
-    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.demos")),
+    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.run_command",
+                                         "fulmen.demos")),
 ]
 
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
 COMPATIBILITY = ("fulmen.core", "fulmen.plugins", "fulmen.utilities", "fulmen.trainer.states",
                  "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint",
                  "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base", "fulmen.fabric.strategies",
-                 "fulmen.fabric.plugins", "fulmen.fabric.loggers", "fulmen.fabric.utilities")
+                 "fulmen.fabric.plugins", "fulmen.fabric.loggers", "fulmen.fabric.utilities",
+                 "fulmen.fabric.accelerators")
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -7,6 +7,7 @@ Example::
     fulmen test --model my_pkg.LitModel --data my_pkg.DigitsData --ckpt_path last.ckpt
     fulmen plot lightning_logs/version_0
     fulmen consolidate checkpoints/last.ckpt                 # a sharded FSDP/DeepSpeed directory -> one file
+    fulmen run --devices 2 --strategy ddp train.py            # one process per device, like torchrun
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _COMMANDS = {
     "predict": "run prediction over the predict data (--ckpt_path to load weights first)",
     "plot": "plot a run's logged metrics (CSV or TensorBoard) into a PNG: fulmen plot RUN_DIR [-o OUT]",
     "consolidate": "write a sharded FSDP/DeepSpeed checkpoint directory as one file: fulmen consolidate DIR [-o FILE]",
+    "run": "start a script in one process per device (like torchrun, or Lightning's `fabric run`): "
+           "fulmen run [--devices N] [--strategy S] script.py [args]",
 }
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from fulmen.strategies.sharded_checkpoint import cli_main
 
         return cli_main(args[1:])
+    if command == "run" or args[:2] == ["fabric", "run"]:  # `fabric run` as Lightning spells it
+        from fulmen.run_command import main as run_main
+
+        return run_main(args[1:] if command == "run" else args[2:])
     if command in _RUN_COMMANDS:
         return _run(args)
     close = difflib.get_close_matches(command, list(_COMMANDS), n=1)

@@ -244,8 +244,7 @@ _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
 #: everything under it) or ``"module:Name"`` for one name.
 OMITTED: dict[str, str] = {
     # whole modules
-    "accelerators": ("fulmen has no Accelerator classes: pass `accelerator='cpu'|'cuda'|'mps'|'auto'` and "
-                     "`devices=` to the Trainer; the strategy owns the device."),
+    "accelerators.xla": _XLA,
     "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
               "run does with hooks and callbacks."),
     "overrides": _INTERNAL,
@@ -262,7 +261,6 @@ OMITTED: dict[str, str] = {
     "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
-    "strategies.model_parallel": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "strategies.single_xla": _XLA,
     "strategies.xla": _XLA,
     "tuner.tuning": "Import it from `fulmen.tuner`: `from fulmen.tuner import Tuner`.",
@@ -276,6 +274,7 @@ OMITTED: dict[str, str] = {
                                  "http(s) path as `ckpt_path`."),
     "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
+    "accelerators:XLAAccelerator": _XLA,
     "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
                                  "`NonFiniteLossError` naming the step."),
     "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
@@ -313,7 +312,6 @@ OMITTED: dict[str, str] = {
                                                  "`PyTorchProfiler(record_module_names=True)` does it."),
     "profilers.pytorch:ScheduleWrapper": ("Internal to Lightning's PyTorchProfiler; pass "
                                           "`schedule=torch.profiler.schedule(...)`."),
-    "strategies:ModelParallelStrategy": "Not ported: use FSDP for sharding; tensor parallelism is not supported.",
     "utilities:is_shared_filesystem": _INTERNAL,
     "utilities.data:has_len_all_ranks": _INTERNAL,
     "utilities.model_summary:DeepSpeedSummary": _DS_SUMMARY,
@@ -336,6 +334,8 @@ OMITTED: dict[str, str] = {
 #: Lightning Fabric's public paths (relative to ``lightning.fabric``, at ``fulmen.fabric``) and names.
 FABRIC_API: dict[str, tuple[str, ...]] = {
     "": ("Fabric", "is_wrapped", "seed_everything"),
+    "accelerators": ("Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "find_usable_cuda_devices"),
+    "plugins.collectives": ("Collective", "SingleDeviceCollective", "TorchCollective"),
     "wrappers": ("_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped"),
     "strategies": ("DDPStrategy", "DataParallelStrategy", "DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy",
                    "ParallelStrategy", "STRATEGY_REGISTRY", "SingleDeviceStrategy", "SingleDeviceXLAStrategy",
@@ -355,7 +355,6 @@ _FABRIC_PRECISION = "Pass `Fabric(precision=...)` ('bf16-mixed', '16-true', ...)
 #: Fabric names fulmen leaves out, ``"module:name"`` keys as in :data:`OMITTED`.
 FABRIC_OMITTED: dict[str, str] = {
     "strategies:DataParallelStrategy": "torch's DataParallel is not supported; use strategy='ddp'.",
-    "strategies:ModelParallelStrategy": "Not in fulmen.fabric yet (tensor parallelism comes with fulmen.accelerators).",
     "strategies:STRATEGY_REGISTRY": "Strategy names are listed in `fulmen.strategies.STRATEGY_NAMES`.",
     **{f"strategies:{n}": _XLA for n in ("SingleDeviceXLAStrategy", "XLAFSDPStrategy", "XLAStrategy")},
     **{f"plugins:{n}": _FABRIC_PRECISION for n in ("BitsandbytesPrecision", "DeepSpeedPrecision", "FSDPPrecision",

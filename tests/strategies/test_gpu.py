@@ -99,8 +99,10 @@ def test_pinned_batches_reach_the_gpu_and_train_like_unpinned_ones():
 
 @needs_cuda
 def test_accelerator_auto_and_gpu_pick_cuda_and_devices_select_gpus():
-    # (fulmen has no find_usable_cuda_devices: accelerators are not ported, see fulmen._lightning_api.OMITTED)
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False)
+    from fulmen.accelerators import CUDAAccelerator, find_usable_cuda_devices
+
+    trainer = pl.Trainer(accelerator="auto", devices=find_usable_cuda_devices(1), logger=False)
+    assert isinstance(trainer.accelerator, CUDAAccelerator)
     assert trainer.strategy.root_device.type == "cuda"
     trainer = pl.Trainer(accelerator="gpu", devices=[torch.cuda.device_count() - 1], logger=False)
     assert trainer.strategy.root_device == torch.device("cuda", torch.cuda.device_count() - 1)

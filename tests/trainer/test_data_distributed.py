@@ -14,7 +14,8 @@ from fulmen.trainer import data as _data
 
 
 def _trainer(rank: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(world_size=2, global_rank=rank, use_distributed_sampler=True, overfit_batches=0)
+    return SimpleNamespace(world_size=2, global_rank=rank, use_distributed_sampler=True, overfit_batches=0,
+                           strategy=SimpleNamespace())
 
 
 def _dataset(n: int = 10) -> TensorDataset:

@@ -4,31 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from fulmen.callbacks.callback import Callback
-from fulmen.errors import MisconfigurationException, missing_extra
-
-
-def _cpu_stats() -> dict[str, float]:
-    try:
-        import psutil
-    except ImportError:
-        raise missing_extra("psutil", "psutil", "DeviceStatsMonitor's CPU statistics") from None
-    return {
-        "cpu_vm_percent": psutil.virtual_memory().percent,
-        "cpu_percent": psutil.cpu_percent(),
-        "cpu_swap_percent": psutil.swap_memory().percent,
-    }
-
-
-def _device_stats(device: torch.device) -> dict[str, float]:
-    if device.type == "cuda":
-        return {k: float(v) for k, v in torch.cuda.memory_stats(device).items()}
-    if device.type == "mps":
-        return {"mps.current_allocated_bytes": float(torch.mps.current_allocated_memory()),
-                "mps.driver_allocated_bytes": float(torch.mps.driver_allocated_memory())}
-    return _cpu_stats()
+from fulmen.accelerators.cpu import get_cpu_stats
+from fulmen.errors import MisconfigurationException
 
 
 class DeviceStatsMonitor(Callback):
@@ -52,7 +31,7 @@ class DeviceStatsMonitor(Callback):
                 "DeviceStatsMonitor has nothing to log to: the Trainer has logger=False. Pass a logger or drop it."
             )
         if self._cpu_stats or trainer.strategy.root_device.type == "cpu":
-            _cpu_stats()  # fail now, not mid-epoch, when psutil is missing
+            get_cpu_stats()  # fail now, not mid-epoch, when psutil is missing
 
     def _log(self, trainer: Any, hook: str) -> None:
         if not trainer.loggers:
@@ -61,9 +40,9 @@ class DeviceStatsMonitor(Callback):
         if not every or (trainer._loop.batches_stepped + 1) % every != 0:
             return
         device = trainer.strategy.root_device
-        stats = _device_stats(device)
+        stats = {k: float(v) for k, v in trainer.accelerator.get_device_stats(device).items()}
         if self._cpu_stats and device.type != "cpu":
-            stats.update(_cpu_stats())
+            stats.update(get_cpu_stats())
         prefix = f"{type(self).__qualname__}.{hook}/"
         metrics = {prefix + k: v for k, v in stats.items()}
         for logger in trainer.loggers:

@@ -108,8 +108,8 @@ class Fabric:
         return self._strategy
 
     @property
-    def accelerator(self) -> str:
-        """The accelerator's name ("cpu", "cuda", "mps")."""
+    def accelerator(self) -> Any:
+        """The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...)."""
         return self._accelerator
 
     @property

@@ -48,6 +48,7 @@ _LAZY = {
     "ParallelStrategy": "fulmen.strategies.ddp",
     "FSDPStrategy": "fulmen.strategies.fsdp",
     "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
+    "ModelParallelStrategy": "fulmen.strategies.model_parallel",
     "ClusterEnvironment": "fulmen.strategies.environments",
     "LightningEnvironment": "fulmen.strategies.environments",
     "TorchElasticEnvironment": "fulmen.strategies.environments",

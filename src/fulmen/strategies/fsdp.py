@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import warnings
 from contextlib import contextmanager
 from datetime import timedelta
@@ -365,50 +364,21 @@ class FSDPStrategy(ParallelStrategy):
             raise MisconfigurationException(
                 "storage_options do not apply to sharded FSDP checkpoints: torch.distributed.checkpoint writes them."
             )
-        import torch.distributed.checkpoint as dcp
-
-        from fulmen.checkpoint import save_checkpoint
-
-        shards = {"model": checkpoint.pop("state_dict")}
-        for i, state in enumerate(checkpoint.pop("optimizer_states", None) or []):
-            shards[f"optimizer_{i}"] = state
-        checkpoint["fulmen_sharded"] = {"optimizers": len(shards) - 1, "world_size": self.world_size}
-
-        def write(tmp: str) -> None:
-            dcp.save(shards, checkpoint_id=tmp)
-            if self.is_global_zero:
-                save_checkpoint(checkpoint, os.path.join(tmp, sharded_checkpoint.META_FILE))
-
-        sharded_checkpoint.write_directory(filepath, write, self)
+        sharded_checkpoint.save_distributed(checkpoint, filepath, self)
 
     def load_checkpoint(self, filepath: Any, weights_only: bool | None = True) -> dict[str, Any]:
         """A sharded directory is read straight into this run's shards (any number of processes may have
         written it); a single file is read whole and scattered by ``load_model_state_dict``."""
         if sharded_checkpoint.kind(filepath) != "fsdp" or not _is_sharded(self.model):
             return super().load_checkpoint(filepath, weights_only)
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        from fulmen.checkpoint import load_checkpoint
-
-        path = os.fspath(filepath)
         _reshard(_units(self.model))
-        checkpoint = load_checkpoint(os.path.join(path, sharded_checkpoint.META_FILE), weights_only=weights_only)
-        saved_optimizers = checkpoint.pop("fulmen_sharded", {}).get("optimizers")
-        # this run's own (sharded) state dicts say which slice of each tensor to read
-        shards: dict[str, Any] = {"model": get_model_state_dict(self.model)}
         optimizers = self._optimizers if self.training else []
-        if saved_optimizers is None:
-            saved_optimizers = len(_dcp_keys(path, "optimizer_"))
-        if optimizers and saved_optimizers == len(optimizers):
-            for i, opt in enumerate(optimizers):
-                shards[f"optimizer_{i}"] = get_optimizer_state_dict(self.model, opt)
-        dcp.load(shards, checkpoint_id=path)
-        checkpoint["state_dict"] = shards["model"]
-        if saved_optimizers:
-            # fewer here than saved: restore_checkpoint names the mismatch; the states never reach an optimizer
-            checkpoint["optimizer_states"] = [shards.get(f"optimizer_{i}", {}) for i in range(saved_optimizers)]
-        return checkpoint
+        # this run's own (sharded) state dicts say which slice of each tensor to read
+        return sharded_checkpoint.load_distributed(
+            filepath, get_model_state_dict(self.model),
+            [get_optimizer_state_dict(self.model, opt) for opt in optimizers], weights_only)
 
     def load_model_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
         if not _is_sharded(self.model):
@@ -469,13 +439,6 @@ def _holds_dtensors(state: Any) -> bool:
     if isinstance(state, (list, tuple)):
         return any(_holds_dtensors(v) for v in state)
     return False
-
-
-def _dcp_keys(path: str, prefix: str) -> set[str]:
-    import torch.distributed.checkpoint as dcp
-
-    metadata = dcp.FileSystemReader(path).read_metadata()
-    return {k.split(".")[0] for k in metadata.state_dict_metadata if k.startswith(prefix)}
 
 
 def _repeated_blocks(root: nn.Module) -> list[nn.Module]:

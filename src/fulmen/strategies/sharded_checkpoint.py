@@ -136,6 +136,68 @@ def write_directory(path: Any, write: Callable[[str], None], strategy: Any) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------
+# a checkpoint whose weights and optimizer states are DTensors: each process writes and reads its shards
+
+
+def save_distributed(checkpoint: dict[str, Any], filepath: Any, strategy: Any, model_key: str = "model") -> None:
+    """Write ``checkpoint`` as a directory: its ``state_dict`` (under ``model_key``) and ``optimizer_states``
+    through torch.distributed.checkpoint, each process its own shards; the rest in ``meta.pt`` by rank zero.
+    Every process calls it.
+
+    Example::
+
+        save_distributed(checkpoint, "ckpts/last.ckpt", trainer.strategy, model_key="state_dict")
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from fulmen.checkpoint import save_checkpoint
+
+    shards = {model_key: checkpoint.pop("state_dict")}
+    for i, state in enumerate(checkpoint.pop("optimizer_states", None) or []):
+        shards[f"optimizer_{i}"] = state
+    checkpoint["fulmen_sharded"] = {"optimizers": len(shards) - 1, "world_size": strategy.world_size}
+
+    def write(tmp: str) -> None:
+        dcp.save(shards, checkpoint_id=tmp)
+        if strategy.is_global_zero:
+            save_checkpoint(checkpoint, os.path.join(tmp, META_FILE))
+
+    write_directory(filepath, write, strategy)
+
+
+def load_distributed(path: Any, model_state: dict[str, Any], optimizer_states: list[dict[str, Any]],
+                     weights_only: bool | None = True) -> dict[str, Any]:
+    """Read the directory ``path`` into this run's sharded state dicts: ``model_state`` and ``optimizer_states``
+    (as ``get_model_state_dict``/``get_optimizer_state_dict`` give them) say which slice each process reads, so
+    any number of processes may have written it. The optimizers are read only when their number matches the
+    saved one; otherwise the checkpoint's ``optimizer_states`` come back empty for the caller to report.
+
+    Example::
+
+        checkpoint = load_distributed("ckpts/last.ckpt", get_model_state_dict(model), [])
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from fulmen.checkpoint import load_checkpoint
+
+    path = os.fspath(path)
+    checkpoint = load_checkpoint(os.path.join(path, META_FILE), weights_only=weights_only)
+    keys = {k.split(".")[0] for k in dcp.FileSystemReader(path).read_metadata().state_dict_metadata}
+    saved_optimizers = checkpoint.pop("fulmen_sharded", {}).get("optimizers")
+    if saved_optimizers is None:
+        saved_optimizers = sum(k.startswith("optimizer_") for k in keys)
+    model_key = "model" if "model" in keys else "state_dict"  # fulmen's FSDP layout, or Lightning's tensor-parallel one
+    shards: dict[str, Any] = {model_key: model_state}
+    if optimizer_states and saved_optimizers == len(optimizer_states):
+        shards.update({f"optimizer_{i}": state for i, state in enumerate(optimizer_states)})
+    dcp.load(shards, checkpoint_id=path)
+    checkpoint["state_dict"] = shards[model_key]
+    if saved_optimizers:
+        checkpoint["optimizer_states"] = [shards.get(f"optimizer_{i}", {}) for i in range(saved_optimizers)]
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------
 # optimizer states: torch.distributed.checkpoint keys them by parameter name, torch.optim by position
 
 
@@ -193,7 +255,7 @@ def _load_fsdp(path: str, weights_only: bool | None) -> dict[str, Any]:
     meta_path = os.path.join(path, META_FILE)
     checkpoint = load_checkpoint(meta_path, weights_only=weights_only) if os.path.exists(meta_path) else {}
     shards = _read_dcp(path)
-    checkpoint["state_dict"] = shards.pop("model")
+    checkpoint["state_dict"] = shards.pop("model") if "model" in shards else shards.pop("state_dict", {})
     optimizers = sorted((k for k in shards if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
     if optimizers:
         checkpoint["optimizer_states"] = [optimizer_state_by_position(shards[k]) for k in optimizers]

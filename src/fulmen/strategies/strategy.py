@@ -99,6 +99,7 @@ class Strategy:
         return module
 
     def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
+        self._optimizers = list(optimizers)  # sharded strategies restore checkpoints straight into them
         return optimizers
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:

@@ -259,7 +259,9 @@ def _distributed_sampler(trainer: Any, dataset: Any, shuffle: bool, drop_last: b
     every sample exactly once, so the predictions can be put back in order."""
     from torch.utils.data import DistributedSampler
 
-    world, rank = trainer.world_size, trainer.global_rank
+    # a strategy whose processes share batches (tensor parallelism) says how the data is split
+    shard = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+    world, rank = (shard["num_replicas"], shard["rank"]) if shard else (trainer.world_size, trainer.global_rank)
     if stage == "predict":
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank)
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=sampler_seed(),

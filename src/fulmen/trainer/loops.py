@@ -64,6 +64,7 @@ def run(trainer: Any, fn: TrainerFn, weights_only: bool | None) -> Any:
     trainer._collect_hooks()
     trainer._metrics.current = None
     trainer.strategy.setup_environment()
+    trainer.accelerator.setup(trainer)
     if trainer.world_size > 1:  # every rank writes into (and checkpoints next to) rank zero's log folder
         for lg in trainer.loggers:
             if getattr(lg, "_version", 0) is None:

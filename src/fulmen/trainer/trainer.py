@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import torch
 
 from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
+from fulmen.accelerators import Accelerator, resolve_accelerator
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.errors import MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
@@ -95,57 +96,13 @@ class _CheckedInit(type):
         return super().__call__(**kwargs)
 
 
-def _parse_devices(devices: Any, accelerator: str) -> list[int]:
-    """Device indices from Lightning's forms: an int, a list of indices, "0,1", "auto" or -1."""
-    available = torch.cuda.device_count() if accelerator == "cuda" else 1
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit() and "," not in devices:
-        devices = int(devices)
-    if devices in ("auto", None) or devices == -1:
-        return list(range(available)) if accelerator == "cuda" else [0]
-    if isinstance(devices, bool):
-        raise MisconfigurationException(f"devices={devices!r}: pass a number of devices, a list of indices or 'auto'.")
-    if isinstance(devices, str):
-        try:
-            ids = [int(p) for p in devices.split(",") if p.strip()]
-        except ValueError:
-            raise MisconfigurationException(
-                f"devices={devices!r} is not understood; pass an int, a list of indices, '0,1' or 'auto'."
-            ) from None
-    elif isinstance(devices, int):
-        if devices < 1:
-            raise MisconfigurationException(f"devices={devices}: pass a positive number of devices, -1 (all) or 'auto'.")
-        ids = list(range(devices))
-        if accelerator == "cuda" and devices > available:
-            raise MisconfigurationException(
-                f"devices={devices} asks for {devices} GPUs, but torch sees {available} here. Pass devices<={available} "
-                "(or devices=-1 for all of them)."
-            )
-        return ids
-    elif isinstance(devices, (list, tuple)):
-        ids = [int(d) for d in devices]
-    else:
-        raise MisconfigurationException(f"devices={devices!r} is not understood; pass an int, a list of indices or 'auto'.")
-    if not ids or len(set(ids)) != len(ids):
-        raise MisconfigurationException(f"devices={devices!r}: list each device index once, e.g. devices=[0, 1].")
-    if accelerator == "cuda":
-        missing = [i for i in ids if not 0 <= i < available]
-        if missing:
-            raise MisconfigurationException(
-                f"devices={devices!r} names GPU(s) {missing}, but torch sees {available} GPU(s) (indices 0..{available - 1})."
-            )
-    elif accelerator == "cpu":  # CPU processes are counted, not indexed: [0, 1] or "0,1" mean two processes
-        return list(range(len(ids)))
-    return ids
-
-
-def _make_strategy(strategy: Any, accelerator: str, device_ids: list[int], num_nodes: int, precision: Any,
-                   checkpoint_io: Any, environment: Any, sync_batchnorm: bool) -> Strategy:
+def _make_strategy(strategy: Any, accelerator: Accelerator, devices: list[torch.device], num_nodes: int,
+                   precision: Any, checkpoint_io: Any, environment: Any, sync_batchnorm: bool) -> Strategy:
     """The strategy object for the flags; a multi-process one learns its ranks from the cluster environment."""
     from fulmen.strategies import STRATEGY_NAMES, ParallelStrategy, resolve_strategy_name
 
     if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
         raise MisconfigurationException(f"num_nodes={num_nodes!r}: pass the number of machines, an integer >= 1.")
-    devices = [torch.device(accelerator, i) if accelerator != "cpu" else torch.device("cpu") for i in device_ids]
     several = len(devices) * num_nodes > 1
     if strategy is None or strategy == "auto":
         strategy = "ddp" if several else "single_device"
@@ -154,7 +111,7 @@ def _make_strategy(strategy: Any, accelerator: str, device_ids: list[int], num_n
         if name == "single_device":
             if several:
                 raise MisconfigurationException(
-                    f"strategy='single_device' runs one process, but devices={device_ids} x num_nodes={num_nodes} asks "
+                    f"strategy='single_device' runs one process, but devices={len(devices)} x num_nodes={num_nodes} asks "
                     "for several. Use strategy='ddp' (or 'auto'), or devices=1."
                 )
             return SingleDeviceStrategy(devices[0], precision, checkpoint_io)
@@ -177,49 +134,31 @@ def _make_strategy(strategy: Any, accelerator: str, device_ids: list[int], num_n
     if isinstance(strategy, ParallelStrategy):
         from fulmen.strategies.environments import detect_environment
 
-        if sync_batchnorm and accelerator != "cuda":
+        if sync_batchnorm and devices[0].type != "cuda":
             raise MisconfigurationException(
-                f"sync_batchnorm=True needs CUDA GPUs: torch's SyncBatchNorm does not run on {accelerator}. Remove the "
+                f"sync_batchnorm=True needs CUDA GPUs: torch's SyncBatchNorm does not run on {devices[0].type}. Remove the "
                 "flag here (each process then keeps its own batch statistics)."
             )
         strategy.sync_batchnorm = sync_batchnorm
         strategy.configure(accelerator, devices, num_nodes, environment or detect_environment())
     elif several:
         raise MisconfigurationException(
-            f"{type(strategy).__name__} runs one process, but devices={device_ids} x num_nodes={num_nodes} asks for "
+            f"{type(strategy).__name__} runs one process, but devices={len(devices)} x num_nodes={num_nodes} asks for "
             "several. Pass strategy='ddp', or devices=1."
         )
     return strategy
 
 
-def _resolve_accelerator(accelerator: Any) -> str:
-    name = accelerator if isinstance(accelerator, str) else "auto"
-    name = {"gpu": "cuda"}.get(name.lower(), name.lower())
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if name == "cuda" and not cuda:
-        raise MisconfigurationException(
-            f"accelerator={accelerator!r} was requested, but torch sees no CUDA GPU here. Use accelerator='cpu', or "
-            "'auto' to take a GPU only when there is one."
-        )
-    if name == "mps" and not mps:
-        raise MisconfigurationException(
-            f"accelerator={accelerator!r} was requested, but Apple's MPS backend is not available here. Use "
-            "accelerator='cpu' or 'auto'."
-        )
-    if name not in ("cpu", "cuda", "mps"):
-        raise MisconfigurationException(
-            f"accelerator={accelerator!r} is not known; use 'auto', 'cpu', 'cuda' (or 'gpu') or 'mps'."
-        )
-    return name
+def _device_ids(accelerator: Accelerator, devices: Any) -> list[int]:
+    """``devices=`` as device indices, read by the accelerator: GPUs are indexed, CPU processes counted (0..n-1)."""
+    parsed = accelerator.parse_devices(devices)
+    return list(range(parsed)) if isinstance(parsed, int) else list(parsed)
 
 
 def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: int, precision: Any, plugins: Any,
-                     sync_batchnorm: bool = False) -> tuple[str, list[int], Strategy]:
-    """The accelerator name, device indices and configured strategy for Lightning's hardware flags: the one
-    place where they are read, for the Trainer and for Fabric alike.
+                     sync_batchnorm: bool = False) -> tuple[Accelerator, list[int], Strategy]:
+    """The accelerator, device indices and configured strategy for Lightning's hardware flags: the one place
+    where they are read, for the Trainer and for Fabric alike.
 
     Example::
 
@@ -228,19 +167,20 @@ def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: i
     from fulmen.precision import Precision
     from fulmen.strategies.environments import ClusterEnvironment
 
-    accelerator = _resolve_accelerator(accelerator)
-    device_ids = _parse_devices(devices, accelerator)
+    accelerator = resolve_accelerator(accelerator)
+    device_ids = _device_ids(accelerator, devices)
+    parallel_devices = accelerator.get_parallel_devices(device_ids)
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
     precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
     if precision_plugin is not None and precision is not None:
         raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
     given_precision = precision is not None or precision_plugin is not None
-    prec = precision_plugin or make_precision(precision, accelerator)
+    prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
     checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
     environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
     keep_own = isinstance(strategy, Strategy) and not given_precision
-    strategy = _make_strategy(strategy, accelerator, device_ids, num_nodes, None if keep_own else prec, checkpoint_io,
-                              environment, sync_batchnorm)
+    strategy = _make_strategy(strategy, accelerator, parallel_devices, num_nodes, None if keep_own else prec,
+                              checkpoint_io, environment, sync_batchnorm)
     return accelerator, device_ids, strategy
 
 
@@ -282,7 +222,7 @@ class Trainer(metaclass=_CheckedInit):
         trainer.test(model, test_loader)
 
     Args:
-        accelerator: "auto" (a GPU when there is one), "cpu", "cuda"/"gpu" or "mps".
+        accelerator: "auto" (a GPU when there is one), "cpu", "cuda"/"gpu", "mps", or an ``Accelerator`` instance.
         strategy: "auto", "single_device" or a Strategy instance.
         devices: how many devices, which ones (a list or "0,"), or "auto".
         num_nodes: machines to run on.
@@ -697,6 +637,16 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def device_ids(self) -> list[int]:
         return list(self._device_ids)
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """The hardware this run uses, as an object (``CPUAccelerator``, ``CUDAAccelerator``, ...).
+
+        Example::
+
+            fulmen.Trainer(accelerator="cpu").accelerator  # CPUAccelerator()
+        """
+        return self._accelerator
 
     @property
     def received_sigterm(self) -> bool:
