@@ -5,6 +5,9 @@ One launch checks many things (starting processes costs seconds): each rank writ
 
 Usage: python fabric_script.py OUT_DIR train     # ddp/fsdp/deepspeed vs a raw loop, a GPT on FSDP, resume part 1
        python fabric_script.py OUT_DIR resume    # resume part 2: a new run continues from part 1's checkpoint
+       fulmen run --devices 2 --accelerator cpu --strategy ddp fabric_script.py OUT_DIR cli
+                                                 # a program written for `fabric run`: no launch(), Fabric()'s
+                                                 # settings come from the command line
 """
 
 from __future__ import annotations
@@ -165,8 +168,26 @@ def resume_program(fabric: L.Fabric, stop_at: int | None, ckpt: str, resume: boo
     return seen, {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
 
+def cli_program() -> dict[str, Any]:
+    """In the style of Lightning's decoupled RL example: the player and the trainer ranks exchange data with
+    broadcast/all_gather, and train one policy; nothing about the hardware is written in the program."""
+    fabric = L.Fabric()
+    model = mlp()
+    model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x = fabric.broadcast(torch.randn(BATCH, FEATURES) if fabric.global_rank == 0 else None)  # the "player" acts
+    rewards = fabric.all_gather(model(x).detach().sum())
+    fabric.backward(nn.functional.mse_loss(model(x), torch.zeros(BATCH, 1)))
+    opt.step()
+    return {"world_size": fabric.world_size, "strategy": type(fabric.strategy).__name__,
+            "rewards": rewards.tolist(), "weights": _full(fabric, model)}
+
+
 if __name__ == "__main__":
     OUT, part = sys.argv[1], sys.argv[2]
+    if part == "cli":
+        found = cli_program()
+        torch.save(found, os.path.join(OUT, f"cli_rank{int(os.environ['RANK'])}.pt"))
+        sys.exit(0)
     fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")
     fabric.launch()
     rank = fabric.global_rank

@@ -52,8 +52,9 @@ class _LoaderOwner:
 
     overfit_batches = 0
 
-    def __init__(self, world_size: int, global_rank: int, use_distributed_sampler: bool) -> None:
-        self.world_size, self.global_rank, self.use_distributed_sampler = world_size, global_rank, use_distributed_sampler
+    def __init__(self, strategy: Strategy, use_distributed_sampler: bool) -> None:
+        self.strategy, self.use_distributed_sampler = strategy, use_distributed_sampler
+        self.world_size, self.global_rank = strategy.world_size, strategy.global_rank
 
 
 class Fabric:
@@ -279,7 +280,7 @@ class Fabric:
         self._check_launched()
         if not dataloaders:
             raise MisconfigurationException("setup_dataloaders() needs at least one loader: setup_dataloaders(loader).")
-        owner = _LoaderOwner(self.world_size, self.global_rank, use_distributed_sampler)
+        owner = _LoaderOwner(self._strategy, use_distributed_sampler)
         out = []
         for loader in dataloaders:
             if isinstance(loader, _FabricDataLoader):
