@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the modules whose public names the API reference documents and the docstring test checks
 PUBLIC_MODULES = (
     "fulmen", "fulmen.callbacks", "fulmen.loggers", "fulmen.strategies", "fulmen.generation", "fulmen.cli",
-    "fulmen.errors", "fulmen.utilities", "fulmen.accelerators",
+    "fulmen.errors", "fulmen.utilities", "fulmen.accelerators", "fulmen.fabric",
 )
 
 _MARKER = re.compile(r"^<!-- generated: (\S+)(?: (.*?))? -->$", re.MULTILINE)

@@ -30,16 +30,21 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("callbacks, loggers", ("fulmen.callbacks", "fulmen.loggers")),
     # resume (which checkpoint to resume from) and signals (preemption saves) are parts of a run, above the
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them
-    ("loops, trainer", ("fulmen.trainer", "fulmen.finders", "fulmen.callbacks.lr_finder",
-                        "fulmen.callbacks.batch_size_finder", "fulmen")),
-    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.run_command", "fulmen.demos")),
+    # Fabric is the trainer's sibling: the same strategies, its loaders' resume from trainer.data, the flags read by
+    # the trainer's resolve_hardware
+    ("loops, trainer, fabric", ("fulmen.trainer", "fulmen.finders", "fulmen.callbacks.lr_finder",
+                                "fulmen.callbacks.batch_size_finder", "fulmen", "fulmen.fabric")),
+    ("tuner, cli, compatibility paths", ("fulmen.tuner", "fulmen.cli", "fulmen.__main__", "fulmen.run_command",
+                                         "fulmen.demos")),
 ]
 
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
 COMPATIBILITY = ("fulmen.core", "fulmen.plugins", "fulmen.utilities", "fulmen.trainer.states",
                  "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint",
                  "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base", "fulmen.tuner.lr_finder",
-                 "fulmen.loggers.utilities", "fulmen.strategies.launchers", "fulmen.overrides")
+                 "fulmen.loggers.utilities", "fulmen.strategies.launchers", "fulmen.overrides", "fulmen.fabric.strategies",
+                 "fulmen.fabric.plugins", "fulmen.fabric.loggers", "fulmen.fabric.utilities",
+                 "fulmen.fabric.accelerators")
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -6,7 +6,7 @@ import importlib
 import subprocess
 import sys
 
-from fulmen._lightning_api import LIGHTNING_API, OMITTED, fulmen_path, omission, rows
+from fulmen._lightning_api import FABRIC_API, FABRIC_OMITTED, LIGHTNING_API, OMITTED, fabric_rows, fulmen_path, omission, rows
 
 
 def _resolves(module: str, name: str | None = None) -> bool:
@@ -521,3 +521,18 @@ def test_finder_callbacks_list_their_modes_as_lightning_does():
         assert LearningRateFinder(mode=mode)._mode == mode
     with pytest.raises(MisconfigurationException, match="'exponential' or 'linear'"):
         LearningRateFinder(mode="cosine")
+
+
+def test_lightning_fabrics_names_import_from_fulmen_fabric_or_are_explained():
+    missing, now_present = [], []
+    for module, names in FABRIC_API.items():
+        path = ".".join(p for p in ("fabric", module) if p)
+        for name in names:
+            (now_present if f"{module}:{name}" in FABRIC_OMITTED else missing).append(f"{path}.{name}") \
+                if _resolves(path, name) == (f"{module}:{name}" in FABRIC_OMITTED) else None
+    assert not missing, f"listed as supported but not importable: {missing}"
+    assert not now_present, f"fulmen has these now: remove them from FABRIC_OMITTED: {now_present}"
+    assert all(key.partition(":")[2] in FABRIC_API[key.partition(":")[0]] for key in FABRIC_OMITTED)
+    by_path = {r["lightning"]: r for r in fabric_rows()}
+    assert by_path["lightning.fabric.Fabric"]["fulmen"] == "fulmen.fabric.Fabric"
+    assert by_path["lightning.fabric.strategies.XLAStrategy"]["fulmen"] is None

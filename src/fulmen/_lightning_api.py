@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-__all__ = ["LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fulmen_path", "omission", "rows"]
+__all__ = ["FABRIC_API", "FABRIC_OMITTED", "LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fabric_rows", "fulmen_path",
+           "omission", "rows"]
 
 #: the Lightning release the table was taken from
 LIGHTNING_VERSION = "2.6.6"
@@ -341,6 +342,41 @@ OMITTED: dict[str, str] = {
 }
 
 
+#: Lightning Fabric's public paths (relative to ``lightning.fabric``, at ``fulmen.fabric``) and names.
+FABRIC_API: dict[str, tuple[str, ...]] = {
+    "": ("Fabric", "is_wrapped", "seed_everything"),
+    "accelerators": ("Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "find_usable_cuda_devices"),
+    "plugins.collectives": ("Collective", "SingleDeviceCollective", "TorchCollective"),
+    "wrappers": ("_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped"),
+    "strategies": ("DDPStrategy", "DataParallelStrategy", "DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy",
+                   "ParallelStrategy", "STRATEGY_REGISTRY", "SingleDeviceStrategy", "SingleDeviceXLAStrategy",
+                   "Strategy", "XLAFSDPStrategy", "XLAStrategy"),
+    "plugins": ("BitsandbytesPrecision", "CheckpointIO", "ClusterEnvironment", "DeepSpeedPrecision", "DoublePrecision",
+                "FSDPPrecision", "HalfPrecision", "MixedPrecision", "Precision", "TorchCheckpointIO",
+                "TransformerEnginePrecision", "XLACheckpointIO", "XLAPrecision"),
+    "plugins.environments": ("ClusterEnvironment", "KubeflowEnvironment", "LSFEnvironment", "LightningEnvironment",
+                             "MPIEnvironment", "SLURMEnvironment", "TorchElasticEnvironment", "XLAEnvironment"),
+    "loggers": ("CSVLogger", "Logger", "TensorBoardLogger"),
+    "utilities": ("AttributeDict", "LightningEnum", "Throughput", "ThroughputMonitor", "disable_possible_user_warnings",
+                  "is_shared_filesystem", "measure_flops", "move_data_to_device", "rank_zero_deprecation",
+                  "rank_zero_info", "rank_zero_only", "rank_zero_warn", "suggested_max_num_workers"),
+}
+
+_FABRIC_PRECISION = "Pass `Fabric(precision=...)` ('bf16-mixed', '16-true', ...): the strategy applies it itself."
+#: Fabric names fulmen leaves out, ``"module:name"`` keys as in :data:`OMITTED`.
+FABRIC_OMITTED: dict[str, str] = {
+    "strategies:DataParallelStrategy": "torch's DataParallel is not supported; use strategy='ddp'.",
+    "strategies:STRATEGY_REGISTRY": "Strategy names are listed in `fulmen.strategies.STRATEGY_NAMES`.",
+    **{f"strategies:{n}": _XLA for n in ("SingleDeviceXLAStrategy", "XLAFSDPStrategy", "XLAStrategy")},
+    **{f"plugins:{n}": _FABRIC_PRECISION for n in ("BitsandbytesPrecision", "DeepSpeedPrecision", "FSDPPrecision",
+                                                   "TransformerEnginePrecision")},
+    "plugins:XLACheckpointIO": _XLA, "plugins:XLAPrecision": _XLA, "plugins.environments:XLAEnvironment": _XLA,
+    **{f"utilities:{n}": "Not in fulmen.fabric.utilities yet." for n in (
+        "LightningEnum", "Throughput", "ThroughputMonitor", "disable_possible_user_warnings", "is_shared_filesystem",
+        "measure_flops", "rank_zero_deprecation", "suggested_max_num_workers")},
+}
+
+
 def fulmen_path(module: str) -> str:
     """fulmen's module for Lightning's relative module path: ``"callbacks.progress" -> "fulmen.callbacks.progress"``."""
     return f"fulmen.{module}" if module else "fulmen"
@@ -366,3 +402,13 @@ def rows() -> Iterator[dict[str, str | None]]:
             reason = omission(module, name)
             fulmen = None if reason is not None else ".".join(p for p in (fulmen_path(module), name) if p)
             yield {"lightning": lightning, "fulmen": fulmen, "note": reason or ""}
+
+
+def fabric_rows() -> Iterator[dict[str, str | None]]:
+    """:func:`rows` for Lightning Fabric: ``lightning.fabric.X.Y`` is ``fulmen.fabric.X.Y`` or explained."""
+    for module, names in FABRIC_API.items():
+        for name in names:
+            reason = FABRIC_OMITTED.get(f"{module}:{name}")
+            path = ".".join(p for p in ("fabric", module) if p)
+            yield {"lightning": ".".join(p for p in ("lightning", path, name) if p),
+                   "fulmen": None if reason is not None else f"{fulmen_path(path)}.{name}", "note": reason or ""}

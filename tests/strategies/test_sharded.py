@@ -255,15 +255,18 @@ def test_trainer_flags_are_written_into_the_deepspeed_config(tmp_path):
     strategy = DeepSpeedStrategy(config=str(path), logging_level=logging.ERROR)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, accumulate_grad_batches=2,
                          gradient_clip_val=0.25)
-    trainer._given_train_loaders = DataLoader(script.data(), batch_size=8)
-    strategy._merge_trainer_flags(trainer)
+    # what Trainer.fit hands the strategy before launching (the seam Fabric uses too)
+    strategy.connect_training_settings(accumulate_grad_batches=trainer.accumulate_grad_batches,
+                                       gradient_clip_val=trainer.gradient_clip_val, batch_size=8)
+    strategy._merge_settings()
     cfg = strategy.config
     assert (cfg["gradient_accumulation_steps"], cfg["gradient_clipping"]) == (2, 0.25)
     assert cfg["train_micro_batch_size_per_gpu"] == 8 and strategy.zero_stage == 3
     assert strategy.precision.name == "bf16-mixed"  # the config's precision, since the Trainer asked for none
     assert json.loads(path.read_text())["gradient_accumulation_steps"] == 2  # the user's file is left alone
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DeepSpeedStrategy(), precision="bf16-mixed")
-    trainer.strategy._merge_trainer_flags(trainer)
+    trainer.strategy.connect_training_settings(precision_given=True)
+    trainer.strategy._merge_settings()
     assert trainer.strategy.config["bf16"] == {"enabled": True} and "fp16" not in trainer.strategy.config
     with pytest.raises(MisconfigurationException, match="no such file"):
         DeepSpeedStrategy(config=str(tmp_path / "missing.json"))

@@ -30,12 +30,6 @@ def _dist() -> Any:
     return dist
 
 
-def _training(module: Any) -> bool:
-    trainer = getattr(module, "_trainer", None)
-    fn = getattr(getattr(trainer, "state", None), "fn", None)
-    return fn is not None and fn.value == "fit"
-
-
 class ParallelStrategy(Strategy):
     """Several processes, one device each: topology, process group and collectives.
 
@@ -328,7 +322,7 @@ class DDPStrategy(ParallelStrategy):
             module = _convert_sync_batchnorm(module)
         self.lightning_module = module
         self.model = module
-        if _training(module) and any(p.requires_grad for p in module.parameters()):
+        if self.training and any(p.requires_grad for p in module.parameters()):
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.root_device.index or 0] if self.root_device.type == "cuda" else None
@@ -407,7 +401,7 @@ class DDPStrategy(ParallelStrategy):
     def backward(self, loss: Tensor, optimizer: Optimizer | None, *args: Any, module: Any = None, **kwargs: Any) -> None:
         model = self.model
         lm = self.lightning_module
-        if model is not lm and not lm.automatic_optimization and torch.is_grad_enabled() and model.require_backward_grad_sync:
+        if model is not lm and not getattr(lm, "automatic_optimization", True) and torch.is_grad_enabled() and model.require_backward_grad_sync:
             from torch.nn.parallel.distributed import _find_tensors
 
             model.require_forward_param_sync = True

@@ -29,7 +29,7 @@ from fulmen.errors import CheckpointError, MisconfigurationException, missing_ex
 from fulmen.precision import Precision
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies._forward import call_as_forward
-from fulmen.strategies.ddp import ParallelStrategy, _training
+from fulmen.strategies.ddp import ParallelStrategy
 from fulmen.strategies.sharded_checkpoint import deepspeed_available, import_deepspeed
 from fulmen._utils import apply_to_collection, rank_zero_warn
 
@@ -200,19 +200,32 @@ class DeepSpeedStrategy(ParallelStrategy):
         return engine if engine is not None and engine.module is self.lightning_module else None
 
     # -- the config: the Trainer's flags go in, contradictions come out ---------------------------
+    def connect_training_settings(self, *, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
+                                  gradient_clip_algorithm: str | None = None, precision_given: bool = False,
+                                  batch_size: int | None = None) -> None:
+        """The caller's accumulation, clipping, precision and batch size go into the DeepSpeed config (merged at
+        launch, so a contradiction fails once, before any process starts).
+
+        Example::
+
+            strategy.connect_training_settings(accumulate_grad_batches=2, gradient_clip_val=1.0)
+        """
+        self._settings = dict(accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,
+                              gradient_clip_algorithm=gradient_clip_algorithm, precision_given=precision_given,
+                              batch_size=batch_size)
+
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        trainer = kwargs.get("trainer")
-        if trainer is not None:
-            self._merge_trainer_flags(trainer)  # before any process starts: a bad config fails here, once
+        self._merge_settings()  # before any process starts: a bad config fails here, once
         return super().launch(function, *args, **kwargs)
 
-    def _merge_trainer_flags(self, trainer: Any) -> None:
+    def _merge_settings(self) -> None:
         if self._config_done:
             return
+        settings = getattr(self, "_settings", None) or {}
         cfg = self.config
         origin = "DeepSpeedStrategy(config=...)" if self._config_given else "the DeepSpeed config"
 
-        accumulate = trainer.accumulate_grad_batches
+        accumulate = settings.get("accumulate_grad_batches", 1)
         if "gradient_accumulation_steps" in cfg and cfg["gradient_accumulation_steps"] not in (accumulate, "auto"):
             raise MisconfigurationException(
                 f"{origin} sets gradient_accumulation_steps={cfg['gradient_accumulation_steps']}, but "
@@ -221,7 +234,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             )
         cfg["gradient_accumulation_steps"] = accumulate
 
-        clip, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+        clip, algorithm = settings.get("gradient_clip_val"), settings.get("gradient_clip_algorithm")
         if clip and (algorithm or "norm") == "value":
             raise MisconfigurationException(
                 f"DeepSpeed clips gradients by norm only, and Trainer(gradient_clip_algorithm='value') asks for value "
@@ -238,7 +251,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             cfg.pop("gradient_clipping")
 
         name = self.precision.name
-        given = getattr(trainer, "_precision_flag", None) is not None
+        given = bool(settings.get("precision_given"))
         wanted = _DTYPE_KEYS.get(name)
         enabled = [k for k in ("fp16", "bf16") if isinstance(cfg.get(k), dict) and cfg[k].get("enabled") in (True, "auto")]
         if name == "64-true":
@@ -267,7 +280,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         if "train_micro_batch_size_per_gpu" not in cfg and "train_batch_size" not in cfg:
             size = self.logging_batch_size_per_gpu
             if size == "auto":
-                size = getattr(getattr(trainer, "_given_train_loaders", None), "batch_size", None) or 1
+                size = settings.get("batch_size") or 1
             cfg["train_micro_batch_size_per_gpu"] = int(size)
         cfg.setdefault("zero_allow_untested_optimizer", True)
         # a torch optimizer with optimizer offload works (DeepSpeed's CPU Adam is faster, but compiles C++ first)
@@ -278,8 +291,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     # -- set-up ---------------------------------------------------------------------------------
     def setup_environment(self) -> None:
         super().setup_environment()  # the torch.distributed process group, started as for DDP
-        if self.lightning_module is not None and getattr(self.lightning_module, "_trainer", None) is not None:
-            self._merge_trainer_flags(self.lightning_module._trainer)
+        self._merge_settings()
         deepspeed = import_deepspeed("strategy='deepspeed'", self.logging_level)
         if self.root_device.type == "cpu":
             _skip_shm_comm_build(deepspeed)
@@ -300,7 +312,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     def setup_module(self, module: nn.Module) -> nn.Module:
         self.lightning_module = module
         self.model = module
-        if _training(module):
+        if self.training:
             return module  # the engine is built with the optimizer, in setup_optimizers
         engine = self.deepspeed_engine
         if engine is not None:  # evaluating after fit: the engine it trained in
@@ -329,7 +341,8 @@ class DeepSpeedStrategy(ParallelStrategy):
                 "the DeepSpeed config."
             )
         module = self.lightning_module
-        if not module.automatic_optimization and module.trainer.accumulate_grad_batches != 1:
+        settings = getattr(self, "_settings", None) or {}
+        if not getattr(module, "automatic_optimization", True) and settings.get("accumulate_grad_batches", 1) != 1:
             raise MisconfigurationException("accumulate_grad_batches does not apply to manual optimization.")
         from fulmen.module import LightningModule
         from fulmen._utils import is_overridden
@@ -342,6 +355,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         if is_overridden("backward", module, LightningModule):
             rank_zero_warn("DeepSpeed runs the backward pass itself; the module's backward() override is not used.")
         self.model = engine = self._initialize(module, optimizers[0] if optimizers else None, self.config)
+        self._optimizers = [engine.optimizer]
         return [engine.optimizer]
 
     def _initialize(self, module: nn.Module, optimizer: Optimizer | None, config: dict[str, Any]) -> Any:
@@ -459,7 +473,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         if kind != "deepspeed":
             if kind is None and os.path.isdir(os.fspath(filepath)):
                 raise CheckpointError(f"{os.fspath(filepath)!r} is a directory but not a DeepSpeed checkpoint.")
-            if _training(self.lightning_module) and not self.load_full_weights:
+            if self.training and not self.load_full_weights:
                 raise CheckpointError(
                     f"{os.fspath(filepath)!r} is not a DeepSpeed checkpoint directory, so DeepSpeed cannot resume its "
                     "optimizer from it. Resume from the directory a DeepSpeed run saved, or start from these weights "
@@ -470,7 +484,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             self._weights_loaded = True
             checkpoint.pop("optimizer_states", None)
             return checkpoint
-        if not _training(self.lightning_module):
+        if not self.training:
             # evaluation: the float32 weights, put together from the shards (DeepSpeed's own loader cannot fill
             # an engine without an optimizer from a ZeRO-3 checkpoint)
             checkpoint = sharded_checkpoint.load_consolidated(filepath)
@@ -489,7 +503,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             k: v for k, v in client.items() if k not in sharded_checkpoint._DEEPSPEED_KEYS}
         self._weights_loaded = True
         checkpoint["state_dict"] = {}  # in the engine already (restore_checkpoint's load is a no-op)
-        checkpoint["optimizer_states"] = [{} for _ in self.lightning_module.trainer.optimizers]
+        checkpoint["optimizer_states"] = [{} for _ in self._optimizers]
         return checkpoint
 
     def _load_full_weights(self, state_dict: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies._forward import call_as_forward
-from fulmen.strategies.ddp import ParallelStrategy, _training
+from fulmen.strategies.ddp import ParallelStrategy
 from fulmen._utils import rank_zero_warn
 
 _SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
@@ -279,6 +279,7 @@ class FSDPStrategy(ParallelStrategy):
                         "the optimizer from self.parameters() inside configure_optimizers (it runs after sharding), "
                         "not from tensors kept earlier."
                     )
+        self._optimizers = list(optimizers)  # a sharded checkpoint is read straight into their states
         return optimizers
 
     # -- what the loops call --------------------------------------------------------------------
@@ -373,8 +374,7 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         _reshard(_units(self.model))
-        trainer = self.lightning_module.trainer
-        optimizers = trainer.optimizers if _training(self.lightning_module) else []
+        optimizers = self._optimizers if self.training else []
         # this run's own (sharded) state dicts say which slice of each tensor to read
         return sharded_checkpoint.load_distributed(
             filepath, get_model_state_dict(self.model),
@@ -395,6 +395,12 @@ class FSDPStrategy(ParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         full = not _holds_dtensors(state)
+        if full and not state.get("state"):
+            # a stateless optimizer (plain SGD): only the hyperparameters to restore, and torch's loader cannot
+            # place an empty state on a device
+            for group, saved in zip(optimizer.param_groups, state.get("param_groups", [])):
+                group.update({k: v for k, v in saved.items() if k != "params"})
+            return
         if full:
             names = {id(p): n for n, p in self.model.named_parameters()}
             state = sharded_checkpoint.optimizer_state_by_name(

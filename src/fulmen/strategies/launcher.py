@@ -5,9 +5,10 @@ environment set (``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PO
 the launching process is rank 0. A thread watches the children: when one fails, the others are
 ended and the launching process exits with its code. Under torchrun, SLURM & co. nothing is started.
 
-``SpawnLauncher`` (``"ddp_spawn"``, ``"ddp_fork"``/``"ddp_notebook"``) runs the stage in
-``torch.multiprocessing`` workers and hands rank 0's fitted weights, callback metrics and results
-back to the calling process.
+``SpawnLauncher`` (``"ddp_spawn"``, ``"ddp_fork"``/``"ddp_notebook"``) runs the function in
+``torch.multiprocessing`` workers and returns rank 0's result; a ``Handoff`` given by the caller (the
+Trainer's carries the fitted weights, callback metrics and loop progress) says what else rank 0 sends
+back to the calling process. The launcher itself knows nothing of its callers.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class ScriptLauncher:
         self.procs: list[subprocess.Popen] = []
         self._failure: tuple[int, int] | None = None
 
-    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, handoff: Handoff | None = None, **kwargs: Any) -> Any:
         env = self.strategy.cluster_environment
         if not env.creates_processes_externally and not self.procs:
             self._start_children()
@@ -238,16 +239,41 @@ def _watch_parent(parent: int) -> None:
 # ==================================================================================================
 # torch.multiprocessing
 # ==================================================================================================
-class _WorkerOutput:
-    def __init__(self, weights: dict[str, Any], callback_metrics: dict[str, Any], loop_state: dict[str, Any],
-                 checkpoint_states: list[dict[str, Any]], result: Any) -> None:
-        self.weights, self.callback_metrics, self.loop_state = weights, callback_metrics, loop_state
-        self.checkpoint_states, self.result = checkpoint_states, result
+class Handoff:
+    """What a spawned run hands back to the process that launched it, besides ``function``'s result.
+
+    The launcher pickles the handoff to every worker with the function; in rank 0's worker ``collect()``
+    runs after the function and its (picklable) return value reaches ``restore()`` in the launching
+    process. ``modules()`` names the modules whose tensors each worker must own (pickling shares them).
+
+    Example::
+
+        class KeepWeights(Handoff):
+            def __init__(self, model): self.model = model
+            def modules(self): return [self.model]
+            def collect(self): return {k: v.cpu() for k, v in self.model.state_dict().items()}
+            def restore(self, data): self.model.load_state_dict(data)
+
+        strategy.launch(train, model, handoff=KeepWeights(model))
+    """
+
+    def modules(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        return None
+
+    def restore(self, data: Any) -> None:
+        pass
+
+    def suspects(self) -> list[tuple[str, Any]]:
+        """(description, object) pairs to search for an unpicklable attribute when pickling fails."""
+        return []
 
 
 class SpawnLauncher:
-    """Runs the stage in N ``torch.multiprocessing`` workers (spawn, fork or forkserver) and brings rank 0's
-    weights, callback metrics, loop progress, checkpoint paths and results back to this process.
+    """Runs ``function`` in N ``torch.multiprocessing`` workers (spawn, fork or forkserver) and returns rank 0's
+    result; what else comes back (e.g. the Trainer's fitted weights) is the caller's ``Handoff``.
 
     Example::
 
@@ -258,7 +284,7 @@ class SpawnLauncher:
     def __init__(self, strategy: Any) -> None:
         self.strategy = strategy
 
-    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, handoff: Handoff | None = None, **kwargs: Any) -> Any:
         import torch.multiprocessing as mp
 
         strategy = self.strategy
@@ -268,11 +294,11 @@ class SpawnLauncher:
         os.environ["MASTER_ADDR"] = strategy.cluster_environment.main_address
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
         if method != "fork":
-            _check_picklable(trainer, function, args)
+            _check_picklable(handoff, function, args)
         ctx = mp.get_context(method)
         queue = ctx.SimpleQueue()
         state = _GlobalState()
-        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, trainer, queue, state),
+        context = mp.start_processes(_worker, args=(strategy, function, args, kwargs, handoff, queue, state),
                                      nprocs=strategy.num_processes, start_method=method, join=False)
         output = None
         while not context.join(0.1):
@@ -283,9 +309,10 @@ class SpawnLauncher:
         if output is None:
             raise FulmenError("The rank 0 worker ended without returning its results.")
 
-        output = torch.load(io.BytesIO(output), weights_only=False)  # written by our own worker just now
-        _recover(trainer, output)
-        return output.result
+        result, data = torch.load(io.BytesIO(output), weights_only=False)  # written by our own worker just now
+        if handoff is not None:
+            handoff.restore(data)
+        return result
 
 
 class _GlobalState:
@@ -310,53 +337,36 @@ class _GlobalState:
 
 
 def _worker(local_rank: int, strategy: Any, function: Callable[..., Any], args: tuple, kwargs: dict,
-            trainer: Any, queue: Any, state: _GlobalState) -> None:
+            handoff: Handoff | None, queue: Any, state: _GlobalState) -> None:
     state.restore()
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by the environment (and by user code, as under torchrun)
     strategy.set_world_ranks()
-    if trainer is not None and strategy._start_method != "fork":
+    if handoff is not None and strategy._start_method != "fork":
         # pickling for the workers put the weights in shared memory: each worker needs its own copy
-        module = trainer.lightning_module
         with torch.no_grad():
-            for t in [*module.parameters(), *module.buffers()]:
-                t.data = t.data.clone()
+            for module in handoff.modules():
+                for t in [*module.parameters(), *module.buffers()]:
+                    t.data = t.data.clone()
     result = function(*args, **kwargs)
     _destroy_process_group()  # workers end without atexit handlers
     if strategy.global_rank != 0:
         return
-    module = trainer.lightning_module
-    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
     from fulmen._utils import apply_to_collection
 
-    weights = {k: to_cpu(v) for k, v in module.state_dict().items()}
-    metrics = apply_to_collection(dict(trainer.callback_metrics), torch.Tensor, to_cpu)
-    states = [cb.state_dict() for cb in trainer.checkpoint_callbacks]
-    output = _WorkerOutput(weights, metrics, trainer._loop.state_dict(), states,
-                           apply_to_collection(result, torch.Tensor, to_cpu))
+    data = handoff.collect() if handoff is not None else None
+    result = apply_to_collection(result, torch.Tensor, lambda t: t.detach().cpu())
     # as bytes: shared-memory tensors would need this worker alive until the parent reads them
     buffer = io.BytesIO()
-    torch.save(output, buffer)
+    torch.save((result, data), buffer)
     queue.put(buffer.getvalue())
 
 
-def _recover(trainer: Any, output: _WorkerOutput) -> None:
-    if trainer is None:
-        return
-    module = trainer.lightning_module
-    module.load_state_dict(output.weights)
-    trainer._metrics.callback.clear()
-    trainer._metrics.callback.update(output.callback_metrics)
-    trainer._loop.load_state_dict(output.loop_state)
-    for cb, state in zip(trainer.checkpoint_callbacks, output.checkpoint_states):
-        cb.load_state_dict(state)
-
-
-def _unpicklable_attribute(obj: Any, trainer: Any) -> tuple[str, Any] | None:
+def _unpicklable_attribute(obj: Any, skip: Any) -> tuple[str, Any] | None:
     items = list(getattr(obj, "__dict__", {}).items())
     for name in ("_modules", "_parameters", "_buffers"):  # a module's children and tensors live in these dicts
         items += [(k, v) for k, v in getattr(obj, "__dict__", {}).get(name, {}).items()]
     for name, value in items:
-        if value is trainer or name in ("_modules", "_parameters", "_buffers"):
+        if value is skip or name in ("_modules", "_parameters", "_buffers"):
             continue
         try:
             pickle.dumps(value)
@@ -365,31 +375,24 @@ def _unpicklable_attribute(obj: Any, trainer: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _check_picklable(trainer: Any, function: Callable, args: tuple) -> None:
+def _check_picklable(handoff: Handoff | None, function: Callable, args: tuple) -> None:
     """Name the attribute that cannot be sent to spawned workers, instead of pickle's bare error."""
     try:
-        pickle.dumps((trainer, function, args))
+        pickle.dumps((handoff, function, args))
         return
     except Exception as exc:  # noqa: BLE001 - any pickling failure is reported below
         error = exc
-    suspects: list[tuple[str, Any]] = []
-    if trainer is not None:
-        suspects += [("the LightningModule", trainer.lightning_module), ("the datamodule", trainer.datamodule)]
-        for name in ("_given_train_loaders", "_given_val_loaders", "_given_eval_loaders"):
-            loaders = getattr(trainer, name, None)
-            for i, ld in enumerate(loaders if isinstance(loaders, (list, tuple)) else [loaders]):
-                if ld is not None:
-                    suspects.append((f"a dataloader's dataset", getattr(ld, "dataset", ld)))
     where = ""
-    for what, obj in suspects:
-        attr = _unpicklable_attribute(obj, trainer) if obj is not None else None
+    owner = getattr(function, "__self__", None)  # a bound method's object (the Trainer, Fabric) travels too
+    for what, obj in (handoff.suspects() if handoff is not None else []):
+        attr = _unpicklable_attribute(obj, owner) if obj is not None else None
         if attr is not None:
             where = f" {what} ({type(obj).__name__}) has the attribute `{attr[0]}` ({type(attr[1]).__name__}), which"
             break
     raise MisconfigurationException(
-        f"strategy='ddp_spawn' sends the trainer, model and data to new processes by pickling them, and{where or ' something'} "
-        f"cannot be pickled ({type(error).__name__}: {error}). Use strategy='ddp' (which re-runs your script instead), or "
-        "make that attribute picklable (e.g. create it in setup())."
+        f"A spawned strategy ('ddp_spawn') sends the function, model and data to new processes by pickling them, "
+        f"and{where or ' something'} cannot be pickled ({type(error).__name__}: {error}). Use strategy='ddp' (which "
+        "re-runs your script instead), or make that attribute picklable (e.g. create it in setup())."
     ) from error
 
 

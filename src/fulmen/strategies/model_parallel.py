@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from fulmen._utils import is_overridden
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
-from fulmen.strategies.ddp import ParallelStrategy, _training
+from fulmen.strategies.ddp import ParallelStrategy
 
 MESH_DIMS = ("data_parallel", "tensor_parallel")
 
@@ -196,8 +196,7 @@ class ModelParallelStrategy(ParallelStrategy):
             return super().load_checkpoint(filepath, weights_only)
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        trainer = self.lightning_module.trainer
-        optimizers = trainer.optimizers if _training(self.lightning_module) else []
+        optimizers = self._optimizers if self.training else []
         return sharded_checkpoint.load_distributed(
             filepath, get_model_state_dict(self.model),
             [get_optimizer_state_dict(self.model, opt) for opt in optimizers], weights_only)

@@ -34,6 +34,10 @@ class Strategy:
         self._checkpoint_io = checkpoint_io
         self.model: nn.Module | None = None  # what the loop calls (possibly wrapped, e.g. DDP)
         self.lightning_module: Any = None
+        #: whether the caller trains (wrap for gradients, build optimizer engines) or only evaluates; set by the
+        #: caller (the Trainer per stage, Fabric once), never read from it
+        self.training = True
+        self._optimizers: list[Optimizer] = []  # what setup_optimizers returned, for strategies that restore into them
 
     # -- topology -------------------------------------------------------------------------------
     @property
@@ -95,14 +99,27 @@ class Strategy:
         return module
 
     def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
+        self._optimizers = list(optimizers)  # sharded strategies restore checkpoints straight into them
         return optimizers
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         return move_data_to_device(batch, device or self.root_device)
 
+    def connect_training_settings(self, *, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
+                                  gradient_clip_algorithm: str | None = None, precision_given: bool = False,
+                                  batch_size: int | None = None) -> None:
+        """The caller's training settings, for strategies that build them into their own engine (DeepSpeed's
+        config); the others do accumulation and clipping where the caller asks for them, and ignore this.
+
+        Example::
+
+            strategy.connect_training_settings(accumulate_grad_batches=4, gradient_clip_val=1.0, batch_size=32)
+        """
+
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``function`` (a whole fit/validate/test/predict) in every process of this strategy; here, just this one."""
-        kwargs.pop("trainer", None)
+        """Run ``function`` (a whole fit/validate/test/predict, or a Fabric program) in every process of this
+        strategy; here, just this one. ``handoff=`` (see ``launcher.Handoff``) matters to spawned workers only."""
+        kwargs.pop("handoff", None)
         return function(*args, **kwargs)
 
     def step_function(self, name: str) -> Callable[..., Any]:

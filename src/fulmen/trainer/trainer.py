@@ -21,6 +21,7 @@ from fulmen.accelerators import Accelerator, resolve_accelerator
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError
 from fulmen.precision import make_precision
+from fulmen.strategies.launcher import Handoff
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
 from fulmen.trainer import checkpointing, loops
 from fulmen.trainer import data as _data
@@ -31,6 +32,47 @@ from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, TrainerStat
 
 if TYPE_CHECKING:  # a hint only (LightningCLI reads it: `--trainer.logger CSVLogger`); no import cost
     from fulmen.loggers.logger import Logger
+
+
+class _TrainerHandoff(Handoff):
+    """What a spawned run (``strategy="ddp_spawn"``) brings back to the Trainer that launched it: rank 0's fitted
+    weights, callback metrics, loop progress and checkpoint callbacks' states (see ``launcher.Handoff``)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def modules(self) -> list[Any]:
+        return [self.trainer.lightning_module]
+
+    def collect(self) -> Any:
+        from fulmen._utils import apply_to_collection
+
+        trainer = self.trainer
+        to_cpu = lambda t: t.detach().cpu()  # noqa: E731
+        weights = {k: to_cpu(v) for k, v in trainer.lightning_module.state_dict().items()}
+        metrics = apply_to_collection(dict(trainer.callback_metrics), torch.Tensor, to_cpu)
+        states = [cb.state_dict() for cb in trainer.checkpoint_callbacks]
+        return weights, metrics, trainer._loop.state_dict(), states
+
+    def restore(self, data: Any) -> None:
+        weights, metrics, loop_state, states = data
+        trainer = self.trainer
+        trainer.lightning_module.load_state_dict(weights)
+        trainer._metrics.callback.clear()
+        trainer._metrics.callback.update(metrics)
+        trainer._loop.load_state_dict(loop_state)
+        for cb, state in zip(trainer.checkpoint_callbacks, states):
+            cb.load_state_dict(state)
+
+    def suspects(self) -> list[tuple[str, Any]]:
+        trainer = self.trainer
+        found = [("the LightningModule", trainer.lightning_module), ("the datamodule", trainer.datamodule)]
+        for name in ("_given_train_loaders", "_given_val_loaders", "_given_eval_loaders"):
+            loaders = getattr(trainer, name, None)
+            for ld in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+                if ld is not None:
+                    found.append(("a dataloader's dataset", getattr(ld, "dataset", ld)))
+        return found
 
 
 class _CheckedInit(type):
@@ -169,6 +211,35 @@ def _device_ids(accelerator: Accelerator, devices: Any) -> list[int]:
     return list(range(parsed)) if isinstance(parsed, int) else list(parsed)
 
 
+def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: int, precision: Any, plugins: Any,
+                     sync_batchnorm: bool = False) -> tuple[Accelerator, list[int], Strategy]:
+    """The accelerator, device indices and configured strategy for Lightning's hardware flags: the one place
+    where they are read, for the Trainer and for Fabric alike.
+
+    Example::
+
+        accelerator, device_ids, strategy = resolve_hardware("cpu", "ddp", 2, 1, "32-true", None)
+    """
+    from fulmen.precision import Precision
+    from fulmen.strategies.environments import ClusterEnvironment
+
+    accelerator = resolve_accelerator(accelerator)
+    device_ids = _device_ids(accelerator, devices)
+    parallel_devices = accelerator.get_parallel_devices(device_ids)
+    plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
+    precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
+    if precision_plugin is not None and precision is not None:
+        raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
+    given_precision = precision is not None or precision_plugin is not None
+    prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
+    checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
+    environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
+    keep_own = isinstance(strategy, Strategy) and not given_precision
+    strategy = _make_strategy(strategy, accelerator, parallel_devices, num_nodes, None if keep_own else prec,
+                              checkpoint_io, environment, sync_batchnorm)
+    return accelerator, device_ids, strategy
+
+
 def _parse_duration(value: Any, flag: str) -> float | None:
     """Seconds in ``value``: 'DD:HH:MM:SS', a timedelta or a dict of timedelta arguments (None stays None)."""
     if value is None:
@@ -301,24 +372,9 @@ class Trainer(metaclass=_CheckedInit):
         model_registry: str | None = None,
     ) -> None:
         # -- hardware -----------------------------------------------------------------------------
-        self._accelerator = resolve_accelerator(accelerator)
-        self._device_ids = _device_ids(self._accelerator, devices)
-        parallel_devices = self._accelerator.get_parallel_devices(self._device_ids)
-        plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
-        from fulmen.precision import Precision
-        from fulmen.strategies.environments import ClusterEnvironment
-
-        precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
-        if precision_plugin is not None and precision is not None:
-            raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
         self._precision_flag = precision
-        given_precision = precision is not None or precision_plugin is not None
-        prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
-        checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
-        environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
-        keep_own = isinstance(strategy, Strategy) and not given_precision
-        self.strategy = _make_strategy(strategy, self._accelerator, parallel_devices, num_nodes,
-                                       None if keep_own else prec, checkpoint_io, environment, sync_batchnorm)
+        self._accelerator, self._device_ids, self.strategy = resolve_hardware(
+            accelerator, strategy, devices, num_nodes, precision, plugins, sync_batchnorm)
         if self.strategy.world_size == 1:
             # torch's first optimizer construction imports torch._dynamo (~1-2 s). Every fit pays it in
             # configure_optimizers anyway; paying it here keeps that one-time cost out of fit's timings. Not
@@ -938,8 +994,13 @@ class Trainer(metaclass=_CheckedInit):
         self.train_dataloader = None
         self.val_dataloaders = self.test_dataloaders = self.predict_dataloaders = None
         self.strategy.connect(model)
+        self.strategy.training = fn == TrainerFn.FITTING
+        self.strategy.connect_training_settings(
+            accumulate_grad_batches=self.accumulate_grad_batches, gradient_clip_val=self.gradient_clip_val,
+            gradient_clip_algorithm=self.gradient_clip_algorithm, precision_given=self._precision_flag is not None,
+            batch_size=getattr(getattr(self, "_given_train_loaders", None), "batch_size", None))
         try:
-            result = self.strategy.launch(self._run_stage, fn, weights_only, trainer=self)
+            result = self.strategy.launch(self._run_stage, fn, weights_only, handoff=_TrainerHandoff(self))
             if self.state.status == TrainerStatus.RUNNING:  # the run happened in spawned workers
                 self.state.status = TrainerStatus.FINISHED
             return result

@@ -1,0 +1,6 @@
+"""Lightning's ``lightning.fabric.loggers`` path."""
+
+from fulmen.fabric._loggers import CSVLogger, TensorBoardLogger
+from fulmen.loggers.logger import Logger
+
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
