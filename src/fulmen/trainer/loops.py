@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
-from fulmen.trainer import checkpointing, data as _data, logging as _logging
+from fulmen.trainer import checkpointing, data as _data, elastic as _elastic, logging as _logging
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window
 from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
@@ -397,11 +397,15 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
     trainer._loop_first_epoch = False
     reused = first_epoch_here and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
     streams = trainer._worker_streams["train"]
-    iterator = _data.resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused,
-                                 streams=streams, saved=streams.pending)
+    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py)
+    share = _elastic.begin_epoch(trainer, loop, train_iterable, first_epoch_here)
+    iterator = share.iterator(streams) if share is not None else _data.resume_iter(
+        train_iterable, loop.batches_in_epoch, loop.loader_state, reused_before=reused, streams=streams,
+        saved=streams.pending)
     loop.loader_state = streams.pending = None
     if skip:
         restore_rng_states(resume_rng)
+    skip = loop.batches_in_epoch  # begin_epoch counts it on this number of processes
 
     step = _make_training_step(trainer, module, loop)
     move = _data.batch_mover(trainer, module)
