@@ -153,7 +153,7 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
                "its training data has no order fulmen can rebuild on another number of processes (a map-style "
                "Dataset with shuffle=True or False under several processes, or ElasticResume() on one, has one)")
         if consumed is not None and size:
-            loop.batches_in_epoch = min(round(consumed / (size * world)), _len(loader))
+            loop.batches_in_epoch = min(round(consumed / (size * world)), _len(loader) or math.inf)
         _say(f"{was}, but {why}: the rest of epoch {loop.epoch} may repeat or miss samples; {kept[0]}", True)
         return None
     rest = samples[min(consumed, len(samples)):]
