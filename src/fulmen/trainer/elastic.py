@@ -43,6 +43,8 @@ def _order_of(loader: Any, world_size: int) -> dict[str, Any] | None:
 
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return None
+    if callable(getattr(loader, "load_state_dict", None)):  # a loader that keeps its own position (torchdata's)
+        return None
     _, sampler = _index_sampler(loader)
     n = len(loader.dataset)
     if type(sampler) is DistributedSampler and sampler.num_replicas == world_size:
