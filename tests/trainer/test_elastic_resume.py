@@ -142,3 +142,46 @@ def test_a_deepspeed_checkpoint_on_another_number_of_processes_fails_first_with_
     with pytest.raises(CheckpointError, match=r"written by 2 DeepSpeed processes and this run has 3: .* Resume on 2 "
                                               r"processes, or .*fulmen consolidate"):
         check_same_world_size(ckpt, 3, {})
+
+
+def _resume_shares(record: dict | None, world: int, position: int, n: int, batch: int):
+    """Every rank's batches for the rest of epoch 0 on ``world`` processes after a resume at ``position`` (the
+    checkpoint's batches per process), and the record its checkpoints would write."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from fulmen.trainer import elastic
+    from fulmen.trainer.state import LoopState
+
+    shares, records = [], []
+    for rank in range(world):
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5)
+        sampler.set_epoch(0)
+        loader = DataLoader(range(n), batch_size=batch, sampler=sampler)
+        loop = LoopState(batches_in_epoch=position, data_order=None if record is None else dict(record))
+        trainer = SimpleNamespace(world_size=world, global_rank=rank, accumulate_grad_batches=1)
+        share = elastic.begin_epoch(trainer, loop, loader, first_of_fit=True)
+        shares.append([[int(i) for i in b] for b in loader] if share is None else share.batches)
+        records.append((loop.data_order, loop.batches_in_epoch))
+    return shares, records
+
+
+def test_resumes_chained_over_several_process_counts_read_every_sample_once():
+    """2 processes read 9 batches each, 3 go on for 4, 3 again (a resume of a resumed epoch, on the same
+    number) for 3, then 2 finish the epoch: each of the 120 samples is read once."""
+    n, batch = 120, 2
+    record, position, read = None, 0, []
+    for world, steps in ((2, 9), (3, 4), (3, 3), (2, None)):  # processes, batches each reads before it stops
+        shares, records = _resume_shares(record, world, position, n, batch)
+        assert all(r == records[0] for r in records)  # every rank agrees where the epoch stands
+        read += [i for share in shares for b in (share if steps is None else share[:steps]) for i in b]
+        record, position = records[0][0], records[0][1] + (steps or 0)
+    assert Counter(read) == Counter(range(n))
+
+
+def test_a_rest_that_does_not_divide_is_padded_with_its_first_samples_as_the_distributed_sampler_pads():
+    from fulmen.trainer.elastic import _split
+
+    shares = [_split(list(range(10, 20)), 3, rank, drop_last=False) for rank in range(3)]
+    assert shares == [[10, 13, 16, 19], [11, 14, 17, 10], [12, 15, 18, 11]]
+    assert [_split(list(range(10, 20)), 3, rank, drop_last=True) for rank in range(3)] == [
+        [10, 13, 16], [11, 14, 17], [12, 15, 18]]

@@ -135,12 +135,16 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
     size = _batch_size(loader)
     saved = loop.data_order if first_of_fit else None
     resumed_mid_epoch = loop.batches_in_epoch > 0
-    if saved is not None and resumed_mid_epoch and saved["world_size"] == world:
+    moved = saved is not None and saved["world_size"] != world
+    # an epoch that was itself resumed on another number of processes reads a share of its rest, not the
+    # sampler's own order: a resume of it continues that share, on any number of processes
+    shared = saved is not None and resumed_mid_epoch and any(saved.get("base") or (0, 0))
+    if saved is not None and resumed_mid_epoch and not moved and not shared:
         loop.data_order = {**saved, "batch_size": size, "accumulate": acc}  # the same spread: nothing to move
         return None
     loop.data_order = {"world_size": world, "batch_size": size, "accumulate": acc,
                        "order": _order_of(loader, world), "base": [0, 0]}
-    if saved is None or saved["world_size"] == world:
+    if not moved and not shared:
         return None
     was = f"Resuming on {world} process{'es' if world > 1 else ''} a checkpoint written by {saved['world_size']}"
     kept = _global_batch_note(saved, world, size, acc)
@@ -171,8 +175,9 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
     # the epoch's last batch is the loop's last: the local position is counted back from the end
     skip = max(0, _len(loader) - len(batches))
     loop.data_order.update(order=order, base=[min(consumed, len(samples)), skip])
-    _say(f"{was}: each of the {len(rest)} samples left of epoch {loop.epoch} is read once, shared among this run's "
-         f"processes; {kept[0]}", kept[1])
+    if moved:  # on the same number as the checkpoint's, the share goes on without a word
+        _say(f"{was}: each of the {len(rest)} samples left of epoch {loop.epoch} is read once, shared among this run's "
+             f"processes; {kept[0]}", kept[1])
     loop.batches_in_epoch = skip
     return _Share(loader, batches, skip)
 
@@ -192,9 +197,12 @@ def _global_batch_note(saved: dict[str, Any], world: int, size: int | None, acc:
     now = world * (size or 0) * acc
     if before and now == before:
         return f"the global batch stays {now} samples ({world} x {size} x accumulate {acc}).", False
-    return (f"the global batch changes from {before or '?'} to {now or '?'} samples per optimizer step, so training "
-            f"takes other steps than the uninterrupted run; ElasticResume(global_batch_size={before or 'N'}) keeps "
-            "it by adjusting accumulate_grad_batches.", True)
+    change = (f"the global batch changes from {before or '?'} to {now or '?'} samples per optimizer step, so "
+              "training takes other steps than the uninterrupted run")
+    if before and size and before % (world * size) == 0:
+        return f"{change}; ElasticResume(global_batch_size={before}) keeps it by adjusting accumulate_grad_batches.", True
+    return (f"{change}; no accumulation keeps {before or 'it'} on {world} process(es) of {size} samples per batch: "
+            "change the batch size to keep it.", True)
 
 
 def _len(loader: Any) -> int:
