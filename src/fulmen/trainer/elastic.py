@@ -200,7 +200,8 @@ def _global_batch_note(saved: dict[str, Any], world: int, size: int | None, acc:
     change = (f"the global batch changes from {before or '?'} to {now or '?'} samples per optimizer step, so "
               "training takes other steps than the uninterrupted run")
     if before and size and before % (world * size) == 0:
-        return f"{change}; ElasticResume(global_batch_size={before}) keeps it by adjusting accumulate_grad_batches.", True
+        keep = f"ElasticResume(global_batch_size={before}) keeps it by adjusting accumulate_grad_batches"
+        return f"{change}; {keep}.", True
     return (f"{change}; no accumulation keeps {before or 'it'} on {world} process(es) of {size} samples per batch: "
             "change the batch size to keep it.", True)
 
