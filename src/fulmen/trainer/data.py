@@ -227,9 +227,9 @@ def distribute(trainer: Any, loaders: Any, stage: str) -> Any:
     """Give every DataLoader in ``loaders`` a DistributedSampler (``use_distributed_sampler=True`` and several
     processes, or one with ``ElasticResume``: the training order is then the same on any number of processes),
     keeping the loader's other arguments; anything else is returned as it is."""
-    if loaders is None or not trainer.use_distributed_sampler:
-        return loaders
     if trainer.world_size <= 1 and not (stage == "train" and getattr(trainer, "_elastic_order", False)):
+        return loaders
+    if loaders is None or not trainer.use_distributed_sampler:
         return loaders
     if isinstance(loaders, CombinedLoader):
         return CombinedLoader(distribute(trainer, loaders.iterables, stage), loaders.mode)
