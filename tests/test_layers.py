@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies", "fulmen.profilers")),
     # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
+                                                               "fulmen.trainer.elastic",
                                                                "fulmen.trainer.checkpointing",
                                                                "fulmen.trainer.optimizers", "fulmen.trainer.logging",
                                                                "fulmen.trainer.legacy", "fulmen.trainer.types")),

@@ -23,6 +23,7 @@ _WHERE = {
     "Timer": "timer",
     "LambdaCallback": "lambda_function",
     "GradientAccumulationScheduler": "gradient_accumulation_scheduler",
+    "ElasticResume": "elastic_resume",
     "BaseFinetuning": "finetuning",
     "BackboneFinetuning": "finetuning",
     "StochasticWeightAveraging": "stochastic_weight_avg",

@@ -76,6 +76,29 @@ class _DeepSpeedPrecision(Precision):
         self.engine.backward(loss, scale_wrt_gas=False, **kwargs)
 
 
+def check_same_world_size(path: Any, world_size: int, config: dict[str, Any]) -> None:
+    """Resuming a DeepSpeed fit needs the number of processes that wrote the checkpoint: each holds one ZeRO
+    partition of the optimizer (and, at stage 3, of the weights), and DeepSpeed's loader reads them by rank, so
+    on another number it would load a part of them and go on. This fails first, saying what can be done
+    (a universal checkpoint, ``config["checkpoint"]["load_universal"]``, is DeepSpeed's own and passes).
+
+    Example::
+
+        check_same_world_size("checkpoints/last.ckpt", world_size=4, config={})  # raises if 8 wrote it
+    """
+    if (config.get("checkpoint") or {}).get("load_universal"):
+        return
+    saved = sharded_checkpoint.deepspeed_world_size(path)
+    if saved is None or saved == world_size:
+        return
+    raise CheckpointError(
+        f"{os.fspath(path)!r} was written by {saved} DeepSpeed processes and this run has {world_size}: ZeRO's "
+        f"optimizer partitions resume only on the number of processes that wrote them. Resume on {saved} processes, "
+        f"or start a new fit from its weights: `fulmen consolidate {os.fspath(path)}` writes them as one file for "
+        "Model.load_from_checkpoint (the optimizer, schedulers and loop position then start afresh)."
+    )
+
+
 class DeepSpeedStrategy(ParallelStrategy):
     """Train with DeepSpeed's ZeRO: partitioned optimizer states, gradients and parameters, optional offload.
 
@@ -491,6 +514,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             self._load_full_weights(checkpoint["state_dict"])
             self._weights_loaded = True
             return checkpoint
+        check_same_world_size(filepath, self.world_size, self.config)
         path, client = engine.load_checkpoint(
             os.fspath(filepath), load_optimizer_states=True, load_lr_scheduler_states=True,
             load_module_strict=getattr(self.lightning_module, "strict_loading", True))

@@ -303,6 +303,24 @@ def _load_deepspeed(path: str, tag: str | None = None) -> dict[str, Any]:
     return checkpoint
 
 
+def deepspeed_world_size(path: Any) -> int | None:
+    """How many processes wrote the DeepSpeed checkpoint directory ``path`` (one ZeRO optimizer partition
+    each); None when it holds no partition files to count.
+
+    Example::
+
+        deepspeed_world_size("checkpoints/epoch=2-step=300.ckpt")  # 8
+    """
+    import re
+
+    tag_dir = os.path.join(os.fspath(path), _deepspeed_tag(os.fspath(path)))
+    if not os.path.isdir(tag_dir):
+        return None
+    ranks = {m.group(1) for f in os.listdir(tag_dir)
+             if (m := re.fullmatch(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt", f))}
+    return len(ranks) or None
+
+
 def _deepspeed_tag(path: str) -> str:
     latest = os.path.join(path, "latest")
     if os.path.isfile(latest):

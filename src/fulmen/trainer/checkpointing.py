@@ -214,15 +214,23 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
         stepped = fit_loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
         trainer._loop.batches_stepped = trainer._loop.global_step if stepped is None else stepped
     per_rank = checkpoint.get("rng_states_per_rank")
-    if per_rank is not None and len(per_rank) == trainer.world_size:
+    saved_world = len(per_rank) if per_rank is not None else 1
+    if saved_world != trainer.world_size:
+        # another number of processes: a rank that existed takes its own states and share of the epoch's logged
+        # sums, a new one starts with none; the loader workers start fresh (trainer/elastic.py moves the data)
+        trainer._loop.worker_streams = None
+        if trainer.global_rank >= saved_world:
+            trainer._loop.epoch_metrics = trainer._loop.metric_states = None
+    if per_rank is not None and trainer.global_rank < saved_world:
         own = per_rank[trainer.global_rank]
         restore_rng_states(own["rng_states"])
         trainer._loop.epoch_start_rng = own["epoch_start_rng"]
-        trainer._loop.worker_streams = own.get("worker_streams")
+        if saved_world == trainer.world_size:
+            trainer._loop.worker_streams = own.get("worker_streams")
         for key in ("epoch_metrics", "metric_states"):  # this rank's share, not rank zero's (older files lack it)
             if key in own:
                 setattr(trainer._loop, key, own[key])
-    elif "rng_states" in checkpoint:
+    elif "rng_states" in checkpoint and trainer.global_rank < saved_world:
         restore_rng_states(checkpoint["rng_states"])
     _resume_epoch_metrics(trainer, trainer._loop)
     # the loaders' workers continue their random streams when their first iterator is made

@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer.state import RunningStage
+from fulmen.trainer import elastic
 from fulmen._utils import apply_to_collection, collect_rng_states, is_overridden, restore_rng_states
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
@@ -238,8 +239,11 @@ def islice(iterable: Iterable, n: float) -> Iterator:
 # ==================================================================================================
 def distribute(trainer: Any, loaders: Any, stage: str) -> Any:
     """Give every DataLoader in ``loaders`` a DistributedSampler (``use_distributed_sampler=True`` and several
-    processes), keeping the loader's other arguments; anything else is returned as it is."""
-    if loaders is None or trainer.world_size <= 1 or not trainer.use_distributed_sampler:
+    processes, or one with ``ElasticResume``: the training order is then the same on any number of processes),
+    keeping the loader's other arguments; anything else is returned as it is."""
+    if trainer.world_size <= 1 and not (stage == "train" and getattr(trainer, "_elastic_order", False)):
+        return loaders
+    if loaders is None or not trainer.use_distributed_sampler:
         return loaders
     if isinstance(loaders, CombinedLoader):
         return CombinedLoader(distribute(trainer, loaders.iterables, stage), loaders.mode)
@@ -947,7 +951,7 @@ def batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
     return move_with_hooks
 
 
-def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool) -> Iterator[Any]:
+def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool, first_of_fit: bool) -> Iterator[Any]:
     """The epoch's batch iterator, continuing after ``skip`` batches when resumed mid-epoch.
 
     The epoch's data order is drawn from the RNG here: that state is kept, so a mid-epoch resume rebuilds
@@ -970,8 +974,11 @@ def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool) -> It
         loop.sampler_seed = sampler_seed()
     set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
     streams = trainer._worker_streams["train"]
-    iterator = resume_iter(train_iterable, skip, loop.loader_state, reused_before=reused_before,
-                                 streams=streams, saved=streams.pending)
+    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py)
+    share = elastic.begin_epoch(trainer, loop, train_iterable, first_of_fit)
+    iterator = share.iterator(streams, _worker_iter) if share is not None else resume_iter(
+        train_iterable, loop.batches_in_epoch, loop.loader_state, reused_before=reused_before, streams=streams,
+        saved=streams.pending)
     loop.loader_state = streams.pending = None
     if skip:
         restore_rng_states(resume_rng)

@@ -242,9 +242,10 @@ def train_epoch(ctx: RunContext) -> None:
     torch.set_grad_enabled(True)
     ctx.call_hooks("on_train_epoch_start")
     skip = loop.batches_in_epoch
-    reused = ctx.first_epoch and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
-    ctx.first_epoch = False
-    iterator = _data.epoch_batches(trainer, loop, skip, reused_before=reused)
+    first_of_fit, ctx.first_epoch = ctx.first_epoch, False
+    reused = first_of_fit and loop.epoch > 0 and not trainer.reload_dataloaders_every_n_epochs
+    iterator = _data.epoch_batches(trainer, loop, skip, reused_before=reused, first_of_fit=first_of_fit)
+    skip = loop.batches_in_epoch  # an elastic resume counts it anew on this number of processes
     plan = EpochPlan(ctx)  # after on_train_epoch_start, where callbacks may change the flags
     step = _training_step(ctx)
     move = _data.batch_mover(trainer, module)

@@ -135,6 +135,10 @@ class LoopState:
     logger_states: list[Any] | None = field(default=None, repr=False)  # e.g. how many CSV rows were on disk
     pending_step_row: Any = field(default=None, repr=False)  # (row, step) a batch-end save preceded
     val_pending: bool = False  # a batch-end save preceded the validation due after that batch: run it first
+    # how the epoch's samples are spread over the processes (world size, batch size per process, accumulation, the
+    # recipe of the epoch's world-size-independent order): a run resumed on another number of processes splits
+    # the epoch's rest from it (trainer/elastic.py)
+    data_order: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
