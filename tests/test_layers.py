@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
                                                                "fulmen.trainer.checkpointing",
                                                                "fulmen.trainer.optimizers", "fulmen.trainer.logging",
-                                                               "fulmen.trainer.legacy", "fulmen.trainer.types")),
+                                                               "fulmen.trainer.legacy", "fulmen.trainer.types",
+                                                               "fulmen.trainer.recovery")),
     ("callbacks, loggers", ("fulmen.callbacks", "fulmen.loggers")),
     # resume (which checkpoint to resume from) and signals (preemption saves) are parts of a run, above the
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them
@@ -37,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
 COMPATIBILITY = ("fulmen.core", "fulmen.plugins", "fulmen.utilities", "fulmen.trainer.states",
-                 "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint",
+                 "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint", "fulmen.callbacks.spike",
                  "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base")
 
 

@@ -275,8 +275,6 @@ OMITTED: dict[str, str] = {
                                  "http(s) path as `ckpt_path`."),
     "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
-    "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
-                                 "`NonFiniteLossError` naming the step."),
     "callbacks.progress.rich_progress:RichProgressBarTheme": "The rich bar's styles are fixed in fulmen.",
     "cli:ModuleType": _INTERNAL,
     "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "

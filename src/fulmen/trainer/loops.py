@@ -19,6 +19,7 @@ from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
 from fulmen.trainer import checkpointing, data as _data, logging as _logging
 from fulmen.trainer.optimizers import LightningOptimizer, parse_optimizers
+from fulmen.trainer.recovery import guard_training_step
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window
 from fulmen._utils import collect_rng_states, is_overridden, rank_zero_info, rank_zero_warn, restore_rng_states
 
@@ -404,6 +405,7 @@ def _train_epoch(trainer: Any, module: Any, loop: LoopState) -> None:
         restore_rng_states(resume_rng)
 
     step = _make_training_step(trainer, module, loop)
+    step = guard_training_step(trainer, loop, step)  # SpikeDetection's watch, skip and roll-back (trainer/recovery.py)
     move = _data.batch_mover(trainer, module)
     profiler = trainer.profiler
     if profiler.active:  # decided once per epoch: with profiler=None nothing below is wrapped
