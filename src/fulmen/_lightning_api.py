@@ -248,8 +248,6 @@ OMITTED: dict[str, str] = {
     "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
               "run does with hooks and callbacks."),
     "overrides": _INTERNAL,
-    "callbacks.spike": ("Spike detection is not ported; a non-finite loss stops fit with `NonFiniteLossError` "
-                        "naming the step."),
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,

@@ -196,14 +196,13 @@ class SpikeGuard:
 
     def wrap(self, trainer: Any, loop: LoopState, step: Callable) -> Callable:
         detector = self.detector
-        skipped = detector._skipped
         strategy = trainer.strategy
         agree = strategy.reduce_boolean_decision if trainer.world_size > 1 else None
         self._fresh_epoch = True  # called at each epoch's start: snapshots of an earlier epoch cannot be replayed
         self._restart_window = False
 
         def guarded(batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
-            if (loop.epoch, batch_idx) in skipped:
+            if (loop.epoch, batch_idx) in detector._skipped:  # read each time: a resume loads a new set
                 # the next batch that runs zeroes the gradients if this one would have
                 self._restart_window = self._restart_window or first_in_window
                 return None
