@@ -59,12 +59,12 @@ class Net(pl.LightningModule):
             loss = loss * self.factor
         self.trained_ids.append([self.current_epoch, *ids.tolist()])
         self.losses.append((self.current_epoch * 1000 + batch_idx, float(loss.detach())))
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
-        self.log("val_loss", ((self.net(x) - y) ** 2).mean())
+        self.log("val_loss", ((self.net(x) - y) ** 2).mean(), sync_dist=True)
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=0.005)
@@ -84,9 +84,9 @@ def excluded(first: int, last: int, world_size: int = 1) -> range:
 
 
 def fit(out: Path, data: Regression, model: Net, spike: SpikeDetection | None, extra: list = (), devices: int = 1,
-        ckpt_path: str | None = None, max_epochs: int = 2) -> pl.Trainer:
+        ckpt_path: str | None = None, max_epochs: int = 2, strategy: str = "ddp") -> pl.Trainer:
     callbacks = [ModelCheckpoint(dirpath=out / "ckpt", save_last=True), *extra] + ([spike] if spike else [])
-    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy if devices > 1 else "auto",
                          max_epochs=max_epochs, callbacks=callbacks, default_root_dir=out, log_every_n_steps=4,
                          limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False)
     loader = DataLoader(data, batch_size=BATCH, num_workers=2)
@@ -96,14 +96,20 @@ def fit(out: Path, data: Regression, model: Net, spike: SpikeDetection | None, e
 
 
 def eval_loss(model: Net) -> float:
-    data = Regression()
-    model.eval()
+    """The loss on the whole dataset, of a plain copy of the (possibly sharded) trained weights."""
+    data, plain = Regression(), Net().eval()
     with torch.no_grad():
-        return float(((model.net(data.x) - data.y) ** 2).mean())
+        for p, w in zip(plain.parameters(), _whole(model)):
+            p.copy_(w)
+        return float(((plain.net(data.x) - data.y) ** 2).mean())
+
+
+def _whole(model: Net) -> list[torch.Tensor]:
+    return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for p in model.parameters()]
 
 
 def weights(model: Net) -> list[float]:
-    return torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+    return torch.cat([p.flatten() for p in _whole(model)]).tolist()
 
 
 class KillAfter(Callback):
@@ -131,13 +137,16 @@ def main() -> None:
         spike = SpikeDetection(recover=True, skip_after=4)
         fit(out, Regression(), Net(spike_ids()), spike, [KillAfter(7, out / "killed.ckpt")])
         return
-    # ddp: the spike is in rank 1's share only; every rank must roll back together
+    # ddp: the spike is in rank 1's share only; every rank must roll back together. The same under FSDP (CPU,
+    # gloo) in the same processes.
     world, reports = 2, {}
-    runs = {"reference": (Regression(excluded(SPIKE_BATCH - 1, SPIKE_BATCH, world)), Net(), None),
-            "x1000": (Regression(), Net(spike_ids(world, only_rank=1), 1000.0), SpikeDetection(recover=True)),
-            "nan": (Regression(), Net(spike_ids(world, only_rank=1), float("nan")), SpikeDetection(recover=True))}
-    for name, (data, model, spike) in runs.items():
-        trainer = fit(out / name, data, model, spike, devices=world)
+    runs = {"reference": ("ddp", Regression(excluded(SPIKE_BATCH - 1, SPIKE_BATCH, world)), Net(), None),
+            "x1000": ("ddp", Regression(), Net(spike_ids(world, only_rank=1), 1000.0), SpikeDetection(recover=True)),
+            "nan": ("ddp", Regression(), Net(spike_ids(world, only_rank=1), float("nan")), SpikeDetection(recover=True)),
+            "fsdp_x1000": ("fsdp", Regression(), Net(spike_ids(world, only_rank=1), 1000.0),
+                           SpikeDetection(recover=True))}
+    for name, (strategy, data, model, spike) in runs.items():
+        trainer = fit(out / name, data, model, spike, devices=world, strategy=strategy)
         reports[name] = report(model, trainer, spike)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(reports))
 

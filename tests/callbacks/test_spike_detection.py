@@ -135,12 +135,15 @@ def test_killed_after_a_recovery_the_resumed_run_skips_the_same_batches(tmp_path
 
 
 def test_ddp_ranks_agree_on_a_spike_in_one_rank_and_recover_together(tmp_path):
+    """2 gloo processes, the spike in rank 1's batch only: DDP (x1000 and NaN) and FSDP (x1000) in one launch."""
     result = _run([str(tmp_path), "ddp"])
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # rank zero says it, although its own loss was fine
+    assert result.stderr.count("spiked on another process at epoch 0, batch 6") == 3
     ref = ranks[0]["reference"]
     for rep in ranks:
-        for name in ("x1000", "nan"):
+        for name in ("x1000", "nan", "fsdp_x1000"):
             run = rep[name]
             assert run["recoveries"] == 2 and run["skipped"] == _skipped_epochs(5, 6)
             assert run["spike_recoveries"] == 2.0

@@ -102,7 +102,8 @@ class SpikeDetection(Callback):
         self.last_val = 0.0
         self._recent: deque[float] = deque(maxlen=window)
         self._skipped: set[tuple[int, int]] = set()  # (epoch, batch_idx) the guard skips
-        self._value = math.nan  # the loss just judged
+        self._value = math.nan  # the loss just judged, and whether it was a spike here
+        self._local_spike = False
         self._guard = SpikeGuard(self, recover, snapshot_every_n_steps)
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -123,7 +124,9 @@ class SpikeDetection(Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.recover:
-            pl_module.log("spike_recoveries", float(self.recoveries), on_step=False, on_epoch=True)
+            # the same on every process: sync_dist only keeps the processes' views of it alike, once an epoch
+            pl_module.log("spike_recoveries", float(self.recoveries), on_step=False, on_epoch=True, sync_dist=True,
+                          reduce_fx="max")
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_val": self.last_val, "recent": list(self._recent), "bad_batches": list(self.bad_batches),
@@ -146,6 +149,10 @@ class SpikeDetection(Callback):
     # -- what the guard asks (trainer/recovery.py) -------------------------------------------------
     def _judge(self, loss: Tensor, batch_idx: int) -> bool:
         value = self._value = float(loss.detach())
+        self._local_spike = self._is_spike(value, batch_idx)
+        return self._local_spike
+
+    def _is_spike(self, value: float, batch_idx: int) -> bool:
         if batch_idx < self.warmup:
             return False
         if self.finite_only and not math.isfinite(value):
@@ -180,6 +187,8 @@ class SpikeDetection(Callback):
                 json.dump(self.bad_batches, f, indent=4)
 
     def _describe(self, loop: Any, batch_idx: int) -> str:
+        if not self._local_spike:  # this process's loss was fine; another one's spiked
+            return f"the training loss spiked on another process at epoch {loop.epoch}, batch {batch_idx}"
         mean = sum(self._recent) / len(self._recent) if self._recent else math.nan
         return (f"the training loss spiked at epoch {loop.epoch}, batch {batch_idx} ({self._value:.4g} against "
                 f"a running mean of {mean:.4g})")
