@@ -135,7 +135,8 @@ def test_killed_after_a_recovery_the_resumed_run_skips_the_same_batches(tmp_path
 
 
 def test_ddp_ranks_agree_on_a_spike_in_one_rank_and_recover_together(tmp_path):
-    """2 gloo processes, the spike in rank 1's batch only: DDP (x1000 and NaN) and FSDP (x1000) in one launch."""
+    """2 gloo processes, the spike in rank 1's batch only: DDP (x1000 and NaN) and FSDP (x1000) recover; DeepSpeed
+    stops every rank (Lightning's behaviour) and refuses recover=True. One launch."""
     result = _run([str(tmp_path), "ddp"])
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -153,6 +154,10 @@ def test_ddp_ranks_agree_on_a_spike_in_one_rank_and_recover_together(tmp_path):
             seq = [ids[1] // (prog.BATCH * 2) for ids in run["trained_ids"] if ids[0] == 0]
             after = seq[seq.index(6) + 1:]
             assert 5 not in after and 6 not in after and after[-5:] == list(range(7, 12))
+        assert rep["deepspeed_stop"].startswith("TrainingSpikeException: SpikeDetection: the training loss spiked")
+        assert "batch 6" in rep["deepspeed_stop"]
+        assert rep["deepspeed_recover"].startswith("MisconfigurationException: SpikeDetection(recover=True) cannot "
+                                                   "roll back under DeepSpeed")
 
 
 def test_arguments_are_checked():
