@@ -165,3 +165,31 @@ def test_arguments_are_checked():
         SpikeDetection(mode="relative")
     with pytest.raises(MisconfigurationException, match="max_recoveries"):
         SpikeDetection(recover=True, max_recoveries=-1)
+
+
+#: Which losses of SEQ Lightning 2.6's SpikeDetection calls a spike, per argument set (observed by running it on
+#: this sequence, one loss per batch index, and recording where it raised)
+SEQ = [5.0, 4.0, 4.5, 20.0, 4.2, 3.9, 4.1, 12.0, 3.0, float("nan"), 3.1, float("inf"), 2.9, 2.8, 9.5, 2.7,
+       float("-inf"), 2.6, 0.5, 2.5]
+LIGHTNING_SPIKES = {
+    "default": ({}, "00010000010100001000"),
+    "max": ({"mode": "max"}, "00000000010100001000"),
+    "atol": ({"atol": 5.0, "rtol": None}, "00010001010100101000"),
+    "both": ({"atol": 1.0, "rtol": 1.0}, "00010001010100101000"),
+    "warmup3_window2": ({"warmup": 3, "window": 2}, "00010001010100101000"),
+    "not_finite_only": ({"finite_only": False}, "00010000000100000000"),
+    "no_tols": ({"atol": None, "rtol": None}, "00111011011100101001"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIGHTNING_SPIKES))
+def test_detection_rules_match_lightning(case):
+    kwargs, expected = LIGHTNING_SPIKES[case]
+    detector = SpikeDetection(**kwargs)
+    flags = ""
+    for batch_idx, value in enumerate(SEQ):
+        spike = detector._judge(torch.tensor(value), batch_idx)
+        if not spike:
+            detector._accept(detector._value, None)
+        flags += str(int(spike))
+    assert flags == expected
