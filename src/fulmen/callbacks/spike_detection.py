@@ -204,6 +204,8 @@ class SpikeDetection(Callback):
         )
 
     def _recovered(self, trainer: Any, loop: Any, batch_idx: int, first: int, last: int) -> None:
+        skip = [b for b in range(first, last + 1) if b >= 0]
+        self.bad_batches.extend(b for b in skip if b not in self.bad_batches)  # also for a restart after the error
         if self.recoveries >= self.max_recoveries:
             self._write(trainer)
             raise SpikeRecoveryLimitError(
@@ -215,9 +217,7 @@ class SpikeDetection(Callback):
             )
         self.recoveries += 1
         self._spike_line = self._describe(loop, batch_idx)  # before the roll-back changes the running mean
-        skip = [b for b in range(first, last + 1) if b >= 0]
         self._skipped.update((loop.epoch, b) for b in skip)
-        self.bad_batches.extend(b for b in skip if b not in self.bad_batches)
         self._write(trainer)
 
     def _log_recovery(self, trainer: Any, loop: Any, batch_idx: int, first: int, last: int, restored: int,
