@@ -21,13 +21,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("module, data module, checkpoint files", ("fulmen.module", "fulmen.datamodule", "fulmen.checkpoint",
                                                "fulmen.saving", "fulmen.summary", "fulmen.callbacks.callback",
                                                "fulmen.generation", "fulmen.plot")),
-    ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies", "fulmen.profilers")),
+    ("precision, accelerators, strategies, profilers", ("fulmen.precision", "fulmen.accelerators", "fulmen.strategies",
+                                                        "fulmen.profilers")),
     # checkpointing writes and restores the LoopState of trainer.state, with the loader state trainer.data reads
     ("trainer state, data, checkpoints, optimizers, logging", ("fulmen.trainer.state", "fulmen.trainer.data",
                                                                "fulmen.trainer.elastic",
                                                                "fulmen.trainer.checkpointing",
                                                                "fulmen.trainer.optimizers", "fulmen.trainer.logging",
-                                                               "fulmen.trainer.legacy", "fulmen.trainer.types")),
+                                                               "fulmen.trainer.legacy", "fulmen.trainer.types",
+                                                               "fulmen.trainer.recovery")),
     ("callbacks, loggers", ("fulmen.callbacks", "fulmen.loggers")),
     # resume (which checkpoint to resume from) and signals (preemption saves) are parts of a run, above the
     # checkpoint callbacks they read; the finders' searches run short fits, and the finder callbacks run them
@@ -42,9 +44,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: Lightning's module paths that are not where fulmen keeps the code: imports and ``__all__`` only.
 COMPATIBILITY = ("fulmen.core", "fulmen.plugins", "fulmen.utilities", "fulmen.trainer.states",
                  "fulmen.strategies.parallel", "fulmen.strategies.single_device", "fulmen.callbacks.checkpoint",
-                 "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base", "fulmen.tuner.lr_finder",
-                 "fulmen.loggers.utilities", "fulmen.strategies.launchers", "fulmen.overrides", "fulmen.fabric.strategies",
-                 "fulmen.fabric.plugins", "fulmen.fabric.loggers", "fulmen.fabric.utilities",
+                 "fulmen.callbacks.spike", "fulmen.callbacks.rich_model_summary", "fulmen.profilers.base",
+                 "fulmen.tuner.lr_finder", "fulmen.loggers.utilities", "fulmen.strategies.launchers", "fulmen.overrides",
+                 "fulmen.fabric.strategies", "fulmen.fabric.plugins", "fulmen.fabric.loggers", "fulmen.fabric.utilities",
                  "fulmen.fabric.accelerators")
 
 

@@ -255,8 +255,6 @@ OMITTED: dict[str, str] = {
               "run does with hooks and callbacks."),
     "trainer.configuration_validator": ("fulmen checks the module when fit/validate/test/predict starts and names "
                                         "the missing hook; there is no validator to call."),
-    "callbacks.spike": ("Spike detection is not ported; a non-finite loss stops fit with `NonFiniteLossError` "
-                        "naming the step."),
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,
@@ -281,8 +279,6 @@ OMITTED: dict[str, str] = {
     "utilities.model_summary.model_summary_deepspeed": _DS_SUMMARY,
     # single names
     "accelerators:XLAAccelerator": _XLA,
-    "callbacks:SpikeDetection": ("Spike detection is not ported; a non-finite loss stops fit with "
-                                 "`NonFiniteLossError` naming the step."),
     "cli:ModuleType": _INTERNAL,
     "core.hooks:CheckpointHooks": ("fulmen's LightningModule and LightningDataModule define these hooks "
                                    "themselves; subclass them (or `Callback`)."),

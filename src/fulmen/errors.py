@@ -121,6 +121,38 @@ class NonFiniteLossError(FulmenError, ArithmeticError):
     """
 
 
+class TrainingSpikeException(FulmenError, RuntimeError):
+    """``SpikeDetection`` met a loss spike and stopped the run (Lightning's name; also a ``RuntimeError``).
+
+    ``batch_idx`` is the batch of the epoch where the loss jumped. The batches to leave out are in the
+    callback's ``exclude_batches_path`` file; ``SpikeDetection(recover=True)`` rolls back and skips them
+    in the same process instead.
+
+    Example::
+
+        try:
+            trainer.fit(model)
+        except TrainingSpikeException as err:
+            print(err.batch_idx)  # skip_batches.json lists it and the batch before it
+    """
+
+    def __init__(self, batch_idx: int, *args: object) -> None:
+        self.batch_idx = batch_idx
+        super().__init__(*(args or (f"The training loss spiked at batch {batch_idx}.",)))
+
+
+class SpikeRecoveryLimitError(TrainingSpikeException):
+    """``SpikeDetection(recover=True)`` met more spikes than ``max_recoveries`` allows; the run ends.
+
+    Example::
+
+        try:
+            trainer.fit(model)
+        except SpikeRecoveryLimitError as err:
+            print(err)  # says how many recoveries ran and what to change (learning rate, clipping, the limit)
+    """
+
+
 class MissingDependencyError(FulmenError, ImportError):
     """An optional feature was used without its extra installed; the message gives the install command.
 

@@ -40,6 +40,7 @@ _WHERE = {
     "LearningRateFinder": "lr_finder",
     "BatchSizeFinder": "batch_size_finder",
     "RichModelSummary": "model_summary",
+    "SpikeDetection": "spike_detection",
 }
 
 __all__ = ["Callback", *_WHERE]

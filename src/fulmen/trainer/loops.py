@@ -27,6 +27,7 @@ from fulmen.trainer.checks import (FiniteLossCheck, check_dataloader_idx, check_
 from fulmen.trainer.context import EpochPlan, RunContext
 from fulmen.trainer.logging import log_hyperparams, print_results
 from fulmen.trainer.optimizers import setup_optimizers, step_scheduler
+from fulmen.trainer.recovery import guard_training_step
 from fulmen.trainer.state import LoopState, RunningStage, TrainerFn, accumulation_window, logging_due
 
 
@@ -248,6 +249,7 @@ def train_epoch(ctx: RunContext) -> None:
     skip = loop.batches_in_epoch  # an elastic resume counts it anew on this number of processes
     plan = EpochPlan(ctx)  # after on_train_epoch_start, where callbacks may change the flags
     step = _training_step(ctx)
+    step = guard_training_step(trainer, loop, step)  # SpikeDetection's watch, skip and roll-back (trainer/recovery.py)
     move = _data.batch_mover(trainer, module)
     if ctx.profiler.active:  # decided once per epoch: with profiler=None nothing below is wrapped
         from fulmen.profilers import _timed, timed_iter
