@@ -274,6 +274,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The floating-point type of the module's parameters."""
         for p in self.parameters():
             if p.is_floating_point():
                 return p.dtype
@@ -291,14 +292,17 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     @property
     def global_rank(self) -> int:
+        """The index of this process among all processes of the run (0 without a trainer)."""
         return self._trainer.global_rank if self._trainer is not None else 0
 
     @property
     def local_rank(self) -> int:
+        """The index of this process on its machine (0 without a trainer)."""
         return self._trainer.local_rank if self._trainer is not None else 0
 
     @property
     def on_gpu(self) -> bool:
+        """Whether the module's parameters are on a CUDA device."""
         return self.device.type == "cuda"
 
     @property
