@@ -4,7 +4,9 @@ A page asks for generated content with a line ``<!-- generated: KIND ARGUMENT --
 converted, the line is replaced by Markdown computed from the same sources the tests use, so a table in the
 docs cannot drift from what the tests assert:
 
-- ``api MODULE``: one mkdocstrings entry per public name of ``MODULE`` (its ``__all__``).
+- ``api MODULE``: one mkdocstrings entry per public name of ``MODULE`` (its ``__all__``); a core class
+  (``CLASS_PAGES``) gets a link to its own page instead.
+- ``class PATH``: a core class's own page, with the members it inherits.
 - ``hook-order STAGE``: the order the Trainer calls hooks in ``fit``/``validate``/``test``/``predict``, from the
   expected sequences in ``tests/trainer/test_hook_order.py``.
 - ``lightning-api``: every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api``.
@@ -30,6 +32,14 @@ PUBLIC_MODULES = (
     "fulmen", "fulmen.callbacks", "fulmen.loggers", "fulmen.strategies", "fulmen.generation", "fulmen.cli",
     "fulmen.errors", "fulmen.utilities",
 )
+
+# the core classes, each on its own page (as Lightning's and Keras's references have them): object path -> page
+CLASS_PAGES = {
+    "fulmen.trainer.trainer.Trainer": "trainer",
+    "fulmen.module.LightningModule": "lightning-module",
+    "fulmen.datamodule.LightningDataModule": "datamodule",
+    "fulmen.callbacks.callback.Callback": "callback",
+}
 
 _MARKER = re.compile(r"^<!-- generated: (\S+)(?: (.*?))? -->$", re.MULTILINE)
 
@@ -73,7 +83,10 @@ def _where(module_name: str, name: str) -> str:
 
 
 def _home(obj_path: str) -> str:
-    """The API page that documents ``obj_path``: the first public module exporting it."""
+    """The API page that documents ``obj_path``: its own page for a core class, else the first public module
+    exporting it."""
+    if obj_path in CLASS_PAGES:
+        return CLASS_PAGES[obj_path]
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
         if any(not inspect.ismodule(getattr(module, n)) and _where(module_name, n) == obj_path
@@ -96,10 +109,21 @@ def _api(module_name: str) -> str:
         home = _home(where)
         if home == page:
             parts.append(f"::: {where}\n")
+        elif where in CLASS_PAGES:
+            parts.append(f"## {name}\n\n`{module_name}.{name}` has its own page: [{name}]({home}.md).\n")
         else:  # one entry per object in the whole site; the others link to it
             parts.append(f"## {name}\n\nThe same object as [`fulmen.{'' if home == 'fulmen' else home + '.'}{name}`]"
                          f"({home}.md#{where}).\n")
     return "\n".join(parts)
+
+
+def _class_page(obj_path: str) -> str:
+    """One core class on its own page: signature, parameters, a summary of its members, and the members it
+    inherits from fulmen's own mixins (``save_hyperparameters``, the data hooks...). Bases outside the
+    documented sources (``torch.nn.Module``) are not loaded, so their members stay out."""
+    assert obj_path in CLASS_PAGES, f"{obj_path} has no page in docs_hooks.CLASS_PAGES"
+    return (f"::: {obj_path}\n    options:\n      inherited_members: true\n      summary: true\n"
+            f"      heading_level: 1\n")
 
 
 def _load_test_module(relative: str):
@@ -191,7 +215,7 @@ def _lightning_api(_: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"lightning-api": _lightning_api, "api": _api, "hook-order": _hook_order, "overhead-table": _overhead_table}
+GENERATORS = {"lightning-api": _lightning_api, "api": _api, "class": _class_page, "hook-order": _hook_order, "overhead-table": _overhead_table}
 
 
 def expand(markdown: str) -> str:

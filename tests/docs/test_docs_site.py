@@ -144,3 +144,63 @@ def test_a_page_renders_in_headless_chromium(site, tmp_path):
     width, height, values = _png_size_and_colours(shot.read_bytes())
     assert (width, height) == (1280, 900)
     assert values > 20, "the screenshot is blank"
+
+
+def _class_section(text: str, obj_path: str) -> str:
+    """The HTML of one class's entry: from its heading to the next heading of the same level or higher."""
+    start = text.index(f'id="{obj_path}"')
+    level = text.rfind("<h", 0, start)
+    tag = text[level:level + 3]
+    end = min((i for i in (text.find(f"<{tag[1:]}", start), text.find("<h1", start)) if i != -1), default=len(text))
+    return text[start:end]
+
+
+def test_every_public_class_shows_its_signature_and_a_parameter_table(site):
+    import enum
+    import importlib
+    import importlib.util
+    import inspect
+
+    formatter = importlib.util.find_spec("black") is not None  # the docs extra's; without it: one long line
+    checked, seen = 0, set()
+    for module_name in docs_hooks.PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in docs_hooks.public_names(module_name):
+            obj = getattr(module, name)
+            if not inspect.isclass(obj) or issubclass(obj, (BaseException, enum.Enum)) or obj in seen:
+                continue
+            seen.add(obj)
+            try:
+                parameters = inspect.signature(obj).parameters.values()
+            except ValueError:  # a builtin's subclass without its own __init__
+                continue
+            named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            if not named:
+                continue
+            where = f"{obj.__module__}.{obj.__qualname__}"
+            home = docs_hooks._home(where)
+            section = _class_section((site / "api" / home / "index.html").read_text(), where)
+            signature = re.search(r'<div class="language-python doc-signature highlight">(.*?)</div>', section, re.S)
+            assert signature, f"{where}: no signature on api/{home}"
+            code = html.unescape(re.sub(r"<[^>]+>", "", signature[1]))
+            assert code.startswith(f"{obj.__name__}(") and all(p.name in code for p in named), (where, code)
+            if formatter:  # black wraps a long signature to one argument a line: none wider than the column
+                assert max(len(line) for line in code.splitlines()) <= 100, (where, code)
+            assert '<span class="doc-section-title">Parameters:</span>' in section, f"{where}: no parameter table"
+            checked += 1
+    assert checked >= 30
+
+
+def test_core_classes_have_their_own_pages_with_inherited_members(site):
+    module_page = (site / "api" / "lightning-module" / "index.html").read_text()
+    for member in ("save_hyperparameters", "hparams", "setup", "prepare_data", "train_dataloader",
+                   "on_save_checkpoint", "on_load_checkpoint", "transfer_batch_to_device", "log", "training_step"):
+        assert f'id="fulmen.module.LightningModule.{member}"' in module_page, member
+    trainer_page = (site / "api" / "trainer" / "index.html").read_text()
+    for member in ("current_epoch", "is_global_zero", "world_size", "should_stop", "checkpoint_callback", "logger"):
+        assert f'id="fulmen.trainer.trainer.Trainer.{member}"' in trainer_page, member
+    data_page = (site / "api" / "datamodule" / "index.html").read_text()
+    assert 'id="fulmen.datamodule.LightningDataModule.save_hyperparameters"' in data_page
+    assert (site / "api" / "callback" / "index.html").is_file()
+    # the module page points at them instead of repeating them
+    assert 'href="../trainer/"' in (site / "api" / "fulmen" / "index.html").read_text()

@@ -20,6 +20,15 @@ class BatchSizeFinder(Callback):
     As a callback it tunes ``trainer.fit``; for validate/test/predict use
     ``Tuner(trainer).scale_batch_size(model, method="validate")``.
 
+    Args:
+        mode: "power" (keep doubling) or "binsearch" (double, then bisect).
+        steps_per_trial: Training steps run at each size.
+        init_val: First size tried.
+        max_trials: Most sizes tried.
+        batch_arg_name: Attribute that holds the batch size, on the module, the datamodule or their hparams.
+        margin: With "binsearch": fraction kept free below the first size that failed.
+        max_val: Largest size tried.
+
     Example::
 
         trainer = fulmen.Trainer(callbacks=[BatchSizeFinder(mode="binsearch")])

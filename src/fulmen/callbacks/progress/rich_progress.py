@@ -19,6 +19,7 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         refresh_rate: Advance the bars every this many batches (0 turns them off).
         leave: Keep each finished epoch's bar on screen.
         console_kwargs: Arguments for ``rich.console.Console``.
+        theme: Colours and styles of the bar's parts. None: the default theme.
 
     Example::
 
