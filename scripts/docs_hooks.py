@@ -11,6 +11,14 @@ docs cannot drift from what the tests assert:
   expected sequences in ``tests/trainer/test_hook_order.py``.
 - ``lightning-api``: every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api``.
 - ``overhead-table PATH``: the figures of a ``benchmarks/overhead_by_size.py`` run, from the JSON it wrote.
+- ``overhead-summary``: the same run's ratios in one sentence, for the pages that quote them.
+- ``sharded-table``: the figures of a ``benchmarks/sharded.py --json`` run, from the JSON it wrote.
+- ``version``: the version the site was built from (also in every page's footer, set by :func:`on_config`).
+- ``extras``: the extras of ``pyproject.toml``, what each is for and what it installs.
+- ``console``: what a default run prints, from a real run (see ``scripts/docs_figures.py``).
+
+The pictures (``assets/figures/NAME``) are made by ``scripts/docs_figures.py`` from real runs and the
+benchmarks' output files, and added to the site by :func:`on_files`.
 
 The tests import :func:`public_names` from here, so the docstring test and the API pages walk the same names.
 """
@@ -215,7 +223,112 @@ def _lightning_api(_: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"lightning-api": _lightning_api, "api": _api, "class": _class_page, "hook-order": _hook_order, "overhead-table": _overhead_table}
+# what each extra of pyproject.toml is for; the packages themselves are read from pyproject.toml
+EXTRA_PURPOSES = {
+    "cli": "`LightningCLI` and `fulmen fit --config ...`",
+    "tensorboard": "`TensorBoardLogger` (and the default logger becomes TensorBoard)",
+    "mlflow": "`MLFlowLogger`",
+    "wandb": "`WandbLogger`",
+    "rich": "`RichProgressBar`, `RichModelSummary`",
+    "plot": "`fulmen plot`, `finder.plot()`",
+    "metrics": "torchmetrics' `Metric` objects in `self.log`",
+    "onnx": "`LightningModule.to_onnx`",
+    "vision": "torchvision, for your own image pipelines (pick the release that matches your torch)",
+    "http": "checkpoints and logs at `https://` URLs",
+    "deepspeed": "`strategy=\"deepspeed_stage_2\"` and the other ZeRO strategies (Linux, a compiler)",
+    "examples": "the scripts in `examples/`",
+    "docs": "building these docs (`mkdocs serve`)",
+    "all": "every extra above except `vision`, `docs` and `test`",
+    "test": "running the test suite",
+}
+
+
+def extras() -> dict[str, list[str]]:
+    """The optional dependencies of pyproject.toml, by extra."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser under its PyPI name (pip itself vendors it)
+        import tomli as tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def _extras(_: str | None) -> str:
+    lines = ["| extra | what it is for | installs |", "|---|---|---|"]
+    for name, packages in extras().items():
+        if name not in EXTRA_PURPOSES:
+            raise ValueError(f"pyproject.toml's extra {name!r} has no line in docs_hooks.EXTRA_PURPOSES")
+        shown = ", ".join(f"`{p}`" for p in packages)
+        lines.append(f"| `fulmen[{name}]` | {EXTRA_PURPOSES[name]} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def _sharded_table(_: str | None) -> str:
+    """The figures of a ``benchmarks/sharded.py --json`` run (docs/assets/sharded_memory.json)."""
+    results = json.loads((ROOT / "docs" / "assets" / "sharded_memory.json").read_text())
+    rows = results["rows"]
+    ref = next(r for r in rows if r[0]["strategy"] == "ddp")
+
+    def most(reports, key, phase=None):
+        return max(r["peaks_mb"][phase] if phase else r[key] for r in reports)
+
+    lines = ["| strategy | start-up base, MB | training peak, MB | peak / DDP's | parameters + optimizer state held, MB "
+             "| held / DDP's | step, s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for reports in rows:
+        lines.append(
+            f"| `{reports[0]['strategy']}` | {most(reports, 'base_mb'):.0f} | {most(reports, None, 'train'):.0f} | "
+            f"{most(reports, None, 'train') / most(ref, None, 'train'):.2f} | {most(reports, 'held') / 2**20:.0f} | "
+            f"{most(reports, 'held') / most(ref, 'held'):.2f} | {most(reports, 'step_s'):.2f} |")
+    hidden, blocks = results["shape"]
+    lines += ["", f"{results['params'] / 1e6:.1f}M parameters ({blocks} blocks of width {hidden}), "
+                  f"{results['processes']} processes on the {results['accelerator'].upper()}, batch {results['batch']} "
+                  f"per process, {results['steps']} steps, Adam; the larger of the two processes' figures. Measured on "
+                  f"{results['machine']}."]
+    return "\n".join(lines) + "\n"
+
+
+def version() -> str:
+    """fulmen's version, from the one place that holds it."""
+    from fulmen._version import __version__
+
+    return __version__
+
+
+def _version(_: str | None) -> str:
+    return f"These pages document fulmen **{version()}**, the version of the source they were built from.\n"
+
+
+def _figures():
+    spec = importlib.util.spec_from_file_location("docs_figures", ROOT / "scripts" / "docs_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _console(_: str | None) -> str:
+    text = (_figures().make_all() / "console.txt").read_text()
+    return '```text title="Console"\n' + text + "```\n"
+
+
+def overhead_summary() -> dict[str, float]:
+    """The range of each variant's ratio to the hand-written loop over the model sizes of the benchmark's JSON."""
+    results = json.loads((ROOT / "docs" / "assets" / "overhead_by_size.json").read_text())
+    out = {}
+    for variant in results["rows"][0]["ratio"]:
+        values = [row["ratio"][variant] for row in results["rows"]]
+        out[f"{variant}_min"], out[f"{variant}_max"] = min(values), max(values)
+    return out
+
+
+def _overhead_summary(_: str | None) -> str:
+    s = overhead_summary()
+    return (f"fulmen takes {s['fulmen_min']:.2f}-{s['fulmen_max']:.2f}x the time of the hand-written loop, "
+            f"PyTorch Lightning {s['lightning_min']:.1f}-{s['lightning_max']:.1f}x")
+
+
+GENERATORS = {"lightning-api": _lightning_api, "api": _api, "class": _class_page, "hook-order": _hook_order, "overhead-table": _overhead_table,
+              "overhead-summary": _overhead_summary, "console": _console,
+              "extras": _extras, "sharded-table": _sharded_table, "version": _version}
 
 
 def expand(markdown: str) -> str:
@@ -228,5 +341,21 @@ def expand(markdown: str) -> str:
     return _MARKER.sub(one, markdown)
 
 
+def on_config(config):  # MkDocs hook: the version in every page's footer
+    config["copyright"] = f"fulmen {version()}"
+    return config
+
+
 def on_page_markdown(markdown, page, config, files):  # MkDocs hook
     return expand(markdown)
+
+
+def on_files(files, config):  # MkDocs hook: the generated pictures become part of the site
+    from mkdocs.structure.files import File
+
+    figures = _figures()
+    folder = figures.make_all()
+    for name in figures.FIGURES:
+        if not name.endswith(".txt"):
+            files.append(File.generated(config, f"assets/figures/{name}", abs_src_path=str(folder / name)))
+    return files

@@ -204,3 +204,45 @@ def test_core_classes_have_their_own_pages_with_inherited_members(site):
     assert (site / "api" / "callback" / "index.html").is_file()
     # the module page points at them instead of repeating them
     assert 'href="../trainer/"' in (site / "api" / "fulmen" / "index.html").read_text()
+
+
+def test_every_page_quotes_the_overhead_figures_from_the_benchmark_file():
+    """One source: pages read the ratios from docs/assets/overhead_by_size.json at build time; the README, which
+    is not built, must state the same range."""
+    s = docs_hooks.overhead_summary()
+    readme = (ROOT / "README.md").read_text()
+    assert f"{s['fulmen_min']:.2f}-{s['fulmen_max']:.2f}x" in readme
+    assert f"{s['lightning_min']:.1f}-{s['lightning_max']:.1f}x" in readme
+    for page in (ROOT / "docs").rglob("*.md"):
+        text = page.read_text()
+        # a hand-written ratio to the raw loop ("1.05x the time") instead of the generated sentence
+        assert not re.search(r"\b1\.\d\d?x the time", text), f"{page.name} quotes an overhead figure by hand"
+
+
+FIGURES = {  # picture -> the page that shows it
+    "hook_order.svg": "guides/module", "ddp_split.svg": "guides/scaling", "overhead_by_size.svg": "performance",
+    "sharded_memory.svg": "guides/sharded", "metrics.png": "guides/logging", "lr_find.png": "guides/tuning",
+}
+
+
+def test_the_pictures_are_generated_from_real_runs_and_shown(site):
+    figures = site / "assets" / "figures"
+    for name, page in FIGURES.items():
+        data = (figures / name).read_bytes()
+        if name.endswith(".png"):
+            width, height, values = _png_size_and_colours(data)
+            assert width >= 400 and height >= 300 and values > 20, name
+        else:
+            assert data.startswith(b"<svg") or b"<svg" in data[:400], name
+        assert f"assets/figures/{name}" in (site / page / "index.html").read_text(), f"{page} does not show {name}"
+    # the hook diagram lists the calls of the hook-order test, the run's recorded truth
+    diagram = (figures / "hook_order.svg").read_text()
+    rows = [hook for hook, _ in docs_hooks.hook_order_rows("fit")]
+    at = 0
+    for hook in rows:  # every row, in order (the validation hooks appear twice: sanity check, then epoch)
+        at = diagram.index(f">{hook}</text>", at) + 1
+    assert diagram.count("</text>") == 2 * len(rows) + 2  # a badge and a name a row; the title, the legend
+    # the console of a default run, captured at build time
+    page = html.unescape((site / "getting-started" / "index.html").read_text())
+    assert "Trainable params" in page and re.search(r"Epoch 2: 100%.*train_loss=[\d.]+, val_loss=[\d.]+", page)
+    assert "`Trainer.fit` stopped: `max_epochs=3` reached." in page
