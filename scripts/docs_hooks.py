@@ -15,6 +15,8 @@ docs cannot drift from what the tests assert:
 - ``sharded-table``: the figures of a ``benchmarks/sharded.py --json`` run, from the JSON it wrote.
 - ``version``: the version the site was built from (also in every page's footer, set by :func:`on_config`).
 - ``extras``: the extras of ``pyproject.toml``, what each is for and what it installs.
+- ``output-table``: the Markdown table that the page's last ``Output`` block above holds (a program's checked
+  output, shown as a table).
 - ``console``: what a default run prints, from a real run (see ``scripts/docs_figures.py``).
 
 The pictures (``assets/figures/NAME``) are made by ``scripts/docs_figures.py`` from real runs and the
@@ -331,9 +333,27 @@ GENERATORS = {"lightning-api": _lightning_api, "api": _api, "class": _class_page
               "extras": _extras, "sharded-table": _sharded_table, "version": _version}
 
 
+_OUTPUT_BLOCK = re.compile(r'^(?P<indent>[ \t]*)```text title="Output"\n(?P<body>.*?)^(?P=indent)```$', re.M | re.S)
+
+
+def _output_table(markdown: str, before: int) -> str:
+    """The last ``Output`` block above ``before``, which printed a Markdown table, as that table: what the tests
+    checked the program prints is what the page shows."""
+    blocks = [m for m in _OUTPUT_BLOCK.finditer(markdown) if m.end() <= before]
+    if not blocks:
+        raise ValueError("<!-- generated: output-table --> needs an Output block above it")
+    body = blocks[-1]
+    lines = [line[len(body["indent"]):] for line in body["body"].splitlines()]
+    if not all(line.startswith("|") for line in lines if line.strip()):
+        raise ValueError("the Output block above <!-- generated: output-table --> is not a Markdown table")
+    return "\n".join(lines) + "\n"
+
+
 def expand(markdown: str) -> str:
     def one(match: re.Match) -> str:
         kind, argument = match[1], match[2]
+        if kind == "output-table":
+            return _output_table(markdown, match.start())
         if kind not in GENERATORS:
             raise ValueError(f"unknown generated block {kind!r}; known: {sorted(GENERATORS)}")
         return GENERATORS[kind](argument)
