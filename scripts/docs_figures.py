@@ -221,7 +221,7 @@ def sharded_memory_svg(path: Path) -> None:
         base.append(max(r["base_mb"] for r in reports))
         train.append(max(r["peaks_mb"]["train"] for r in reports))
         held.append(max(r["held"] for r in reports) / 2**20)
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 2.0), dpi=110)
     ys = range(len(names))
     ax.barh(ys, [t - b for t, b in zip(train, base)], color=ORANGE, label="training peak above the start-up base")
     ax.barh(ys, held, height=0.35, color=BLUE, label="parameters + optimizer state held")
@@ -233,7 +233,7 @@ def sharded_memory_svg(path: Path) -> None:
     hidden, blocks = results["shape"]
     ax.set_title(f"{results['params'] / 1e6:.0f}M-parameter MLP, {results['processes']} processes, "
                  f"{results['accelerator'].upper()}, Adam", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlim(0, max(t - b for t, b in zip(train, base)) * 1.25)
     fig.tight_layout()

@@ -188,8 +188,8 @@ def _measure_in_chromium(site: Path, tmp_path: Path, pages, widths) -> list[dict
 def test_key_pages_in_headless_chromium(site, tmp_path):
     """What a reader sees, at 1400 px and at a phone's 420 px: no code block cut off at the right, no page
     wider than the screen, every picture loaded; and screenshots that are not blank. Run with ``-s`` to see
-    the figures. (Headless Chromium cannot copy, so Material shows no copy buttons there: where the button
-    sits on narrow screens is left to extra.css, unchecked here.)"""
+    the figures. (Material adds no copy buttons inside these frames, where a page cannot copy: where the
+    button sits on narrow screens is left to extra.css, unchecked here.)"""
     results = _measure_in_chromium(site, tmp_path, KEY_PAGES, (1400, 420))
     assert len(results) == 2 * len(KEY_PAGES), f"only {len(results)} frames reported"
     for r in sorted(results, key=lambda r: (r["width"], r["page"])):
