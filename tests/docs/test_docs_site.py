@@ -203,7 +203,7 @@ def test_key_pages_in_headless_chromium(site, tmp_path):
         assert not r["pageOverflows"], f"{where}: the page is wider than the screen"
         assert r["brokenImages"] == 0, f"{where}: a picture did not load"
         if r["width"] == 1400:
-            assert r["column"] >= 850, f"{where}: the content column is only {r['column']} px"
+            assert r["column"] >= 1000, f"{where}: the content column is only {r['column']} px"
     # the pictures are there to be seen
     assert sum(r["images"] for r in results if r["width"] == 1400) >= 5
     # screenshots of the first page a newcomer reads, wide and narrow
