@@ -14,9 +14,9 @@ measures the neighbours; `--clock wall` measures wall-clock time, for a quiet ma
 
 usage: python benchmarks/overhead_by_size.py [--rounds 5] [--clock cpu|wall] [--json out.json] [--plot out.png]
                                              [--lightning-python /path/to/python]
-The committed figure docs/assets/overhead_by_size.png and its data docs/assets/overhead_by_size.json come from
-    python benchmarks/overhead_by_size.py --lightning-python /path/to/python \\
-        --json docs/assets/overhead_by_size.json --plot docs/assets/overhead_by_size.png
+The docs' figures come from the committed docs/assets/overhead_by_size.json, written by
+    python benchmarks/overhead_by_size.py --lightning-python /path/to/python --json docs/assets/overhead_by_size.json
+(the docs build draws the plot from it with plot() below, and every page quotes its ratios from it).
 """
 from __future__ import annotations
 

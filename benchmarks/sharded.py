@@ -2,6 +2,7 @@
 
     python benchmarks/sharded.py --params 150M [--steps 4] [--strategies ddp,fsdp,...] [--checkpoint]
     python benchmarks/sharded.py [--hidden 1024] [--blocks 6]          # the same model family, by shape
+    python benchmarks/sharded.py --json docs/assets/sharded_memory.json  # also write the figures (the docs' source)
 
 The model (MLP blocks ``Linear(h, 2h) -> GELU -> Linear(2h, h)`` in an ``nn.Sequential``) is built the way
 the docs say to build a model for sharded training: in ``configure_model``, which runs on the meta device
@@ -246,6 +247,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--checkpoint", action="store_true", help="also save a checkpoint after fit, and its peak")
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--json", help="also write every process's report and the run's settings to this file")
     parser.add_argument("--strategy", help=argparse.SUPPRESS)  # set in the worker processes
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -292,6 +294,14 @@ def main() -> None:
               + f"{most('step_s'):>13.2f}")
     print(f"(MB per process, the larger of the two processes' figures; 'base' is resident before fit and inside every "
           f"peak; ratios are to {ref[0]['strategy']})")
+    if args.json:
+        import platform
+
+        with open(args.json, "w") as f:
+            json.dump({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible; "
+                                  f"Python {platform.python_version()}, torch {torch.__version__}",
+                       "params": params, "shape": [hidden, blocks], "steps": args.steps, "batch": BATCH,
+                       "accelerator": args.accelerator, "processes": 2, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

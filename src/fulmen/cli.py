@@ -70,6 +70,10 @@ ArgsType = Union[list[str], dict[str, Any], Namespace, None]
 class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
     """torch's ``ReduceLROnPlateau`` that also names the metric it watches, so a config can choose it.
 
+    Args:
+        optimizer: The optimizer whose rate is reduced.
+        monitor: The logged metric the scheduler watches.
+
     Example::
 
         python train.py fit --lr_scheduler ReduceLROnPlateau --lr_scheduler.monitor val_loss
@@ -125,6 +129,11 @@ class LightningArgumentParser(ArgumentParser):
 
     Its errors are one paragraph naming the flag (or the file and line) and the fix; with
     ``exit_on_error`` (the default) it then exits with status 2.
+
+    Args:
+        description: Shown at the top of ``--help``.
+        env_prefix: Prefix of environment variables that can set arguments (with ``default_env``).
+        default_env: Read argument defaults from environment variables such as ``PL_TRAINER__MAX_EPOCHS``.
 
     Example::
 
@@ -336,6 +345,14 @@ class SaveConfigCallback(Callback):
     replaced unless ``overwrite=True``: the run stops before training instead. Override
     :meth:`save_config` to also send the config somewhere else (e.g. a logger).
 
+    Args:
+        parser: The CLI's parser, which writes the config.
+        config: The resolved config.
+        config_filename: Name of the file in the log directory.
+        overwrite: Replace an existing file instead of stopping the run.
+        multifile: Write each nested config to its own file, as given on the command line.
+        save_to_log_dir: Write the file to the log directory; False leaves it to an overridden ``save_config``.
+
     Example::
 
         LightningCLI(LitModel, save_config_kwargs={"overwrite": True})
@@ -423,6 +440,26 @@ class LightningCLI:
 
     With ``run=False`` nothing runs and no subcommand is expected; use ``cli.trainer``, ``cli.model``,
     ``cli.datamodule`` and ``cli.config`` yourself.
+
+    Args:
+        model_class: The LightningModule (or a function that returns one). None: chosen with ``--model``.
+        datamodule_class: The LightningDataModule (or a function that returns one). None: chosen with ``--data``, or
+            none.
+        save_config_callback: Callback that writes the resolved config to the log directory; None writes nothing.
+        save_config_kwargs: Arguments for ``save_config_callback``, e.g. ``{"overwrite": True}``.
+        trainer_class: The Trainer class (or a function that returns one).
+        trainer_defaults: Trainer arguments to use when the command line and configs do not set them.
+        seed_everything_default: Seed for ``seed_everything``: an int, True (a random seed, saved in the config) or
+            False (no seeding).
+        parser_kwargs: Arguments for the parser, or a dict of them per subcommand.
+        parser_class: The parser class.
+        subclass_mode_model: Accept any subclass of ``model_class``, chosen with ``--model``.
+        subclass_mode_data: Accept any subclass of ``datamodule_class``, chosen with ``--data``.
+        args: Arguments to parse instead of ``sys.argv``: a list of strings, or a dict (a config).
+        run: Run the subcommand; False only builds the objects (no subcommand expected).
+        auto_configure_optimizers: Add ``--optimizer`` and ``--lr_scheduler``, which replace
+            ``configure_optimizers``.
+        load_from_checkpoint_support: Read the saved hyperparameters of ``--ckpt_path`` to build the model.
 
     Example::
 

@@ -168,6 +168,23 @@ def generate(
     ``pad_token_id`` (default: the first stop id); generation ends when every row has stopped.
     ``logits_processors`` are callables ``fn(input_ids, logits) -> logits`` run in order after the built-in ones.
 
+    Args:
+        model: A causal language model: ``model(ids)`` returns logits (or an object with ``.logits``).
+        input_ids: The prompt(s), (batch, seq) or (seq,).
+        max_new_tokens: Most tokens added to each prompt.
+        do_sample: Draw from the distribution; False takes the most likely token.
+        temperature: Divides the logits before sampling; below 1 sharpens, above 1 flattens.
+        top_k: Sample among the ``top_k`` most likely tokens only.
+        top_p: Sample among the smallest set of tokens whose probabilities add up to ``top_p``.
+        min_p: Drop tokens less likely than ``min_p`` times the most likely one.
+        repetition_penalty: Above 1 makes tokens already in the row less likely.
+        no_repeat_ngram_size: Forbid repeating any n-gram of this size (0: off).
+        stop_token_ids: A row ends when it emits one of these.
+        attention_mask: 1 for real tokens, 0 for left padding.
+        logits_processors: Functions ``fn(input_ids, logits) -> logits`` applied after the built-in ones.
+        generator: Random generator for reproducible sampling.
+        pad_token_id: Fills a row after it stopped. None: the first stop id.
+
     Example::
 
         out = generate(model, torch.tensor([[5, 7, 9]]), max_new_tokens=4)

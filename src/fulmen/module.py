@@ -303,6 +303,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The floating-point type of the module's parameters."""
         for p in self.parameters():
             if p.is_floating_point():
                 return p.dtype
@@ -320,14 +321,17 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     @property
     def global_rank(self) -> int:
+        """The index of this process among all processes of the run (0 without a trainer)."""
         return self._trainer.global_rank if self._trainer is not None else 0
 
     @property
     def local_rank(self) -> int:
+        """The index of this process on its machine (0 without a trainer)."""
         return self._trainer.local_rank if self._trainer is not None else 0
 
     @property
     def on_gpu(self) -> bool:
+        """Whether the module's parameters are on a CUDA device."""
         return self.device.type == "cuda"
 
     @property
@@ -350,6 +354,22 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
         In ``training_step`` the default is one value per step; in validation and test steps, the mean
         over the epoch weighted by batch size. Values stay on the device until a logger reads them.
+
+        Args:
+            name: Key the value is recorded under (with ``_step``/``_epoch`` added when both are on).
+            value: A number, a scalar tensor or a torchmetrics ``Metric``.
+            prog_bar: Show it in the progress bar.
+            logger: Send it to the loggers. None: yes, unless the Trainer logs nothing.
+            on_step: Record each step's value. None: True in training steps, False elsewhere.
+            on_epoch: Record the epoch's reduced value. None: False in training steps, True elsewhere.
+            reduce_fx: How the epoch value is made from the step values: "mean", "sum", "max", "min" or a function.
+            enable_graph: Keep the value's autograd graph (it is detached otherwise).
+            sync_dist: Reduce the value across processes before recording it (a collective call per log).
+            sync_dist_group: The process group for ``sync_dist``. None: all processes.
+            add_dataloader_idx: With several evaluation loaders, add ``/dataloader_idx_N`` to the name.
+            batch_size: Weight of this value in the epoch mean. None: read from the batch.
+            metric_attribute: Attribute name of a ``Metric`` value, so its state can be saved and restored.
+            rank_zero_only: Set when calling on global rank 0 only (no reduction across processes).
 
         Example::
 
@@ -386,6 +406,20 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
                  add_dataloader_idx: bool = True, batch_size: int | None = None,
                  rank_zero_only: bool = False) -> None:
         """``self.log`` for every item of ``dictionary`` (a dict or a torchmetrics MetricCollection).
+
+        Args:
+            dictionary: Names and values to record.
+            prog_bar: As for ``log``.
+            logger: As for ``log``.
+            on_step: As for ``log``.
+            on_epoch: As for ``log``.
+            reduce_fx: As for ``log``.
+            enable_graph: As for ``log``.
+            sync_dist: As for ``log``.
+            sync_dist_group: As for ``log``.
+            add_dataloader_idx: As for ``log``.
+            batch_size: As for ``log``.
+            rank_zero_only: As for ``log``.
 
         Example::
 

@@ -8,13 +8,19 @@ temporary directory. Conventions a page can use (see docs/writing-docs.md):
   the page's directory before the python blocks after it run. That directory is importable during the page,
   as the current directory is for ``python script.py``.
 - A ``text`` block titled ``Output`` right after a python block is what that block must print; ``...`` stands
-  for any text (within a line, or a whole line).
+  for any text (within a line, or a whole line). The page's temporary directory is written as ``.`` in what a
+  block prints (``/tmp/pytest-.../lightning_logs/version_0`` reads ``lightning_logs/version_0``), so outputs
+  can show paths as readers see them.
+- ``<!-- docs-test: approx REL -->`` before a python block: the numbers with a decimal point in its Output
+  match the printed ones within a relative tolerance REL (``approx 0.05``: 5%), for results that vary with
+  the platform's floating point or thread count; integers and text still match exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import sys
 import types
@@ -86,20 +92,46 @@ def _only_blank_between(lines: list[str], previous: Block, fence_index: int) -> 
     return all(not line.strip() for line in lines[end_of_previous + 1:fence_index])
 
 
-def output_matches(expected: str, actual: str) -> bool:
+_DECIMAL = r"[-+]?\d+\.\d+(?:[eE][-+]?\d+)?|[-+]?\d+[eE][-+]?\d+"  # a number with a decimal point or an exponent
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+
+
+def output_matches(expected: str, actual: str, rel: float | None = None) -> bool:
     """``expected`` equals ``actual``, where a line ``...`` stands for any number of lines (none included) and
-    ``...`` within a line for any text; trailing spaces and blank lines at either end are ignored."""
+    ``...`` within a line for any text; trailing spaces and blank lines at either end are ignored. With ``rel``,
+    each decimal number of ``expected`` matches a number of ``actual`` within that relative tolerance."""
     def tidy(text: str) -> str:
         return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
+    def literal(text: str) -> str:
+        if rel is None:
+            return re.escape(text)
+        out, at = "", 0
+        for number in re.finditer(_DECIMAL, text):
+            out += re.escape(text[at:number.start()]) + f"({_NUMBER})"
+            wanted.append(float(number.group()))
+            at = number.end()
+        return out + re.escape(text[at:])
+
+    wanted: list[float] = []
     pattern = ""
     for line in tidy(expected).split("\n"):
         if line == "...":
             pattern += r"(?:[^\n]*\n)*?"
         else:
-            pattern += "".join(".*?" if part == "..." else re.escape(part) for part in re.split(r"(\.\.\.)", line))
+            pattern += "".join(".*?" if part == "..." else literal(part) for part in re.split(r"(\.\.\.)", line))
             pattern += r"\n"
-    return re.fullmatch(pattern, tidy(actual) + "\n", flags=re.DOTALL) is not None
+    match = re.fullmatch(pattern, tidy(actual) + "\n", flags=re.DOTALL)
+    if match is None:
+        return False
+    return all(abs(float(got) - want) <= rel * abs(want) for got, want in zip(match.groups(), wanted))
+
+
+def normalise_paths(text: str, workdir: Path) -> str:
+    """The page's directory as a reader's current directory: ``<workdir>/x`` becomes ``x``, ``<workdir>`` ``.``."""
+    for root in {str(workdir), os.path.realpath(workdir)}:
+        text = text.replace(root + os.sep, "").replace(root, ".")
+    return text
 
 
 def run_page(path: Path, workdir: Path) -> int:
@@ -128,9 +160,11 @@ def run_page(path: Path, workdir: Path) -> int:
                 except BaseException as err:
                     raise AssertionError(f"{path.name}, block at line {block.line} failed: {err!r}") from err
             sys.stdout.write(buffer.getvalue())
-            if block.output is not None and not output_matches(block.output, buffer.getvalue()):
+            printed = normalise_paths(buffer.getvalue(), workdir)
+            rel = float(kinds["approx"]) if "approx" in kinds else None
+            if block.output is not None and not output_matches(block.output, printed, rel):
                 raise AssertionError(
-                    f"{path.name}, block at line {block.line}: printed\n{buffer.getvalue()}\n"
+                    f"{path.name}, block at line {block.line}: printed\n{printed}\n"
                     f"but the page shows\n{block.output}"
                 )
             ran += 1
@@ -257,3 +291,25 @@ def test_output_wildcards():
     assert output_matches("x  \n\n", "\nx")
     assert not output_matches("a ... c", "a b d")
     assert not output_matches("...\nend", "end\nmore")
+
+
+def test_numbers_within_a_tolerance():
+    assert output_matches("loss 0.250, acc 0.91\nsteps 87", "loss 0.2612, acc 0.9\nsteps 87", rel=0.05)
+    assert not output_matches("loss 0.250", "loss 0.30", rel=0.05)
+    assert not output_matches("steps 87", "steps 88", rel=0.5)  # integers match exactly
+    assert not output_matches("loss 0.250", "loss 0.2612")  # without a tolerance, the text itself
+    assert output_matches("lr 3.5e-04 ...", "lr 3.3e-04 (suggested)", rel=0.1)
+
+
+def test_paths_are_shown_relative_to_the_page_directory(tmp_path):
+    assert normalise_paths(f"{tmp_path}/lightning_logs/version_0 and {tmp_path}", tmp_path) == \
+        "lightning_logs/version_0 and ."
+    page = tmp_path / "page.md"
+    page.write_text("<!-- docs-test: approx 0.1 -->\n```python\nimport os\nprint(os.getcwd(), 1.04)\n```\n\n"
+                    "```text title=\"Output\"\n. 1.0\n```\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_page(page, tmp_path) == 1
+    finally:
+        os.chdir(cwd)

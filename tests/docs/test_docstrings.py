@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -66,3 +67,55 @@ def test_the_faq_explains_every_error_class():
     headings = set(re.findall(r"^### (.+)$", faq, re.MULTILINE))
     missing = [name for name in classes if not any(f"`{name}`" in heading for heading in headings)]
     assert not missing, f"docs/faq.md has no section (### `Name`) for: {missing}"
+
+
+_ARGS_SECTION = re.compile(r"^(?P<indent>[ \t]*)Args:[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+\S[^\n]*\n|[ \t]*\n(?=(?P=indent)[ \t]+\S))*)",
+                           re.MULTILINE)
+
+
+def documented_arguments(doc: str | None) -> set[str]:
+    """The names listed in a Google-style ``Args:`` section (what mkdocstrings turns into the parameter table)."""
+    names: set[str] = set()
+    for match in _ARGS_SECTION.finditer(doc or ""):
+        entry_indent = min(len(line) - len(line.lstrip()) for line in match["body"].splitlines() if line.strip())
+        for line in match["body"].splitlines():
+            if line.strip() and len(line) - len(line.lstrip()) == entry_indent:
+                names.add(re.split(r"[\s(:]", line.strip().lstrip("*"), maxsplit=1)[0])
+    return names
+
+
+def test_documented_arguments_reads_google_args_sections():
+    doc = "Do.\n\n    Args:\n        a: one.\n            more about a: still a.\n        b (int): two.\n\n    Example::\n\n        x\n"
+    assert documented_arguments(inspect.cleandoc(doc)) == {"a", "b"}
+    assert documented_arguments("No section. a: b") == set()
+
+
+def _public_classes():
+    import enum
+
+    seen = {}
+    for module_name in docs_hooks.PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in docs_hooks.public_names(module_name):
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and not issubclass(obj, (BaseException, enum.Enum)):
+                seen.setdefault(obj, f"{module_name}.{name}")
+    return seen
+
+
+def test_every_public_class_documents_each_constructor_argument():
+    """The API pages show each class's signature and a parameter table made from its ``Args:`` section (the
+    class's docstring, or ``__init__``'s): every argument of the constructor needs a line there."""
+    missing = {}
+    for cls, shown in _public_classes().items():
+        try:
+            parameters = inspect.signature(cls).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        named = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        documented = documented_arguments(inspect.getdoc(cls))
+        if "__init__" in vars(cls):
+            documented |= documented_arguments(inspect.getdoc(cls.__init__))
+        if gaps := [n for n in named if n not in documented]:
+            missing[shown] = gaps
+    assert not missing, f"constructor arguments without an Args: entry: {missing}"

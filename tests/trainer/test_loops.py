@@ -527,6 +527,17 @@ def test_second_fit_continues_from_the_trainers_state(tmp_path, caplog):
     assert messages[-1] == "`Trainer.fit` stopped: `max_epochs=3` reached."
 
 
+def test_a_missing_ckpt_path_raises_without_announcing_a_restore(caplog, tmp_path):
+    import logging
+
+    from fulmen.checkpoint import CheckpointNotFoundError
+
+    trainer = quiet_trainer(max_epochs=1)
+    with caplog.at_level(logging.INFO, logger="fulmen"), pytest.raises(CheckpointNotFoundError, match="missing.ckpt"):
+        trainer.fit(BoringModel(), make_loader(16), ckpt_path=tmp_path / "missing.ckpt")
+    assert not [r.getMessage() for r in caplog.records if "Restoring states" in r.getMessage()]
+
+
 def test_max_steps_reached_is_said_once_and_other_runs_are_quiet(caplog, capsys):
     import logging
 

@@ -20,6 +20,15 @@ class BatchSizeFinder(Callback):
     It searches at the start of ``trainer.fit``, and before ``trainer.validate/test/predict`` (trials of that
     stage), as in Lightning.
 
+    Args:
+        mode: "power" (keep doubling) or "binsearch" (double, then bisect).
+        steps_per_trial: Training steps run at each size.
+        init_val: First size tried.
+        max_trials: Most sizes tried.
+        batch_arg_name: Attribute that holds the batch size, on the module, the datamodule or their hparams.
+        margin: With "binsearch": fraction kept free below the first size that failed.
+        max_val: Largest size tried.
+
     Example::
 
         trainer = fulmen.Trainer(callbacks=[BatchSizeFinder(mode="binsearch")])

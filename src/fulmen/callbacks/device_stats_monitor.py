@@ -15,6 +15,9 @@ class DeviceStatsMonitor(Callback):
     Trainer logs that step). Keys are ``DeviceStatsMonitor.<hook>/<stat>``: ``torch.cuda.memory_stats`` on a GPU,
     CPU load and memory (psutil) on a CPU, or in addition to the GPU's with ``cpu_stats=True``.
 
+    Args:
+        cpu_stats: Log CPU statistics too when training on a GPU (needs ``psutil``). None: only on a CPU.
+
     Example::
 
         fulmen.Trainer(callbacks=[DeviceStatsMonitor()], logger=CSVLogger("logs"))

@@ -46,6 +46,20 @@ class EarlyStopping(Callback):
     honours ``min_epochs``/``min_steps`` before stopping. ``strict=False`` skips checks where the metric is missing
     instead of raising.
 
+    Args:
+        monitor: Logged metric to watch.
+        min_delta: Smallest change that counts as an improvement.
+        patience: How many checks in a row without improvement end training.
+        verbose: Log each improvement and the reason for stopping.
+        mode: "min" or "max": whether a lower or a higher ``monitor`` is better.
+        strict: Raise when ``monitor`` was not logged; False skips the check instead.
+        check_finite: Stop at once when the metric becomes NaN or infinite.
+        stopping_threshold: Stop at once when the metric is better than this value.
+        divergence_threshold: Stop at once when the metric is worse than this value.
+        check_on_train_epoch_end: Check at the end of each training epoch instead of after validation. None: decided
+            from the run.
+        log_rank_zero_only: Log the stopping reason on global rank 0 only.
+
     Example::
 
         early = EarlyStopping(monitor="val_loss", patience=3, mode="min", min_delta=1e-3)

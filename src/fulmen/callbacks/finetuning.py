@@ -171,6 +171,18 @@ class BackboneFinetuning(BaseFinetuning):
     group, starting at ``backbone_initial_lr`` (default: the current rate x ``backbone_initial_ratio_lr``) and
     growing by ``lambda_func(epoch + 1)`` each epoch, never above the main rate when ``should_align``.
 
+    Args:
+        unfreeze_backbone_at_epoch: Epoch at which the backbone starts training.
+        lambda_func: Factor applied to the backbone's rate at each later epoch, as a function of the epoch.
+        backbone_initial_ratio_lr: The backbone's first rate, as a fraction of the main rate (when
+            ``backbone_initial_lr`` is None).
+        backbone_initial_lr: The backbone's first rate, given directly.
+        should_align: Never let the backbone's rate exceed the main rate.
+        initial_denom_lr: Divisor of the main rate for a new parameter group when no rate is given.
+        train_bn: Train BatchNorm layers of the backbone while it is frozen.
+        verbose: Log both rates at every epoch once the backbone trains.
+        rounding: Decimal places of the rates in those log lines.
+
     Example::
 
         fulmen.Trainer(callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=5)])

@@ -15,6 +15,9 @@ class GradientAccumulationScheduler(Callback):
     ``scheduling`` maps the first epoch (from 0) of each phase to its accumulation factor; before the first
     key the factor is 1.
 
+    Args:
+        scheduling: First epoch of each phase (from 0) -> how many batches to accumulate from that epoch on.
+
     Example::
 
         # epochs 0-3: every batch steps; 4-7: every 2 batches; 8 on: every 4

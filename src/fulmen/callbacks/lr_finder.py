@@ -16,6 +16,15 @@ class LearningRateFinder(Callback):
     ``learning_rate`` (or ``attr_name``) and into the optimizer this fit uses. ``optimal_lr`` holds the
     finder (``results``, ``suggestion()``, ``plot()``).
 
+    Args:
+        min_lr: Rate of the first step.
+        max_lr: Rate of the last step.
+        num_training_steps: How many steps the sweep takes.
+        mode: "exponential" or "linear" growth of the rate.
+        early_stop_threshold: Stop once the loss exceeds this multiple of the best loss. None: never stop early.
+        update_attr: Write the suggested rate into the module and its optimizer.
+        attr_name: The module attribute to write it to. Empty: ``lr`` or ``learning_rate``, whichever exists.
+
     Example::
 
         trainer = fulmen.Trainer(callbacks=[LearningRateFinder(num_training_steps=50)])

@@ -22,6 +22,11 @@ class LearningRateMonitor(Callback):
     ``<name>-momentum`` (``betas[0]`` for Adam-like optimizers), ``log_weight_decay`` adds ``<name>-weight_decay``.
     ``lrs`` keeps every rate logged; ``last_momentum_values`` and ``last_weight_decay_values`` the latest others.
 
+    Args:
+        logging_interval: "step", "epoch", or None to follow each scheduler's own interval.
+        log_momentum: Also log each group's momentum (Adam's ``betas[0]``).
+        log_weight_decay: Also log each group's weight decay.
+
     Example::
 
         trainer = fulmen.Trainer(callbacks=[LearningRateMonitor(logging_interval="step")], logger=CSVLogger("logs"))

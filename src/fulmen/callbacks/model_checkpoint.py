@@ -51,6 +51,28 @@ class ModelCheckpoint(Checkpoint):
     :class:`~fulmen.checkpoint.AsyncCheckpointIO`), so a large save does not stall training. After fit, ``best_model_path``, ``best_model_score``, ``best_k_models``
     and ``last_model_path`` describe what is on disk, and ``trainer.test(ckpt_path="best")`` uses it.
 
+    Args:
+        dirpath: Folder for the files. None: ``<log_dir>/checkpoints`` of the first logger, else
+            ``<default_root_dir>/checkpoints``.
+        filename: Template for the file names, over ``epoch``, ``step`` and logged metrics, e.g.
+            ``"{epoch}-{val_loss:.2f}"``. None: ``"{epoch}-{step}"``.
+        monitor: Logged metric that ranks the checkpoints. None: keep the latest ones.
+        verbose: Log a line each time a checkpoint is saved or a metric did not improve.
+        save_last: Also keep ``last.ckpt``, a copy of the newest checkpoint; ``"link"`` makes it a symlink.
+        save_top_k: How many of the best checkpoints to keep; -1 keeps every one, 0 none.
+        save_on_exception: Save a checkpoint when fit raises, before the error propagates.
+        save_weights_only: Write only the weights (no optimizer, loop or callback states): smaller, but not
+            resumable.
+        mode: "min" or "max": whether a lower or a higher ``monitor`` is better.
+        auto_insert_metric_name: Write ``name=value`` for each field of ``filename``; False writes the values only.
+        every_n_train_steps: Save every this many optimizer steps. Mutually exclusive with the other two intervals.
+        train_time_interval: Save whenever this much training time has passed.
+        every_n_epochs: Save every this many epochs (default 1 when no interval is given).
+        save_on_train_epoch_end: Check at the end of the training epoch instead of after validation. None: after
+            validation when there is one.
+        enable_version_counter: When a file name already exists, add ``-v1``, ``-v2``... instead of overwriting it.
+        save_async: Write the files on a background thread so a large save does not stall training.
+
     Example::
 
         ckpt = ModelCheckpoint(monitor="val_loss", filename="{epoch}-{val_loss:.2f}", save_top_k=2, save_last=True)

@@ -11,6 +11,10 @@ from fulmen.callbacks.model_checkpoint import Checkpoint, _join
 class OnExceptionCheckpoint(Checkpoint):
     """Save ``<dirpath>/<filename>.ckpt`` when fit raises (including KeyboardInterrupt).
 
+    Args:
+        dirpath: Folder to write the checkpoint into.
+        filename: File name without the ``.ckpt`` extension.
+
     Example::
 
         trainer = fulmen.Trainer(callbacks=[OnExceptionCheckpoint("ckpts")])

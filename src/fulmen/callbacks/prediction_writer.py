@@ -49,6 +49,9 @@ class BasePredictionWriter(Callback):
     ``batch_indices`` are the dataset indices of each batch (``None`` when the loader has no batch sampler), so
     results written in pieces can be put back in dataset order.
 
+    Args:
+        write_interval: "batch", "epoch" or "batch_and_epoch": when the write methods are called.
+
     Example::
 
         class TorchWriter(BasePredictionWriter):

@@ -38,6 +38,24 @@ class ModelPruning(Callback):
     ``make_pruning_permanent`` the masks are folded into the weights when fit ends, and checkpoints hold plain
     (pruned) weights that load into the unpruned model.
 
+    Args:
+        pruning_fn: A name such as ``"l1_unstructured"`` or a ``BasePruningMethod`` subclass.
+        parameters_to_prune: ``(module, parameter name)`` pairs. Empty: every layer's ``parameter_names``.
+        parameter_names: Which parameters of each layer to prune when ``parameters_to_prune`` is empty (default
+            weight and bias).
+        use_global_unstructured: Rank all chosen parameters together instead of layer by layer (unstructured
+            methods).
+        amount: Fraction (float) or count (int) to prune, or a function of the epoch that returns one.
+        apply_pruning: Whether to prune, or a function of the epoch that says so.
+        make_pruning_permanent: Fold the masks into the weights when fit ends.
+        use_lottery_ticket_hypothesis: Reset the surviving weights to their initial values (or a function of the
+            epoch).
+        resample_parameters: With the lottery ticket hypothesis, draw fresh random values instead.
+        pruning_dim: Dimension along which structured methods prune.
+        pruning_norm: Norm that ``ln_structured`` ranks by.
+        verbose: 0: quiet; 1: log the overall sparsity; 2: also each layer's.
+        prune_on_train_epoch_end: Prune at the end of the training epoch; False: at the end of validation.
+
     Example::
 
         fulmen.Trainer(callbacks=[ModelPruning("l1_unstructured", amount=lambda epoch: 0.2 if epoch < 5 else 0)])

@@ -27,6 +27,14 @@ class StochasticWeightAveraging(Callback):
     folded into a running average (``avg_fn``). When fit ends the module gets the averaged weights, and
     BatchNorm statistics are recomputed for them with one pass of ``forward`` over the training data.
 
+    Args:
+        swa_lrs: Learning rate(s) SWA anneals to: one for every parameter group, or one per group.
+        swa_epoch_start: Epoch at which averaging starts, or a fraction of ``max_epochs``.
+        annealing_epochs: Epochs over which the rate moves to ``swa_lrs``.
+        annealing_strategy: "cos" or "linear" annealing.
+        avg_fn: How the running average folds in new weights. None: the plain mean.
+        device: Where the averaged copy lives (None: with the model).
+
     Example::
 
         fulmen.Trainer(max_epochs=20, callbacks=[StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=0.75)])

@@ -49,6 +49,12 @@ class ThroughputMonitor(Callback):
     with ``length_fn``, e.g. tokens). Logged every ``log_every_n_steps`` optimizer steps during training and
     after each validation batch; on CUDA the device is synchronised before reading the clock.
 
+    Args:
+        batch_size_fn: Returns the number of samples in a batch.
+        length_fn: Returns the number of items (e.g. tokens) in a batch, for ``items_per_sec``.
+        window_size: How many batches the rates are averaged over.
+        separator: Between the stage and the metric in the logged keys (``train/samples``).
+
     Example::
 
         monitor = ThroughputMonitor(batch_size_fn=lambda batch: batch[0].size(0), window_size=50)

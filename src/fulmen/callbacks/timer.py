@@ -47,6 +47,12 @@ class Timer(Callback):
     The limit is checked after every step (``interval="step"``) or epoch (``"epoch"``). Elapsed training
     time is saved in checkpoints, so a resumed run counts on from it.
 
+    Args:
+        duration: Training time after which fit stops: ``"DD:HH:MM:SS"``, a ``timedelta`` or a dict such as
+            ``{"hours": 12}``. None: no limit, only timing.
+        interval: "step" or "epoch": when the limit is checked.
+        verbose: Log a line when the time limit ends training.
+
     Example::
 
         timer = Timer(duration="00:12:00:00")  # stop after 12 hours

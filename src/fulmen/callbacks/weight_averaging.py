@@ -28,6 +28,10 @@ class WeightAveraging(Callback):
     and copied into the module when fit ends. ``kwargs`` go to ``AveragedModel`` (e.g. ``avg_fn``,
     ``multi_avg_fn``); ``device`` holds the average elsewhere (e.g. ``"cpu"``).
 
+    Args:
+        device: Where the averaged copy lives (None: with the model), e.g. ``"cpu"`` to save GPU memory.
+        use_buffers: Average the buffers too (BatchNorm statistics) instead of copying them.
+
     Example::
 
         class AverageLate(WeightAveraging):
@@ -125,6 +129,14 @@ class EMAWeightAveraging(WeightAveraging):
 
     Updated every ``update_every_n_steps`` optimizer steps from ``update_starting_at_step`` (or at epoch
     ends from ``update_starting_at_epoch``).
+
+    Args:
+        device: Where the averaged copy lives (None: with the model).
+        use_buffers: Average the buffers too instead of copying them.
+        decay: Weight of the old average at each update.
+        update_every_n_steps: Update after every this many optimizer steps.
+        update_starting_at_step: First optimizer step that updates the average.
+        update_starting_at_epoch: First epoch whose end updates the average.
 
     Example::
 

@@ -35,6 +35,19 @@ class ParallelStrategy(Strategy):
 
     Subclasses decide how the module is wrapped (``setup_module``) and how the steps reach it.
 
+    Args:
+        accelerator: Accepted for Lightning compatibility; the Trainer's ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from the Trainer's ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected (torchrun,
+            SLURM, or local).
+        checkpoint_io: How checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        process_group_backend: "nccl", "gloo"... None: NCCL on CUDA, Gloo otherwise.
+        timeout: How long collectives wait for the other processes before failing.
+        start_method: How the processes start: "popen" (the script again per process), "spawn", "fork" or
+            "forkserver".
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
+
     Example::
 
         class MyStrategy(ParallelStrategy):
@@ -286,6 +299,22 @@ class DDPStrategy(ParallelStrategy):
     Extra keyword arguments (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``,
     ``broadcast_buffers``, ...) go to ``DistributedDataParallel``. ``start_method`` is ``"popen"``
     (re-run the script once per process, like torchrun), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+
+    Args:
+        accelerator: Accepted for Lightning compatibility; the Trainer's ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from the Trainer's ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected (torchrun,
+            SLURM, or local).
+        checkpoint_io: How checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        ddp_comm_state: State passed to ``ddp_comm_hook`` (e.g. a ``PostLocalSGDState``).
+        ddp_comm_hook: A DDP communication hook that replaces the gradient all-reduce (e.g. fp16 compression).
+        ddp_comm_wrapper: Wraps ``ddp_comm_hook`` before it is registered.
+        model_averaging_period: With post-local SGD: average the models every this many steps.
+        process_group_backend: "nccl", "gloo"... None: NCCL on CUDA, Gloo otherwise.
+        timeout: How long collectives wait for the other processes before failing.
+        start_method: "popen" (the script again per process, like torchrun), "spawn", "fork" or "forkserver".
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
 
     Example::
 

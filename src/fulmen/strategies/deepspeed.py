@@ -115,6 +115,45 @@ class DeepSpeedStrategy(ParallelStrategy):
         logging_level: the level of DeepSpeed's own logger (default: warnings only).
         load_full_weights: ``ckpt_path`` is a single file of full weights rather than a DeepSpeed directory.
         exclude_frozen_parameters: leave parameters that do not train out of checkpoints.
+        accelerator: Accepted for Lightning compatibility; the Trainer's ``accelerator`` decides.
+        remote_device: Where ZeRO-3 creates the parameters ("cpu", "nvme"). None: on the device.
+        offload_params_device: "cpu" or "nvme" for offloaded parameters.
+        nvme_path: Folder for NVMe offload.
+        params_buffer_count: Buffers for offloaded parameters.
+        params_buffer_size: Size of each of those buffers, in elements.
+        max_in_cpu: With NVMe offload: most parameter elements kept in CPU memory.
+        offload_optimizer_device: "cpu" or "nvme" for offloaded optimizer states.
+        optimizer_buffer_count: Buffers for offloaded optimizer states.
+        block_size: Asynchronous I/O block size, in bytes.
+        queue_depth: Asynchronous I/O queue depth.
+        single_submit: Submit I/O requests one at a time.
+        overlap_events: Overlap I/O submission and completion.
+        thread_count: Threads for asynchronous I/O.
+        pin_memory: Pin the CPU memory of offloaded states (faster transfers, more host memory).
+        sub_group_size: ZeRO-3: elements per optimizer step group. None: sized to the model.
+        contiguous_gradients: Copy gradients into one contiguous buffer as they are produced.
+        overlap_comm: Overlap gradient reduction with the backward pass.
+        allgather_partitions: Gather updated parameters with one all-gather rather than broadcasts.
+        reduce_scatter: Reduce gradients with reduce-scatter rather than all-reduce.
+        allgather_bucket_size: Elements per all-gather. None: sized to the model.
+        reduce_bucket_size: Elements per gradient reduction. None: sized to the model.
+        zero_allow_untested_optimizer: Allow optimizers DeepSpeed has not tested with ZeRO.
+        parallel_devices: One device per local process. None: from the Trainer's ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected.
+        loss_scale: fp16: a fixed loss scale; 0 scales dynamically.
+        initial_scale_power: fp16: the first dynamic scale is 2 to this power.
+        loss_scale_window: fp16: steps without overflow before the scale grows.
+        hysteresis: fp16: overflows tolerated before the scale shrinks.
+        min_loss_scale: fp16: smallest dynamic scale.
+        partition_activations: Partition checkpointed activations across processes.
+        cpu_checkpointing: Keep checkpointed activations in CPU memory.
+        contiguous_memory_optimization: Copy checkpointed activations into one contiguous buffer.
+        synchronize_checkpoint_boundary: Synchronise at each activation checkpoint boundary.
+        precision_plugin: Lightning's older name for ``precision``.
+        process_group_backend: "nccl", "gloo"... None: NCCL on CUDA, Gloo otherwise.
+        timeout: How long collectives wait for the other processes before failing.
+        start_method: "popen" (the script again per process), "spawn", "fork" or "forkserver".
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
 
     The remaining arguments are DeepSpeed's config entries under Lightning's names (``offload_*_device``,
     ``nvme_path``, bucket sizes, fp16 loss scaling, activation checkpointing, async I/O).

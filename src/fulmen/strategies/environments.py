@@ -190,6 +190,11 @@ class SLURMEnvironment(ClusterEnvironment):
     """Processes started by ``srun``: ranks from SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID, the main address is
     the first host of SLURM_JOB_NODELIST, the port derived from the job id unless MASTER_PORT is set.
 
+    Args:
+        auto_requeue: Requeue the job when SLURM signals that its time is up, so it resumes from its last
+            checkpoint.
+        requeue_signal: The signal SLURM sends before the end of the job. None: SIGUSR1.
+
     Example::
 
         # sbatch: #SBATCH --nodes=2 --ntasks-per-node=4, then: srun python train.py

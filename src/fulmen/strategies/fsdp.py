@@ -63,6 +63,16 @@ class FSDPStrategy(ParallelStrategy):
         kwargs: further ``fully_shard`` arguments (``shard_placement_fn``, ``ignored_params``). FSDP1's
             ``limit_all_gathers``, ``use_orig_params``, ``forward_prefetch``, ``backward_prefetch`` and
             ``sync_module_states`` are accepted and need nothing: FSDP2 does that by design.
+        accelerator: Accepted for Lightning compatibility; the Trainer's ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from the Trainer's ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected.
+        checkpoint_io: How checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        process_group_backend: "nccl", "gloo"... None: NCCL on CUDA, Gloo otherwise.
+        timeout: How long collectives wait for the other processes before failing.
+        activation_checkpointing: Older name of ``activation_checkpointing_policy``: module classes to checkpoint.
+        start_method: "popen" (the script again per process), "spawn", "fork" or "forkserver".
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
 
     Example::
 

@@ -22,6 +22,11 @@ from fulmen.precision import Precision
 class Strategy:
     """Base strategy: everything a single process needs; distributed strategies override the collectives.
 
+    Args:
+        device: The device to run on. None: chosen by the Trainer's ``accelerator``.
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
+        checkpoint_io: How checkpoints are written and read. None: plain ``torch.save``/``torch.load``.
+
     Example::
 
         trainer = fulmen.Trainer(strategy=fulmen.strategies.SingleDeviceStrategy("cpu"))
@@ -269,6 +274,11 @@ class _SkipInit(TorchFunctionMode):
 
 class SingleDeviceStrategy(Strategy):
     """Everything on one device: CPU, one GPU or Apple's MPS.
+
+    Args:
+        device: The device to run on, e.g. ``"cpu"`` or ``"cuda:1"``.
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
+        checkpoint_io: How checkpoints are written and read. None: plain ``torch.save``/``torch.load``.
 
     Example::
 

@@ -162,8 +162,9 @@ def restore_checkpoint(trainer: Any, path: Any, weights_only: bool | None, train
     """Load ``path`` into the module (and, when fitting, the callbacks, optimizers, schedulers and loop)."""
     from fulmen.errors import CheckpointError
 
-    rank_zero_info(f"Restoring states from the checkpoint path at {path}")
+    # said once the file is read: a missing or unreadable path raises without claiming a restore began
     checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
+    rank_zero_info(f"Restoring states from the checkpoint path at {path}")
     if "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{path} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain state_dict use "

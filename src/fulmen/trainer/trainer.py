@@ -630,6 +630,7 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def loggers(self) -> list[Any]:
+        """Every logger of the run, in the order given (empty with ``logger=False``)."""
         return self._loggers
 
     @loggers.setter
@@ -638,6 +639,7 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def logger(self) -> Any:
+        """The first logger, or ``None`` when logging is off."""
         return self._loggers[0] if self._loggers else None
 
     @logger.setter
@@ -658,6 +660,7 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def current_epoch(self) -> int:
+        """The epoch the loop is in, counted from 0; after ``fit`` it equals the number of epochs completed."""
         return self._loop.epoch
 
     @property
@@ -667,6 +670,7 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def should_stop(self) -> bool:
+        """Set to ``True`` (by a callback or the module) to end ``fit`` at the next step boundary."""
         return self._loop.should_stop
 
     @should_stop.setter
@@ -690,34 +694,42 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def precision(self) -> str:
+        """The precision setting in use, as a string such as ``"32-true"`` or ``"bf16-mixed"``."""
         return self.strategy.precision.name
 
     @property
     def world_size(self) -> int:
+        """How many processes take part in the run (1 without distribution)."""
         return self.strategy.world_size
 
     @property
     def global_rank(self) -> int:
+        """This process's index among all processes of the run, from 0."""
         return self.strategy.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's index among the processes on its machine, from 0."""
         return self.strategy.local_rank
 
     @property
     def node_rank(self) -> int:
+        """The index of this process's machine, from 0."""
         return self.strategy.node_rank
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is the process of global rank 0, the one that writes logs and checkpoints."""
         return self.strategy.is_global_zero
 
     @property
     def num_devices(self) -> int:
+        """How many devices this machine's share of the run uses."""
         return len(self._device_ids)
 
     @property
     def device_ids(self) -> list[int]:
+        """The indices of the devices this machine uses."""
         return list(self._device_ids)
 
     @property
@@ -737,26 +749,32 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def interrupted(self) -> bool:
+        """Whether the last run ended by an exception or a ``KeyboardInterrupt`` rather than by its limits."""
         return self.state.status == TrainerStatus.INTERRUPTED
 
     @property
     def training(self) -> bool:
+        """Whether the training loop is running (not validation inside ``fit``)."""
         return self.state.stage == RunningStage.TRAINING
 
     @property
     def sanity_checking(self) -> bool:
+        """Whether the sanity-check validation before the first epoch is running."""
         return self.state.stage == RunningStage.SANITY_CHECKING
 
     @property
     def validating(self) -> bool:
+        """Whether a validation loop is running, inside ``fit`` or through ``validate``."""
         return self.state.stage == RunningStage.VALIDATING
 
     @property
     def testing(self) -> bool:
+        """Whether ``test`` is running."""
         return self.state.stage == RunningStage.TESTING
 
     @property
     def predicting(self) -> bool:
+        """Whether ``predict`` is running."""
         return self.state.stage == RunningStage.PREDICTING
 
     @property
@@ -766,34 +784,40 @@ class Trainer(metaclass=_CheckedInit):
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
+        """Every ``ModelCheckpoint`` among the callbacks."""
         from fulmen.callbacks import ModelCheckpoint
 
         return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
 
     @property
     def checkpoint_callback(self) -> Any:
+        """The first ``ModelCheckpoint`` among the callbacks, or ``None``."""
         cbs = self.checkpoint_callbacks
         return cbs[0] if cbs else None
 
     @property
     def early_stopping_callbacks(self) -> list[Any]:
+        """Every ``EarlyStopping`` among the callbacks."""
         from fulmen.callbacks import EarlyStopping
 
         return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
 
     @property
     def early_stopping_callback(self) -> Any:
+        """The first ``EarlyStopping`` among the callbacks, or ``None``."""
         cbs = self.early_stopping_callbacks
         return cbs[0] if cbs else None
 
     @property
     def progress_bar_callback(self) -> Any:
+        """The progress bar callback, or ``None`` with ``enable_progress_bar=False``."""
         from fulmen.callbacks import ProgressBar
 
         return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
 
     @property
     def enable_validation(self) -> bool:
+        """Whether ``fit`` runs validation: a validation loader and ``validation_step`` exist and ``limit_val_batches`` is not 0."""
         return self._enable_validation
 
     @property
