@@ -160,7 +160,7 @@ def test_to_torchscript_errors_keep_lightnings_words():
     with pytest.raises(ValueError, match="The 'method' parameter only supports 'script' or 'trace', but value given"):
         model.to_torchscript(method="compile")
     with pytest.raises(pl.errors.MisconfigurationException,
-                       match="Choosing method=`trace` requires either `example_inputs` or `model.example_input_array`"):
+                       match=r"method='trace'.*example_inputs=.*example_input_array"):
         model.to_torchscript(method="trace")
 
 
@@ -220,7 +220,7 @@ def test_unpicklable_and_module_hparams_are_left_out_of_checkpoints_with_one_war
             self.save_hyperparameters()
 
     handle = open(tmp_path / "notes.txt", "w")
-    with pytest.warns(UserWarning, match=r"'head' is an instance of `nn.Module`.*ignore=\['head'\]"):
+    with pytest.warns(UserWarning, match=r"'head' is an nn.Module.*ignore=\['head'\]"):
         model = Hp(act=Local, fn=lambda x: x, handle=handle, head=nn.Linear(1, 1))
     assert model.hparams.width == 4 and model.hparams.act is Local  # still there while the program runs
     trainer = quiet_trainer(max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path)

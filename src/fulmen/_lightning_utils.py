@@ -310,7 +310,8 @@ def has_len(dataloader: Any) -> bool:
     """Whether ``dataloader`` has a length (a zero length counts, and warns as in Lightning)."""
     n = sized_len(dataloader)
     if n == 0:
-        rank_zero_warn(f"`{type(dataloader).__name__}` returned 0 length. Please make sure this was your intention.")
+        rank_zero_warn(f"This `{type(dataloader).__name__}` has no batches (its length is 0); a stage that reads it "
+                       "runs nothing.")
     return n is not None
 
 

@@ -81,9 +81,9 @@ class HyperparametersMixin:
         for k, v in self._hparams.items():
             if isinstance(v, nn.Module):
                 rank_zero_warn(
-                    f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing. It is "
-                    f"recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`. fulmen leaves it "
-                    "out of checkpoints and loggers; pass it again to load_from_checkpoint.",
+                    f"Hyperparameter {k!r} is an nn.Module: its weights are in the checkpoint already, so fulmen "
+                    "leaves it out of the saved hyperparameters and the loggers (pass it again to "
+                    f"load_from_checkpoint). Write `self.save_hyperparameters(ignore=[{k!r}])` to say so.",
                     stacklevel=3,
                 )
 
@@ -111,8 +111,8 @@ class HyperparametersMixin:
                 if k not in warned:
                     warned.add(k)
                     rank_zero_warn(
-                        f"Attribute {k!r} removed from hparams because it cannot be pickled. You can suppress this "
-                        f"warning by setting `self.save_hyperparameters(ignore=[{k!r}])`."
+                        f"Hyperparameter {k!r} cannot be pickled, so checkpoints and loggers go without it; "
+                        f"`self.save_hyperparameters(ignore=[{k!r}])` leaves it out on purpose and silences this."
                     )
                 continue
             out[k] = v
@@ -770,8 +770,8 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         if method == "trace" and example_inputs is None:
             if self.example_input_array is None:
                 raise MisconfigurationException(
-                    "Choosing method=`trace` requires either `example_inputs` or `model.example_input_array` "
-                    "to be defined. Pass `example_inputs=` or set `self.example_input_array` in `__init__`."
+                    "to_torchscript(method='trace') runs the model on an example input, and none was given: pass "
+                    "`example_inputs=` or set `self.example_input_array` in `__init__`."
                 )
             example_inputs = self.example_input_array
         mode = self.training

@@ -127,7 +127,7 @@ def test_fraction_limits_round_down_and_integral_floats_count_batches():
     trainer.fit(BoringModel(), make_loader(24, 8), make_loader(64, 8))  # 3 batches * 0.5 -> 1
     assert trainer.num_training_batches == 1 and trainer.global_step == 1
     assert trainer.num_val_batches == [8]
-    with pytest.raises(MisconfigurationException, match=r"0.25 \* 3 < 1 batch.*limit_train_batches=0.333"):
+    with pytest.raises(MisconfigurationException, match=r"=0.25` of a .* with 3 batches is less than one batch.*limit_train_batches=0.333"):
         quiet_trainer(max_epochs=1, limit_train_batches=0.25).fit(BoringModel(), make_loader(24, 8))
 
     class Combined(BoringModel):
@@ -139,7 +139,7 @@ def test_fraction_limits_round_down_and_integral_floats_count_batches():
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=0.5)
     trainer.fit(Combined(), loaders)
     assert trainer.num_training_batches == 4
-    with pytest.raises(MisconfigurationException, match=r"0.25 \* 3 < 1 batch"):
+    with pytest.raises(MisconfigurationException, match=r"=0.25` of a .* with 3 batches is less than one batch"):
         quiet_trainer(max_epochs=1, limit_train_batches=0.25).fit(Combined(), loaders)
 
 

@@ -185,28 +185,28 @@ class EarlyStopping(Callback):
         sign = self.order_dict[self.mode]
         if self.check_finite and not torch.isfinite(current):
             self.stopping_reason = EarlyStoppingReason.NON_FINITE_METRIC
-            return True, (f"Monitored metric {self.monitor} = {current} is not finite. Previous best value was "
-                          f"{float(self.best_score):.3f}. Signaling Trainer to stop.")
+            return True, (f"EarlyStopping ends the run: {self.monitor} is {current}, not a finite number (best so "
+                          f"far {float(self.best_score):.3f}).")
         if self.stopping_threshold is not None and self.monitor_op(current, self.stopping_threshold):
             self.stopping_reason = EarlyStoppingReason.STOPPING_THRESHOLD
-            return True, (f"Stopping threshold reached: {self.monitor} = {current} {sign} {self.stopping_threshold}. "
-                          "Signaling Trainer to stop.")
+            return True, (f"EarlyStopping ends the run: {self.monitor} = {current} {sign} {self.stopping_threshold}, "
+                          "its stopping_threshold.")
         if self.divergence_threshold is not None and self.monitor_op(-current, -self.divergence_threshold):
             self.stopping_reason = EarlyStoppingReason.DIVERGENCE_THRESHOLD
-            return True, (f"Divergence threshold reached: {self.monitor} = {current} {sign} "
-                          f"{self.divergence_threshold}. Signaling Trainer to stop.")
+            return True, (f"EarlyStopping ends the run: {self.monitor} = {current} {sign} "
+                          f"{self.divergence_threshold}, past its divergence_threshold.")
         if self.monitor_op(current - self.min_delta, self.best_score.to(current.device)):
             if torch.isfinite(self.best_score):
-                reason = (f"Metric {self.monitor} improved by {float(abs(self.best_score - current)):.3f} >= "
-                          f"min_delta = {abs(self.min_delta)}. New best score: {float(current):.3f}")
+                reason = (f"{self.monitor} improved to {float(current):.3f} (by "
+                          f"{float(abs(self.best_score - current)):.3f}; min_delta {abs(self.min_delta)})")
             else:
-                reason = f"Metric {self.monitor} improved. New best score: {float(current):.3f}"
+                reason = f"{self.monitor} improved to {float(current):.3f}"
             self.best_score = current
             self.wait_count = 0
             return False, reason
         self.wait_count += 1
         if self.wait_count >= self.patience:
             self.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
-            return True, (f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records. "
-                          f"Best score: {float(self.best_score):.3f}. Signaling Trainer to stop.")
+            return True, (f"EarlyStopping ends the run: {self.monitor} has not improved in {self.wait_count} checks "
+                          f"(best {float(self.best_score):.3f}).")
         return False, None

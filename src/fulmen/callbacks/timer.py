@@ -141,5 +141,4 @@ class Timer(Callback):
         should_stop = trainer.strategy.broadcast(self.time_elapsed() >= self._duration_s)
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop and self._verbose:
-            rank_zero_info(f"Time limit reached. Elapsed time is {timedelta(seconds=int(self.time_elapsed()))}. "
-                           "Signaling Trainer to stop.")
+            rank_zero_info(f"Timer ends the run after {timedelta(seconds=int(self.time_elapsed()))}.")

@@ -25,14 +25,13 @@ def check_fit_configuration(model: Any) -> None:
     """Fail before anything runs when the module cannot be trained."""
     if not is_overridden("training_step", model, LightningModule):
         raise MisconfigurationException(
-            # Lightning's first sentence (users and tests match on it), then fulmen's fix
-            f"No `training_step()` method defined. {type(model).__name__} needs `training_step(self, batch, "
-            "batch_idx)` for trainer.fit: define it and return the loss."
+            f"trainer.fit needs a training step, and {type(model).__name__} has none: define "
+            "`training_step(self, batch, batch_idx)` and return the loss."
         )
     if not is_overridden("configure_optimizers", model, LightningModule):
         raise MisconfigurationException(
-            f"No `configure_optimizers()` method defined. {type(model).__name__} needs `configure_optimizers(self)` "
-            "for trainer.fit: define it, e.g. `return torch.optim.Adam(self.parameters(), lr=1e-3)`."
+            f"trainer.fit needs an optimizer, and {type(model).__name__} defines no `configure_optimizers(self)`: "
+            "define it, e.g. `return torch.optim.Adam(self.parameters(), lr=1e-3)`."
         )
 
 

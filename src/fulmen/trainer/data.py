@@ -178,8 +178,8 @@ def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) ->
         taken = int(n * limit)  # rounded down, as in Lightning
         if limit > 0 and taken == 0:
             raise MisconfigurationException(
-                f"You requested to check {limit} of the {what} dataloader but {limit} * {n} < 1 batch. Increase "
-                f"`{flag}`: try at least `{flag}={1.0 / n}`, or an integer number of batches such as `{flag}=1`."
+                f"`{flag}={limit}` of a {what} dataloader with {n} batches is less than one batch. Pass at least "
+                f"`{flag}={1.0 / n}`, or a number of batches such as `{flag}=1`."
             )
         return taken
     return min(n, int(limit))

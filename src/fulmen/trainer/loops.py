@@ -192,7 +192,7 @@ def _time_is_up(ctx: RunContext) -> bool:
         from datetime import timedelta
 
         elapsed = timedelta(seconds=int(time.monotonic() - ctx.start_time))
-        rank_zero_info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
+        rank_zero_info(f"max_time ends the run after {elapsed}.")
     return up
 
 
@@ -558,8 +558,8 @@ def evaluate_entry(ctx: RunContext, stage: RunningStage) -> list[dict[str, float
     step = "validation_step" if stage == RunningStage.VALIDATING else "test_step"
     if not is_overridden(step, module, LightningModule):
         raise MisconfigurationException(
-            f"No `{step}()` method defined to run `Trainer.{stage.value}`. Define `{step}(self, batch, batch_idx)` "
-            f"on {type(module).__name__} and log metrics in it with self.log."
+            f"trainer.{stage.value}() runs `{step}`, and {type(module).__name__} has none: define "
+            f"`{step}(self, batch, batch_idx)` and log metrics in it with self.log."
         )
     loaders = _data.setup_eval_data(trainer, stage, ctx.given_eval_loaders)
     if not loaders:

@@ -163,10 +163,10 @@ def setup_optimizers(trainer: Any, module: Any) -> None:
              "call self.clip_gradients(opt, ...) before opt.step()"),
         ):
             if value not in (default, 0):
-                raise MisconfigurationException(  # Lightning's first sentence, then fulmen's fix
-                    f"Automatic gradient {what} is not supported for manual optimization. Remove "
-                    f"`Trainer({flag}={value!r})` or switch to automatic optimization: {type(module).__name__} sets "
-                    f"automatic_optimization=False, so {instead}."
+                raise MisconfigurationException(
+                    f"`Trainer({flag}={value!r})` asks for automatic gradient {what}, but {type(module).__name__} "
+                    f"sets automatic_optimization=False and steps its optimizers itself: drop the flag and "
+                    f"{instead}, or switch back to automatic optimization."
                 )
     trainer._metrics.current = None
     optimizers, configs = parse_optimizers(trainer._call_module("configure_optimizers"))
