@@ -127,7 +127,7 @@ def test_wrappers_are_what_lightning_returns_and_lead_to_the_original_objects():
     assert original.scale == 2.0
     assert torch.equal(model.training_step(x, 0), original.training_step(x, 0))
     model.mark_forward_method("generate")
-    assert torch.equal(model.generate(x), original(x) + 1)
+    assert torch.equal(model.generate(x), (original(x) + 1).float())  # through forward: outputs in float32
     with pytest.raises(MisconfigurationException, match="has no method 'sample'"):
         model.mark_forward_method("sample")
     loader = fabric.setup_dataloaders(DataLoader(torch.arange(6.0), batch_size=4))
@@ -345,3 +345,36 @@ def test_throughput_gives_lightning_fabrics_rates_and_the_monitor_logs_them(tmp_
     rows = list(csv.DictReader(open(fabric.logger.log_dir + "/metrics.csv")))
     assert rows[0]["step"] == "0" and float(rows[0]["device/samples_per_sec"]) == 4.0
     assert measure_flops(nn.Linear(4, 3), lambda: nn.Linear(4, 3)(torch.randn(2, 4))) == 48
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "bf16-mixed"])
+def test_a_low_precision_modules_outputs_come_back_in_float32_as_in_lightning_fabric(precision):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 2)
+
+        def forward(self, x, labels):
+            out = self.layer(x)
+            return {"logits": out, "pair": (out * 2, labels), "dtype_inside": x.dtype}
+
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+    net = Net()
+    model = fabric.setup(net)
+    x, labels = torch.randn(4, 3), torch.arange(4)
+    out = model(x, labels)
+    inside = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}.get(precision)
+    if inside is not None:
+        assert net.layer.weight.dtype == inside and out["dtype_inside"] == inside  # computed in the precision ...
+        expected = net.layer(x.to(inside))
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = net.layer(x)
+    # ... and handed back in the default dtype, values unchanged; integer tensors untouched
+    assert out["logits"].dtype == out["pair"][0].dtype == torch.float32
+    assert torch.equal(out["logits"], expected.float()) and torch.equal(out["pair"][0], (expected * 2).float())
+    assert out["pair"][1].dtype == torch.int64 and torch.equal(out["pair"][1], labels)
+    loss = out["logits"].sum()
+    fabric.backward(loss)  # the float32 output still leads back to the module's parameters
+    assert net.layer.weight.grad is not None and net.layer.weight.grad.dtype == net.layer.weight.dtype
