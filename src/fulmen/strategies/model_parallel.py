@@ -39,6 +39,17 @@ class ModelParallelStrategy(ParallelStrategy):
             (loadable by any number of processes); False gathers everything into one file on rank zero.
         process_group_backend: "gloo" or "nccl"; by default the device decides.
         timeout: how long a collective may wait.
+        parallelize_fn: ``fn(module, device_mesh) -> module``, which ``setup_module`` applies first: how a Fabric
+            program parallelizes its model (Lightning Fabric's form; it may also be passed first, as the only
+            positional argument). Without it, the module's ``configure_model`` does that work.
+        accelerator: Accepted for Lightning compatibility; the Trainer's (or Fabric's) ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected.
+        checkpoint_io: How single-file checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        start_method: How the processes start: "popen" (the script again per process), "spawn", "fork" or
+            "forkserver".
+        precision: A ``Precision`` instance. None: chosen by ``precision=...`` of the Trainer or Fabric.
 
     Example::
 
@@ -57,10 +68,6 @@ class ModelParallelStrategy(ParallelStrategy):
             return model
 
         fabric = fulmen.fabric.Fabric(devices=2, strategy=ModelParallelStrategy(parallelize_fn=parallelize))
-
-    Args (besides those above):
-        parallelize_fn: ``fn(module, device_mesh) -> module``, applied by ``setup_module`` before anything else
-            (Lightning Fabric's form; it may also be passed first, as the only positional argument).
     """
 
     def __init__(self, data_parallel_size: int | str = "auto", tensor_parallel_size: int | str = "auto",
