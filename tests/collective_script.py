@@ -1,5 +1,6 @@
 """Started by ``fulmen run`` in tests/test_run_command.py: joins the group from torchrun's environment, runs
-TorchCollective's operations and plain torch.distributed's, and prints one JSON line of what it saw."""
+TorchCollective's operations and plain torch.distributed's, and writes what it saw as JSON to
+``$SEEN_DIR/seen_rank<N>.json`` (each rank its own file: two ranks printing to one pipe can interleave)."""
 
 import json
 import os
@@ -36,4 +37,7 @@ sub.barrier()
 collective.barrier()
 sub.teardown()  # the last group of a default group TorchCollective started: that one ends too
 seen["default_ended"] = not dist.is_initialized()
-print("SEEN " + json.dumps(seen), flush=True)
+path = os.path.join(os.environ["SEEN_DIR"], f"seen_rank{rank}.json")
+with open(path + ".tmp", "w") as f:
+    json.dump(seen, f)
+os.replace(path + ".tmp", path)  # whole or absent

@@ -15,11 +15,11 @@ from fulmen.strategies.environments import find_free_network_port
 SCRIPT = str(Path(__file__).with_name("collective_script.py"))
 
 
-def _fulmen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _fulmen(*args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LT_", "TORCHELASTIC_", "SLURM_")) and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE",
                                                                                  "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "fulmen", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -33,13 +33,14 @@ def _fulmen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_run_starts_one_process_per_device_with_the_settings_exported():
+def test_run_starts_one_process_per_device_with_the_settings_exported(tmp_path):
     port = str(find_free_network_port())
     result = _fulmen("fabric", "run", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
-                     "--precision", "bf16-mixed", "--main-port", port, SCRIPT, "--lr", "0.1")
+                     "--precision", "bf16-mixed", "--main-port", port, SCRIPT, "--lr", "0.1", SEEN_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = sorted((json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("SEEN ")),
-                  key=lambda s: s["rank"])
+    # each rank wrote its own file (the ranks share one stdout, where their lines may interleave)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seen_rank0.json", "seen_rank1.json"]
+    seen = [json.loads((tmp_path / f"seen_rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["rank"] for s in seen] == [0, 1] and all(s["world"] == 2 for s in seen)
     for s in seen:
         assert s["argv"] == ["--lr", "0.1"]

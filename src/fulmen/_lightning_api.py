@@ -356,6 +356,8 @@ FABRIC_API: dict[str, tuple[str, ...]] = {
     "utilities": ("AttributeDict", "LightningEnum", "Throughput", "ThroughputMonitor", "disable_possible_user_warnings",
                   "is_shared_filesystem", "measure_flops", "move_data_to_device", "rank_zero_deprecation",
                   "rank_zero_info", "rank_zero_only", "rank_zero_warn", "suggested_max_num_workers"),
+    "utilities.spike": ("SpikeDetection", "TrainingSpikeException"),
+    "utilities.throughput": ("Throughput", "ThroughputMonitor", "get_available_flops", "measure_flops"),
 }
 
 _FABRIC_PRECISION = "Pass `Fabric(precision=...)` ('bf16-mixed', '16-true', ...): the strategy applies it itself."
@@ -368,8 +370,10 @@ FABRIC_OMITTED: dict[str, str] = {
                                                    "TransformerEnginePrecision")},
     "plugins:XLACheckpointIO": _XLA, "plugins:XLAPrecision": _XLA, "plugins.environments:XLAEnvironment": _XLA,
     **{f"utilities:{n}": "Not in fulmen.fabric.utilities yet." for n in (
-        "LightningEnum", "Throughput", "ThroughputMonitor", "disable_possible_user_warnings", "is_shared_filesystem",
-        "measure_flops", "rank_zero_deprecation", "suggested_max_num_workers")},
+        "LightningEnum", "disable_possible_user_warnings", "is_shared_filesystem", "rank_zero_deprecation",
+        "suggested_max_num_workers")},
+    "utilities.throughput:get_available_flops": (
+        "No table of devices' peak FLOPs in fulmen: pass ThroughputMonitor(fabric, available_flops=...) for device/mfu."),
 }
 
 

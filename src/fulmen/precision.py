@@ -55,6 +55,11 @@ class Precision:
     def convert_input(self, data: Any) -> Any:
         return data
 
+    def convert_output(self, data: Any) -> Any:
+        """What a Fabric module's forward returns is given back in this form (the default dtype, float32, for
+        the precisions that compute in another one)."""
+        return data
+
     def forward_context(self) -> ContextManager:
         return nullcontext() if self.autocast is None else self.autocast()
 
@@ -118,6 +123,9 @@ class MixedPrecision(Precision):
         # a partial, not a lambda: strategy="ddp_spawn" pickles the precision plugin with the trainer
         self.autocast = functools.partial(torch.autocast, self.device_type, dtype=self.dtype)
 
+    def convert_output(self, data: Any) -> Any:
+        return _to_default_dtype(data)  # autocast's half-precision results, as Lightning Fabric returns them
+
     def backward(self, loss: Tensor, module: Any, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
@@ -175,6 +183,9 @@ class TruePrecision(Precision):
     def convert_input(self, data: Any) -> Any:
         return apply_to_collection(data, Tensor, lambda t: t.to(self.dtype) if t.is_floating_point() else t)
 
+    def convert_output(self, data: Any) -> Any:
+        return _to_default_dtype(data)
+
     def forward_context(self) -> ContextManager:
         return _default_dtype(self.dtype)
 
@@ -209,6 +220,13 @@ class HalfPrecision(TruePrecision):
                 "(for mixed precision use MixedPrecision or Trainer(precision='16-mixed'))."
             )
         super().__init__(precision)
+
+
+def _to_default_dtype(data: Any) -> Any:
+    """Floating tensors in ``data`` as the default dtype (float32 unless the program changed it), as Lightning
+    Fabric hands a low- (or double-) precision module's outputs back to the code around it."""
+    dtype = torch.get_default_dtype()
+    return apply_to_collection(data, Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 class _default_dtype:

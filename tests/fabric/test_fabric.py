@@ -127,7 +127,7 @@ def test_wrappers_are_what_lightning_returns_and_lead_to_the_original_objects():
     assert original.scale == 2.0
     assert torch.equal(model.training_step(x, 0), original.training_step(x, 0))
     model.mark_forward_method("generate")
-    assert torch.equal(model.generate(x), original(x) + 1)
+    assert torch.equal(model.generate(x), (original(x) + 1).float())  # through forward: outputs in float32
     with pytest.raises(MisconfigurationException, match="has no method 'sample'"):
         model.mark_forward_method("sample")
     loader = fabric.setup_dataloaders(DataLoader(torch.arange(6.0), batch_size=4))
@@ -279,3 +279,102 @@ def test_clip_gradients_returns_the_norm_and_no_backward_sync_accepts_only_set_u
         with fabric.no_backward_sync(model.module):
             pass
     assert L.seed_everything(3) == 3
+
+
+def test_spike_detection_stops_a_fabric_loop_at_the_spike_and_lists_the_batches_to_skip(tmp_path):
+    import json
+
+    from fulmen.fabric.utilities.spike import SpikeDetection, TrainingSpikeException
+
+    detector = SpikeDetection(window=3, warmup=1, exclude_batches_path=tmp_path)
+    fabric = Fabric(accelerator="cpu", devices=1, callbacks=[detector])
+    losses = [1.0, 0.9, 0.8, 0.85, 0.7, 9.0, 0.6]  # 0.85 is worse but near the mean; 9.0 is a spike
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.ones_(model.weight)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.0))  # the loss is the data's
+    seen = []
+    with pytest.raises(TrainingSpikeException) as err:
+        for batch_idx, value in enumerate(losses):
+            batch = torch.tensor([[value ** 0.5]])
+            loss = model(batch).pow(2).mean()
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            fabric.call("on_train_batch_end", fabric=fabric, loss=loss, batch=batch, batch_idx=batch_idx)
+            seen.append(batch_idx)
+    assert err.value.batch_idx == 5 and seen == [0, 1, 2, 3, 4] and isinstance(err.value, RuntimeError)
+    assert json.loads((tmp_path / "skip_batches.json").read_text()) == [4, 5] == detector.bad_batches
+    assert detector.last_val == pytest.approx(0.7)  # the spike was not accepted into the statistics
+    # the Trainer callback's rule: the same losses there give the same verdicts
+    from fulmen.callbacks.spike_detection import SpikeDetection as TrainerSpikeDetection
+
+    rule = TrainerSpikeDetection(window=3, warmup=1)
+    verdicts = []
+    for i, v in enumerate(losses):
+        verdicts.append(rule._judge(torch.tensor(v), i))
+        if not verdicts[-1]:
+            rule._accept(v, None)
+    assert verdicts == [False] * 5 + [True, False]
+    with pytest.raises(TrainingSpikeException):  # NaN counts with finite_only=True (the default)
+        SpikeDetection(exclude_batches_path=tmp_path).on_train_batch_end(fabric, torch.tensor(float("nan")), None, 3)
+
+
+def test_throughput_gives_lightning_fabrics_rates_and_the_monitor_logs_them(tmp_path):
+    from fulmen.fabric.utilities import Throughput, ThroughputMonitor, measure_flops
+
+    t = Throughput(available_flops=100.0, world_size=2, window_size=3)
+    for i in range(1, 5):  # 2 s a batch of 4 samples (32 tokens), 50 FLOPs per device per batch
+        t.update(time=2.0 * i, batches=i, samples=4 * i, lengths=32 * i, flops=50)
+    assert t.compute() == {
+        "time": 8.0, "batches": 4, "samples": 16, "lengths": 128,
+        "device/batches_per_sec": 0.5, "device/samples_per_sec": 2.0, "device/items_per_sec": 16.0,
+        "batches_per_sec": 1.0, "samples_per_sec": 4.0, "items_per_sec": 32.0,
+        "flops_per_sec": 50.0, "device/flops_per_sec": 25.0, "device/mfu": 0.25}
+    with pytest.raises(ValueError, match="running totals"):
+        t.update(time=7.0, batches=5, samples=20)  # the clock went back
+    t.reset()
+    assert t.compute() == {}
+
+    fabric = Fabric(accelerator="cpu", devices=1, loggers=CSVLogger(tmp_path, name="tp"))
+    monitor = ThroughputMonitor(fabric, window_size=2)
+    monitor.update(time=1.0, batches=1, samples=8)
+    monitor.update(time=3.0, batches=2, samples=16)
+    assert monitor.compute_and_log() == {"time": 3.0, "batches": 2, "samples": 16, "device/batches_per_sec": 0.5,
+                                         "device/samples_per_sec": 4.0}
+    fabric.logger.finalize("success")
+    rows = list(csv.DictReader(open(fabric.logger.log_dir + "/metrics.csv")))
+    assert rows[0]["step"] == "0" and float(rows[0]["device/samples_per_sec"]) == 4.0
+    assert measure_flops(nn.Linear(4, 3), lambda: nn.Linear(4, 3)(torch.randn(2, 4))) == 48
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "bf16-mixed"])
+def test_a_low_precision_modules_outputs_come_back_in_float32_as_in_lightning_fabric(precision):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 2)
+
+        def forward(self, x, labels):
+            out = self.layer(x)
+            return {"logits": out, "pair": (out * 2, labels), "dtype_inside": x.dtype}
+
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+    net = Net()
+    model = fabric.setup(net)
+    x, labels = torch.randn(4, 3), torch.arange(4)
+    out = model(x, labels)
+    inside = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}.get(precision)
+    if inside is not None:
+        assert net.layer.weight.dtype == inside and out["dtype_inside"] == inside  # computed in the precision ...
+        expected = net.layer(x.to(inside))
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = net.layer(x)
+    # ... and handed back in the default dtype, values unchanged; integer tensors untouched
+    assert out["logits"].dtype == out["pair"][0].dtype == torch.float32
+    assert torch.equal(out["logits"], expected.float()) and torch.equal(out["pair"][0], (expected * 2).float())
+    assert out["pair"][1].dtype == torch.int64 and torch.equal(out["pair"][1], labels)
+    loss = out["logits"].sum()
+    fabric.backward(loss)  # the float32 output still leads back to the module's parameters
+    assert net.layer.weight.grad is not None and net.layer.weight.grad.dtype == net.layer.weight.dtype

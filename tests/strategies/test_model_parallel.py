@@ -84,3 +84,15 @@ def test_misuse_is_named_before_any_process_starts():
         strategy.device_mesh
     with pytest.raises(MisconfigurationException, match="Override configure_model"):
         strategy.setup_module(pl.demos.BoringModel())
+    # Lightning Fabric's form: the function first, or by name; anything else is named
+    fn = lambda module, mesh: module  # noqa: E731
+    assert ModelParallelStrategy(fn)._parallelize_fn is fn
+    assert ModelParallelStrategy(parallelize_fn=fn, tensor_parallel_size=2)._tensor_parallel_size == 2
+    with pytest.raises(MisconfigurationException, match="by name"):
+        ModelParallelStrategy(fn, 1, 2)
+    with pytest.raises(MisconfigurationException, match="not callable"):
+        ModelParallelStrategy(parallelize_fn="fn")
+    strategy = ModelParallelStrategy(parallelize_fn=lambda module, mesh: None)
+    strategy._device_mesh = object()  # what launch() builds; the function is called with it
+    with pytest.raises(MisconfigurationException, match="return model"):
+        strategy.setup_module(torch.nn.Linear(2, 2))

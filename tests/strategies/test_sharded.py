@@ -268,6 +268,11 @@ def test_trainer_flags_are_written_into_the_deepspeed_config(tmp_path):
     trainer.strategy.connect_training_settings(precision_given=True)
     trainer.strategy._merge_settings()
     assert trainer.strategy.config["bf16"] == {"enabled": True} and "fp16" not in trainer.strategy.config
+    # no clipping asked for is no clipping, not DeepSpeed's own default (norm 1.0), for the Trainer and Fabric alike
+    assert trainer.strategy.config["gradient_clipping"] == 0.0
+    auto = DeepSpeedStrategy(config={"gradient_clipping": "auto", "zero_optimization": {"stage": 2}})
+    auto._merge_settings()
+    assert auto.config["gradient_clipping"] == 0.0
     with pytest.raises(MisconfigurationException, match="no such file"):
         DeepSpeedStrategy(config=str(tmp_path / "missing.json"))
 

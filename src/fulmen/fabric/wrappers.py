@@ -56,6 +56,8 @@ class _FabricModule(nn.Module):
         # decided once: a plain float32 run calls the module directly, with no context manager per call
         object.__setattr__(self, "_convert", precision.convert_input
                            if type(precision).convert_input is not Precision.convert_input else None)
+        object.__setattr__(self, "_restore", precision.convert_output
+                           if type(precision).convert_output is not Precision.convert_output else None)
         object.__setattr__(self, "_autocast", precision.forward_context
                            if type(precision).forward_context is not Precision.forward_context
                            or precision.autocast is not None else None)
@@ -76,9 +78,11 @@ class _FabricModule(nn.Module):
         if self._convert is not None:
             args, kwargs = self._convert((args, kwargs))
         if self._autocast is None:
-            return self._call(*args, **kwargs)
-        with self._autocast():
-            return self._call(*args, **kwargs)
+            output = self._call(*args, **kwargs)
+        else:
+            with self._autocast():
+                output = self._call(*args, **kwargs)
+        return output if self._restore is None else self._restore(output)
 
     def mark_forward_method(self, method: str | Callable) -> None:
         """Make calls to ``method`` of the original module go through the strategy's wrapper, as ``forward``
@@ -106,9 +110,11 @@ class _FabricModule(nn.Module):
             if self._convert is not None:
                 args, kwargs = self._convert((args, kwargs))
             if self._autocast is None:
-                return call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
-            with self._autocast():
-                return call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
+                output = call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
+            else:
+                with self._autocast():
+                    output = call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
+            return output if self._restore is None else self._restore(output)
 
         return call
 

@@ -309,8 +309,12 @@ class DeepSpeedStrategy(ParallelStrategy):
                     f"Trainer(gradient_clip_val={clip}). Set it in one place, or the same value in both."
                 )
             cfg["gradient_clipping"] = float(clip)
-        elif cfg.get("gradient_clipping") == "auto":
-            cfg.pop("gradient_clipping")
+        elif cfg.get("gradient_clipping") in (None, "auto"):
+            # no clipping asked for: none. Left out, DeepSpeed's own default applies, which clips by total norm at
+            # 1.0 (deepspeed/runtime/constants.py GRADIENT_CLIPPING_DEFAULT in 0.19): a step with a larger gradient
+            # norm would be shortened silently, unlike the same program under DDP or FSDP (Lightning's Trainer also
+            # writes 0.0 here when its gradient_clip_val is unset)
+            cfg["gradient_clipping"] = 0.0
 
         name = self.precision.name
         given = bool(settings.get("precision_given"))

@@ -1,7 +1,8 @@
 """Tensor parallelism (and 2-D parallelism) that the user applies: ``ModelParallelStrategy``.
 
 The strategy starts the processes and builds a 2-D ``DeviceMesh`` named ("data_parallel", "tensor_parallel");
-``configure_model`` reads it as ``self.device_mesh`` and parallelizes the layers itself, with torch's
+the user's code parallelizes the layers itself over it: in the Trainer ``configure_model`` reads it as
+``self.device_mesh``, in a Fabric program ``parallelize_fn(module, mesh)`` gets it from ``setup``; both with torch's
 ``parallelize_module`` (``ColwiseParallel``/``RowwiseParallel``: parameters become DTensors, each process
 holding a slice) and, across the data-parallel dimension, ``fully_shard``. Nothing is wrapped by the strategy:
 the step runs the module as the user built it. Checkpoints are directories written with
@@ -38,6 +39,17 @@ class ModelParallelStrategy(ParallelStrategy):
             (loadable by any number of processes); False gathers everything into one file on rank zero.
         process_group_backend: "gloo" or "nccl"; by default the device decides.
         timeout: how long a collective may wait.
+        parallelize_fn: ``fn(module, device_mesh) -> module``, which ``setup_module`` applies first: how a Fabric
+            program parallelizes its model (Lightning Fabric's form; it may also be passed first, as the only
+            positional argument). Without it, the module's ``configure_model`` does that work.
+        accelerator: Accepted for Lightning compatibility; the Trainer's (or Fabric's) ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected.
+        checkpoint_io: How single-file checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        start_method: How the processes start: "popen" (the script again per process), "spawn", "fork" or
+            "forkserver".
+        precision: A ``Precision`` instance. None: chosen by ``precision=...`` of the Trainer or Fabric.
 
     Example::
 
@@ -47,6 +59,15 @@ class ModelParallelStrategy(ParallelStrategy):
                 parallelize_module(self.mlp, tp, {"up": ColwiseParallel(), "down": RowwiseParallel()})
 
         trainer = fulmen.Trainer(devices=2, strategy=ModelParallelStrategy())
+
+    In a Fabric program the same work is a function of the module and the mesh, which ``fabric.setup`` calls
+    (``fabric.strategy.device_mesh`` is there too once ``fabric.launch()`` has run)::
+
+        def parallelize(model, mesh):
+            parallelize_module(model.mlp, mesh["tensor_parallel"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
+            return model
+
+        fabric = fulmen.fabric.Fabric(devices=2, strategy=ModelParallelStrategy(parallelize_fn=parallelize))
     """
 
     def __init__(self, data_parallel_size: int | str = "auto", tensor_parallel_size: int | str = "auto",
@@ -54,9 +75,21 @@ class ModelParallelStrategy(ParallelStrategy):
                  timeout: timedelta | None = timedelta(minutes=30), *, accelerator: Any = None,
                  parallel_devices: list[torch.device] | None = None, cluster_environment: Any = None,
                  checkpoint_io: Any = None, precision_plugin: Any = None, start_method: str = "popen",
-                 precision: Any = None) -> None:
+                 precision: Any = None, parallelize_fn: Callable[[nn.Module, Any], nn.Module] | None = None) -> None:
+        if callable(data_parallel_size):  # Lightning Fabric's order: ModelParallelStrategy(parallelize_fn, ...)
+            if parallelize_fn is not None or tensor_parallel_size != "auto" or save_distributed_checkpoint is not True:
+                raise MisconfigurationException(
+                    "ModelParallelStrategy was given a function first and more positional arguments (or parallelize_fn "
+                    "twice). Pass the sizes by name: ModelParallelStrategy(parallelize_fn=fn, data_parallel_size=..., "
+                    "tensor_parallel_size=...).")
+            parallelize_fn, data_parallel_size = data_parallel_size, "auto"
+        if parallelize_fn is not None and not callable(parallelize_fn):
+            raise MisconfigurationException(
+                f"ModelParallelStrategy(parallelize_fn={parallelize_fn!r}) is not callable; pass a function "
+                "fn(module, device_mesh) that parallelizes the module and returns it.")
         super().__init__(accelerator, parallel_devices, cluster_environment, checkpoint_io, precision_plugin,
                          process_group_backend, timeout, start_method, precision)
+        self._parallelize_fn = parallelize_fn
         for name, size in (("data_parallel_size", data_parallel_size), ("tensor_parallel_size", tensor_parallel_size)):
             if size != "auto" and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
                 raise MisconfigurationException(
@@ -78,6 +111,11 @@ class ModelParallelStrategy(ParallelStrategy):
                 "The device mesh exists once the processes have started: read it in configure_model "
                 "(self.device_mesh) or later, not before fit/validate/test/predict.")
         return self._device_mesh
+
+    @property
+    def state_dict_type(self) -> str:
+        """"sharded" (a directory, each process its slices) or "full" (one file), as ``FSDPStrategy`` names it."""
+        return "sharded" if self._save_distributed_checkpoint else "full"
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int]:
@@ -121,12 +159,20 @@ class ModelParallelStrategy(ParallelStrategy):
     def setup_module(self, module: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        self.lightning_module = module
-        if not is_overridden("configure_model", module):
+        if self._parallelize_fn is not None:
+            parallelized = self._parallelize_fn(module, self.device_mesh)
+            if not isinstance(parallelized, nn.Module):
+                raise MisconfigurationException(
+                    f"ModelParallelStrategy's parallelize_fn returned a {type(parallelized).__name__}; it must return "
+                    "the module it parallelized (end it with `return model`).")
+            module = parallelized
+        elif not is_overridden("configure_model", module):
             raise MisconfigurationException(
                 f"ModelParallelStrategy parallelizes nothing itself, and {type(module).__name__} has no "
                 "configure_model. Override configure_model and apply parallelize_module(...) (and fully_shard) there "
-                "with self.device_mesh, or use strategy='ddp' or 'fsdp'.")
+                "with self.device_mesh (in a Fabric program: pass ModelParallelStrategy(parallelize_fn=fn) with "
+                "fn(module, device_mesh) doing that), or use strategy='ddp' or 'fsdp'.")
+        self.lightning_module = module
         if any(isinstance(m, FullyShardedDataParallel) for m in module.modules()):
             raise MisconfigurationException(
                 "configure_model wrapped modules in FullyShardedDataParallel (FSDP1); ModelParallelStrategy works with "
