@@ -38,6 +38,15 @@ class ModelParallelStrategy(ParallelStrategy):
             (loadable by any number of processes); False gathers everything into one file on rank zero.
         process_group_backend: "gloo" or "nccl"; by default the device decides.
         timeout: how long a collective may wait.
+        accelerator: Accepted for Lightning compatibility; the Trainer's ``accelerator`` decides.
+        parallel_devices: One device per local process. None: from the Trainer's ``devices``.
+        cluster_environment: Where ranks, world size and the main address come from. None: detected (torchrun,
+            SLURM, or local).
+        checkpoint_io: How checkpoints are written and read.
+        precision_plugin: Lightning's older name for ``precision``.
+        start_method: How the processes start: "popen" (the script again per process), "spawn", "fork" or
+            "forkserver".
+        precision: A ``Precision`` instance. None: chosen by the Trainer's ``precision``.
 
     Example::
 
