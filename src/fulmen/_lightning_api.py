@@ -251,10 +251,12 @@ _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
 OMITTED: dict[str, str] = {
     # whole modules
     "accelerators.xla": _XLA,
-    "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
-              "run does with hooks and callbacks."),
-    "trainer.configuration_validator": ("fulmen checks the module when fit/validate/test/predict starts and names "
-                                        "the missing hook; there is no validator to call."),
+    "loops": ("Lightning exports only private loop classes here (these names are their internals); fulmen's loops "
+              "are plain functions in `fulmen.trainer.loops`, not classes to subclass: change what a run does with "
+              "hooks and callbacks."),
+    "trainer.configuration_validator": ("Lightning's module holds only a private function; fulmen checks the module "
+                                        "when fit/validate/test/predict starts and names the missing hook, so there "
+                                        "is no validator to call."),
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,
