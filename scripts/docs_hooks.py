@@ -233,9 +233,9 @@ def _fabric_api(api) -> str:
                 left_out.append((f"`{'.'.join(p for p in ('lightning.fabric', module, name) if p)}`", reason))
     count = sum(1 for r in rows if r["fulmen"])
     out = [
-        f"Of the {len(rows)} Lightning Fabric names that `fulmen._lightning_api` lists, {count} import from the same path under "
-        f"`fulmen.fabric` (`lightning.fabric.X.Y` is `fulmen.fabric.X.Y`), and {len(rows) - count} are left out. "
-        "The same test checks both lists.",
+        f"Of the {len(rows)} Lightning Fabric names that `fulmen._lightning_api` lists, {count} import from the "
+        f"same path under `fulmen.fabric` (`lightning.fabric.X.Y` is `fulmen.fabric.X.Y`), and {len(rows) - count} "
+        "are left out. The same test checks both lists.",
     ]
     return _api_tables(out, left_out, supported, count,
                        lambda module: api.fulmen_path(".".join(p for p in ("fabric", module) if p)))
