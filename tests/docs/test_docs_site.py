@@ -296,7 +296,7 @@ def test_every_page_quotes_the_overhead_figures_from_the_benchmark_file():
 
 FIGURES = {  # picture -> the page that shows it
     "hook_order.svg": "guides/module", "ddp_split.svg": "guides/scaling", "overhead_by_size.svg": "performance",
-    "sharded_memory.svg": "guides/sharded", "metrics.png": "guides/logging", "lr_find.png": "guides/tuning",
+    "sharded_memory.svg": "guides/sharded", "spike_recovery.svg": "guides/long-runs", "metrics.png": "guides/logging", "lr_find.png": "guides/tuning",
 }
 
 
