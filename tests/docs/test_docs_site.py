@@ -131,7 +131,8 @@ def _png_size_and_colours(data: bytes) -> tuple[int, int, int]:
 
 # the pages a newcomer reads first, and those with the longest code
 KEY_PAGES = ("", "getting-started", "installation", "from-lightning", "guides/module", "guides/logging",
-             "guides/scaling", "guides/sharded", "from-pytorch", "faq", "performance", "api/trainer", "api/callbacks")
+             "guides/scaling", "guides/sharded", "guides/fabric", "guides/long-runs", "from-pytorch", "faq", "performance",
+             "api/trainer", "api/callbacks", "api/fabric")
 
 # injected into a copy of each page: after the theme's JavaScript ran, measure the page as a reader sees it and
 # send the figures to the frame that holds it
