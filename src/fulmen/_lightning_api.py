@@ -366,8 +366,9 @@ FABRIC_OMITTED: dict[str, str] = {
     "strategies:DataParallelStrategy": "torch's DataParallel is not supported; use strategy='ddp'.",
     "strategies:STRATEGY_REGISTRY": "Strategy names are listed in `fulmen.strategies.STRATEGY_NAMES`.",
     **{f"strategies:{n}": _XLA for n in ("SingleDeviceXLAStrategy", "XLAFSDPStrategy", "XLAStrategy")},
-    **{f"plugins:{n}": _FABRIC_PRECISION for n in ("BitsandbytesPrecision", "DeepSpeedPrecision", "FSDPPrecision",
-                                                   "TransformerEnginePrecision")},
+    **{f"plugins:{n}": _FABRIC_PRECISION for n in ("DeepSpeedPrecision", "FSDPPrecision")},
+    "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before setting it up.",
+    "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins:XLACheckpointIO": _XLA, "plugins:XLAPrecision": _XLA, "plugins.environments:XLAEnvironment": _XLA,
     **{f"utilities:{n}": "Not in fulmen.fabric.utilities yet." for n in (
         "LightningEnum", "Throughput", "ThroughputMonitor", "disable_possible_user_warnings", "is_shared_filesystem",
