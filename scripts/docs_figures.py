@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 OVERHEAD_JSON = DOCS / "assets" / "overhead_by_size.json"
 SHARDED_JSON = DOCS / "assets" / "sharded_memory.json"
+SPIKE_JSON = DOCS / "assets" / "spike_recovery.json"
 
 # colours of the site's theme (Material's deep orange) and two neutrals; SVG text uses the reader's sans-serif
 ORANGE, BLUE, GREY, INK = "#ff5722", "#3f6ad8", "#9e9e9e", "#212121"
@@ -241,6 +242,19 @@ def sharded_memory_svg(path: Path) -> None:
     plt.close(fig)
 
 
+def spike_recovery_svg(path: Path) -> None:
+    """The loss curves of the spike test program, drawn by ``tests/callbacks/spike_curve.py``'s own plotting
+    function from the JSON its real runs wrote (``--json docs/assets/spike_recovery.json``)."""
+    plt = _pyplot()
+    saved = list(sys.path)  # the script puts its own folder first, to import the test program beside it
+    try:
+        curve = _load("tests/callbacks/spike_curve.py", "_docs_figures_spike")
+    finally:
+        sys.path[:] = saved
+    curve.plot(json.loads(SPIKE_JSON.read_text()), str(path))
+    plt.close("all")
+
+
 def _quiet_run(fn):
     import logging
 
@@ -409,14 +423,15 @@ def console_finish(process: subprocess.Popen, workdir: Path, path: Path) -> None
 
 
 # ---------------------------------------------------------------------------------------------------------
-FIGURES = ("hook_order.svg", "ddp_split.svg", "overhead_by_size.svg", "sharded_memory.svg", "metrics.png",
-           "lr_find.png", "console.txt")
+FIGURES = ("hook_order.svg", "ddp_split.svg", "overhead_by_size.svg", "sharded_memory.svg", "spike_recovery.svg",
+           "metrics.png", "lr_find.png", "console.txt")
 
 
 def _inputs_digest() -> str:
     digest = hashlib.sha256()
     files = sorted((ROOT / "src" / "fulmen").rglob("*.py")) + [
-        Path(__file__), OVERHEAD_JSON, SHARDED_JSON, ROOT / "benchmarks" / "overhead_by_size.py",
+        Path(__file__), OVERHEAD_JSON, SHARDED_JSON, SPIKE_JSON, ROOT / "benchmarks" / "overhead_by_size.py",
+        ROOT / "tests" / "callbacks" / "spike_curve.py",
         ROOT / "tests" / "trainer" / "test_hook_order.py", ROOT / "tests" / "docs" / "test_docs_code_blocks.py",
         DOCS / "guides" / "tuning.md"]
     for f in files:
@@ -443,6 +458,7 @@ def make_all(out: Path | None = None) -> Path:
             ddp_split_svg(out / "ddp_split.svg")
             overhead_svg(out / "overhead_by_size.svg")
             sharded_memory_svg(out / "sharded_memory.svg")
+            spike_recovery_svg(out / "spike_recovery.svg")
             metrics_png(work, out / "metrics.png")
             page_file("guides/tuning.md", "lr_find.png", work, out / "lr_find.png")
         finally:

@@ -9,7 +9,8 @@ docs cannot drift from what the tests assert:
 - ``class PATH``: a core class's own page, with the members it inherits.
 - ``hook-order STAGE``: the order the Trainer calls hooks in ``fit``/``validate``/``test``/``predict``, from the
   expected sequences in ``tests/trainer/test_hook_order.py``.
-- ``lightning-api``: every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api``.
+- ``lightning-api``: every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api``;
+  ``lightning-api fabric`` the same for Lightning Fabric.
 - ``overhead-table PATH``: the figures of a ``benchmarks/overhead_by_size.py`` run, from the JSON it wrote.
 - ``overhead-summary``: the same run's ratios in one sentence, for the pages that quote them.
 - ``sharded-table``: the figures of a ``benchmarks/sharded.py --json`` run, from the JSON it wrote.
@@ -187,11 +188,14 @@ def _overhead_table(path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lightning_api(_: str | None) -> str:
-    """Every public name of Lightning and where fulmen has it, from ``fulmen._lightning_api`` (which
-    ``tests/test_lightning_api.py`` checks against fulmen itself)."""
+def _lightning_api(which: str | None) -> str:
+    """Every public name of Lightning (``lightning-api``) or of Lightning Fabric (``lightning-api fabric``) and
+    where fulmen has it, from ``fulmen._lightning_api`` (which ``tests/test_lightning_api.py`` checks against
+    fulmen itself)."""
     from fulmen import _lightning_api as api
 
+    if which == "fabric":
+        return _fabric_api(api)
     rows = list(api.rows())
     supported: dict[str, list[str]] = {}
     left_out: list[tuple[str, str]] = []
@@ -211,16 +215,43 @@ def _lightning_api(_: str | None) -> str:
         f"Of the {len(rows)} public names of Lightning {api.LIGHTNING_VERSION} (walked from its installed package), "
         f"{count} import from the same path under `fulmen` (`lightning.pytorch.X.Y` is `fulmen.X.Y`), and "
         f"{len(rows) - count} are left out. The test suite checks both lists against fulmen itself.",
+    ]
+    return _api_tables(out, left_out, supported, count, api.fulmen_path)
+
+
+def _fabric_api(api) -> str:
+    """The Fabric half: ``lightning.fabric.X.Y`` is ``fulmen.fabric.X.Y``, or the reason it is left out."""
+    rows = list(api.fabric_rows())
+    supported: dict[str, list[str]] = {}
+    left_out: list[tuple[str, str]] = []
+    for module, names in api.FABRIC_API.items():
+        for name in names:
+            reason = api.FABRIC_OMITTED.get(f"{module}:{name}")
+            if reason is None:
+                supported.setdefault(module, []).append(name)
+            else:
+                left_out.append((f"`{'.'.join(p for p in ('lightning.fabric', module, name) if p)}`", reason))
+    count = sum(1 for r in rows if r["fulmen"])
+    out = [
+        f"Of the {len(rows)} Lightning Fabric names that `fulmen._lightning_api` lists, {count} import from the "
+        f"same path under `fulmen.fabric` (`lightning.fabric.X.Y` is `fulmen.fabric.X.Y`), and {len(rows) - count} "
+        "are left out. The same test checks both lists.",
+    ]
+    return _api_tables(out, left_out, supported, count,
+                       lambda module: api.fulmen_path(".".join(p for p in ("fabric", module) if p)))
+
+
+def _api_tables(out: list[str], left_out: list[tuple[str, str]], supported: dict[str, list[str]], count: int,
+                fulmen_path) -> str:
+    out += [
         "",
-        "### Left out, and what to write instead",
-        "",
-        "| Lightning | instead |",
+        "| Lightning | left out: what to write instead |",
         "|---|---|",
     ]
     out += [f"| {path} | {reason} |" for path, reason in left_out]
     out += ["", f'??? note "The {count} supported names, by module"', "",
             "    | module | names |", "    |---|---|"]
-    out += [f"    | `{api.fulmen_path(module)}` | {', '.join(f'`{n}`' for n in names)} |"
+    out += [f"    | `{fulmen_path(module)}` | {', '.join(f'`{n}`' for n in names)} |"
             for module, names in supported.items()]
     return "\n".join(out) + "\n"
 

@@ -251,10 +251,12 @@ _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
 OMITTED: dict[str, str] = {
     # whole modules
     "accelerators.xla": _XLA,
-    "loops": ("fulmen's loops are plain functions in `fulmen.trainer.loops`, not classes to subclass; change what a "
-              "run does with hooks and callbacks."),
-    "trainer.configuration_validator": ("fulmen checks the module when fit/validate/test/predict starts and names "
-                                        "the missing hook; there is no validator to call."),
+    "loops": ("Lightning exports only private loop classes here (these names are their internals); fulmen's loops "
+              "are plain functions in `fulmen.trainer.loops`, not classes to subclass: change what a run does with "
+              "hooks and callbacks."),
+    "trainer.configuration_validator": ("Lightning's module holds only a private function; fulmen checks the module "
+                                        "when fit/validate/test/predict starts and names the missing hook, so there "
+                                        "is no validator to call."),
     "loggers.comet": _LOGGER,
     "loggers.litlogger": _LOGGER,
     "loggers.neptune": _LOGGER,
@@ -366,8 +368,9 @@ FABRIC_OMITTED: dict[str, str] = {
     "strategies:DataParallelStrategy": "torch's DataParallel is not supported; use strategy='ddp'.",
     "strategies:STRATEGY_REGISTRY": "Strategy names are listed in `fulmen.strategies.STRATEGY_NAMES`.",
     **{f"strategies:{n}": _XLA for n in ("SingleDeviceXLAStrategy", "XLAFSDPStrategy", "XLAStrategy")},
-    **{f"plugins:{n}": _FABRIC_PRECISION for n in ("BitsandbytesPrecision", "DeepSpeedPrecision", "FSDPPrecision",
-                                                   "TransformerEnginePrecision")},
+    **{f"plugins:{n}": _FABRIC_PRECISION for n in ("DeepSpeedPrecision", "FSDPPrecision")},
+    "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before setting it up.",
+    "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins:XLACheckpointIO": _XLA, "plugins:XLAPrecision": _XLA, "plugins.environments:XLAEnvironment": _XLA,
     **{f"utilities:{n}": "Not in fulmen.fabric.utilities yet." for n in (
         "LightningEnum", "disable_possible_user_warnings", "is_shared_filesystem", "rank_zero_deprecation",

@@ -1,8 +1,9 @@
-"""Draws docs/assets/spike_recovery.png from real runs of the spike test program (spike_program.py): the
-training loss of each batch with a x1000 spike in batch 6 of every epoch, without SpikeDetection, with
-``SpikeDetection(recover=True)``, and for the run whose dataset never had batches 5 and 6.
+"""Records, from real runs of the spike test program (spike_program.py), the training loss of each batch with a
+x1000 spike in batch 6 of every epoch, without SpikeDetection, with ``SpikeDetection(recover=True)``, and for the
+run whose dataset never had batches 5 and 6. The docs build draws the Long runs page's figure from the JSON with
+:func:`plot` (scripts/docs_figures.py); ``--plot`` draws it by hand for a look.
 
-    python tests/callbacks/spike_curve.py --json docs/assets/spike_recovery.json --plot docs/assets/spike_recovery.png
+    python tests/callbacks/spike_curve.py --json docs/assets/spike_recovery.json [--plot spike_recovery.png]
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ def _png_size_and_colours(data: bytes) -> tuple[int, int, int]:
 
 # the pages a newcomer reads first, and those with the longest code
 KEY_PAGES = ("", "getting-started", "installation", "from-lightning", "guides/module", "guides/logging",
-             "guides/scaling", "guides/sharded", "from-pytorch", "faq", "performance", "api/trainer", "api/callbacks")
+             "guides/scaling", "guides/sharded", "guides/fabric", "guides/long-runs", "from-pytorch", "faq", "performance",
+             "api/trainer", "api/callbacks", "api/fabric")
 
 # injected into a copy of each page: after the theme's JavaScript ran, measure the page as a reader sees it and
 # send the figures to the frame that holds it
@@ -296,7 +297,7 @@ def test_every_page_quotes_the_overhead_figures_from_the_benchmark_file():
 
 FIGURES = {  # picture -> the page that shows it
     "hook_order.svg": "guides/module", "ddp_split.svg": "guides/scaling", "overhead_by_size.svg": "performance",
-    "sharded_memory.svg": "guides/sharded", "metrics.png": "guides/logging", "lr_find.png": "guides/tuning",
+    "sharded_memory.svg": "guides/sharded", "spike_recovery.svg": "guides/long-runs", "metrics.png": "guides/logging", "lr_find.png": "guides/tuning",
 }
 
 

@@ -35,6 +35,16 @@ class _Counter:
 class _FabricModule(nn.Module):
     """A module set up by ``Fabric.setup``: its calls go through the strategy's wrapper (DDP, FSDP, the
     DeepSpeed engine) under the precision's autocast; attributes and ``state_dict`` are the original's.
+    ``Fabric.setup``/``setup_module`` make it; you do not create one yourself.
+
+    Args:
+        forward_module: What a call runs: the strategy's wrapper of the module (DDP, the DeepSpeed engine) or
+            the module itself.
+        strategy: The strategy that set the module up; its precision converts the inputs and gives the
+            autocast context.
+        original_module: Your module, returned by ``.module``. None: ``forward_module`` is it.
+        counter: Shared with the ``Fabric`` that made the wrapper, which reads from it whether any set-up
+            module has run forward yet. None: a counter of its own.
 
     Example::
 
@@ -142,7 +152,13 @@ class _FabricModule(nn.Module):
 class _FabricOptimizer:
     """An optimizer set up by ``Fabric.setup``: ``step()`` goes through the strategy (gradient scaling,
     DeepSpeed's engine) and the callbacks' ``on_before_optimizer_step``/``on_after_optimizer_step``. It is
-    still an instance of the original optimizer's class.
+    still an instance of the original optimizer's class. ``Fabric.setup``/``setup_optimizers`` make it.
+
+    Args:
+        optimizer: The torch optimizer to wrap; its ``param_groups`` and ``state`` are shared, not copied.
+        strategy: The strategy whose ``optimizer_step`` runs ``step()``.
+        callbacks: The ``Fabric(callbacks=...)`` objects; those with ``on_before_optimizer_step`` or
+            ``on_after_optimizer_step`` are called around each step.
 
     Example::
 
@@ -189,6 +205,13 @@ class _FabricDataLoader:
     """A loader set up by ``Fabric.setup_dataloaders``: batches come on the device, the sampler learns the epoch
     (each ``iter()`` is one), and its position is part of ``fabric.save`` so ``fabric.load`` resumes mid-epoch
     without loading the batches already consumed, with the workers' random streams continued.
+    ``Fabric.setup_dataloaders`` makes it.
+
+    Args:
+        dataloader: The ``DataLoader`` to wrap (its sampler already replaced for several processes).
+        device: The device batches are moved to. None: they are handed on as the loader makes them.
+        move: False hands batches on as they come although ``device`` is given (Fabric passes False on CPU,
+            where batches already are); ``device`` is still reported as the loader's device.
 
     Example::
 
