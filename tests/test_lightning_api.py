@@ -433,7 +433,7 @@ def test_info_records_carry_lightnings_logger_names_under_fulmen(tmp_path, caplo
         trainer.test(model, make_loader(), ckpt_path="best", verbose=False)
     names = {(r.name, r.getMessage().split(" ")[0]) for r in caplog.records}
     assert ("fulmen.utilities.rank_zero", "Restoring") in names  # rank_zero_info, as Lightning's module logger
-    assert ("fulmen.callbacks.early_stopping", "Metric") in names
+    assert ("fulmen.callbacks.early_stopping", "val_loss") in names  # "val_loss improved to ..."
     assert all(r.name.startswith("fulmen.") for r in caplog.records)  # so logging.getLogger("fulmen") governs all
 
     caplog.clear()
