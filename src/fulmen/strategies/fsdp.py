@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
-from fulmen.strategies._forward import call_as_forward
+from fulmen.strategies._forward import call_as_forward, releasing_after_eval
 from fulmen.strategies.ddp import ParallelStrategy
 from fulmen._utils import rank_zero_warn
 
@@ -303,19 +303,8 @@ class FSDPStrategy(ParallelStrategy):
         run = functools.partial(call_as_forward, module, module, step)
         if name == "training_step":
             return run
-        units = _units(module)
-
-        def evaluate(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return run(*args, **kwargs)
-            finally:
-                # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward,
-                # for the backward of a training step; with no backward to come they would stay whole until the
-                # next training step
-                if not torch.is_grad_enabled():
-                    _reshard(units)
-
-        return evaluate
+        # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward
+        return releasing_after_eval(run, functools.partial(_reshard, _units(module)))
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
         return _no_gradient_sync(self.model)
