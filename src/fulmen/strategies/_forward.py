@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+
 
 def call_as_forward(caller: Callable[..., Any], module: Any, step: Callable[..., Any], *args: Any,
                     nested_without_hooks: bool = False, **kwargs: Any) -> Any:
@@ -49,3 +51,18 @@ def call_as_forward(caller: Callable[..., Any], module: Any, step: Callable[...,
     finally:
         if state.get("forward") is forward:
             restore()
+
+
+def releasing_after_eval(run: Callable[..., Any], release: Callable[[], Any]) -> Callable[..., Any]:
+    """``run``, then ``release()`` when it ran with gradients off: the wrapper keeps parameters it gathered for the
+    backward of a training step, and with no backward to come they would stay whole until training next
+    touches them."""
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if not torch.is_grad_enabled():
+                release()
+
+    return evaluate

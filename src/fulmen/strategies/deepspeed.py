@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 from fulmen.errors import CheckpointError, MisconfigurationException, missing_extra
 from fulmen.precision import Precision
 from fulmen.strategies import sharded_checkpoint
-from fulmen.strategies._forward import call_as_forward
+from fulmen.strategies._forward import call_as_forward, releasing_after_eval
 from fulmen.strategies.ddp import ParallelStrategy
 from fulmen.strategies.sharded_checkpoint import deepspeed_available, import_deepspeed
 from fulmen._utils import apply_to_collection, rank_zero_warn
@@ -450,17 +450,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         release = getattr(engine.optimizer, "empty_partition_cache", None) if self.zero_stage == 3 else None
         if name == "training_step" or release is None:
             return run
-
-        def evaluate(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return run(*args, **kwargs)
-            finally:
-                # ZeRO-3 keeps parameters it expects to use again soon gathered; with no backward to come they
-                # would stay whole until training next touches them
-                if not torch.is_grad_enabled():
-                    release()
-
-        return evaluate
+        # ZeRO-3 keeps parameters it expects to use again soon gathered
+        return releasing_after_eval(run, release)
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
         @contextmanager

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
-from fulmen.strategies._forward import call_as_forward
+from fulmen.strategies._forward import call_as_forward, releasing_after_eval
 from fulmen.strategies.ddp import ParallelStrategy
 from fulmen._utils import rank_zero_warn
 
@@ -303,45 +303,16 @@ class FSDPStrategy(ParallelStrategy):
         run = functools.partial(call_as_forward, module, module, step)
         if name == "training_step":
             return run
-        units = _units(module)
-
-        def evaluate(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return run(*args, **kwargs)
-            finally:
-                # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward,
-                # for the backward of a training step; with no backward to come they would stay whole until the
-                # next training step
-                if not torch.is_grad_enabled():
-                    _reshard(units)
-
-        return evaluate
+        # the root (and every unit under SHARD_GRAD_OP) keeps its parameters gathered after its forward
+        return releasing_after_eval(run, functools.partial(_reshard, _units(module)))
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
-        module = self.model
-        if not hasattr(module, "set_requires_gradient_sync"):
-            return None
-
-        @contextmanager
-        def no_sync() -> Iterator[None]:
-            # accumulate full gradients locally; the boundary's backward reduce-scatters them all at once
-            module.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                module.set_requires_gradient_sync(True)
-
-        return no_sync
+        return _no_gradient_sync(self.model)
 
     # clip_gradients: torch.nn.utils.clip_grad_norm_ over the sharded (DTensor) gradients computes the
     # norm of the whole model across processes, so the base implementation is already right.
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _options(self, full: bool) -> Any:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-        return StateDictOptions(full_state_dict=full, cpu_offload=full)
-
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """Full weights on rank zero (empty elsewhere), or each process's shards for "sharded" checkpoints.
         Every process must call it: gathering is collective."""
@@ -349,7 +320,7 @@ class FSDPStrategy(ParallelStrategy):
 
         if not _is_sharded(self.model):
             return self.lightning_module.state_dict()
-        return get_model_state_dict(self.model, options=self._options(self.state_dict_type == "full"))
+        return get_model_state_dict(self.model, options=_options(self.state_dict_type == "full"))
 
     def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -358,7 +329,7 @@ class FSDPStrategy(ParallelStrategy):
             return optimizer.state_dict()
         if self.state_dict_type == "sharded":
             return get_optimizer_state_dict(self.model, optimizer)
-        state = get_optimizer_state_dict(self.model, optimizer, options=self._options(True))
+        state = get_optimizer_state_dict(self.model, optimizer, options=_options(True))
         # one file like a single-device run's: parameters by position, as torch.optim keys them
         return sharded_checkpoint.optimizer_state_by_position(state) if self.is_global_zero else {}
 
@@ -437,6 +408,29 @@ def _is_sharded(module: Any) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
+
+
+def _options(full: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=full)
+
+
+def _no_gradient_sync(module: Any) -> Callable[[], ContextManager] | None:
+    """A context in which backward skips the gradient reduce-scatter of a fully_shard root (FSDP2): full gradients
+    accumulate locally and the window's last backward reduces them all at once. None without fully_shard at the root."""
+    if not hasattr(module, "set_requires_gradient_sync"):
+        return None
+
+    @contextmanager
+    def no_sync() -> Iterator[None]:
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+
+    return no_sync
 
 
 def _holds_dtensors(state: Any) -> bool:

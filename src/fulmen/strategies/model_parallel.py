@@ -23,6 +23,7 @@ from fulmen._utils import is_overridden
 from fulmen.errors import MisconfigurationException
 from fulmen.strategies import sharded_checkpoint
 from fulmen.strategies.ddp import ParallelStrategy
+from fulmen.strategies.fsdp import _holds_dtensors, _no_gradient_sync, _options
 
 MESH_DIMS = ("data_parallel", "tensor_parallel")
 
@@ -184,39 +185,22 @@ class ModelParallelStrategy(ParallelStrategy):
         return module
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
-        module = self.model
-        if not hasattr(module, "set_requires_gradient_sync"):  # no fully_shard at the root: nothing to skip
-            return None
-
-        @contextmanager
-        def no_sync() -> Iterator[None]:
-            module.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                module.set_requires_gradient_sync(True)
-
-        return no_sync
+        return _no_gradient_sync(self.model)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _options(self, full: bool) -> Any:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-        return StateDictOptions(full_state_dict=full, cpu_offload=full)
-
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """Each process's slices, or with ``save_distributed_checkpoint=False`` the full weights on rank zero
         (empty elsewhere). Every process must call it: gathering is collective."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(self.model, options=self._options(not self._save_distributed_checkpoint))
+        return get_model_state_dict(self.model, options=_options(not self._save_distributed_checkpoint))
 
     def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         if self._save_distributed_checkpoint:
             return get_optimizer_state_dict(self.model, optimizer)
-        state = get_optimizer_state_dict(self.model, optimizer, options=self._options(True))
+        state = get_optimizer_state_dict(self.model, optimizer, options=_options(True))
         # one file like a single-device run's: parameters by position, as torch.optim keys them
         return sharded_checkpoint.optimizer_state_by_position(state) if self.is_global_zero else {}
 
@@ -262,18 +246,6 @@ class ModelParallelStrategy(ParallelStrategy):
             state = sharded_checkpoint.optimizer_state_by_name(
                 state, [names[id(p)] for group in optimizer.param_groups for p in group["params"]])
         set_optimizer_state_dict(self.model, optimizer, state, options=StateDictOptions(full_state_dict=full))
-
-
-def _holds_dtensors(state: Any) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(state, DTensor):
-        return True
-    if isinstance(state, dict):
-        return any(_holds_dtensors(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return any(_holds_dtensors(v) for v in state)
-    return False
 
 
 def _materialize(module: nn.Module, device: torch.device) -> None:

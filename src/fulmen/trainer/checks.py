@@ -1,7 +1,7 @@
 """Checks of the user's code that fail early with the fix: before a run (the module can be trained, hook
 signatures fit the data) and on what ``training_step`` returns (a usable loss, a finite one).
 
-Signatures are read once per run, never per step; the finite-loss check syncs with the device only as
+Signatures (and which hooks the module overrides) are read once per run, never per step; the finite-loss check syncs with the device only as
 often as ``FiniteLossCheck`` says.
 """
 
@@ -53,6 +53,21 @@ def takes(fn: Callable, name: str, min_args: int | None = None) -> bool:
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return (any(p.name == name for p in params) or any(p.kind == p.VAR_POSITIONAL for p in params)
             or (min_args is not None and len(positional) >= min_args))
+
+
+def step_fn(strategy: Any, module: Any, name: str) -> Callable:
+    """The strategy's ``name`` step called as ``fn(batch, batch_idx, *dataloader_idx)``, even when the
+    module's step takes no ``batch_idx`` (legal in Lightning: the argument is passed only when the
+    signature has it). Decided once per run, so the step itself pays nothing."""
+    fn = strategy.step_function(name)
+    if takes(getattr(module, name), "batch_idx", min_args=2):
+        return fn
+    return lambda batch, batch_idx, *dataloader_idx: fn(batch, *dataloader_idx)
+
+
+def module_hook(module: Any, name: str) -> Callable | None:
+    """The module's hook when it overrides it, else None (so the loop can skip the call)."""
+    return getattr(module, name) if is_overridden(name, module, LightningModule) else None
 
 
 def check_dataloader_idx(module: Any, stage: RunningStage, multi: bool) -> None:
@@ -108,6 +123,16 @@ def training_loss(out: Any) -> Tensor | None:
             "computed under torch.no_grad(), from .detach()/.item(), or from frozen parameters only?"
         )
     return loss
+
+
+def step_outputs(out: Any) -> Any:
+    """What on_train_batch_end receives: ``{"loss": detached loss, **extras}``, as in Lightning;
+    anything else (manual optimization may return what it likes) is passed on as it is."""
+    if isinstance(out, Tensor):
+        return {"loss": out.detach()}
+    if isinstance(out, dict):
+        return {k: (v.detach() if k == "loss" and isinstance(v, Tensor) else v) for k, v in out.items()}
+    return out
 
 
 def raise_if_not_finite(loss: Tensor, loop: LoopState, batch_idx: int, where: str | None = None) -> None:

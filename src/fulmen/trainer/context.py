@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from fulmen._utils import rank_zero_info
 from fulmen.trainer.optimizers import LRSchedulerConfig
 from fulmen.trainer.state import LoopState
 
@@ -67,6 +68,29 @@ class RunContext:
             given_eval_loaders=trainer._given_eval_loaders, verbose=trainer._verbose,
             return_predictions=trainer._return_predictions,
         )
+
+    def can_stop_early(self) -> bool:
+        """Whether ``min_epochs`` and ``min_steps`` let a requested stop happen now."""
+        trainer, loop = self.trainer, self.loop
+        return (trainer.min_epochs is None or loop.epoch >= trainer.min_epochs) and (
+            trainer.min_steps is None or loop.global_step >= trainer.min_steps
+        )
+
+    def time_is_up(self) -> bool:
+        """Whether ``max_time`` has passed (said on the "fulmen" logger, as Lightning says it)."""
+        trainer = self.trainer
+        if trainer.max_time is None:
+            return False
+        up = time.monotonic() - self.start_time >= trainer.max_time
+        # every process must stop at the same batch, whatever its own clock says
+        if trainer.world_size > 1:
+            up = self.strategy.reduce_boolean_decision(up, all=False)
+        if up:
+            from datetime import timedelta
+
+            elapsed = timedelta(seconds=int(time.monotonic() - self.start_time))
+            rank_zero_info(f"max_time ends the run after {elapsed}.")
+        return up
 
 
 class EpochPlan:

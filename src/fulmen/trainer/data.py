@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 
 from fulmen.errors import MisconfigurationException
 from fulmen.precision import Precision
-from fulmen.trainer.state import RunningStage
+from fulmen.trainer.state import RunningStage, TrainerFn
 from fulmen.trainer import elastic
 from fulmen._utils import apply_to_collection, collect_rng_states, is_overridden, restore_rng_states
 
@@ -983,6 +983,17 @@ def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool, first
     if skip:
         restore_rng_states(resume_rng)
     return iterator
+
+
+def eval_batches(trainer: Any, dl_idx: int, loader: Any, limit: float) -> Any:
+    """An iterator over one evaluation loader's batches, made now: making it draws the loader's base seed from
+    the global generator, which is why the first loader's is made before the stage's hooks run, as in Lightning
+    (a hook that draws random numbers then gets Lightning's)."""
+    source = loader
+    if trainer.state.fn == TrainerFn.FITTING:  # persistent workers keep their random streams between validations
+        streams = trainer._worker_streams.setdefault(f"val{dl_idx}", _WorkerStreams())
+        source = eval_iter(loader, streams)
+    return islice(source, limit)
 
 
 def gather_predictions(strategy: Any, loader: Any, preds: list[Any]) -> list[Any]:

@@ -22,8 +22,8 @@ from fulmen.errors import MisconfigurationException
 from fulmen.module import LightningModule
 from fulmen.precision import Precision
 from fulmen.trainer import checkpointing, data as _data
-from fulmen.trainer.checks import (FiniteLossCheck, check_dataloader_idx, check_legacy, raise_if_not_finite, takes,
-                                   training_loss)
+from fulmen.trainer.checks import (FiniteLossCheck, check_dataloader_idx, check_legacy, module_hook, raise_if_not_finite,
+                                   step_fn, step_outputs, training_loss)
 from fulmen.trainer.context import EpochPlan, RunContext
 from fulmen.trainer.logging import log_hyperparams, print_results
 from fulmen.trainer.optimizers import setup_optimizers, step_scheduler
@@ -153,13 +153,6 @@ def _next_epoch(loop: LoopState) -> None:
     loop.epoch_loop_done = False
 
 
-def _can_stop_early(ctx: RunContext) -> bool:
-    trainer, loop = ctx.trainer, ctx.loop
-    return (trainer.min_epochs is None or loop.epoch >= trainer.min_epochs) and (
-        trainer.min_steps is None or loop.global_step >= trainer.min_steps
-    )
-
-
 def _fit_done(ctx: RunContext) -> bool:
     """Whether fit ends here; a limit reached is said on the "fulmen" logger, as Lightning says it."""
     trainer, loop = ctx.trainer, ctx.loop
@@ -173,27 +166,10 @@ def _fit_done(ctx: RunContext) -> bool:
         rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
         return True
     if loop.should_stop:
-        if _can_stop_early(ctx):
+        if ctx.can_stop_early():
             return True
         loop.should_stop = False  # asked too early: min_epochs/min_steps win, as in Lightning
-    return _time_is_up(ctx)
-
-
-def _time_is_up(ctx: RunContext) -> bool:
-    """Whether ``max_time`` has passed (said on the "fulmen" logger, as Lightning says it)."""
-    trainer = ctx.trainer
-    if trainer.max_time is None:
-        return False
-    up = time.monotonic() - ctx.start_time >= trainer.max_time
-    # every process must stop at the same batch, whatever its own clock says
-    if trainer.world_size > 1:
-        up = ctx.strategy.reduce_boolean_decision(up, all=False)
-    if up:
-        from datetime import timedelta
-
-        elapsed = timedelta(seconds=int(time.monotonic() - ctx.start_time))
-        rank_zero_info(f"max_time ends the run after {elapsed}.")
-    return up
+    return ctx.time_is_up()
 
 
 def _sanity_check(ctx: RunContext) -> None:
@@ -258,7 +234,7 @@ def train_epoch(ctx: RunContext) -> None:
         iterator = timed_iter(ctx.profiler, "train_dataloader_next", iterator)
     call_callbacks = ctx.call_callbacks
     cb_batch_start, cb_batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
-    m_batch_start, m_batch_end = _module_hook(module, "on_train_batch_start"), _module_hook(module, "on_train_batch_end")
+    m_batch_start, m_batch_end = module_hook(module, "on_train_batch_start"), module_hook(module, "on_train_batch_end")
     n_batches = trainer.num_training_batches
     check_finite = FiniteLossCheck.for_run(trainer, loop)
     preempted = ctx.preemption.check if ctx.preemption is not None else None  # reads a bool set by SIGTERM
@@ -315,14 +291,14 @@ def train_epoch(ctx: RunContext) -> None:
         trainer._step_row_due = trainer._val_due = False
         if row_due or (stepped and plan.log_every and loop.should_stop):
             metrics.train_step_end(loop.batches_stepped - 1, True)
-        if plan.max_time is not None and not loop.should_stop and _time_is_up(ctx):
+        if plan.max_time is not None and not loop.should_stop and ctx.time_is_up():
             loop.should_stop = True
-        stop = loop.should_stop and _can_stop_early(ctx)
+        stop = loop.should_stop and ctx.can_stop_early()
         if stop or (val_due if plan.val_check_seconds is None else plan.val_on_clock(ctx)):
             if plan.validate:
                 _validate_in_fit(ctx)
                 # a stop asked for by this validation (EarlyStopping) ends the epoch here, as in Lightning
-                stop = loop.should_stop and _can_stop_early(ctx)
+                stop = loop.should_stop and ctx.can_stop_early()
         for cfg in plan.plateau_step:
             if stepped and (batch_idx + 1) % cfg.frequency == 0:
                 step_scheduler(trainer, cfg)
@@ -383,7 +359,7 @@ class _TrainingStep:
         precision = strategy.precision
         plain_precision = type(precision).forward_context is Precision.forward_context and precision.autocast is None
         self.forward_context = None if plain_precision else precision.forward_context
-        self.training_step = _step_fn(strategy, module, "training_step")
+        self.training_step = step_fn(strategy, module, "training_step")
         self.out: Any = None  # what the last closure's training_step returned
         self.ran = False
         if not module.automatic_optimization or not trainer.optimizers:
@@ -395,11 +371,11 @@ class _TrainingStep:
         self.accumulate = trainer.accumulate_grad_batches
         self.cb_zero, self.cb_bwd = hooks["on_before_zero_grad"], hooks["on_before_backward"]
         self.cb_after_bwd = hooks["on_after_backward"]
-        self.m_zero = _module_hook(module, "on_before_zero_grad")
-        self.m_bwd = _module_hook(module, "on_before_backward")
-        self.m_after_bwd = _module_hook(module, "on_after_backward")
-        self.custom_zero_grad = _module_hook(module, "optimizer_zero_grad")
-        self.custom_step = _module_hook(module, "optimizer_step")
+        self.m_zero = module_hook(module, "on_before_zero_grad")
+        self.m_bwd = module_hook(module, "on_before_backward")
+        self.m_after_bwd = module_hook(module, "on_after_backward")
+        self.custom_zero_grad = module_hook(module, "optimizer_zero_grad")
+        self.custom_step = module_hook(module, "optimizer_step")
         self.after_closure = _before_optimizer_step(ctx, self.optimizer)
         if self.custom_step is not None:  # the user's optimizer_step calls lopt.step(closure=...)
             self.lopt._set_step_hooks(self.after_closure, None)
@@ -421,7 +397,7 @@ class _TrainingStep:
         self.loop.global_step += 1
 
     def manual(self, batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
-        return _outputs(self.run_training_step(batch, batch_idx))
+        return step_outputs(self.run_training_step(batch, batch_idx))
 
     def without_optimizer(self, batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
         out = self.run_training_step(batch, batch_idx)
@@ -430,7 +406,7 @@ class _TrainingStep:
             self.strategy.backward(loss, None, module=self.module)
         if ends_window:
             self.loop.global_step += 1  # Lightning counts the steps of its stand-in optimizer
-        return _outputs(out)
+        return step_outputs(out)
 
     def automatic(self, batch: Any, batch_idx: int, first_in_window: bool, ends_window: bool) -> Any:
         self.batch, self.batch_idx, self.first_in_window = batch, batch_idx, first_in_window
@@ -440,7 +416,7 @@ class _TrainingStep:
             else:
                 with self.no_sync():
                     self.closure()
-            return _outputs(self.out)
+            return step_outputs(self.out)
         if self.custom_step is not None:
             self.ran = False
             with self.results.hook("optimizer_step"):
@@ -453,7 +429,7 @@ class _TrainingStep:
         else:
             self.strategy.optimizer_step(self.optimizer, self.closure, self.module, self.after_closure)
         self.loop.global_step += 1
-        return _outputs(self.out)
+        return step_outputs(self.out)
 
     def closure(self) -> Tensor | None:
         """training_step, zero_grad at a window's first batch, then backward (what optimizer.step calls)."""
@@ -497,8 +473,8 @@ def _before_optimizer_step(ctx: RunContext, optimizer: Any) -> Callable[[], None
     """What runs between backward and the optimizer step: the hooks, then gradient clipping."""
     trainer, module = ctx.trainer, ctx.module
     cb = ctx.hooks["on_before_optimizer_step"]
-    m_hook = _module_hook(module, "on_before_optimizer_step")
-    custom_clip = _module_hook(module, "configure_gradient_clipping")
+    m_hook = module_hook(module, "on_before_optimizer_step")
+    custom_clip = module_hook(module, "configure_gradient_clipping")
     clip_val = trainer.gradient_clip_val
     algorithm = trainer.gradient_clip_algorithm  # None unless given; the default clipping is by norm
     manual = not module.automatic_optimization
@@ -522,31 +498,6 @@ def _before_optimizer_step(ctx: RunContext, optimizer: Any) -> Callable[[], None
                 custom_clip(optimizer, clip_val, algorithm)
 
     return run_hooks
-
-
-def _outputs(out: Any) -> Any:
-    """What on_train_batch_end receives: ``{"loss": detached loss, **extras}``, as in Lightning;
-    anything else (manual optimization may return what it likes) is passed on as it is."""
-    if isinstance(out, Tensor):
-        return {"loss": out.detach()}
-    if isinstance(out, dict):
-        return {k: (v.detach() if k == "loss" and isinstance(v, Tensor) else v) for k, v in out.items()}
-    return out
-
-
-def _step_fn(strategy: Any, module: Any, name: str) -> Callable:
-    """The strategy's ``name`` step called as ``fn(batch, batch_idx, *dataloader_idx)``, even when the
-    module's step takes no ``batch_idx`` (legal in Lightning: the argument is passed only when the
-    signature has it). Decided once per run, so the step itself pays nothing."""
-    fn = strategy.step_function(name)
-    if takes(getattr(module, name), "batch_idx", min_args=2):
-        return fn
-    return lambda batch, batch_idx, *dataloader_idx: fn(batch, *dataloader_idx)
-
-
-def _module_hook(module: Any, name: str) -> Callable | None:
-    """The module's hook when it overrides it, else None (so the loop can skip the call)."""
-    return getattr(module, name) if is_overridden(name, module, LightningModule) else None
 
 
 # ==================================================================================================
@@ -579,17 +530,6 @@ def evaluate_entry(ctx: RunContext, stage: RunningStage) -> list[dict[str, float
     return out
 
 
-def _eval_batches(ctx: RunContext, dl_idx: int, loader: Any, limit: float) -> Any:
-    """An iterator over one evaluation loader's batches, made now: making it draws the loader's base seed from
-    the global generator, which is why the first loader's is made before the stage's hooks run, as in Lightning
-    (a hook that draws random numbers then gets Lightning's)."""
-    source = loader
-    if ctx.trainer.state.fn == TrainerFn.FITTING:  # persistent workers keep their random streams between validations
-        streams = ctx.trainer._worker_streams.setdefault(f"val{dl_idx}", _data._WorkerStreams())
-        source = _data.eval_iter(loader, streams)
-    return _data.islice(source, limit)
-
-
 def evaluate(ctx: RunContext, stage: RunningStage, loaders: list[Any], limits: list[float]) -> list[dict[str, float]]:
     """One pass over the evaluation loaders: eval mode and inference mode, then restore training mode."""
     trainer, module, metrics, loop, hooks = ctx.trainer, ctx.module, ctx.metrics, ctx.loop, ctx.hooks
@@ -599,15 +539,15 @@ def evaluate(ctx: RunContext, stage: RunningStage, loaders: list[Any], limits: l
     results = metrics.eval
     results.reset()
     metrics.current = results
-    first = _eval_batches(ctx, 0, loaders[0], limits[0]) if loaders else None
+    first = _data.eval_batches(trainer, 0, loaders[0], limits[0]) if loaders else None
     modes = {name: m.training for name, m in module.named_modules()}
     ctx.call_module(f"on_{prefix}_model_eval")
     multi = len(loaders) > 1
     check_dataloader_idx(module, stage, multi)
-    step_fn = _step_fn(ctx.strategy, module, f"{prefix}_step")
+    eval_step = step_fn(ctx.strategy, module, f"{prefix}_step")
     start_name, step_name, end_name = f"on_{prefix}_batch_start", f"{prefix}_step", f"on_{prefix}_batch_end"
     cb_start, cb_end = hooks[start_name], hooks[end_name]
-    m_start, m_end = _module_hook(module, start_name), _module_hook(module, end_name)
+    m_start, m_end = module_hook(module, start_name), module_hook(module, end_name)
     call_callbacks = ctx.call_callbacks
     move = _data.batch_mover(trainer, module)
     forward_context = ctx.strategy.precision.forward_context
@@ -623,7 +563,7 @@ def evaluate(ctx: RunContext, stage: RunningStage, loaders: list[Any], limits: l
         ctx.call_hooks(f"on_{prefix}_epoch_start")
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(first if dl_idx == 0 else _eval_batches(ctx, dl_idx, loader, limit)):
+            for batch_idx, batch in enumerate(first if dl_idx == 0 else _data.eval_batches(trainer, dl_idx, loader, limit)):
                 results.new_batch(batch, dl_idx if multi else None)
                 batch = move(batch, dl_idx)
                 results.batch = batch
@@ -633,7 +573,7 @@ def evaluate(ctx: RunContext, stage: RunningStage, loaders: list[Any], limits: l
                     with results.hook(start_name):
                         m_start(batch, batch_idx, *extra)
                 with results.hook(step_name), forward_context():
-                    out = step_fn(batch, batch_idx, *extra)
+                    out = eval_step(batch, batch_idx, *extra)
                 if cb_end:
                     call_callbacks(end_name, out, batch, batch_idx, *extra)
                 if m_end is not None:
@@ -692,14 +632,14 @@ def predict(ctx: RunContext) -> Any:
     modes = {name: m.training for name, m in module.named_modules()}
     ctx.call_module("on_predict_model_eval")
     cb_start, cb_end = hooks["on_predict_batch_start"], hooks["on_predict_batch_end"]
-    m_start, m_end = _module_hook(module, "on_predict_batch_start"), _module_hook(module, "on_predict_batch_end")
+    m_start, m_end = module_hook(module, "on_predict_batch_start"), module_hook(module, "on_predict_batch_end")
     call_callbacks = ctx.call_callbacks
     move = _data.batch_mover(trainer, module)
     forward_context = ctx.strategy.precision.forward_context
     keep = ctx.return_predictions
     multi = len(loaders) > 1
     check_dataloader_idx(module, stage, multi)
-    predict_step = _step_fn(ctx.strategy, module, "predict_step")
+    predict_step = step_fn(ctx.strategy, module, "predict_step")
     all_preds: list[list[Any]] = []
     with ctx.strategy.evaluation_context(trainer.inference_mode):
         ctx.call_hooks("on_predict_start")

@@ -60,10 +60,6 @@ class _Copies:
             b.copy_(t, non_blocking=True)
         return self.buffers
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers)
-
 
 class Snapshot:
     """The training state before batch ``before`` of epoch ``epoch``, kept in host memory."""
@@ -74,10 +70,6 @@ class Snapshot:
         self._optim_layout: list[list[tuple[Any, list[tuple[str, Any]]]]] = []
         self._groups: list[list[dict[str, Any]]] = []
         self._rest: dict[str, Any] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return self._weights.nbytes + self._optim.nbytes
 
     def take(self, trainer: Any, loop: LoopState, batch_idx: int, detector: Any) -> None:
         module = trainer.lightning_module
@@ -188,11 +180,6 @@ class SpikeGuard:
         self._spare: Snapshot | None = None  # buffers to reuse
         self._restart_window = False
         self._fresh_epoch = True
-
-    @property
-    def snapshot_bytes(self) -> int:
-        """Host memory the snapshots hold now."""
-        return sum(s.nbytes for s in self.snapshots)
 
     def wrap(self, trainer: Any, loop: LoopState, step: Callable) -> Callable:
         detector = self.detector
