@@ -73,6 +73,12 @@ class Preemption:
             signal.signal(signum, self._handle)
 
     def restore(self) -> None:
+        vote, self._vote = self._vote, None
+        if vote is not None:  # every rank started it, so it completes; left in flight, the process group
+            try:              # could close under it at exit and gloo's transport thread would abort the process
+                vote()
+            except Exception:  # noqa: BLE001 - a peer is gone: the run is ending with its own error anyway
+                pass
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
