@@ -15,7 +15,7 @@ import os
 import re
 from argparse import Namespace
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,16 +35,22 @@ def load_hparams_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
         hp = load_hparams_from_yaml("lightning_logs/version_0/hparams.yaml")
     """
+    import yaml
+
+    return _read_hparams_file(path, lambda f: yaml.safe_load(f) or {})
+
+
+def _read_hparams_file(path: str | os.PathLike, parse: Callable[[Any], dict[str, Any]], **open_kwargs: Any) -> dict:
+    """``parse`` of the open file at ``path``; ``{}`` with a warning when there is no such file."""
     from fulmen.checkpoint import exists, get_filesystem
 
     path = os.fspath(path)
     if not exists(path):
-        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
+        # stacklevel: past this helper and the public loader, as where the loaders warned themselves
+        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.", stacklevel=5)
         return {}
-    import yaml
-
-    with get_filesystem(path).open(path, "r") as f:
-        return yaml.safe_load(f) or {}
+    with get_filesystem(path).open(path, "r", **open_kwargs) as f:
+        return parse(f)
 
 
 def save_hparams_to_yaml(config_yaml: str | os.PathLike, hparams: Mapping[str, Any] | Namespace,
@@ -144,22 +150,16 @@ def load_hparams_from_tags_csv(path: str | os.PathLike) -> dict[str, Any]:
     """
     import ast
 
-    from fulmen.checkpoint import exists, get_filesystem
-
-    path = os.fspath(path)
-    if not exists(path):
-        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
-        return {}
-
     def value(text: str) -> Any:
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return text
 
-    with get_filesystem(path).open(path, "r", newline="") as f:
-        rows = list(csv.reader(f))
-    return {row[0]: value(row[1]) for row in rows[1:] if len(row) >= 2}
+    def parse(f: Any) -> dict[str, Any]:
+        return {row[0]: value(row[1]) for row in list(csv.reader(f))[1:] if len(row) >= 2}
+
+    return _read_hparams_file(path, parse, newline="")
 
 
 def _hparams_from_file(hparams_file: Any) -> dict[str, Any]:
@@ -284,8 +284,8 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
         raise CheckpointError(f"{checkpoint_path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
     if hparams_file is not None:
         checkpoint[_KEYS[kind][0]] = _hparams_from_file(hparams_file)
+    saved = checkpoint.get(_KEYS[kind][0]) or {}
     try:
-        saved = checkpoint.get(_KEYS[kind][0]) or {}
         init_kwargs = _init_kwargs(cls, checkpoint, kind, kwargs)
         init_kwargs.pop("_instantiator", None)
         if saved.get("_instantiator"):
@@ -293,10 +293,9 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
         else:
             obj = cls(**init_kwargs)
     except TypeError as err:
-        saved = sorted((checkpoint.get(_KEYS[kind][0]) or {}))
         raise MisconfigurationException(
             f"Could not build {cls.__name__} from {checkpoint_path!r}: {err}. The checkpoint saved hyperparameters "
-            f"{saved}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
+            f"{sorted(saved)}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
             f"{cls.__name__}.load_from_checkpoint(path, name=value)."
         ) from err
     if kind == "datamodule":
@@ -309,7 +308,7 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
             f"{checkpoint_path!r} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain "
             "state_dict use model.load_state_dict(torch.load(path))."
         )
-    strict = getattr(obj, "strict_loading", True) if strict is None else strict
+    strict = obj.strict_loading if strict is None else strict
     obj.configure_model()
     obj.on_load_checkpoint(checkpoint)
     keys = obj.load_state_dict(checkpoint["state_dict"], strict=strict)
