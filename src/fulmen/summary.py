@@ -112,10 +112,9 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
 
     from fulmen._utils import move_data_to_device
 
-    by_name = {layer.name: layer for layer in summary.layers}
     hooks = []
-    for name, module in shown.items():
-        def record(mod: nn.Module, args: Any, out: Any, layer: LayerInfo = by_name[name]) -> None:
+    for layer, module in zip(summary.layers, shown.values()):  # one row per shown module, in order
+        def record(mod: nn.Module, args: Any, out: Any, layer: LayerInfo = layer) -> None:
             layer.in_size, layer.out_size = _size(args), _size(out)
 
         hooks.append(module.register_forward_hook(record))
@@ -232,12 +231,15 @@ class LayerSummary:
 
     @property
     def num_parameters(self) -> int:
-        return sum(0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
-                   for p in self._module.parameters())
+        return _numel(self._module.parameters())
 
     @property
     def training(self) -> bool:
         return self._module.training
+
+
+def _column(field: str) -> property:
+    return property(lambda self: [getattr(layer, field) for layer in self._summary.layers])
 
 
 class ModelSummary:
@@ -277,29 +279,13 @@ class ModelSummary:
         modules = dict(self._model.named_modules()) if self._model is not None else {}
         return [(layer.name, modules[layer.name]) for layer in self._summary.layers if layer.name in modules]
 
-    @property
-    def layer_names(self) -> list[str]:
-        return [layer.name for layer in self._summary.layers]
-
-    @property
-    def layer_types(self) -> list[str]:
-        return [layer.type for layer in self._summary.layers]
-
-    @property
-    def in_sizes(self) -> list[Any]:
-        return [layer.in_size for layer in self._summary.layers]
-
-    @property
-    def out_sizes(self) -> list[Any]:
-        return [layer.out_size for layer in self._summary.layers]
-
-    @property
-    def param_nums(self) -> list[int]:
-        return [layer.params for layer in self._summary.layers]
-
-    @property
-    def training_modes(self) -> list[bool]:
-        return [layer.training for layer in self._summary.layers]
+    # one entry per row: a LayerInfo field of every row
+    layer_names = _column("name")
+    layer_types = _column("type")
+    in_sizes = _column("in_size")
+    out_sizes = _column("out_size")
+    param_nums = _column("params")
+    training_modes = _column("training")
 
     @property
     def total_training_modes(self) -> dict[str, int]:
