@@ -57,7 +57,7 @@ class HyperparametersMixin:
                     self.hparams.lr  # 1e-3
         """
         self._log_hyperparams = logger
-        if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
+        if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             given = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
             init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
             # the __init__ argument holding the dict: load_from_checkpoint passes it back whole under that name
@@ -138,22 +138,18 @@ class HyperparametersMixin:
 
 def _collect_init_args(obj: Any, frame: Any) -> dict[str, Any]:
     """Arguments of every ``__init__`` on the stack that is initialising ``obj``; outermost call wins."""
-    collected: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
     while frame is not None:
         local = frame.f_locals
         if frame.f_code.co_name == "__init__" and local.get("self") is obj:
             code = frame.f_code
             n = code.co_argcount + code.co_kwonlyargcount
-            names = code.co_varnames[:n]
-            values = {k: local[k] for k in names if k != "self" and k in local}
+            values = {k: local[k] for k in code.co_varnames[:n] if k != "self" and k in local}
             if code.co_flags & inspect.CO_VARKEYWORDS:
                 values.update(local.get(code.co_varnames[n + bool(code.co_flags & inspect.CO_VARARGS)], {}))
             values.pop("__class__", None)
-            collected.append(values)
+            out.update(values)  # walking outwards: the subclass's (outermost) __init__ overrides its parents
         frame = frame.f_back
-    out: dict[str, Any] = {}
-    for values in collected:  # innermost first; the subclass (outermost) overrides its parents
-        out.update(values)
     return out
 
 
@@ -543,13 +539,10 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         optimizer = getattr(optimizer, "optimizer", optimizer)
         own = {id(p) for g in optimizer.param_groups for p in g["params"]}
         state: dict[int, bool] = {}
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) not in state:
-                        state[id(p)] = p.requires_grad
-                    if id(p) not in own:
-                        p.requires_grad = False
+        for p in self._optimized_parameters():
+            state.setdefault(id(p), p.requires_grad)
+            if id(p) not in own:
+                p.requires_grad = False
         for p in (p for g in optimizer.param_groups for p in g["params"]):
             p.requires_grad = state.get(id(p), p.requires_grad)
         self._param_requires_grad_state = state
@@ -577,12 +570,13 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     def untoggle_optimizer(self, optimizer: Any) -> None:
         """Undo ``toggle_optimizer``."""
         state = getattr(self, "_param_requires_grad_state", {})
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in state:
-                        p.requires_grad = state[id(p)]
+        for p in self._optimized_parameters():
+            if id(p) in state:
+                p.requires_grad = state[id(p)]
         self._param_requires_grad_state = {}
+
+    def _optimized_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for opt in self.trainer.optimizers for group in opt.param_groups for p in group["params"])
 
     def clip_gradients(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
