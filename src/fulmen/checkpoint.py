@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import os
@@ -159,13 +160,11 @@ def remove(path: PathLike, **storage_options: Any) -> None:
         if fs.exists(p):
             fs.rm(p, recursive=True)
         return
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if os.path.isdir(local) and not os.path.islink(local):
             shutil.rmtree(local)
         else:
             os.remove(local)
-    except FileNotFoundError:
-        pass
 
 
 def _temp_sibling(path: str, paths=os.path) -> str:
@@ -196,27 +195,21 @@ def remove_stale_temp_files(directory: PathLike, older_than: float = 60.0) -> li
     now = time.time()
     for name in os.listdir(local):
         path = os.path.join(local, name)
-        try:
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
             if _TEMP_NAME.match(name) and now - os.lstat(path).st_mtime > older_than:
                 os.remove(path)
                 removed.append(path)
-        except OSError:
-            pass  # gone already, or not ours to remove
     return removed
 
 
 def _fsync_dir(directory: str) -> None:
     # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def link_or_copy(src: PathLike, dst: PathLike, **storage_options: Any) -> None:
@@ -506,11 +499,9 @@ def _refused_globals(err: Exception, source: Callable[[], Any]) -> list[str]:
     """The classes/functions the safe unpickler refused; empty if ``err`` names none (e.g. garbage bytes)."""
     names = [a or b for a, b in _REFUSED_IN_MESSAGE.findall(str(err))]
     if names:
-        try:  # all of them at once, not only the first the unpickler met
+        with contextlib.suppress(Exception):  # all of them at once, not only the first the unpickler met
             allowed = set(_allowed_names())
             names += [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(source()) if n not in allowed]
-        except Exception:
-            pass
     return sorted(set(names))
 
 
@@ -728,11 +719,9 @@ def _save(checkpoint: dict, path: PathLike, storage_options: dict | None) -> Non
                 writer.finish()
             fs.mv(tmp, remote_path)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # cleanup must not mask the original error
                 if fs.exists(tmp):
                     fs.rm(tmp)
-            except Exception:  # cleanup must not mask the original error
-                pass
         return
 
     directory = os.path.dirname(os.path.abspath(local))
