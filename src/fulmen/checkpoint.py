@@ -37,7 +37,8 @@ from typing import IO, Any, Callable, Union
 
 import torch
 
-from fulmen.errors import CheckpointCorruptedError, CheckpointError, CheckpointSaveError, UntrustedCheckpointError
+from fulmen.errors import (CheckpointCorruptedError, CheckpointError, CheckpointSaveError, MisconfigurationException,
+                           UntrustedCheckpointError, missing_extra)
 
 __all__ = [
     "AsyncCheckpointIO",
@@ -110,8 +111,6 @@ def _remote(path: PathLike, storage_options: dict | None):
     except ImportError:
         if not _is_http(path):
             raise
-        from fulmen.errors import missing_extra
-
         raise missing_extra("aiohttp", "http", f"Reading {os.fspath(path)!r} over HTTP(S)") from None
 
 
@@ -439,8 +438,7 @@ def _numpy_safe_types() -> list:
 
 
 def _supports_alias() -> bool:
-    version = tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2])
-    return version >= (2, 6)
+    return tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 6)
 
 
 def _allowed_names() -> list[str]:
@@ -461,8 +459,6 @@ def resolve_trusted(weights_only: bool | None, trusted: bool = False) -> bool:
     force_safe = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
     force_trusted = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
     if force_safe and force_trusted:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(
             "Both TORCH_FORCE_WEIGHTS_ONLY_LOAD and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD are set; unset one of them."
         )

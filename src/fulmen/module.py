@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen._utils import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
-from fulmen.errors import MisconfigurationException
+from fulmen.errors import MisconfigurationException, missing_extra
 
 
 # Set by LightningCLI while it builds a module: the resolved config of its arguments (and the function that can
@@ -59,11 +59,10 @@ class HyperparametersMixin:
         """
         self._log_hyperparams = logger
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
-            given = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
             init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
             # the __init__ argument holding the dict: load_from_checkpoint passes it back whole under that name
             self._hparams_name = next((k for k, v in init_args.items() if v is args[0]), None)
-            self._set_hparams(given)
+            self._set_hparams(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
             return
         given = _given_hparams.get() if frame is None else None
         init_args = dict(given) if given is not None else _collect_init_args(self, frame or inspect.currentframe().f_back)
@@ -484,10 +483,9 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     def lr_schedulers(self) -> Any:
         """The scheduler(s) from ``configure_optimizers``: None, one, or a list."""
-        configs = self.trainer.lr_scheduler_configs
-        if not configs:
+        scheds = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        if not scheds:
             return None
-        scheds = [c.scheduler for c in configs]
         return scheds[0] if len(scheds) == 1 else scheds
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -777,8 +775,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
             model.to_onnx("model.onnx", torch.randn(1, 64))
             model.to_onnx("model.onnx", torch.randn(1, 64), dynamo=False, export_params=True)
         """
-        from fulmen.errors import missing_extra
-        from fulmen._utils import package_available
+        from fulmen._utils import package_available  # looked up per call, so tests can stand in for it
 
         feature = f"`{type(self).__name__}.to_onnx()`"
         if not package_available("onnx"):

@@ -8,11 +8,14 @@ nothing beyond tensors, containers and registered plain types is unpickled unles
 
 from __future__ import annotations
 
+import ast
 import csv
 import dataclasses
 import inspect
 import os
+import pickle
 import re
+import sys
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -20,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from fulmen._utils import rank_zero_warn
-from fulmen.errors import CheckpointError, MisconfigurationException, missing_extra
+from fulmen.errors import CheckpointError, MisconfigurationException, UntrustedCheckpointError, missing_extra
 
 _KEYS = {  # (hyperparameters, their __init__ argument name) per kind of object
     "module": ("hyper_parameters", "hparams_name"),
@@ -148,8 +151,6 @@ def load_hparams_from_tags_csv(path: str | os.PathLike) -> dict[str, Any]:
 
         hp = load_hparams_from_tags_csv("tags.csv")
     """
-    import ast
-
     def value(text: str) -> Any:
         try:
             return ast.literal_eval(text)
@@ -204,8 +205,6 @@ def _instantiate(cls: type, init_kwargs: dict[str, Any], instantiator: Any, clas
             "hyper_parameters['_instantiator'] from the checkpoint if you trust it."
         )
     if class_path is not None:
-        import sys
-
         module_name, _, name = str(class_path).rpartition(".")
         found = getattr(sys.modules.get(module_name), name, None)
         if not (isinstance(found, type) and issubclass(found, cls)):
@@ -262,14 +261,9 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
 
         model = LitModel.load_from_checkpoint("best.ckpt", map_location="cpu", lr=1e-4)
     """
-    from fulmen.checkpoint import load_checkpoint
+    from fulmen.checkpoint import _TRUST_HINT, _torch_load, load_checkpoint, resolve_trusted
 
     if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
-        import pickle
-
-        from fulmen.checkpoint import _TRUST_HINT, _torch_load, resolve_trusted
-        from fulmen.errors import UntrustedCheckpointError
-
         try:
             checkpoint = _torch_load(checkpoint_path, map_location, trusted=resolve_trusted(weights_only))
         except pickle.UnpicklingError as err:

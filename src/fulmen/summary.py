@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fulmen._utils import move_data_to_device, rank_zero_warn
+from fulmen.errors import MisconfigurationException
+
 UNKNOWN_SIZE = "?"
 NOT_APPLICABLE = "n/a"
 
@@ -78,8 +81,6 @@ def summarize(model: nn.Module, max_depth: int = 1) -> Summary:
         print(summary)
     """
     if not isinstance(max_depth, int) or max_depth < -1:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(f"max_depth={max_depth!r}: pass an integer >= -1 (-1 shows every layer).")
     named = [(n, m) for n, m in model.named_modules() if n]
     shown = [(n, m) for n, m in named if max_depth == -1 or n.count(".") < max_depth]
@@ -110,8 +111,6 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
     """One forward pass of ``example`` to fill in sizes and FLOPs; modes and grad state are restored."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fulmen._utils import move_data_to_device
-
     hooks = []
     for layer, module in zip(summary.layers, shown.values()):  # one row per shown module, in order
         def record(mod: nn.Module, args: Any, out: Any, layer: LayerInfo = layer) -> None:
@@ -136,8 +135,6 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
         for layer in summary.layers:
             layer.flops = counts.get(f"{root}.{layer.name}", 0)
     except Exception as err:  # a summary must never stop training
-        from fulmen._utils import rank_zero_warn
-
         rank_zero_warn(f"The model summary could not run `example_input_array` through the model ({err}); "
                        "sizes and FLOPs are left out.")
     finally:
@@ -156,8 +153,6 @@ def get_human_readable_count(number: int) -> str:
         get_human_readable_count(2_176)  # '2.2 K'
     """
     if number < 0:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(f"get_human_readable_count({number}): counts are never negative.")
     units = [" ", "K", "M", "B", "T"]
     value, unit = float(number), 0
