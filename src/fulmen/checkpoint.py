@@ -505,9 +505,8 @@ def _looks_damaged(err: BaseException) -> bool:
     """Errors torch raises for bytes that are not a readable archive (as opposed to e.g. a bad map_location)."""
     if isinstance(err, (EOFError, pickle.UnpicklingError, struct.error, UnicodeDecodeError)):
         return True
-    message = str(err)
     return isinstance(err, (RuntimeError, ValueError)) and any(
-        s in message for s in ("PytorchStreamReader", "inline_container", "zip archive", "central directory", "magic")
+        s in str(err) for s in ("PytorchStreamReader", "inline_container", "zip archive", "central directory", "magic")
     )
 
 
@@ -629,14 +628,12 @@ def load_checkpoint(
     # Hash on a second thread while torch.load reads: both release the GIL, so verification costs
     # little wall time. The result is returned only once the checksum has matched.
     error: BaseException | None = None
-    result = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         actual = None
-        if expected is not None:
-            if source.local is not None:
-                actual = pool.submit(_sha256_of_file, source.local, hashed_length)
-            else:
-                actual = pool.submit(lambda: hashlib.sha256(memoryview(source.data)[:hashed_length]).hexdigest())
+        if expected is not None and source.local is not None:
+            actual = pool.submit(_sha256_of_file, source.local, hashed_length)
+        elif expected is not None:
+            actual = pool.submit(lambda: hashlib.sha256(memoryview(source.data)[:hashed_length]).hexdigest())
         try:
             result = _torch_load(source.opener(), map_location, trusted)
         except Exception as err:  # decided below, after the checksum is known

@@ -118,8 +118,7 @@ def _write_hparams_yaml(fs: Any, path: str, hparams: Mapping[str, Any]) -> None:
     """Write ``hparams`` as YAML to ``path`` on the fsspec filesystem ``fs``, replacing it whole."""
     import yaml  # only needed when hyperparameters are saved
 
-    text = yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True)
-    _atomic_write_text(fs, path, text)
+    _atomic_write_text(fs, path, yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True))
 
 
 def _atomic_write_text(fs: Any, path: str, text: str) -> None:
@@ -185,9 +184,7 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], kind: str, overrides: di
     if arg_name and arg_name != "kwargs" and arg_name in names:  # save_hyperparameters(one_dict): pass it whole
         saved = {arg_name: saved}
     kwargs = {**saved, **overrides}
-    if not takes_any:
-        kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return kwargs
+    return kwargs if takes_any else {k: v for k, v in kwargs.items() if k in names}
 
 
 # what a checkpoint's hyper_parameters["_instantiator"] may name: LightningCLI's rebuilders, never anything else
