@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import os
@@ -36,7 +37,8 @@ from typing import IO, Any, Callable, Union
 
 import torch
 
-from fulmen.errors import CheckpointCorruptedError, CheckpointError, CheckpointSaveError, UntrustedCheckpointError
+from fulmen.errors import (CheckpointCorruptedError, CheckpointError, CheckpointSaveError, MisconfigurationException,
+                           UntrustedCheckpointError, missing_extra)
 
 __all__ = [
     "AsyncCheckpointIO",
@@ -109,8 +111,6 @@ def _remote(path: PathLike, storage_options: dict | None):
     except ImportError:
         if not _is_http(path):
             raise
-        from fulmen.errors import missing_extra
-
         raise missing_extra("aiohttp", "http", f"Reading {os.fspath(path)!r} over HTTP(S)") from None
 
 
@@ -159,13 +159,11 @@ def remove(path: PathLike, **storage_options: Any) -> None:
         if fs.exists(p):
             fs.rm(p, recursive=True)
         return
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if os.path.isdir(local) and not os.path.islink(local):
             shutil.rmtree(local)
         else:
             os.remove(local)
-    except FileNotFoundError:
-        pass
 
 
 def _temp_sibling(path: str, paths=os.path) -> str:
@@ -196,27 +194,21 @@ def remove_stale_temp_files(directory: PathLike, older_than: float = 60.0) -> li
     now = time.time()
     for name in os.listdir(local):
         path = os.path.join(local, name)
-        try:
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
             if _TEMP_NAME.match(name) and now - os.lstat(path).st_mtime > older_than:
                 os.remove(path)
                 removed.append(path)
-        except OSError:
-            pass  # gone already, or not ours to remove
     return removed
 
 
 def _fsync_dir(directory: str) -> None:
     # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def link_or_copy(src: PathLike, dst: PathLike, **storage_options: Any) -> None:
@@ -312,14 +304,7 @@ class _ChecksumWriter:
         self.raw.write(end[:-2] + struct.pack("<H", len(footer)) + footer)
 
 
-class _Archive:
-    """What a checkpoint's last bytes say about it: the checksum it carries, if any."""
-
-    def __init__(self, checksum: str | None) -> None:
-        self.checksum = checksum
-
-
-def _check_archive(size: int, read_at: Callable[[int, int], bytes], path: str) -> _Archive:
+def _check_archive(size: int, read_at: Callable[[int, int], bytes], path: str) -> str | None:
     """Check a zip checkpoint's end records against its length; return the checksum it carries, if any.
 
     A zip archive ends with an end record that gives the central directory's offset and size and the
@@ -359,8 +344,8 @@ def _check_archive(size: int, read_at: Callable[[int, int], bytes], path: str) -
     if comment.startswith(_CHECKSUM_MAGIC):
         if len(comment) != _FOOTER_SIZE:
             raise CheckpointCorruptedError(_corrupt_message(path, "its checksum record is damaged"))
-        return _Archive(comment[len(_CHECKSUM_MAGIC) :].decode("ascii", "replace"))
-    return _Archive(None)
+        return comment[len(_CHECKSUM_MAGIC) :].decode("ascii", "replace")
+    return None
 
 
 def _sha256_of_file(path: str, length: int) -> str:
@@ -420,7 +405,7 @@ def _default_safe_types() -> list:
         import datetime
         import pathlib
 
-        safe: list = [
+        _default_safe = [
             # (defaultdict, deque and dict subclasses without a __reduce__ cannot be built by torch's safe
             # unpickler at all: it fills only dict, OrderedDict, Counter and list)
             collections.OrderedDict, collections.Counter,
@@ -429,9 +414,8 @@ def _default_safe_types() -> list:
             pathlib.PurePosixPath, pathlib.PureWindowsPath,  # paths in hparams / callback state
             datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone,
             frozenset, slice, range,
+            *_numpy_safe_types(),
         ]
-        safe += _numpy_safe_types()
-        _default_safe = safe
     return _default_safe + _extra_safe
 
 
@@ -454,18 +438,11 @@ def _numpy_safe_types() -> list:
 
 
 def _supports_alias() -> bool:
-    version = tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2])
-    return version >= (2, 6)
+    return tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 6)
 
 
 def _allowed_names() -> list[str]:
-    names = []
-    for entry in _default_safe_types():
-        if isinstance(entry, tuple):
-            names.append(entry[1])
-        else:
-            names.append(f"{entry.__module__}.{entry.__qualname__}")
-    return names
+    return [e[1] if isinstance(e, tuple) else f"{e.__module__}.{e.__qualname__}" for e in _default_safe_types()]
 
 
 def resolve_trusted(weights_only: bool | None, trusted: bool = False) -> bool:
@@ -482,17 +459,12 @@ def resolve_trusted(weights_only: bool | None, trusted: bool = False) -> bool:
     force_safe = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
     force_trusted = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in truthy
     if force_safe and force_trusted:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(
             "Both TORCH_FORCE_WEIGHTS_ONLY_LOAD and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD are set; unset one of them."
         )
     if force_safe:
         return False
-    chosen = trusted or weights_only is False
-    if force_trusted and weights_only is None and not trusted:
-        return True
-    return chosen
+    return trusted or weights_only is False or (force_trusted and weights_only is None)
 
 
 _TRUST_HINT = (
@@ -523,11 +495,9 @@ def _refused_globals(err: Exception, source: Callable[[], Any]) -> list[str]:
     """The classes/functions the safe unpickler refused; empty if ``err`` names none (e.g. garbage bytes)."""
     names = [a or b for a, b in _REFUSED_IN_MESSAGE.findall(str(err))]
     if names:
-        try:  # all of them at once, not only the first the unpickler met
+        with contextlib.suppress(Exception):  # all of them at once, not only the first the unpickler met
             allowed = set(_allowed_names())
             names += [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(source()) if n not in allowed]
-        except Exception:
-            pass
     return sorted(set(names))
 
 
@@ -535,9 +505,8 @@ def _looks_damaged(err: BaseException) -> bool:
     """Errors torch raises for bytes that are not a readable archive (as opposed to e.g. a bad map_location)."""
     if isinstance(err, (EOFError, pickle.UnpicklingError, struct.error, UnicodeDecodeError)):
         return True
-    message = str(err)
     return isinstance(err, (RuntimeError, ValueError)) and any(
-        s in message for s in ("PytorchStreamReader", "inline_container", "zip archive", "central directory", "magic")
+        s in str(err) for s in ("PytorchStreamReader", "inline_container", "zip archive", "central directory", "magic")
     )
 
 
@@ -582,12 +551,12 @@ class _Source:
     def opener(self) -> Any:
         return self.local if self.data is None else io.BytesIO(self.data)
 
-    def check(self) -> _Archive:
-        """Fail with :class:`CheckpointCorruptedError` unless the file is whole; return what its end says."""
+    def check(self) -> str | None:
+        """Fail with :class:`CheckpointCorruptedError` unless the file is whole; return its checksum, if any."""
         if self.size == 0:
             raise CheckpointCorruptedError(_corrupt_message(self.shown, "the file is empty (0 bytes)"))
         if self.head.startswith(b"\x80"):  # torch's legacy (non-zip) format: no end records to check
-            return _Archive(None)
+            return None
         if self.head != b"PK\x03\x04":
             raise CheckpointError(
                 f"{self.shown!r} is not a PyTorch checkpoint (expected a file written by torch.save, "
@@ -652,25 +621,21 @@ def load_checkpoint(
     """
     trusted = resolve_trusted(weights_only, trusted)
     source = _Source(path, storage_options)
-    shown, local, size = source.shown, source.local, source.size
-    expected = source.check().checksum if verify else None
-    hashed_length = size - _FOOTER_SIZE - 2
-    opener = source.opener
-    data = source.data
+    shown = source.shown
+    expected = source.check() if verify else None
+    hashed_length = source.size - _FOOTER_SIZE - 2
 
     # Hash on a second thread while torch.load reads: both release the GIL, so verification costs
     # little wall time. The result is returned only once the checksum has matched.
     error: BaseException | None = None
-    result = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         actual = None
-        if expected is not None:
-            if local is not None:
-                actual = pool.submit(_sha256_of_file, local, hashed_length)
-            else:
-                actual = pool.submit(lambda: hashlib.sha256(memoryview(data)[:hashed_length]).hexdigest())
+        if expected is not None and source.local is not None:
+            actual = pool.submit(_sha256_of_file, source.local, hashed_length)
+        elif expected is not None:
+            actual = pool.submit(lambda: hashlib.sha256(memoryview(source.data)[:hashed_length]).hexdigest())
         try:
-            result = _torch_load(opener(), map_location, trusted)
+            result = _torch_load(source.opener(), map_location, trusted)
         except Exception as err:  # decided below, after the checksum is known
             error = err
         if actual is not None and actual.result() != expected:
@@ -679,7 +644,7 @@ def load_checkpoint(
     if error is None:
         return result
     if not trusted and isinstance(error, pickle.UnpicklingError):
-        names = _refused_globals(error, opener)
+        names = _refused_globals(error, source.opener)
         if names or expected is not None:  # with a matching checksum the bytes are intact: it is the content
             raise UntrustedCheckpointError(
                 f"Checkpoint {shown!r} contains objects the safe loader does not allow: "
@@ -711,8 +676,6 @@ def save_checkpoint(checkpoint: dict, path: PathLike, *, storage_options: dict |
     try:
         _save(checkpoint, path, storage_options)
     except OSError as err:
-        if isinstance(err, CheckpointSaveError):
-            raise
         raise CheckpointSaveError(_save_message(os.fspath(path), err)) from err
 
 
@@ -720,18 +683,18 @@ def _save_message(path: str, err: OSError) -> str:
     import errno
 
     cause = err.strerror or str(err) or type(err).__name__
-    where = f" ({err.filename})" if getattr(err, "filename", None) and os.fspath(err.filename) != path else ""
-    fix = {
-        errno.ENOSPC: "Free some space or save elsewhere (ModelCheckpoint(dirpath=...)).",
-        errno.EDQUOT: "Free some space or save elsewhere (ModelCheckpoint(dirpath=...)).",
-        errno.EACCES: "Make the directory writable or save elsewhere (ModelCheckpoint(dirpath=...)).",
-        errno.EPERM: "Make the directory writable or save elsewhere (ModelCheckpoint(dirpath=...)).",
-        errno.EROFS: "The filesystem is read-only; save elsewhere (ModelCheckpoint(dirpath=...)).",
-        errno.EEXIST: "A file stands where a directory is needed; remove it or choose another dirpath.",
-        errno.ENOTDIR: "A file stands where a directory is needed; remove it or choose another dirpath.",
-        errno.EISDIR: "A directory stands at the checkpoint's path; remove it or choose another file name.",
-    }.get(err.errno or -1, "Check the path and the storage.")
-    return (f"Could not write checkpoint {path!r}: {cause}{where}. Earlier checkpoints are unchanged. {fix}")
+    where = f" ({err.filename})" if err.filename and os.fspath(err.filename) != path else ""
+    elsewhere = "save elsewhere (ModelCheckpoint(dirpath=...))."
+    file_in_the_way = "A file stands where a directory is needed; remove it or choose another dirpath."
+    fixes = {
+        (errno.ENOSPC, errno.EDQUOT): f"Free some space or {elsewhere}",
+        (errno.EACCES, errno.EPERM): f"Make the directory writable or {elsewhere}",
+        (errno.EROFS,): f"The filesystem is read-only; {elsewhere}",
+        (errno.EEXIST, errno.ENOTDIR): file_in_the_way,
+        (errno.EISDIR,): "A directory stands at the checkpoint's path; remove it or choose another file name.",
+    }
+    fix = next((text for codes, text in fixes.items() if err.errno in codes), "Check the path and the storage.")
+    return f"Could not write checkpoint {path!r}: {cause}{where}. Earlier checkpoints are unchanged. {fix}"
 
 
 def _save(checkpoint: dict, path: PathLike, storage_options: dict | None) -> None:
@@ -749,11 +712,9 @@ def _save(checkpoint: dict, path: PathLike, storage_options: dict | None) -> Non
                 writer.finish()
             fs.mv(tmp, remote_path)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # cleanup must not mask the original error
                 if fs.exists(tmp):
                     fs.rm(tmp)
-            except Exception:  # cleanup must not mask the original error
-                pass
         return
 
     directory = os.path.dirname(os.path.abspath(local))
@@ -773,8 +734,6 @@ def _save(checkpoint: dict, path: PathLike, storage_options: dict | None) -> Non
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------

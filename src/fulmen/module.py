@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import copy
 import inspect
+import itertools
 import os
 from argparse import Namespace
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen._utils import AttributeDict, move_data_to_device, rank_zero_only, rank_zero_warn
-from fulmen.errors import MisconfigurationException
+from fulmen.errors import MisconfigurationException, missing_extra
 
 
 # Set by LightningCLI while it builds a module: the resolved config of its arguments (and the function that can
@@ -57,12 +58,11 @@ class HyperparametersMixin:
                     self.hparams.lr  # 1e-3
         """
         self._log_hyperparams = logger
-        if len(args) == 1 and isinstance(args[0], (dict, Namespace)) and not isinstance(args[0], str):
-            given = vars(args[0]) if isinstance(args[0], Namespace) else dict(args[0])
+        if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             init_args = _collect_init_args(self, frame or inspect.currentframe().f_back)
             # the __init__ argument holding the dict: load_from_checkpoint passes it back whole under that name
             self._hparams_name = next((k for k, v in init_args.items() if v is args[0]), None)
-            self._set_hparams(given)
+            self._set_hparams(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
             return
         given = _given_hparams.get() if frame is None else None
         init_args = dict(given) if given is not None else _collect_init_args(self, frame or inspect.currentframe().f_back)
@@ -138,22 +138,18 @@ class HyperparametersMixin:
 
 def _collect_init_args(obj: Any, frame: Any) -> dict[str, Any]:
     """Arguments of every ``__init__`` on the stack that is initialising ``obj``; outermost call wins."""
-    collected: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
     while frame is not None:
         local = frame.f_locals
         if frame.f_code.co_name == "__init__" and local.get("self") is obj:
             code = frame.f_code
             n = code.co_argcount + code.co_kwonlyargcount
-            names = code.co_varnames[:n]
-            values = {k: local[k] for k in names if k != "self" and k in local}
+            values = {k: local[k] for k in code.co_varnames[:n] if k != "self" and k in local}
             if code.co_flags & inspect.CO_VARKEYWORDS:
                 values.update(local.get(code.co_varnames[n + bool(code.co_flags & inspect.CO_VARARGS)], {}))
             values.pop("__class__", None)
-            collected.append(values)
+            out.update(values)  # walking outwards: the subclass's (outermost) __init__ overrides its parents
         frame = frame.f_back
-    out: dict[str, Any] = {}
-    for values in collected:  # innermost first; the subclass (outermost) overrides its parents
-        out.update(values)
     return out
 
 
@@ -203,6 +199,12 @@ class DataHooks:
     def predict_dataloader(self) -> Any:
         """The predict loader(s), when not passed to ``predict``."""
         raise NotImplementedError
+
+
+def _from_trainer(name: str, default: Any, doc: str) -> property:
+    """A property reading the Trainer's attribute ``name``; a copy of ``default`` when there is no Trainer."""
+    return property(lambda self: getattr(self._trainer, name) if self._trainer is not None else copy.copy(default),
+                    doc=doc)
 
 
 class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
@@ -295,54 +297,25 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     @property
     def device(self) -> torch.device:
         """The device of the module's parameters (CPU when it has none)."""
-        for p in self.parameters():
-            return p.device
-        for b in self.buffers():
-            return b.device
-        return torch.device("cpu")
+        return next((t.device for t in itertools.chain(self.parameters(), self.buffers())), torch.device("cpu"))
 
     @property
     def dtype(self) -> torch.dtype:
         """The floating-point type of the module's parameters."""
-        for p in self.parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return torch.get_default_dtype()
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
-    @property
-    def current_epoch(self) -> int:
-        """The epoch running now, from 0; 0 without a Trainer."""
-        return self._trainer.current_epoch if self._trainer is not None else 0
-
-    @property
-    def global_step(self) -> int:
-        """How many optimizer steps were taken; 0 without a Trainer."""
-        return self._trainer.global_step if self._trainer is not None else 0
-
-    @property
-    def global_rank(self) -> int:
-        """The index of this process among all processes of the run (0 without a trainer)."""
-        return self._trainer.global_rank if self._trainer is not None else 0
-
-    @property
-    def local_rank(self) -> int:
-        """The index of this process on its machine (0 without a trainer)."""
-        return self._trainer.local_rank if self._trainer is not None else 0
+    current_epoch = _from_trainer("current_epoch", 0, "The epoch running now, from 0; 0 without a Trainer.")
+    global_step = _from_trainer("global_step", 0, "How many optimizer steps were taken; 0 without a Trainer.")
+    global_rank = _from_trainer("global_rank", 0,
+                                "The index of this process among all processes of the run (0 without a trainer).")
+    local_rank = _from_trainer("local_rank", 0, "The index of this process on its machine (0 without a trainer).")
+    logger = _from_trainer("logger", None, "The first logger of the Trainer, or None.")
+    loggers = _from_trainer("loggers", [], "Every logger of the Trainer.")
 
     @property
     def on_gpu(self) -> bool:
         """Whether the module's parameters are on a CUDA device."""
         return self.device.type == "cuda"
-
-    @property
-    def logger(self) -> Any:
-        """The first logger of the Trainer, or None."""
-        return self._trainer.logger if self._trainer is not None else None
-
-    @property
-    def loggers(self) -> list[Any]:
-        """Every logger of the Trainer."""
-        return self._trainer.loggers if self._trainer is not None else []
 
     # -- logging --------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
@@ -510,10 +483,9 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
     def lr_schedulers(self) -> Any:
         """The scheduler(s) from ``configure_optimizers``: None, one, or a list."""
-        configs = self.trainer.lr_scheduler_configs
-        if not configs:
+        scheds = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        if not scheds:
             return None
-        scheds = [c.scheduler for c in configs]
         return scheds[0] if len(scheds) == 1 else scheds
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -543,13 +515,10 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         optimizer = getattr(optimizer, "optimizer", optimizer)
         own = {id(p) for g in optimizer.param_groups for p in g["params"]}
         state: dict[int, bool] = {}
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) not in state:
-                        state[id(p)] = p.requires_grad
-                    if id(p) not in own:
-                        p.requires_grad = False
+        for p in self._optimized_parameters():
+            state.setdefault(id(p), p.requires_grad)
+            if id(p) not in own:
+                p.requires_grad = False
         for p in (p for g in optimizer.param_groups for p in g["params"]):
             p.requires_grad = state.get(id(p), p.requires_grad)
         self._param_requires_grad_state = state
@@ -577,12 +546,13 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     def untoggle_optimizer(self, optimizer: Any) -> None:
         """Undo ``toggle_optimizer``."""
         state = getattr(self, "_param_requires_grad_state", {})
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in state:
-                        p.requires_grad = state[id(p)]
+        for p in self._optimized_parameters():
+            if id(p) in state:
+                p.requires_grad = state[id(p)]
         self._param_requires_grad_state = {}
+
+    def _optimized_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for opt in self.trainer.optimizers for group in opt.param_groups for p in group["params"])
 
     def clip_gradients(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
@@ -805,8 +775,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
             model.to_onnx("model.onnx", torch.randn(1, 64))
             model.to_onnx("model.onnx", torch.randn(1, 64), dynamo=False, export_params=True)
         """
-        from fulmen.errors import missing_extra
-        from fulmen._utils import package_available
+        from fulmen._utils import package_available  # looked up per call, so tests can stand in for it
 
         feature = f"`{type(self).__name__}.to_onnx()`"
         if not package_available("onnx"):

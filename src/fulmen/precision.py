@@ -22,7 +22,6 @@ _ALIASES = {
     "16": "16-mixed", 16: "16-mixed", "16-mixed": "16-mixed",
     "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
     "16-true": "16-true", "bf16-true": "bf16-true",
-    "transformer-engine": "transformer-engine",
 }
 
 
@@ -31,7 +30,7 @@ def normalize_precision(value: Any) -> str:
     if value is None:
         return "32-true"
     key = value if isinstance(value, int) else str(value)
-    if key not in _ALIASES or key == "transformer-engine":
+    if key not in _ALIASES:
         raise MisconfigurationException(
             f"precision={value!r} is not supported; use one of '32-true', '64-true', '16-mixed', 'bf16-mixed', "
             "'16-true', 'bf16-true' (or 32, 64, 16, 'bf16')."
@@ -189,8 +188,7 @@ class TruePrecision(Precision):
     def forward_context(self) -> ContextManager:
         return _default_dtype(self.dtype)
 
-    def tensor_init_context(self) -> ContextManager:
-        return _default_dtype(self.dtype)
+    tensor_init_context = forward_context
 
 
 class DoublePrecision(TruePrecision):

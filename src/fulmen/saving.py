@@ -8,19 +8,22 @@ nothing beyond tensors, containers and registered plain types is unpickled unles
 
 from __future__ import annotations
 
+import ast
 import csv
 import dataclasses
 import inspect
 import os
+import pickle
 import re
+import sys
 from argparse import Namespace
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from fulmen._utils import rank_zero_warn
-from fulmen.errors import CheckpointError, MisconfigurationException, missing_extra
+from fulmen.errors import CheckpointError, MisconfigurationException, UntrustedCheckpointError, missing_extra
 
 _KEYS = {  # (hyperparameters, their __init__ argument name) per kind of object
     "module": ("hyper_parameters", "hparams_name"),
@@ -35,16 +38,22 @@ def load_hparams_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
         hp = load_hparams_from_yaml("lightning_logs/version_0/hparams.yaml")
     """
+    import yaml
+
+    return _read_hparams_file(path, lambda f: yaml.safe_load(f) or {})
+
+
+def _read_hparams_file(path: str | os.PathLike, parse: Callable[[Any], dict[str, Any]], **open_kwargs: Any) -> dict:
+    """``parse`` of the open file at ``path``; ``{}`` with a warning when there is no such file."""
     from fulmen.checkpoint import exists, get_filesystem
 
     path = os.fspath(path)
     if not exists(path):
-        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
+        # stacklevel: past this helper and the public loader, as where the loaders warned themselves
+        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.", stacklevel=5)
         return {}
-    import yaml
-
-    with get_filesystem(path).open(path, "r") as f:
-        return yaml.safe_load(f) or {}
+    with get_filesystem(path).open(path, "r", **open_kwargs) as f:
+        return parse(f)
 
 
 def save_hparams_to_yaml(config_yaml: str | os.PathLike, hparams: Mapping[str, Any] | Namespace,
@@ -109,8 +118,7 @@ def _write_hparams_yaml(fs: Any, path: str, hparams: Mapping[str, Any]) -> None:
     """Write ``hparams`` as YAML to ``path`` on the fsspec filesystem ``fs``, replacing it whole."""
     import yaml  # only needed when hyperparameters are saved
 
-    text = yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True)
-    _atomic_write_text(fs, path, text)
+    _atomic_write_text(fs, path, yaml.safe_dump(_yaml_safe(dict(hparams)), default_flow_style=False, sort_keys=True))
 
 
 def _atomic_write_text(fs: Any, path: str, text: str) -> None:
@@ -142,24 +150,16 @@ def load_hparams_from_tags_csv(path: str | os.PathLike) -> dict[str, Any]:
 
         hp = load_hparams_from_tags_csv("tags.csv")
     """
-    import ast
-
-    from fulmen.checkpoint import exists, get_filesystem
-
-    path = os.fspath(path)
-    if not exists(path):
-        rank_zero_warn(f"hparams_file {path!r} does not exist; using the checkpoint's hyperparameters.")
-        return {}
-
     def value(text: str) -> Any:
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return text
 
-    with get_filesystem(path).open(path, "r", newline="") as f:
-        rows = list(csv.reader(f))
-    return {row[0]: value(row[1]) for row in rows[1:] if len(row) >= 2}
+    def parse(f: Any) -> dict[str, Any]:
+        return {row[0]: value(row[1]) for row in list(csv.reader(f))[1:] if len(row) >= 2}
+
+    return _read_hparams_file(path, parse, newline="")
 
 
 def _hparams_from_file(hparams_file: Any) -> dict[str, Any]:
@@ -184,9 +184,7 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], kind: str, overrides: di
     if arg_name and arg_name != "kwargs" and arg_name in names:  # save_hyperparameters(one_dict): pass it whole
         saved = {arg_name: saved}
     kwargs = {**saved, **overrides}
-    if not takes_any:
-        kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return kwargs
+    return kwargs if takes_any else {k: v for k, v in kwargs.items() if k in names}
 
 
 # what a checkpoint's hyper_parameters["_instantiator"] may name: LightningCLI's rebuilders, never anything else
@@ -204,8 +202,6 @@ def _instantiate(cls: type, init_kwargs: dict[str, Any], instantiator: Any, clas
             "hyper_parameters['_instantiator'] from the checkpoint if you trust it."
         )
     if class_path is not None:
-        import sys
-
         module_name, _, name = str(class_path).rpartition(".")
         found = getattr(sys.modules.get(module_name), name, None)
         if not (isinstance(found, type) and issubclass(found, cls)):
@@ -262,14 +258,9 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
 
         model = LitModel.load_from_checkpoint("best.ckpt", map_location="cpu", lr=1e-4)
     """
-    from fulmen.checkpoint import load_checkpoint
+    from fulmen.checkpoint import _TRUST_HINT, _torch_load, load_checkpoint, resolve_trusted
 
     if hasattr(checkpoint_path, "read"):  # an open file or buffer: no checksum to verify, same safety
-        import pickle
-
-        from fulmen.checkpoint import _TRUST_HINT, _torch_load, resolve_trusted
-        from fulmen.errors import UntrustedCheckpointError
-
         try:
             checkpoint = _torch_load(checkpoint_path, map_location, trusted=resolve_trusted(weights_only))
         except pickle.UnpicklingError as err:
@@ -284,8 +275,8 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
         raise CheckpointError(f"{checkpoint_path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
     if hparams_file is not None:
         checkpoint[_KEYS[kind][0]] = _hparams_from_file(hparams_file)
+    saved = checkpoint.get(_KEYS[kind][0]) or {}
     try:
-        saved = checkpoint.get(_KEYS[kind][0]) or {}
         init_kwargs = _init_kwargs(cls, checkpoint, kind, kwargs)
         init_kwargs.pop("_instantiator", None)
         if saved.get("_instantiator"):
@@ -293,10 +284,9 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
         else:
             obj = cls(**init_kwargs)
     except TypeError as err:
-        saved = sorted((checkpoint.get(_KEYS[kind][0]) or {}))
         raise MisconfigurationException(
             f"Could not build {cls.__name__} from {checkpoint_path!r}: {err}. The checkpoint saved hyperparameters "
-            f"{saved}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
+            f"{sorted(saved)}; call self.save_hyperparameters() in __init__, or pass the missing arguments, e.g. "
             f"{cls.__name__}.load_from_checkpoint(path, name=value)."
         ) from err
     if kind == "datamodule":
@@ -309,7 +299,7 @@ def load_from_checkpoint(cls: type, kind: str, checkpoint_path: Any, map_locatio
             f"{checkpoint_path!r} has no 'state_dict', so it is not a fulmen/Lightning checkpoint. For a plain "
             "state_dict use model.load_state_dict(torch.load(path))."
         )
-    strict = getattr(obj, "strict_loading", True) if strict is None else strict
+    strict = obj.strict_loading if strict is None else strict
     obj.configure_model()
     obj.on_load_checkpoint(checkpoint)
     keys = obj.load_state_dict(checkpoint["state_dict"], strict=strict)

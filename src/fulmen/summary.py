@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fulmen._utils import move_data_to_device, rank_zero_warn
+from fulmen.errors import MisconfigurationException
+
 UNKNOWN_SIZE = "?"
 NOT_APPLICABLE = "n/a"
 
@@ -78,8 +81,6 @@ def summarize(model: nn.Module, max_depth: int = 1) -> Summary:
         print(summary)
     """
     if not isinstance(max_depth, int) or max_depth < -1:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(f"max_depth={max_depth!r}: pass an integer >= -1 (-1 shows every layer).")
     named = [(n, m) for n, m in model.named_modules() if n]
     shown = [(n, m) for n, m in named if max_depth == -1 or n.count(".") < max_depth]
@@ -110,12 +111,9 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
     """One forward pass of ``example`` to fill in sizes and FLOPs; modes and grad state are restored."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fulmen._utils import move_data_to_device
-
-    by_name = {layer.name: layer for layer in summary.layers}
     hooks = []
-    for name, module in shown.items():
-        def record(mod: nn.Module, args: Any, out: Any, layer: LayerInfo = by_name[name]) -> None:
+    for layer, module in zip(summary.layers, shown.values()):  # one row per shown module, in order
+        def record(mod: nn.Module, args: Any, out: Any, layer: LayerInfo = layer) -> None:
             layer.in_size, layer.out_size = _size(args), _size(out)
 
         hooks.append(module.register_forward_hook(record))
@@ -137,8 +135,6 @@ def _trace_forward(model: nn.Module, example: Any, shown: dict[str, nn.Module], 
         for layer in summary.layers:
             layer.flops = counts.get(f"{root}.{layer.name}", 0)
     except Exception as err:  # a summary must never stop training
-        from fulmen._utils import rank_zero_warn
-
         rank_zero_warn(f"The model summary could not run `example_input_array` through the model ({err}); "
                        "sizes and FLOPs are left out.")
     finally:
@@ -157,8 +153,6 @@ def get_human_readable_count(number: int) -> str:
         get_human_readable_count(2_176)  # '2.2 K'
     """
     if number < 0:
-        from fulmen.errors import MisconfigurationException
-
         raise MisconfigurationException(f"get_human_readable_count({number}): counts are never negative.")
     units = [" ", "K", "M", "B", "T"]
     value, unit = float(number), 0
@@ -232,12 +226,15 @@ class LayerSummary:
 
     @property
     def num_parameters(self) -> int:
-        return sum(0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
-                   for p in self._module.parameters())
+        return _numel(self._module.parameters())
 
     @property
     def training(self) -> bool:
         return self._module.training
+
+
+def _column(field: str) -> property:
+    return property(lambda self: [getattr(layer, field) for layer in self._summary.layers])
 
 
 class ModelSummary:
@@ -277,29 +274,13 @@ class ModelSummary:
         modules = dict(self._model.named_modules()) if self._model is not None else {}
         return [(layer.name, modules[layer.name]) for layer in self._summary.layers if layer.name in modules]
 
-    @property
-    def layer_names(self) -> list[str]:
-        return [layer.name for layer in self._summary.layers]
-
-    @property
-    def layer_types(self) -> list[str]:
-        return [layer.type for layer in self._summary.layers]
-
-    @property
-    def in_sizes(self) -> list[Any]:
-        return [layer.in_size for layer in self._summary.layers]
-
-    @property
-    def out_sizes(self) -> list[Any]:
-        return [layer.out_size for layer in self._summary.layers]
-
-    @property
-    def param_nums(self) -> list[int]:
-        return [layer.params for layer in self._summary.layers]
-
-    @property
-    def training_modes(self) -> list[bool]:
-        return [layer.training for layer in self._summary.layers]
+    # one entry per row: a LayerInfo field of every row
+    layer_names = _column("name")
+    layer_types = _column("type")
+    in_sizes = _column("in_size")
+    out_sizes = _column("out_size")
+    param_nums = _column("params")
+    training_modes = _column("training")
 
     @property
     def total_training_modes(self) -> dict[str, int]:
