@@ -41,8 +41,7 @@ class MPSAccelerator(Accelerator):
 
     @staticmethod
     def is_available() -> bool:
-        backend = getattr(torch.backends, "mps", None)
-        return backend is not None and backend.is_available()
+        return torch.backends.mps.is_available()
 
     @staticmethod
     def name() -> str:
