@@ -50,10 +50,6 @@ class MPSAccelerator(Accelerator):
     def get_device_stats(self, device: torch.device | str | int) -> dict[str, float]:
         return get_device_stats(device)
 
-    @classmethod
-    def register_accelerators(cls, accelerator_registry: Any) -> None:
-        accelerator_registry.register("mps", cls, description=cls.__name__)
-
 
 def get_device_stats(device: torch.device | str | int) -> dict[str, float]:
     """Memory the MPS backend has allocated, in bytes.

@@ -750,12 +750,9 @@ def _plain(key: str, value: Any) -> Any:
 def _to_trainer_layout(checkpoint: dict[str, Any], model_key: str, state: dict[str, Any]) -> dict[str, Any]:
     """The layout sharded strategies write (``state_dict``, ``optimizer_states``): the model's and its optimizers'
     shards go there, the other keys ride along as they are."""
-    out: dict[str, Any] = {"state_dict": checkpoint.pop(model_key)}
     optimizer_keys = [k for k, v in state.items() if isinstance(v, _FabricOptimizer) and k in checkpoint]
-    out["optimizer_states"] = [checkpoint.pop(k) for k in optimizer_keys]
-    out["fulmen_fabric"] = {"model": model_key, "optimizers": optimizer_keys}
-    out.update(checkpoint)
-    return out
+    return {"state_dict": checkpoint.pop(model_key), "optimizer_states": [checkpoint.pop(k) for k in optimizer_keys],
+            "fulmen_fabric": {"model": model_key, "optimizers": optimizer_keys}, **checkpoint}
 
 
 def _from_trainer_layout(checkpoint: dict[str, Any]) -> dict[str, Any]:
