@@ -100,48 +100,20 @@ class Fabric:
             self._strategy.setup_environment()
             self._launched = True
 
-    # -- properties -------------------------------------------------------------------------------
-    @property
-    def strategy(self) -> Strategy:
-        return self._strategy
-
-    @property
-    def accelerator(self) -> Any:
-        """The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...)."""
-        return self._accelerator
-
-    @property
-    def device(self) -> torch.device:
-        return self._strategy.root_device
-
-    @property
-    def global_rank(self) -> int:
-        return self._strategy.global_rank
-
-    @property
-    def local_rank(self) -> int:
-        return self._strategy.local_rank
-
-    @property
-    def node_rank(self) -> int:
-        return self._strategy.node_rank
-
-    @property
-    def world_size(self) -> int:
-        return self._strategy.world_size
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self._strategy.is_global_zero
-
-    @property
-    def loggers(self) -> list[Any]:
-        return self._loggers
-
-    @property
-    def logger(self) -> Any:
-        """The first logger (None without loggers)."""
-        return self._loggers[0] if self._loggers else None
+    # -- properties (read-only): mostly the strategy's answers -----------------------------------------
+    strategy = property(lambda self: self._strategy)
+    accelerator = property(
+        lambda self: self._accelerator,
+        doc="The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...).")
+    device = property(lambda self: self._strategy.root_device, doc="This process's ``torch.device``.")
+    global_rank = property(lambda self: self._strategy.global_rank)
+    local_rank = property(lambda self: self._strategy.local_rank)
+    node_rank = property(lambda self: self._strategy.node_rank)
+    world_size = property(lambda self: self._strategy.world_size)
+    is_global_zero = property(lambda self: self._strategy.is_global_zero)
+    loggers = property(lambda self: self._loggers)
+    logger = property(lambda self: self._loggers[0] if self._loggers else None,
+                      doc="The first logger (None without loggers).")
 
     # -- launching ----------------------------------------------------------------------------------
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -585,7 +557,8 @@ class Fabric:
             step = state["step"]
         """
         strategy = self._strategy
-        sharded = self._sharded_target(state)
+        modules = [v for v in (state or {}).values() if isinstance(v, _FabricModule)]
+        sharded = modules[0] if modules and _writes_shards(strategy) else None  # the module the shards load into
         if sharded is not None:
             with _bound(strategy, sharded._forward_module, sharded.module):
                 checkpoint = strategy.load_checkpoint(path, weights_only=weights_only)
@@ -659,10 +632,6 @@ class Fabric:
             if isinstance(value, _FabricDataLoader) and key in mine["loaders"]:
                 value.load_state_dict(mine["loaders"][key])
         restore_rng_states(mine["rng"])
-
-    def _sharded_target(self, state: dict[str, Any] | None) -> _FabricModule | None:
-        modules = [v for v in (state or {}).values() if isinstance(v, _FabricModule)]
-        return modules[0] if modules and _writes_shards(self._strategy) else None
 
     def _model_of(self, optimizer: _FabricOptimizer) -> tuple[nn.Module, nn.Module]:
         """The set-up module whose parameters ``optimizer`` updates (sharded optimizer states are keyed by it), as
