@@ -77,4 +77,5 @@ class Accelerator(ABC):
 
     @classmethod
     def register_accelerators(cls, accelerator_registry: Any) -> None:
-        """Add this class to ``accelerator_registry`` under its name(s); the built-in ones register themselves."""
+        """Add this class to ``accelerator_registry`` under its ``name()``; override to register other names."""
+        accelerator_registry.register(cls.name(), cls, description=cls.__name__)

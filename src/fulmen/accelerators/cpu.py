@@ -50,10 +50,6 @@ class CPUAccelerator(Accelerator):
     def get_device_stats(self, device: torch.device | str | int) -> dict[str, float]:
         return get_cpu_stats()
 
-    @classmethod
-    def register_accelerators(cls, accelerator_registry: Any) -> None:
-        accelerator_registry.register("cpu", cls, description=cls.__name__)
-
 
 def get_cpu_stats() -> dict[str, float]:
     """The machine's CPU load and memory use in percent (needs ``psutil``).

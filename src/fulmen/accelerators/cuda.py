@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from typing import Any
@@ -52,10 +53,6 @@ class CUDAAccelerator(Accelerator):
 
     def get_device_stats(self, device: torch.device | str | int) -> dict[str, Any]:
         return torch.cuda.memory_stats(device)
-
-    @classmethod
-    def register_accelerators(cls, accelerator_registry: Any) -> None:
-        accelerator_registry.register("cuda", cls, description=cls.__name__)
 
 
 def find_usable_cuda_devices(num_devices: int = -1) -> list[int]:
@@ -113,13 +110,8 @@ def get_nvidia_gpu_stats(device: torch.device | str | int) -> dict[str, float]:
     result = subprocess.run(
         [smi, f"--query-gpu={','.join(f for f, _ in fields)}", "--format=csv,nounits,noheader", f"--id={index}"],
         capture_output=True, text=True, check=True)
-    values = [v.strip() for v in result.stdout.strip().split(",")]
-    return {f"{field} ({unit})": float(v) for (field, unit), v in zip(fields, values) if _is_number(v)}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    stats = {}
+    for (field, unit), value in zip(fields, result.stdout.strip().split(",")):
+        with contextlib.suppress(ValueError):  # "[N/A]": this GPU has no such sensor
+            stats[f"{field} ({unit})"] = float(value)
+    return stats

@@ -41,8 +41,7 @@ class MPSAccelerator(Accelerator):
 
     @staticmethod
     def is_available() -> bool:
-        backend = getattr(torch.backends, "mps", None)
-        return backend is not None and backend.is_available()
+        return torch.backends.mps.is_available()
 
     @staticmethod
     def name() -> str:
@@ -50,10 +49,6 @@ class MPSAccelerator(Accelerator):
 
     def get_device_stats(self, device: torch.device | str | int) -> dict[str, float]:
         return get_device_stats(device)
-
-    @classmethod
-    def register_accelerators(cls, accelerator_registry: Any) -> None:
-        accelerator_registry.register("mps", cls, description=cls.__name__)
 
 
 def get_device_stats(device: torch.device | str | int) -> dict[str, float]:

@@ -53,18 +53,11 @@ class RandomDataset(Dataset):
         return self.len
 
 
-class RandomDictDataset(Dataset):
+class RandomDictDataset(RandomDataset):
     """Like :class:`RandomDataset`, each item a dict ``{"a": x, "b": x + 2}``."""
 
-    def __init__(self, size: int, length: int) -> None:
-        self.len = length
-        self.data = torch.randn(length, size)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Tensor]:  # type: ignore[override]
         return {"a": self.data[index], "b": self.data[index] + 2}
-
-    def __len__(self) -> int:
-        return self.len
 
 
 class RandomIterableDataset(IterableDataset):

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from typing import Any, Callable
 
@@ -56,9 +57,7 @@ def _read_idx(path: str) -> Tensor:
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = raw[4 + 4 * ndim:]
-    expected = 1
-    for d in dims:
-        expected *= d
+    expected = math.prod(dims)
     if len(body) != expected:
         raise FulmenError(f"{path} is truncated: its header announces {dims} ({expected} bytes), it holds {len(body)}.")
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(*dims)
@@ -98,10 +97,10 @@ class MNIST(Dataset):
         self.train = train
         self.normalize = normalize
         self.transform = transform
-        paths = [_find(self.root, n) for n in _FILES[bool(train)]]
         _check_present(self.root, _FILES[bool(train)])
-        self.data = _read_idx(paths[0])
-        self.targets = _read_idx(paths[1]).long()
+        images, labels = (_find(self.root, n) for n in _FILES[bool(train)])
+        self.data = _read_idx(images)
+        self.targets = _read_idx(labels).long()
         if len(self.data) != len(self.targets):
             raise FulmenError(f"MNIST files disagree: {len(self.data)} images but {len(self.targets)} labels.")
 

@@ -150,10 +150,7 @@ class WikiText2(Dataset):
     def __init__(self, data_dir: str | os.PathLike = Path("./data"), block_size: int = 35, download: bool = True) -> None:
         super().__init__()
         self.path = Path(data_dir) / "wikitext-2.txt"
-        if self.path.exists():
-            self.data, self.dictionary = tokenize(self.path)
-        else:
-            self.data, self.dictionary = _generated_corpus()
+        self.data, self.dictionary = tokenize(self.path) if self.path.exists() else _generated_corpus()
         self.block_size = block_size
 
     @property

@@ -87,13 +87,10 @@ class Fabric:
     def __init__(self, *, accelerator: str | Any = "auto", strategy: str | Strategy = "auto",
                  devices: list[int] | str | int = "auto", num_nodes: int = 1, precision: Any = None,
                  plugins: Any = None, callbacks: Any = None, loggers: Any = None) -> None:
-        accelerator = _from_cli("accelerator", accelerator)
-        strategy = _from_cli("strategy", strategy)
-        devices = _from_cli("devices", devices)
-        num_nodes = _from_cli("num_nodes", num_nodes)
-        precision = _from_cli("precision", precision)
+        given = {"accelerator": accelerator, "strategy": strategy, "devices": devices, "num_nodes": num_nodes,
+                 "precision": precision}
         self._accelerator, self._device_ids, self._strategy = resolve_hardware(
-            accelerator, strategy, devices, num_nodes, precision, plugins)
+            *(_from_cli(name, value) for name, value in given.items()), plugins)
         self._callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks] if callbacks else []
         self._loggers = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers] if loggers else []
         self._counter = _Counter()
@@ -103,48 +100,20 @@ class Fabric:
             self._strategy.setup_environment()
             self._launched = True
 
-    # -- properties -------------------------------------------------------------------------------
-    @property
-    def strategy(self) -> Strategy:
-        return self._strategy
-
-    @property
-    def accelerator(self) -> Any:
-        """The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...)."""
-        return self._accelerator
-
-    @property
-    def device(self) -> torch.device:
-        return self._strategy.root_device
-
-    @property
-    def global_rank(self) -> int:
-        return self._strategy.global_rank
-
-    @property
-    def local_rank(self) -> int:
-        return self._strategy.local_rank
-
-    @property
-    def node_rank(self) -> int:
-        return self._strategy.node_rank
-
-    @property
-    def world_size(self) -> int:
-        return self._strategy.world_size
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self._strategy.is_global_zero
-
-    @property
-    def loggers(self) -> list[Any]:
-        return self._loggers
-
-    @property
-    def logger(self) -> Any:
-        """The first logger (None without loggers)."""
-        return self._loggers[0] if self._loggers else None
+    # -- properties (read-only): mostly the strategy's answers -----------------------------------------
+    strategy = property(lambda self: self._strategy)
+    accelerator = property(
+        lambda self: self._accelerator,
+        doc="The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...).")
+    device = property(lambda self: self._strategy.root_device, doc="This process's ``torch.device``.")
+    global_rank = property(lambda self: self._strategy.global_rank)
+    local_rank = property(lambda self: self._strategy.local_rank)
+    node_rank = property(lambda self: self._strategy.node_rank)
+    world_size = property(lambda self: self._strategy.world_size)
+    is_global_zero = property(lambda self: self._strategy.is_global_zero)
+    loggers = property(lambda self: self._loggers)
+    logger = property(lambda self: self._loggers[0] if self._loggers else None,
+                      doc="The first logger (None without loggers).")
 
     # -- launching ----------------------------------------------------------------------------------
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -224,15 +193,12 @@ class Fabric:
         strategy.training = bool(optimizers) or not _is_deepspeed(strategy)
         names = {id(p): n for n, p in module.named_parameters()}
         forward_module = self._setup_module(module, move_to_device)
-        if optimizers:
-            _follow_replaced_parameters(module, optimizers, names)
-            setup = strategy.setup_optimizers(list(optimizers))
-            forward_module = strategy.model if _is_deepspeed(strategy) else forward_module
-            wrapped_opts = [_FabricOptimizer(o, strategy, self._callbacks) for o in setup]
-        fabric_module = self._wrap(forward_module, module)
         if not optimizers:
-            return fabric_module
-        return (fabric_module, *wrapped_opts)
+            return self._wrap(forward_module, module)
+        _follow_replaced_parameters(module, optimizers, names)
+        setup = strategy.setup_optimizers(list(optimizers))
+        forward_module = strategy.model if _is_deepspeed(strategy) else forward_module
+        return (self._wrap(forward_module, module), *(_FabricOptimizer(o, strategy, self._callbacks) for o in setup))
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True, _reapply_compile: bool = True) -> _FabricModule:
         """Set only the module up (create its optimizer afterwards from the set-up parameters, as FSDP needs,
@@ -435,7 +401,7 @@ class Fabric:
             model = fabric.setup(model)
         """
         self._check_launched()
-        return _init_module(self._strategy, empty_init)
+        return self._strategy.tensor_init_context(empty_init=empty_init)
 
     # -- data and collectives -----------------------------------------------------------------------
     def to_device(self, obj: Any) -> Any:
@@ -545,7 +511,7 @@ class Fabric:
         loaders: dict[str, Any] = {}
         for key, value in state.items():
             if isinstance(value, _FabricModule):
-                if _writes_shards(strategy, value):
+                if _writes_shards(strategy):
                     if sharded_key is not None:
                         raise MisconfigurationException(
                             f"save(): the sharded checkpoint of {type(strategy).__name__} holds one model, and `state` "
@@ -555,8 +521,7 @@ class Fabric:
                 with _bound(strategy, value._forward_module, value.module):
                     sd = strategy.lightning_module_state_dict()
             elif isinstance(value, _FabricOptimizer):
-                model = self._model_of(value)
-                with _bound(strategy, *(model if model else (strategy.model, strategy.lightning_module))):
+                with _bound(strategy, *self._model_of(value)):
                     sd = strategy.optimizer_state(value.optimizer)
             elif isinstance(value, _FabricDataLoader):
                 loaders[key] = value.state_dict()
@@ -592,7 +557,8 @@ class Fabric:
             step = state["step"]
         """
         strategy = self._strategy
-        sharded = self._sharded_target(state)
+        modules = [v for v in (state or {}).values() if isinstance(v, _FabricModule)]
+        sharded = modules[0] if modules and _writes_shards(strategy) else None  # the module the shards load into
         if sharded is not None:
             with _bound(strategy, sharded._forward_module, sharded.module):
                 checkpoint = strategy.load_checkpoint(path, weights_only=weights_only)
@@ -602,24 +568,22 @@ class Fabric:
         resume = checkpoint.pop(_RESUME_KEY, None)
         if state is None:
             return checkpoint
-        missing = [k for k in state if k not in checkpoint and not (resume and _loader_saved(resume, k))]
+        missing = [k for k in state
+                   if k not in checkpoint and not (resume and any(k in r["loaders"] for r in resume["ranks"]))]
         if missing and strict:
             raise CheckpointError(
                 f"{os.fspath(path)!r} holds no {', '.join(map(repr, missing))} (it has {sorted(checkpoint)}). Load with "
                 "strict=False to leave those as they are, or remove them from `state`."
             )
         for key, value in list(state.items()):
-            if isinstance(value, _FabricDataLoader):
-                continue
-            if key not in checkpoint:
+            if isinstance(value, _FabricDataLoader) or key not in checkpoint:
                 continue
             saved = checkpoint.pop(key)
             if isinstance(value, _FabricModule):
                 with _bound(strategy, value._forward_module, value.module):
                     strategy.load_model_state_dict(saved, strict=strict)
             elif isinstance(value, _FabricOptimizer):
-                model = self._model_of(value)
-                with _bound(strategy, *(model if model else (strategy.model, strategy.lightning_module))):
+                with _bound(strategy, *self._model_of(value)):
                     strategy.load_optimizer_state_dict(value.optimizer, saved)
             elif isinstance(value, nn.Module):
                 value.load_state_dict(saved, strict=strict)
@@ -669,19 +633,14 @@ class Fabric:
                 value.load_state_dict(mine["loaders"][key])
         restore_rng_states(mine["rng"])
 
-    def _sharded_target(self, state: dict[str, Any] | None) -> _FabricModule | None:
-        for value in (state or {}).values():
-            if isinstance(value, _FabricModule) and _writes_shards(self._strategy, value):
-                return value
-        return None
-
-    def _model_of(self, optimizer: _FabricOptimizer) -> tuple[nn.Module, nn.Module] | None:
-        """The set-up module whose parameters ``optimizer`` updates (sharded optimizer states are keyed by it)."""
+    def _model_of(self, optimizer: _FabricOptimizer) -> tuple[nn.Module, nn.Module]:
+        """The set-up module whose parameters ``optimizer`` updates (sharded optimizer states are keyed by it), as
+        the wrapper and the module; the strategy's current ones when no set-up module has them."""
         params = {id(p) for g in optimizer.optimizer.param_groups for p in g["params"]}
         for m in self._models:
             if any(id(p) in params for p in m.module.parameters()):
                 return m._forward_module, m.module
-        return None
+        return self._strategy.model, self._strategy.lightning_module
 
 
 _PLAIN = object()  # "no module": backward is plain loss.backward(), not a LightningModule's own override
@@ -694,15 +653,12 @@ def _run_launched(fabric: Fabric, function: Callable[..., Any] | None, args: tup
 
 
 def _is_deepspeed(strategy: Strategy) -> bool:
-    return type(strategy).__name__ == "DeepSpeedStrategy" or any(
-        c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)
+    return any(c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)
 
 
-def _writes_shards(strategy: Strategy, module: _FabricModule) -> bool:
-    """Whether this strategy writes ``module`` as a directory of shards rather than one file."""
-    if _is_deepspeed(strategy):
-        return True
-    return getattr(strategy, "state_dict_type", "full") == "sharded"
+def _writes_shards(strategy: Strategy) -> bool:
+    """Whether this strategy writes a module as a directory of shards rather than one file."""
+    return _is_deepspeed(strategy) or getattr(strategy, "state_dict_type", "full") == "sharded"
 
 
 @contextmanager
@@ -715,10 +671,6 @@ def _bound(strategy: Strategy, model: Any, module: Any) -> Iterator[None]:
         yield
     finally:
         strategy.model, strategy.lightning_module = before
-
-
-def _init_module(strategy: Strategy, empty_init: bool | None) -> ContextManager:
-    return strategy.tensor_init_context(empty_init=empty_init)
 
 
 def _follow_replaced_parameters(module: nn.Module, optimizers: Sequence[Optimizer], names: dict[int, str]) -> None:
@@ -764,19 +716,12 @@ def _plain(key: str, value: Any) -> Any:
     return value
 
 
-def _loader_saved(resume: dict[str, Any], key: str) -> bool:
-    return any(key in r["loaders"] for r in resume["ranks"])
-
-
 def _to_trainer_layout(checkpoint: dict[str, Any], model_key: str, state: dict[str, Any]) -> dict[str, Any]:
     """The layout sharded strategies write (``state_dict``, ``optimizer_states``): the model's and its optimizers'
     shards go there, the other keys ride along as they are."""
-    out: dict[str, Any] = {"state_dict": checkpoint.pop(model_key)}
     optimizer_keys = [k for k, v in state.items() if isinstance(v, _FabricOptimizer) and k in checkpoint]
-    out["optimizer_states"] = [checkpoint.pop(k) for k in optimizer_keys]
-    out["fulmen_fabric"] = {"model": model_key, "optimizers": optimizer_keys}
-    out.update(checkpoint)
-    return out
+    return {"state_dict": checkpoint.pop(model_key), "optimizer_states": [checkpoint.pop(k) for k in optimizer_keys],
+            "fulmen_fabric": {"model": model_key, "optimizers": optimizer_keys}, **checkpoint}
 
 
 def _from_trainer_layout(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -784,8 +729,7 @@ def _from_trainer_layout(checkpoint: dict[str, Any]) -> dict[str, Any]:
     if keys is None:
         return checkpoint
     out = {keys["model"]: checkpoint.pop("state_dict", {})}
-    for key, sd in zip(keys["optimizers"], checkpoint.pop("optimizer_states", None) or []):
-        out[key] = sd
+    out.update(zip(keys["optimizers"], checkpoint.pop("optimizer_states", None) or []))
     out.update(checkpoint)
     return out
 

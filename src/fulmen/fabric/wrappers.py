@@ -59,19 +59,16 @@ class _FabricModule(nn.Module):
         super().__init__()
         self._forward_module = forward_module
         self._original_module = original_module if original_module is not None else forward_module
-        object.__setattr__(self, "_strategy", strategy)
-        object.__setattr__(self, "_call", forward_module)  # a plain reference: no nn.Module.__getattr__ per step
-        object.__setattr__(self, "_counter", counter or _Counter())
         precision = strategy.precision
-        # decided once: a plain float32 run calls the module directly, with no context manager per call
-        object.__setattr__(self, "_convert", precision.convert_input
-                           if type(precision).convert_input is not Precision.convert_input else None)
-        object.__setattr__(self, "_restore", precision.convert_output
-                           if type(precision).convert_output is not Precision.convert_output else None)
-        object.__setattr__(self, "_autocast", precision.forward_context
-                           if type(precision).forward_context is not Precision.forward_context
-                           or precision.autocast is not None else None)
-        object.__setattr__(self, "_forward_methods", set())
+        overrides = lambda name: getattr(type(precision), name) is not getattr(Precision, name)  # noqa: E731
+        # plain attributes, not nn.Module's: no nn.Module.__getattr__ per step. Decided once: a plain float32 run
+        # calls the module directly, with no context manager per call
+        self.__dict__.update(
+            _strategy=strategy, _call=forward_module, _counter=counter or _Counter(), _forward_methods=set(),
+            _convert=precision.convert_input if overrides("convert_input") else None,
+            _restore=precision.convert_output if overrides("convert_output") else None,
+            _autocast=(precision.forward_context if overrides("forward_context") or precision.autocast is not None
+                       else None))
         from fulmen.module import LightningModule
 
         if isinstance(self._original_module, LightningModule) and (
@@ -113,20 +110,9 @@ class _FabricModule(nn.Module):
         self._forward_methods.add(name)
 
     def _through_wrapper(self, name: str) -> Callable[..., Any]:
+        """``name`` of the original module, run by ``forward`` (precision, wrapper) in place of its forward."""
         method = getattr(self._original_module, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._counter.forwarded = True
-            if self._convert is not None:
-                args, kwargs = self._convert((args, kwargs))
-            if self._autocast is None:
-                output = call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
-            else:
-                with self._autocast():
-                    output = call_as_forward(self._forward_module, self._original_module, method, *args, **kwargs)
-            return output if self._restore is None else self._restore(output)
-
-        return call
+        return lambda *args, **kwargs: call_as_forward(self.forward, self._original_module, method, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("_forward_module", "_original_module"):
@@ -248,9 +234,10 @@ class _FabricDataLoader:
 
     def __iter__(self) -> Iterator[Any]:
         loader = self._dataloader
-        pending, self._pending = self._pending, None
+        pending, self._pending = self._pending or {}, None  # {}: no state loaded
         first_here, self._iterated_here = not self._iterated_here, True
-        if pending is not None and pending["in_epoch"] and pending["consumed"]:
+        saved = pending.get("worker_streams")
+        if pending.get("in_epoch") and pending["consumed"]:
             # mid-epoch: draw the epoch's order as the interrupted run did, then skip what it consumed
             skip = pending["consumed"]
             resume_rng = collect_rng_states()
@@ -258,21 +245,18 @@ class _FabricDataLoader:
             _data.set_generator_states(loader, pending["epoch_start_generators"])
             self._epoch_start_rng, self._epoch_start_generators = pending["epoch_start_rng"], pending["epoch_start_generators"]
             _data.set_epoch(loader, self._num_iter_calls - 1, pending.get("sampler_seed"))
-            iterator = _data.resume_iter(loader, skip, pending.get("loader_state"), streams=self._streams,
-                                         saved=pending.get("worker_streams"))
+            iterator = _data.resume_iter(loader, skip, pending.get("loader_state"), streams=self._streams, saved=saved)
             restore_rng_states(resume_rng)
         else:
-            if pending is not None:
-                _data.set_generator_states(loader, pending.get("generators"))
+            _data.set_generator_states(loader, pending.get("generators"))
             self._epoch_start_rng = collect_rng_states()
             self._epoch_start_generators = _data.generator_states(loader)
-            _data.set_epoch(loader, self._num_iter_calls, pending.get("sampler_seed") if pending is not None else None)
+            _data.set_epoch(loader, self._num_iter_calls, pending.get("sampler_seed"))
             self._num_iter_calls += 1
             skip = 0
             # a persistent-workers loader in a later epoch: the uninterrupted run reused its iterator
-            reused = (pending is not None and first_here and self._num_iter_calls > 1
+            reused = (bool(pending) and first_here and self._num_iter_calls > 1
                       and getattr(loader, "persistent_workers", False))
-            saved = pending.get("worker_streams") if pending is not None else None
             iterator = (_data.resume_iter(loader, 0, None, reused_before=True, streams=self._streams, saved=saved)
                         if reused else _data._worker_iter(loader, self._streams, saved))
         self._consumed = skip

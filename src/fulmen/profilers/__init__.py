@@ -99,13 +99,11 @@ def attach(trainer: Any, stage: str) -> Callable[[], None]:
         for hook in CALLBACK_HOOKS:
             if is_overridden(hook, cb, Callback):
                 wrap(cb, hook, f"[Callback]{cb.state_key}.{hook}")
-    module_name = type(module).__name__
     for hook in (*CALLBACK_HOOKS, *_MODULE_METHODS):
         if hasattr(LightningModule, hook) and is_overridden(hook, module, LightningModule):
-            wrap(module, hook, f"[LightningModule]{module_name}.{hook}")
-    strategy_name = type(strategy).__name__
+            wrap(module, hook, f"[LightningModule]{type(module).__name__}.{hook}")
     for name in ("backward", "optimizer_step", "batch_to_device"):
-        wrap(strategy, name, f"[Strategy]{strategy_name}.{name}")
+        wrap(strategy, name, f"[Strategy]{type(strategy).__name__}.{name}")
     # as in Lightning, the local rank goes into file names only when several processes write them
     profiler._lightning_module = module
     profiler.setup(stage, trainer.local_rank if trainer.world_size > 1 else None, trainer.log_dir)

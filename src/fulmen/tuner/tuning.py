@@ -52,6 +52,8 @@ class Tuner:
             )
 
     def _fit_with(self, callback: Any, model: Any, train_dataloaders: Any, val_dataloaders: Any, datamodule: Any) -> None:
+        """One fit with ``callback`` first among the Trainer's callbacks, ending when its search ends."""
+        callback._early_exit = True
         trainer = self._trainer
         saved = trainer.callbacks
         trainer.callbacks = [callback] + list(saved)
@@ -85,7 +87,6 @@ class Tuner:
 
         cb = LearningRateFinder(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training, mode=mode,
                                 early_stop_threshold=early_stop_threshold, update_attr=update_attr, attr_name=attr_name)
-        cb._early_exit = True
         self._fit_with(cb, model, train_dataloaders, val_dataloaders, datamodule)
         return cb.optimal_lr
 
@@ -118,20 +119,13 @@ class Tuner:
 
             cb = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val, max_trials=max_trials,
                                  batch_arg_name=batch_arg_name, margin=margin, max_val=max_val)
-            cb._early_exit = True
             self._fit_with(cb, model, train_dataloaders, val_dataloaders, datamodule)
             return cb.optimal_batch_size
-        return self._scale_for_evaluation(model, dataloaders, datamodule, method, mode, steps_per_trial, init_val,
-                                          max_trials, batch_arg_name, margin, max_val)
-
-    def _scale_for_evaluation(self, model: Any, dataloaders: Any, datamodule: Any, method: str, mode: str,
-                              steps: int, init_val: int, max_trials: int, name: str, margin: float,
-                              max_val: int) -> int:
         if dataloaders is not None:
             raise MisconfigurationException(
                 f"scale_batch_size(method={method!r}) rebuilds the loader with each candidate size, so it cannot use "
                 f"dataloaders passed in. Define {'val' if method == 'validate' else method}_dataloader() on the module "
                 "or a datamodule, reading `self.batch_size`."
             )
-        return scale_batch_size_for_evaluation(self._trainer, model, method, None, datamodule, mode, steps, init_val,
-                                               max_trials, name, margin, max_val)
+        return scale_batch_size_for_evaluation(self._trainer, model, method, None, datamodule, mode, steps_per_trial,
+                                               init_val, max_trials, batch_arg_name, margin, max_val)
