@@ -201,12 +201,6 @@ class DataHooks:
         raise NotImplementedError
 
 
-def _from_trainer(name: str, default: Any, doc: str) -> property:
-    """A property reading the Trainer's attribute ``name``; a copy of ``default`` when there is no Trainer."""
-    return property(lambda self: getattr(self._trainer, name) if self._trainer is not None else copy.copy(default),
-                    doc=doc)
-
-
 class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     """A model together with how to train, validate, test and predict with it.
 
@@ -304,13 +298,35 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         """The floating-point type of the module's parameters."""
         return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
-    current_epoch = _from_trainer("current_epoch", 0, "The epoch running now, from 0; 0 without a Trainer.")
-    global_step = _from_trainer("global_step", 0, "How many optimizer steps were taken; 0 without a Trainer.")
-    global_rank = _from_trainer("global_rank", 0,
-                                "The index of this process among all processes of the run (0 without a trainer).")
-    local_rank = _from_trainer("local_rank", 0, "The index of this process on its machine (0 without a trainer).")
-    logger = _from_trainer("logger", None, "The first logger of the Trainer, or None.")
-    loggers = _from_trainer("loggers", [], "Every logger of the Trainer.")
+    @property
+    def current_epoch(self) -> int:
+        """The epoch running now, from 0; 0 without a Trainer."""
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        """How many optimizer steps were taken; 0 without a Trainer."""
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        """The index of this process among all processes of the run (0 without a trainer)."""
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        """The index of this process on its machine (0 without a trainer)."""
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        """The first logger of the Trainer, or None."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        """Every logger of the Trainer."""
+        return self._trainer.loggers if self._trainer is not None else []
 
     @property
     def on_gpu(self) -> bool:

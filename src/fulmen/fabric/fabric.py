@@ -100,20 +100,49 @@ class Fabric:
             self._strategy.setup_environment()
             self._launched = True
 
-    # -- properties (read-only): mostly the strategy's answers -----------------------------------------
-    strategy = property(lambda self: self._strategy)
-    accelerator = property(
-        lambda self: self._accelerator,
-        doc="The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...).")
-    device = property(lambda self: self._strategy.root_device, doc="This process's ``torch.device``.")
-    global_rank = property(lambda self: self._strategy.global_rank)
-    local_rank = property(lambda self: self._strategy.local_rank)
-    node_rank = property(lambda self: self._strategy.node_rank)
-    world_size = property(lambda self: self._strategy.world_size)
-    is_global_zero = property(lambda self: self._strategy.is_global_zero)
-    loggers = property(lambda self: self._loggers)
-    logger = property(lambda self: self._loggers[0] if self._loggers else None,
-                      doc="The first logger (None without loggers).")
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def accelerator(self) -> Any:
+        """The accelerator object (``fulmen.accelerators``: ``CPUAccelerator``, ``CUDAAccelerator``, ...)."""
+        return self._accelerator
+
+    @property
+    def device(self) -> torch.device:
+        """This process's ``torch.device``."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        """The first logger (None without loggers)."""
+        return self._loggers[0] if self._loggers else None
 
     # -- launching ----------------------------------------------------------------------------------
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
