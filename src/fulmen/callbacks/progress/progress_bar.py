@@ -185,8 +185,38 @@ def _where_outputs_went(trainer: Any) -> str:
     return "  ".join(parts)
 
 
-class _EvalBatchBars:
-    """The test and predict batch hooks both bars share; each bar supplies ``_eval_batch_start`` and ``_advance``."""
+class _BarHooks:
+    """What both bars share; each bar supplies ``_eval_batch_start``, ``_advance``, ``_close`` and ``_eval_end``."""
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._refresh_rate
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self._refresh_rate > 0
+
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close("val")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.is_enabled:
+            self._advance("train", batch_idx + 1, self.total_train_batches)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end("test")
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end("predict")
 
     def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
+from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _BarHooks, _fmt_value
 from fulmen.errors import MisconfigurationException, missing_extra
 
 
@@ -33,7 +33,7 @@ class RichProgressBarTheme:
     metrics_format: str = ".3f"
 
 
-class RichProgressBar(_EvalBatchBars, ProgressBar):
+class RichProgressBar(_BarHooks, ProgressBar):
     """A progress bar drawn with ``rich``: one task per stage with count, time, it/s and the metrics.
 
     Metrics are read at most a few times a second. When the output is not a terminal, rich draws each
@@ -68,17 +68,9 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         self._next_postfix = 0.0
 
     @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
-
-    @property
     def progress(self) -> Any:
         """The ``rich.progress.Progress`` drawing the bars while a stage runs; None before and after."""
         return self._progress
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
 
     # -- the running stages' tasks (``rich.progress.Task``: ``.total``, ``.completed``, ``.description``) ---------
     def _task(self, key: str) -> Any:
@@ -173,6 +165,9 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._progress.update(task, visible=False)
             self._progress.refresh()
 
+    def _eval_end(self, key: str) -> None:
+        self._stop()
+
     def _stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -180,16 +175,9 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._tasks.clear()
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-        self._close("val")
-
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.is_enabled:
             self._open("train", f"Epoch {trainer.current_epoch}", self.total_train_batches)
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.is_enabled:
-            self._advance("train", batch_idx + 1, self.total_train_batches)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         task = self._tasks.get("train")
@@ -203,9 +191,6 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
     def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
         if self.is_enabled and (self.has_dataloader_changed(dataloader_idx) or key not in self._tasks):
             self._open(key, f"{desc} DataLoader {dataloader_idx}" if several else desc, total)
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
 
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
@@ -230,18 +215,6 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._stop()
         elif "train" in self._tasks:
             self._progress.update(self._tasks["train"], metrics=self._metrics_text())
-
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        self._stop()
-
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
-        self._stop()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._stop()
