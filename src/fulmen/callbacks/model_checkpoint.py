@@ -375,12 +375,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer: Any, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
-        if self._enable_version_counter:
-            version = self.STARTING_VERSION
-            while path != self.last_model_path and self.file_exists(path, trainer):
-                path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST, ver=version)
-                version += 1
+        path = self._free_path(trainer, candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST)
         previous = self.last_model_path
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             trainer._flush_checkpoints()  # link to a file that is on disk
@@ -423,13 +418,14 @@ class ModelCheckpoint(Checkpoint):
         return os.path.commonpath([previous, os.path.abspath(self.dirpath)]) == os.path.abspath(self.dirpath)
 
     # -- names ------------------------------------------------------------------------------------
-    def _free_path(self, trainer: Any, candidates: dict[str, Tensor], replaceable: str | None) -> str:
+    def _free_path(self, trainer: Any, candidates: dict[str, Tensor], replaceable: str | None,
+                   filename: str | None = None) -> str:
         """The formatted name, with ``-v1``, ``-v2`` ... appended while a file of that name exists."""
-        path = self.format_checkpoint_name(candidates)
+        path = self.format_checkpoint_name(candidates, filename)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
             while path != replaceable and self.file_exists(path, trainer):
-                path = self.format_checkpoint_name(candidates, ver=version)
+                path = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
         return path
 

@@ -195,17 +195,10 @@ class DummyExperiment(_NoOp):
 
 
 def _global_rank() -> int:
-    """This process's global rank: what the strategy recorded, else the launcher's environment."""
-    try:
-        # the strategies keep this up to date once processes start; imported here to keep torch off import time
-        from fulmen._utils import rank_zero_only
+    """This process's global rank: what the strategy recorded, else (before that) the launcher's environment."""
+    from fulmen._utils import rank_zero_only  # here, to keep torch off import time
 
-        return int(getattr(rank_zero_only, "rank", 0))
-    except ImportError:
-        for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-            if key in os.environ:
-                return int(os.environ[key])
-        return 0
+    return int(rank_zero_only.rank)
 
 
 def rank_zero_experiment(fn: Any) -> Any:
@@ -404,6 +397,14 @@ def _checkpoint_metadata(callback: Any, path: str, score: Any) -> dict[str, Any]
     }
 
 
-def _should_upload_now(log_model: bool | str, callback: Any) -> bool:
-    """``log_model="all"`` (or keeping every checkpoint) uploads at each save; ``True`` waits for the end."""
-    return log_model == "all" or (log_model is True and getattr(callback, "save_top_k", None) == -1)
+class _UploadsCheckpoints(Logger):
+    """A logger with ``log_model``: ``"all"`` (or ``True`` when every checkpoint is kept) uploads at each save,
+    ``True`` remembers the callback for ``finalize``; the subclass supplies ``_upload_checkpoints``."""
+
+    @_rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        log_model = self._log_model
+        if log_model == "all" or (log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1):
+            self._upload_checkpoints(checkpoint_callback)
+        elif log_model is True:
+            self._checkpoint_callback = checkpoint_callback

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from fulmen.errors import MisconfigurationException
 from fulmen.loggers.logger import (
-    Logger,
+    _UploadsCheckpoints,
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
@@ -33,7 +33,6 @@ from fulmen.loggers.logger import (
     _flatten_dict,
     _require,
     _scalar,
-    _should_upload_now,
     _warn,
 )
 
@@ -42,7 +41,7 @@ _RUN_NAME_TAG = "mlflow.runName"
 _STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
-class MLFlowLogger(Logger):
+class MLFlowLogger(_UploadsCheckpoints):
     """Log to MLflow: one MLflow run per training run, inside an experiment.
 
     Args:
@@ -217,13 +216,6 @@ class MLFlowLogger(Logger):
             self._upload_checkpoints(self._checkpoint_callback)
         if self.experiment.get_run(self._run_id):
             self.experiment.set_terminated(self._run_id, _STATUS.get(status, status.upper()))
-
-    @_rank_zero_only
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if _should_upload_now(self._log_model, checkpoint_callback):
-            self._upload_checkpoints(checkpoint_callback)
-        elif self._log_model is True:
-            self._checkpoint_callback = checkpoint_callback
 
     def _upload_checkpoints(self, callback: Any) -> None:
         """Upload new checkpoints to ``<prefix><file stem>/`` with ``metadata.yaml`` and ``aliases.txt``."""

@@ -44,7 +44,6 @@ class RichProgressBar(_BarHooks, ProgressBar):
         leave: Keep each finished epoch's bar on screen.
         theme: The columns' styles and the metrics' format (:class:`RichProgressBarTheme`).
         console_kwargs: Arguments for ``rich.console.Console``.
-        theme: Colours and styles of the bar's parts. None: the default theme.
 
     Example::
 
