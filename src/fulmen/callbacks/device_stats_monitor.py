@@ -37,9 +37,7 @@ class DeviceStatsMonitor(Callback):
             get_cpu_stats()  # fail now, not mid-epoch, when psutil is missing
 
     def _log(self, trainer: Any, hook: str) -> None:
-        if not trainer.loggers:
-            return
-        if not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
+        if not trainer.loggers or not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
             return
         device = trainer.strategy.root_device
         stats = {k: float(v) for k, v in trainer.accelerator.get_device_stats(device).items()}

@@ -53,17 +53,16 @@ class ExperimentWriter:
         self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
         self.metrics_keys: list[str] = []  # the header of the file on disk
         self._rows_saved = 0
-        if keep_rows is not None:  # a resumed run continues the file of the run it resumes
-            self.fs.makedirs(self.log_dir, exist_ok=True)
-            self.keep_rows(keep_rows)
-            return
         # only files this writer replaces count: a checkpoints/ folder written first is expected
-        if any(self.fs.exists(_join(self.log_dir, f)) for f in (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)):
+        files = (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)
+        if keep_rows is None and any(self.fs.exists(_join(self.log_dir, f)) for f in files):
             _warn(
                 f"Log directory {self.log_dir} exists and is not empty; its metrics.csv and hparams.yaml "
                 "will be replaced. Pass a new `version` to keep them."
             )
         self.fs.makedirs(self.log_dir, exist_ok=True)
+        if keep_rows is not None:  # a resumed run continues the file of the run it resumes
+            self.keep_rows(keep_rows)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """Merge ``params`` into the recorded hyperparameters and rewrite ``hparams.yaml``."""

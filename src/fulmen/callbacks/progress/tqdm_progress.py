@@ -286,30 +286,10 @@ class TQDMProgressBar(_BarHooks, ProgressBar):
         self._close("train")
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
-        if not self.is_enabled or not self.has_dataloader_changed(dataloader_idx) and key in self._bars:
-            return
-        nested = key == "val" and self.trainer.state.fn == "fit"
-        if several:
-            desc = f"{desc} DataLoader {dataloader_idx}"
-        self._open(key, desc, total, nested=nested)
-        self._next_postfix = 0.0
-
     def _eval_end(self, key: str) -> None:
         if self.trainer.state.fn != "fit":
             self._finish_line(key)
         self._close(key)
-
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
-            # one bar over all sanity batches, opened at the first (the batch counts are known by then); in a log
-            # it stays quiet, but callbacks can read it
-            if self.is_enabled and "val" not in self._bars:
-                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches), nested=True)
-            return
-        self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_val_batches) > 1)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
