@@ -24,7 +24,6 @@ from fulmen.loggers.logger import (
     _filesystem,
     _join,
     _scalar,
-    _version_dir,
     _warn,
 )
 from fulmen.saving import _atomic_write_text, _write_hparams_yaml
@@ -155,10 +154,6 @@ class CSVLogger(_VersionedLogger):
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
         self._keep_rows: int | None = None  # set when a run resumes: continue metrics.csv after these rows
-
-    @property
-    def log_dir(self) -> str:
-        return _join(self.root_dir, _version_dir(self.version))
 
     @property
     @rank_zero_experiment

@@ -125,6 +125,10 @@ class _VersionedLogger(Logger):
     def root_dir(self) -> str:
         return _join(self._save_dir, self._name)
 
+    @property
+    def log_dir(self) -> str:
+        return _join(self.root_dir, _version_dir(self.version))
+
 
 class DummyLogger(Logger):
     """A logger that records nothing; what ``fast_dev_run`` uses so that no files are written.

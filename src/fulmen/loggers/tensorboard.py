@@ -26,7 +26,6 @@ from fulmen.loggers.logger import (
     _require,
     _sanitize_params,
     _scalar,
-    _version_dir,
     _warn,
 )
 from fulmen.saving import _write_hparams_yaml
@@ -84,10 +83,7 @@ class TensorBoardLogger(_VersionedLogger):
 
     @property
     def log_dir(self) -> str:
-        log_dir = _join(self.root_dir, _version_dir(self.version))
-        if self._sub_dir:
-            log_dir = _join(log_dir, os.path.expanduser(os.path.expandvars(self._sub_dir)))
-        return log_dir
+        return _join(super().log_dir, os.path.expanduser(os.path.expandvars(self._sub_dir or "")))
 
     @property
     def sub_dir(self) -> str | None:

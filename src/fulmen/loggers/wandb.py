@@ -85,7 +85,6 @@ class WandbLogger(_UploadsCheckpoints):
         _require("wandb", "wandb", "wandb", "WandbLogger")
         if log_model not in (True, False, "all"):
             raise MisconfigurationException(f"WandbLogger(log_model={log_model!r}): use True, False or 'all'.")
-        self._offline = offline
         self._log_model = log_model
         self._prefix = prefix
         self._experiment = experiment
