@@ -89,13 +89,9 @@ class ExperimentWriter:
             with self.fs.open(self.metrics_file_path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
         else:
-            old_rows = self._read_rows() if self._rows_saved else []
+            old_rows = self._read()[1] if self._rows_saved else []
             self.metrics_keys = sorted(keys)
-            buffer = io.StringIO(newline="")
-            writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(old_rows + self.metrics)
-            _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
+            self._rewrite(self.metrics_keys, old_rows + self.metrics)
         self._rows_saved += len(self.metrics)
         self.metrics = []
 
@@ -106,20 +102,23 @@ class ExperimentWriter:
         if not n or not self.fs.exists(self.metrics_file_path):
             self._rows_saved, self.metrics_keys = 0, []
             return
+        header, rows = self._read(n)
+        self._rewrite(header, rows)
+        self._rows_saved, self.metrics_keys = len(rows), header
+
+    def _read(self, n: int | None = None) -> tuple[list[str], list[dict[str, str]]]:
+        """The file's header and its first ``n`` rows (all of them for None)."""
         with self.fs.open(self.metrics_file_path, "r", newline="") as f:
             reader = csv.DictReader(f)
             rows = list(itertools.islice(reader, n))
-            header = list(reader.fieldnames or [])
+            return list(reader.fieldnames or []), rows
+
+    def _rewrite(self, header: list[str], rows: list[dict[str, Any]]) -> None:
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
         _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
-        self._rows_saved, self.metrics_keys = len(rows), header
-
-    def _read_rows(self) -> list[dict[str, str]]:
-        with self.fs.open(self.metrics_file_path, "r", newline="") as f:
-            return list(csv.DictReader(f))
 
 
 class CSVLogger(_VersionedLogger):

@@ -379,12 +379,11 @@ def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, flo
             self._logged_model_time[path] = mtime
     """
     best_k = getattr(checkpoint_callback, "best_k_models", None) or {}
-    best = getattr(checkpoint_callback, "best_model_path", "")
     found = []
-    for mtime, path, _, _ in _checkpoints_to_upload(checkpoint_callback, logged_model_time):
+    for mtime, path, _, is_best in _checkpoints_to_upload(checkpoint_callback, logged_model_time):
         if path in best_k:
             found.append((mtime, path, best_k[path], "best_k"))
-        elif path == best:
+        elif is_best:
             found.append((mtime, path, getattr(checkpoint_callback, "best_model_score", None), "best"))
         else:
             found.append((mtime, path, getattr(checkpoint_callback, "current_score", None), "latest"))

@@ -224,13 +224,12 @@ class MLFlowLogger(_UploadsCheckpoints):
         for mtime, path, score, is_best in _checkpoints_to_upload(callback, self._uploaded):
             artifact_path = f"{self._checkpoint_path_prefix}{Path(path).stem}"
             self.experiment.log_artifact(self._run_id, path, artifact_path)
+            metadata = yaml.safe_dump(_checkpoint_metadata(callback, path, score), default_flow_style=False)
+            aliases = str(["latest", "best"] if is_best else ["latest"])
             with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "metadata.yaml"), "w") as f:
-                    yaml.safe_dump(_checkpoint_metadata(callback, path, score), f, default_flow_style=False)
-                with open(os.path.join(tmp, "aliases.txt"), "w") as f:
-                    f.write(str(["latest", "best"] if is_best else ["latest"]))
-                self.experiment.log_artifact(self._run_id, os.path.join(tmp, "metadata.yaml"), artifact_path)
-                self.experiment.log_artifact(self._run_id, os.path.join(tmp, "aliases.txt"), artifact_path)
+                for name, text in (("metadata.yaml", metadata), ("aliases.txt", aliases)):
+                    Path(tmp, name).write_text(text)
+                    self.experiment.log_artifact(self._run_id, os.path.join(tmp, name), artifact_path)
             self._uploaded[path] = mtime
 
     def __getstate__(self) -> dict[str, Any]:

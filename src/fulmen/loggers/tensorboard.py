@@ -196,8 +196,7 @@ class TensorBoardLogger(_VersionedLogger):
             self._events.close()
             self._events = None
         if self._experiment is not None:
-            # close() releases the file; a later add_* call reopens it, so fit() then test() still works
-            self._experiment.flush()
+            # close() flushes and releases the file; a later add_* call reopens it, so fit() then test() still works
             self._experiment.close()
         if status == "success":
             self._hparams_dirty = self._hparams_dirty or not self._fs.isfile(

@@ -23,6 +23,8 @@ from fulmen.errors import MisconfigurationException
 
 _PAD_SIZE = 5  # a float in the bar's postfix is padded to this many characters, so the line does not jitter
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_INIT_METHODS = {"train": "init_train_tqdm", "val": "init_validation_tqdm", "test": "init_test_tqdm",
+                 "predict": "init_predict_tqdm"}
 
 
 def convert_inf(x: int | float | None) -> int | float | None:
@@ -210,16 +212,10 @@ class TQDMProgressBar(_BarHooks, ProgressBar):
             self._tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
         return self._tty
 
-    def _init_method(self, key: str) -> str:
-        if key == "val":
-            return "init_sanity_tqdm" if self._trainer is not None and self._trainer.sanity_checking \
-                else "init_validation_tqdm"
-        return {"train": "init_train_tqdm", "test": "init_test_tqdm", "predict": "init_predict_tqdm"}[key]
-
     def _open(self, key: str, desc: str, total: float, nested: bool) -> Any:
         self._close(key)
         total = None if total in (None, float("inf")) else int(total)
-        method = self._init_method(key)
+        method = "init_sanity_tqdm" if key == "val" and self.trainer.sanity_checking else _INIT_METHODS[key]
         # a terminal gets tqdm bars; so does any bar whose init_*_tqdm a subclass customised
         if self._is_tty() or getattr(type(self), method) is not getattr(TQDMProgressBar, method):
             bar = getattr(self, method)()
