@@ -168,14 +168,7 @@ class DummyLogger(Logger):
         return lambda *args, **kwargs: None
 
 
-class _NoOp:
-    """Accepts any method call and does nothing, so ``logger.experiment.anything()`` is safe."""
-
-    def __getattr__(self, _: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-class DummyExperiment(_NoOp):
+class DummyExperiment:
     """The experiment of :class:`DummyLogger`: every method call, index and assignment is accepted and ignored.
 
     Example::
@@ -187,6 +180,9 @@ class DummyExperiment(_NoOp):
 
     def nop(self, *args: Any, **kwargs: Any) -> None:
         """Do nothing."""
+
+    def __getattr__(self, _: str) -> Any:
+        return lambda *args, **kwargs: None
 
     def __getitem__(self, index: Any) -> DummyExperiment:
         return self
@@ -222,7 +218,7 @@ def rank_zero_experiment(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def get(self: Any) -> Any:
-        return fn(self) if _global_rank() == 0 else _NoOp()
+        return fn(self) if _global_rank() == 0 else DummyExperiment()
 
     return get
 

@@ -100,8 +100,7 @@ class MLFlowLogger(_UploadsCheckpoints):
         self._checkpoint_path_prefix = checkpoint_path_prefix
         self._uploaded: dict[str, float] = {}  # checkpoint path -> mtime when uploaded
         self._checkpoint_callback: Any = None
-        self._client: Any = None
-        self._initialized = False
+        self._client: Any = None  # made on first use: then the run has started
 
     @property
     @rank_zero_experiment
@@ -138,7 +137,6 @@ class MLFlowLogger(_UploadsCheckpoints):
             run = client.create_run(experiment_id=self._experiment_id, tags=resolve_tags(tags))
             self._run_id = run.info.run_id
         self._client = client
-        self._initialized = True
         return client
 
     @property
@@ -210,7 +208,7 @@ class MLFlowLogger(_UploadsCheckpoints):
 
     @_rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
+        if self._client is None:
             return
         if self._checkpoint_callback is not None:
             self._upload_checkpoints(self._checkpoint_callback)
@@ -237,10 +235,6 @@ class MLFlowLogger(_UploadsCheckpoints):
         state = self.__dict__.copy()
         state["_client"] = None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._initialized = False
 
 
 def _limits() -> tuple[int, int]:
