@@ -190,7 +190,3 @@ class CSVLogger(_VersionedLogger):
         # nothing logged yet: do not create an empty log folder
         if self._experiment is not None:
             self._experiment.save()
-
-    @_rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save()

@@ -212,7 +212,7 @@ class TQDMProgressBar(_BarHooks, ProgressBar):
             self._tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
         return self._tty
 
-    def _open(self, key: str, desc: str, total: float, nested: bool) -> Any:
+    def _open(self, key: str, desc: str, total: float, nested: bool) -> None:
         self._close(key)
         total = None if total in (None, float("inf")) else int(total)
         method = "init_sanity_tqdm" if key == "val" and self.trainer.sanity_checking else _INIT_METHODS[key]
@@ -226,7 +226,6 @@ class TQDMProgressBar(_BarHooks, ProgressBar):
             bar = _LineBar(desc, float("inf") if total is None else total, self.line_interval, quiet=nested,
                            leave=not nested)
         self._bars[key] = bar
-        return bar
 
     def _close(self, key: str) -> None:
         bar = self._bars.pop(key, None)
@@ -264,7 +263,7 @@ class TQDMProgressBar(_BarHooks, ProgressBar):
         desc = f"Epoch {trainer.current_epoch}"
         total = self.total_train_batches
         if bar is None or self._leave:
-            bar = self._open("train", desc, total, nested=False)
+            self._open("train", desc, total, nested=False)
         else:
             bar.reset(total=None if total == float("inf") else total)
             bar.set_description(desc)
