@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fulmen.callbacks.callback import Callback
+from fulmen.errors import _TunerExitException
 
 
 class BatchSizeFinder(Callback):
@@ -68,8 +69,6 @@ class BatchSizeFinder(Callback):
             max_trials=self._max_trials, batch_arg_name=self._batch_arg_name, margin=self._margin,
             max_val=self._max_val)
         if self._early_exit:
-            from fulmen.errors import _TunerExitException
-
             raise _TunerExitException()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

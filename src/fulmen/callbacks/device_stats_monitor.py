@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fulmen.callbacks.callback import Callback
 from fulmen.accelerators.cpu import get_cpu_stats
 from fulmen.errors import MisconfigurationException
 from fulmen.trainer.state import logging_due
+
+
+def _stats_hook(hook: str) -> Callable[..., None]:
+    """The batch hook ``hook``: log the device's statistics under ``DeviceStatsMonitor.<hook>/``."""
+
+    def log_stats(self: DeviceStatsMonitor, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._log(trainer, hook)
+
+    return log_stats
 
 
 class DeviceStatsMonitor(Callback):
@@ -37,9 +46,7 @@ class DeviceStatsMonitor(Callback):
             get_cpu_stats()  # fail now, not mid-epoch, when psutil is missing
 
     def _log(self, trainer: Any, hook: str) -> None:
-        if not trainer.loggers:
-            return
-        if not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
+        if not trainer.loggers or not logging_due(trainer._loop.batches_stepped + 1, trainer.log_every_n_steps):
             return
         device = trainer.strategy.root_device
         stats = {k: float(v) for k, v in trainer.accelerator.get_device_stats(device).items()}
@@ -50,24 +57,9 @@ class DeviceStatsMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer._loop.batches_stepped)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._log(trainer, "on_train_batch_start")
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._log(trainer, "on_train_batch_end")
-
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
-        self._log(trainer, "on_validation_batch_start")
-
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        self._log(trainer, "on_validation_batch_end")
-
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
-        self._log(trainer, "on_test_batch_start")
-
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
-        self._log(trainer, "on_test_batch_end")
+    on_train_batch_start = _stats_hook("on_train_batch_start")
+    on_train_batch_end = _stats_hook("on_train_batch_end")
+    on_validation_batch_start = _stats_hook("on_validation_batch_start")
+    on_validation_batch_end = _stats_hook("on_validation_batch_end")
+    on_test_batch_start = _stats_hook("on_test_batch_start")
+    on_test_batch_end = _stats_hook("on_test_batch_end")

@@ -36,9 +36,7 @@ class GradientAccumulationScheduler(Callback):
                 raise MisconfigurationException(
                     f"GradientAccumulationScheduler: factor {factor!r} for epoch {epoch} must be an integer >= 1."
                 )
-        self.scheduling = dict(sorted(scheduling.items()))
-        if 0 not in self.scheduling:
-            self.scheduling = {0: 1, **self.scheduling}
+        self.scheduling = dict(sorted({0: 1, **scheduling}.items()))  # before the first phase: no accumulation
         self.epochs = sorted(self.scheduling)
 
     def going_to_accumulate_grad_batches(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fulmen.callbacks.callback import Callback
+from fulmen.errors import MisconfigurationException, _TunerExitException
 
 
 class LearningRateFinder(Callback):
@@ -37,8 +38,6 @@ class LearningRateFinder(Callback):
     def __init__(self, min_lr: float = 1e-8, max_lr: float = 1.0, num_training_steps: int = 100,
                  mode: str = "exponential", early_stop_threshold: float | None = 4.0, update_attr: bool = True,
                  attr_name: str = "") -> None:
-        from fulmen.errors import MisconfigurationException
-
         if mode not in self.SUPPORTED_MODES:
             raise MisconfigurationException(f"LearningRateFinder mode={mode!r} is not known; use 'exponential' or 'linear'.")
         self._min_lr, self._max_lr, self._num_training_steps = min_lr, max_lr, num_training_steps
@@ -56,8 +55,6 @@ class LearningRateFinder(Callback):
             mode=self._mode, early_stop_threshold=self._early_stop_threshold, update_attr=self._update_attr,
             attr_name=self._attr_name)
         if self._early_exit:
-            from fulmen.errors import _TunerExitException
-
             raise _TunerExitException()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

@@ -77,16 +77,14 @@ class LearningRateMonitor(Callback):
         """Every logged name, and per optimizer: (optimizer, names per param group, scheduler interval)."""
         counts: Counter = Counter()
         entries: list[tuple[Any, list[str], str | None]] = []
-        with_scheduler = []
         for cfg in trainer.lr_scheduler_configs:
             opt = cfg.scheduler.optimizer
-            with_scheduler.append(opt)
             if cfg.name is None:
                 counts[type(opt)] += 1
             base = cfg.name or f"lr-{type(opt).__name__}"
             entries.append((opt, self._group_names(opt, base, counts, cfg.name is None), cfg.interval))
         for opt in trainer.optimizers:
-            if any(opt is o for o in with_scheduler):
+            if any(opt is cfg.scheduler.optimizer for cfg in trainer.lr_scheduler_configs):
                 continue
             counts[type(opt)] += 1
             entries.append((opt, self._group_names(opt, f"lr-{type(opt).__name__}", counts, True), None))

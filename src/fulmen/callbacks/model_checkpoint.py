@@ -35,10 +35,6 @@ class Checkpoint(Callback):
     """
 
 
-def _is_local(path: Any) -> bool:
-    return _io.is_local(os.fspath(path))
-
-
 class ModelCheckpoint(Checkpoint):
     """Save checkpoints during ``fit``, keeping the ``save_top_k`` best by ``monitor`` (or the latest).
 
@@ -149,7 +145,7 @@ class ModelCheckpoint(Checkpoint):
         self._enable_version_counter = enable_version_counter
         if dirpath is not None:
             dirpath = os.fspath(dirpath)
-            if _is_local(dirpath):
+            if _io.is_local(dirpath):
                 dirpath = os.path.realpath(os.path.expanduser(dirpath))
         self.dirpath: str | None = dirpath
         self.filename = filename
@@ -375,12 +371,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer: Any, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
-        if self._enable_version_counter:
-            version = self.STARTING_VERSION
-            while path != self.last_model_path and self.file_exists(path, trainer):
-                path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST, ver=version)
-                version += 1
+        path = self._free_path(trainer, candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST)
         previous = self.last_model_path
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             trainer._flush_checkpoints()  # link to a file that is on disk
@@ -415,21 +406,23 @@ class ModelCheckpoint(Checkpoint):
         """Remove an old checkpoint only when it is ours: in dirpath, not the one this run resumed from."""
         if previous == current:
             return False
-        if not _is_local(previous):
+        if not _io.is_local(previous):
             return True
         previous = os.path.abspath(previous)
-        if trainer.ckpt_path is not None and _is_local(trainer.ckpt_path) and previous == os.path.abspath(trainer.ckpt_path):
+        resumed_from = trainer.ckpt_path
+        if resumed_from is not None and _io.is_local(resumed_from) and previous == os.path.abspath(resumed_from):
             return False
         return os.path.commonpath([previous, os.path.abspath(self.dirpath)]) == os.path.abspath(self.dirpath)
 
     # -- names ------------------------------------------------------------------------------------
-    def _free_path(self, trainer: Any, candidates: dict[str, Tensor], replaceable: str | None) -> str:
+    def _free_path(self, trainer: Any, candidates: dict[str, Tensor], replaceable: str | None,
+                   filename: str | None = None) -> str:
         """The formatted name, with ``-v1``, ``-v2`` ... appended while a file of that name exists."""
-        path = self.format_checkpoint_name(candidates)
+        path = self.format_checkpoint_name(candidates, filename)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
             while path != replaceable and self.file_exists(path, trainer):
-                path = self.format_checkpoint_name(candidates, ver=version)
+                path = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
         return path
 
@@ -484,7 +477,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _dir_has_files(self) -> bool:
         try:
-            if _is_local(self.dirpath):
+            if _io.is_local(self.dirpath):
                 return os.path.isdir(self.dirpath) and bool(os.listdir(self.dirpath))
             fs = _io.get_filesystem(self.dirpath)
             return fs.isdir(self.dirpath) and bool(fs.ls(self.dirpath))
@@ -495,7 +488,7 @@ class ModelCheckpoint(Checkpoint):
 def _join(base: str, *parts: str) -> str:
     """``os.path.join`` for local paths, ``/`` for URLs; empty parts are dropped."""
     parts = tuple(p for p in parts if p)
-    if _is_local(base):
+    if _io.is_local(base):
         return os.path.join(base, *parts)
     return "/".join([base.rstrip("/"), *parts])
 

@@ -73,8 +73,6 @@ class BasePredictionWriter(Callback):
             )
         self.write_interval = write_interval
         self.interval = WriteInterval(write_interval)
-        self._on_batch = write_interval in ("batch", "batch_and_epoch")
-        self._on_epoch = write_interval in ("epoch", "batch_and_epoch")
         self._queues: list[deque] = []
         self._patched: list[tuple[Any, type]] = []
         self._current: list[int] | None = None
@@ -108,14 +106,14 @@ class BasePredictionWriter(Callback):
 
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
-        if self._on_epoch:
+        if self.interval.on_epoch:
             self._predictions[dataloader_idx].append(outputs)
             self._indices[dataloader_idx].append(self._current)
-        if self._on_batch:
+        if self.interval.on_batch:
             self.write_on_batch_end(trainer, pl_module, outputs, self._current, batch, batch_idx, dataloader_idx)
 
     def on_predict_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._on_epoch:
+        if self.interval.on_epoch:
             preds = self._predictions[0] if len(self._predictions) == 1 else self._predictions
             self.write_on_epoch_end(trainer, pl_module, preds, self._indices)
         self._predictions, self._indices = [], []

@@ -98,26 +98,23 @@ class Timer(Callback):
         self._start_time[stage] = time.monotonic()
         self._end_time[stage] = None
 
-    def _end(self, stage: RunningStage) -> None:
-        self._end_time[stage] = time.monotonic()
-
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(RunningStage.TRAINING)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._end(RunningStage.TRAINING)
+        self._end_time[RunningStage.TRAINING] = time.monotonic()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(RunningStage.VALIDATING)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._end(RunningStage.VALIDATING)
+        self._end_time[RunningStage.VALIDATING] = time.monotonic()
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(RunningStage.TESTING)
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        self._end(RunningStage.TESTING)
+        self._end_time[RunningStage.TESTING] = time.monotonic()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._duration_s is not None:  # a restored timer may be used up already

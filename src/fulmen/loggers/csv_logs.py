@@ -24,7 +24,6 @@ from fulmen.loggers.logger import (
     _filesystem,
     _join,
     _scalar,
-    _version_dir,
     _warn,
 )
 from fulmen.saving import _atomic_write_text, _write_hparams_yaml
@@ -53,17 +52,16 @@ class ExperimentWriter:
         self.metrics: list[dict[str, Any]] = []  # rows not yet on disk
         self.metrics_keys: list[str] = []  # the header of the file on disk
         self._rows_saved = 0
-        if keep_rows is not None:  # a resumed run continues the file of the run it resumes
-            self.fs.makedirs(self.log_dir, exist_ok=True)
-            self.keep_rows(keep_rows)
-            return
         # only files this writer replaces count: a checkpoints/ folder written first is expected
-        if any(self.fs.exists(_join(self.log_dir, f)) for f in (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)):
+        files = (self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE)
+        if keep_rows is None and any(self.fs.exists(_join(self.log_dir, f)) for f in files):
             _warn(
                 f"Log directory {self.log_dir} exists and is not empty; its metrics.csv and hparams.yaml "
                 "will be replaced. Pass a new `version` to keep them."
             )
         self.fs.makedirs(self.log_dir, exist_ok=True)
+        if keep_rows is not None:  # a resumed run continues the file of the run it resumes
+            self.keep_rows(keep_rows)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """Merge ``params`` into the recorded hyperparameters and rewrite ``hparams.yaml``."""
@@ -91,13 +89,9 @@ class ExperimentWriter:
             with self.fs.open(self.metrics_file_path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
         else:
-            old_rows = self._read_rows() if self._rows_saved else []
+            old_rows = self._read()[1] if self._rows_saved else []
             self.metrics_keys = sorted(keys)
-            buffer = io.StringIO(newline="")
-            writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(old_rows + self.metrics)
-            _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
+            self._rewrite(self.metrics_keys, old_rows + self.metrics)
         self._rows_saved += len(self.metrics)
         self.metrics = []
 
@@ -108,20 +102,23 @@ class ExperimentWriter:
         if not n or not self.fs.exists(self.metrics_file_path):
             self._rows_saved, self.metrics_keys = 0, []
             return
+        header, rows = self._read(n)
+        self._rewrite(header, rows)
+        self._rows_saved, self.metrics_keys = len(rows), header
+
+    def _read(self, n: int | None = None) -> tuple[list[str], list[dict[str, str]]]:
+        """The file's header and its first ``n`` rows (all of them for None)."""
         with self.fs.open(self.metrics_file_path, "r", newline="") as f:
             reader = csv.DictReader(f)
             rows = list(itertools.islice(reader, n))
-            header = list(reader.fieldnames or [])
+            return list(reader.fieldnames or []), rows
+
+    def _rewrite(self, header: list[str], rows: list[dict[str, Any]]) -> None:
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
         _atomic_write_text(self.fs, self.metrics_file_path, buffer.getvalue())
-        self._rows_saved, self.metrics_keys = len(rows), header
-
-    def _read_rows(self) -> list[dict[str, str]]:
-        with self.fs.open(self.metrics_file_path, "r", newline="") as f:
-            return list(csv.DictReader(f))
 
 
 class CSVLogger(_VersionedLogger):
@@ -156,10 +153,6 @@ class CSVLogger(_VersionedLogger):
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
         self._keep_rows: int | None = None  # set when a run resumes: continue metrics.csv after these rows
-
-    @property
-    def log_dir(self) -> str:
-        return _join(self.root_dir, _version_dir(self.version))
 
     @property
     @rank_zero_experiment
@@ -197,7 +190,3 @@ class CSVLogger(_VersionedLogger):
         # nothing logged yet: do not create an empty log folder
         if self._experiment is not None:
             self._experiment.save()
-
-    @_rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save()

@@ -125,6 +125,10 @@ class _VersionedLogger(Logger):
     def root_dir(self) -> str:
         return _join(self._save_dir, self._name)
 
+    @property
+    def log_dir(self) -> str:
+        return _join(self.root_dir, _version_dir(self.version))
+
 
 class DummyLogger(Logger):
     """A logger that records nothing; what ``fast_dev_run`` uses so that no files are written.
@@ -164,14 +168,7 @@ class DummyLogger(Logger):
         return lambda *args, **kwargs: None
 
 
-class _NoOp:
-    """Accepts any method call and does nothing, so ``logger.experiment.anything()`` is safe."""
-
-    def __getattr__(self, _: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-class DummyExperiment(_NoOp):
+class DummyExperiment:
     """The experiment of :class:`DummyLogger`: every method call, index and assignment is accepted and ignored.
 
     Example::
@@ -184,6 +181,9 @@ class DummyExperiment(_NoOp):
     def nop(self, *args: Any, **kwargs: Any) -> None:
         """Do nothing."""
 
+    def __getattr__(self, _: str) -> Any:
+        return lambda *args, **kwargs: None
+
     def __getitem__(self, index: Any) -> DummyExperiment:
         return self
 
@@ -195,17 +195,10 @@ class DummyExperiment(_NoOp):
 
 
 def _global_rank() -> int:
-    """This process's global rank: what the strategy recorded, else the launcher's environment."""
-    try:
-        # the strategies keep this up to date once processes start; imported here to keep torch off import time
-        from fulmen._utils import rank_zero_only
+    """This process's global rank: what the strategy recorded, else (before that) the launcher's environment."""
+    from fulmen._utils import rank_zero_only  # here, to keep torch off import time
 
-        return int(getattr(rank_zero_only, "rank", 0))
-    except ImportError:
-        for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-            if key in os.environ:
-                return int(os.environ[key])
-        return 0
+    return int(rank_zero_only.rank)
 
 
 def rank_zero_experiment(fn: Any) -> Any:
@@ -225,7 +218,7 @@ def rank_zero_experiment(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def get(self: Any) -> Any:
-        return fn(self) if _global_rank() == 0 else _NoOp()
+        return fn(self) if _global_rank() == 0 else DummyExperiment()
 
     return get
 
@@ -382,12 +375,11 @@ def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, flo
             self._logged_model_time[path] = mtime
     """
     best_k = getattr(checkpoint_callback, "best_k_models", None) or {}
-    best = getattr(checkpoint_callback, "best_model_path", "")
     found = []
-    for mtime, path, _, _ in _checkpoints_to_upload(checkpoint_callback, logged_model_time):
+    for mtime, path, _, is_best in _checkpoints_to_upload(checkpoint_callback, logged_model_time):
         if path in best_k:
             found.append((mtime, path, best_k[path], "best_k"))
-        elif path == best:
+        elif is_best:
             found.append((mtime, path, getattr(checkpoint_callback, "best_model_score", None), "best"))
         else:
             found.append((mtime, path, getattr(checkpoint_callback, "current_score", None), "latest"))
@@ -404,6 +396,14 @@ def _checkpoint_metadata(callback: Any, path: str, score: Any) -> dict[str, Any]
     }
 
 
-def _should_upload_now(log_model: bool | str, callback: Any) -> bool:
-    """``log_model="all"`` (or keeping every checkpoint) uploads at each save; ``True`` waits for the end."""
-    return log_model == "all" or (log_model is True and getattr(callback, "save_top_k", None) == -1)
+class _UploadsCheckpoints(Logger):
+    """A logger with ``log_model``: ``"all"`` (or ``True`` when every checkpoint is kept) uploads at each save,
+    ``True`` remembers the callback for ``finalize``; the subclass supplies ``_upload_checkpoints``."""
+
+    @_rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        log_model = self._log_model
+        if log_model == "all" or (log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1):
+            self._upload_checkpoints(checkpoint_callback)
+        elif log_model is True:
+            self._checkpoint_callback = checkpoint_callback

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from fulmen.errors import MisconfigurationException
 from fulmen.loggers.logger import (
-    Logger,
+    _UploadsCheckpoints,
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
@@ -33,7 +33,6 @@ from fulmen.loggers.logger import (
     _flatten_dict,
     _require,
     _scalar,
-    _should_upload_now,
     _warn,
 )
 
@@ -42,7 +41,7 @@ _RUN_NAME_TAG = "mlflow.runName"
 _STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
-class MLFlowLogger(Logger):
+class MLFlowLogger(_UploadsCheckpoints):
     """Log to MLflow: one MLflow run per training run, inside an experiment.
 
     Args:
@@ -101,8 +100,7 @@ class MLFlowLogger(Logger):
         self._checkpoint_path_prefix = checkpoint_path_prefix
         self._uploaded: dict[str, float] = {}  # checkpoint path -> mtime when uploaded
         self._checkpoint_callback: Any = None
-        self._client: Any = None
-        self._initialized = False
+        self._client: Any = None  # made on first use: then the run has started
 
     @property
     @rank_zero_experiment
@@ -139,7 +137,6 @@ class MLFlowLogger(Logger):
             run = client.create_run(experiment_id=self._experiment_id, tags=resolve_tags(tags))
             self._run_id = run.info.run_id
         self._client = client
-        self._initialized = True
         return client
 
     @property
@@ -211,19 +208,12 @@ class MLFlowLogger(Logger):
 
     @_rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
+        if self._client is None:
             return
         if self._checkpoint_callback is not None:
             self._upload_checkpoints(self._checkpoint_callback)
         if self.experiment.get_run(self._run_id):
             self.experiment.set_terminated(self._run_id, _STATUS.get(status, status.upper()))
-
-    @_rank_zero_only
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if _should_upload_now(self._log_model, checkpoint_callback):
-            self._upload_checkpoints(checkpoint_callback)
-        elif self._log_model is True:
-            self._checkpoint_callback = checkpoint_callback
 
     def _upload_checkpoints(self, callback: Any) -> None:
         """Upload new checkpoints to ``<prefix><file stem>/`` with ``metadata.yaml`` and ``aliases.txt``."""
@@ -232,13 +222,12 @@ class MLFlowLogger(Logger):
         for mtime, path, score, is_best in _checkpoints_to_upload(callback, self._uploaded):
             artifact_path = f"{self._checkpoint_path_prefix}{Path(path).stem}"
             self.experiment.log_artifact(self._run_id, path, artifact_path)
+            metadata = yaml.safe_dump(_checkpoint_metadata(callback, path, score), default_flow_style=False)
+            aliases = str(["latest", "best"] if is_best else ["latest"])
             with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "metadata.yaml"), "w") as f:
-                    yaml.safe_dump(_checkpoint_metadata(callback, path, score), f, default_flow_style=False)
-                with open(os.path.join(tmp, "aliases.txt"), "w") as f:
-                    f.write(str(["latest", "best"] if is_best else ["latest"]))
-                self.experiment.log_artifact(self._run_id, os.path.join(tmp, "metadata.yaml"), artifact_path)
-                self.experiment.log_artifact(self._run_id, os.path.join(tmp, "aliases.txt"), artifact_path)
+                for name, text in (("metadata.yaml", metadata), ("aliases.txt", aliases)):
+                    Path(tmp, name).write_text(text)
+                    self.experiment.log_artifact(self._run_id, os.path.join(tmp, name), artifact_path)
             self._uploaded[path] = mtime
 
     def __getstate__(self) -> dict[str, Any]:
@@ -246,10 +235,6 @@ class MLFlowLogger(Logger):
         state = self.__dict__.copy()
         state["_client"] = None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._initialized = False
 
 
 def _limits() -> tuple[int, int]:

@@ -26,7 +26,6 @@ from fulmen.loggers.logger import (
     _require,
     _sanitize_params,
     _scalar,
-    _version_dir,
     _warn,
 )
 from fulmen.saving import _write_hparams_yaml
@@ -84,10 +83,7 @@ class TensorBoardLogger(_VersionedLogger):
 
     @property
     def log_dir(self) -> str:
-        log_dir = _join(self.root_dir, _version_dir(self.version))
-        if self._sub_dir:
-            log_dir = _join(log_dir, os.path.expanduser(os.path.expandvars(self._sub_dir)))
-        return log_dir
+        return _join(super().log_dir, os.path.expanduser(os.path.expandvars(self._sub_dir or "")))
 
     @property
     def sub_dir(self) -> str | None:
@@ -200,8 +196,7 @@ class TensorBoardLogger(_VersionedLogger):
             self._events.close()
             self._events = None
         if self._experiment is not None:
-            # close() releases the file; a later add_* call reopens it, so fit() then test() still works
-            self._experiment.flush()
+            # close() flushes and releases the file; a later add_* call reopens it, so fit() then test() still works
             self._experiment.close()
         if status == "success":
             self._hparams_dirty = self._hparams_dirty or not self._fs.isfile(

@@ -13,7 +13,7 @@ from typing import Any
 
 from fulmen.errors import MisconfigurationException, missing_extra
 from fulmen.loggers.logger import (
-    Logger,
+    _UploadsCheckpoints,
     _rank_zero_only,
     rank_zero_experiment,
     _add_prefix,
@@ -23,7 +23,6 @@ from fulmen.loggers.logger import (
     _require,
     _sanitize_params,
     _scalar,
-    _should_upload_now,
     _warn,
 )
 
@@ -39,7 +38,7 @@ def _import_wandb() -> Any:
     return wandb
 
 
-class WandbLogger(Logger):
+class WandbLogger(_UploadsCheckpoints):
     """Log to Weights & Biases; the x axis of every chart is the trainer's global step.
 
     Args:
@@ -86,7 +85,6 @@ class WandbLogger(Logger):
         _require("wandb", "wandb", "wandb", "WandbLogger")
         if log_model not in (True, False, "all"):
             raise MisconfigurationException(f"WandbLogger(log_model={log_model!r}): use True, False or 'all'.")
-        self._offline = offline
         self._log_model = log_model
         self._prefix = prefix
         self._experiment = experiment
@@ -204,13 +202,6 @@ class WandbLogger(Logger):
     def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True) -> None:
         """Record gradient and/or parameter histograms of ``model`` every ``log_freq`` steps."""
         self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
-
-    @_rank_zero_only
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if _should_upload_now(self._log_model, checkpoint_callback):
-            self._upload_checkpoints(checkpoint_callback)
-        elif self._log_model is True:
-            self._checkpoint_callback = checkpoint_callback
 
     @_rank_zero_only
     def finalize(self, status: str) -> None:

@@ -24,8 +24,7 @@ def get_standard_metrics(trainer: Any) -> dict[str, int | str]:
 
         get_standard_metrics(trainer)  # {'v_num': 3}
     """
-    logger = trainer.logger
-    version = getattr(logger, "version", None) if logger is not None else None
+    version = getattr(trainer.logger, "version", None)
     if version is None:
         return {}
     return {"v_num": version[-4:] if isinstance(version, str) else version}
@@ -173,20 +172,65 @@ def _at(batches: Any, idx: int | None) -> int | float:
 def _where_outputs_went(trainer: Any) -> str:
     """``Checkpoints: <dir>  Logs: <dir>`` for what this fit wrote; empty when it wrote neither."""
     parts = []
-    cb = trainer.checkpoint_callback
-    ckpt_dir = getattr(cb, "dirpath", None) if cb is not None else None
+    ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
     if ckpt_dir and os.path.isdir(ckpt_dir):
         parts.append(f"Checkpoints: {ckpt_dir}")
-    if trainer.loggers:
-        logger = trainer.logger
-        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if log_dir:
-            parts.append(f"Logs: {log_dir}")
+    log_dir = getattr(trainer.logger, "log_dir", None) or getattr(trainer.logger, "save_dir", None)
+    if log_dir:
+        parts.append(f"Logs: {log_dir}")
     return "  ".join(parts)
 
 
-class _EvalBatchBars:
-    """The test and predict batch hooks both bars share; each bar supplies ``_eval_batch_start`` and ``_advance``."""
+class _BarHooks:
+    """What both bars share; each bar keeps its open bars in ``_bars`` (by stage) and supplies ``_open``,
+    ``_advance``, ``_close`` and ``_eval_end``."""
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._refresh_rate
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self._refresh_rate > 0
+
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close("val")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.is_enabled:
+            self._advance("train", batch_idx + 1, self.total_train_batches)
+
+    def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
+        if self.is_enabled and (self.has_dataloader_changed(dataloader_idx) or key not in self._bars):
+            nested = key == "val" and self.trainer.state.fn == "fit"
+            self._open(key, f"{desc} DataLoader {dataloader_idx}" if several else desc, total, nested)
+            self._next_postfix = 0.0
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            # one bar over all sanity batches, opened at the first (the batch counts are known by then); in a log
+            # it stays quiet, but callbacks can read it
+            if self.is_enabled and "val" not in self._bars:
+                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches), nested=True)
+        else:
+            self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
+                                   dataloader_idx, len(trainer.num_val_batches) > 1)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end("test")
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end("predict")
 
     def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:

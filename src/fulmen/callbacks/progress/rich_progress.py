@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _EvalBatchBars, _fmt_value
+from fulmen.callbacks.progress.progress_bar import _POSTFIX_INTERVAL, ProgressBar, _BarHooks, _fmt_value
 from fulmen.errors import MisconfigurationException, missing_extra
 
 
@@ -33,7 +33,7 @@ class RichProgressBarTheme:
     metrics_format: str = ".3f"
 
 
-class RichProgressBar(_EvalBatchBars, ProgressBar):
+class RichProgressBar(_BarHooks, ProgressBar):
     """A progress bar drawn with ``rich``: one task per stage with count, time, it/s and the metrics.
 
     Metrics are read at most a few times a second. When the output is not a terminal, rich draws each
@@ -44,7 +44,6 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         leave: Keep each finished epoch's bar on screen.
         theme: The columns' styles and the metrics' format (:class:`RichProgressBarTheme`).
         console_kwargs: Arguments for ``rich.console.Console``.
-        theme: Colours and styles of the bar's parts. None: the default theme.
 
     Example::
 
@@ -64,25 +63,17 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         self.theme = RichProgressBarTheme() if theme is None else theme
         self._console_kwargs = console_kwargs or {}
         self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._bars: dict[str, Any] = {}  # the open bars: stage -> rich task id
         self._next_postfix = 0.0
-
-    @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
 
     @property
     def progress(self) -> Any:
         """The ``rich.progress.Progress`` drawing the bars while a stage runs; None before and after."""
         return self._progress
 
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
-
     # -- the running stages' tasks (``rich.progress.Task``: ``.total``, ``.completed``, ``.description``) ---------
     def _task(self, key: str) -> Any:
-        task_id = self._tasks.get(key)
+        task_id = self._bars.get(key)
         if task_id is None or self._progress is None:
             return None
         return next((task for task in self._progress.tasks if task.id == task_id), None)
@@ -135,28 +126,27 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             self._progress.start()
         return self._progress
 
-    def _open(self, key: str, desc: str, total: float, visible: bool = True) -> None:
+    def _open(self, key: str, desc: str, total: float, nested: bool = False) -> None:
+        # a nested bar (validation during fit) is one more task of the same Progress, drawn like the others
         progress = self._start()
-        old = self._tasks.pop(key, None)
+        old = self._bars.pop(key, None)
         if old is not None and not (key == "train" and self._leave):
             progress.remove_task(old)
         total = None if total == float("inf") else total
-        self._tasks[key] = progress.add_task(desc, total=total, rate="", metrics="", visible=visible)
+        self._bars[key] = progress.add_task(desc, total=total, rate="", metrics="")
         self._next_postfix = 0.0
 
     def _advance(self, key: str, n: int, total: float) -> None:
-        task = self._tasks.get(key)
+        task = self._bars.get(key)
         if task is None or not (n % self._refresh_rate == 0 or n >= total):
             return
         progress = self._progress
         now = time.monotonic()
-        fields: dict[str, Any] = {}
         if now >= self._next_postfix or n >= total:  # metrics are read a few times a second at most
             self._next_postfix = now + _POSTFIX_INTERVAL
-            fields["metrics"] = self._metrics_text()
+            metrics = self._metrics_text()
             speed = progress.tasks[progress.task_ids.index(task)].speed
-            fields["rate"] = f"{speed:.2f}it/s" if speed else ""
-            progress.update(task, completed=n, **fields)
+            progress.update(task, completed=n, metrics=metrics, rate=f"{speed:.2f}it/s" if speed else "")
             progress.refresh()
         else:
             progress.update(task, completed=n)
@@ -168,54 +158,33 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
             f"{k}: {format(v, fmt) if isinstance(v, float) else _fmt_value(v)}" for k, v in metrics.items())
 
     def _close(self, key: str) -> None:
-        task = self._tasks.pop(key, None)
+        task = self._bars.pop(key, None)
         if task is not None and self._progress is not None:
             self._progress.update(task, visible=False)
             self._progress.refresh()
+
+    def _eval_end(self, key: str) -> None:
+        self._stop()
 
     def _stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-            self._tasks.clear()
+            self._bars.clear()
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-        self._close("val")
-
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.is_enabled:
             self._open("train", f"Epoch {trainer.current_epoch}", self.total_train_batches)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.is_enabled:
-            self._advance("train", batch_idx + 1, self.total_train_batches)
-
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        task = self._tasks.get("train")
+        task = self._bars.get("train")
         if task is not None:
             self._progress.update(task, metrics=self._metrics_text())
             self._progress.refresh()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
-
-    def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
-        if self.is_enabled and (self.has_dataloader_changed(dataloader_idx) or key not in self._tasks):
-            self._open(key, f"{desc} DataLoader {dataloader_idx}" if several else desc, total)
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
-            # one task over all sanity batches, opened at the first (the batch counts are known by then)
-            if self.is_enabled and "val" not in self._tasks:
-                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches))
-        else:
-            self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
-                                   dataloader_idx, len(trainer.num_val_batches) > 1)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -228,20 +197,8 @@ class RichProgressBar(_EvalBatchBars, ProgressBar):
         self._close("val")
         if trainer.state.fn != "fit":
             self._stop()
-        elif "train" in self._tasks:
-            self._progress.update(self._tasks["train"], metrics=self._metrics_text())
-
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        self._stop()
-
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
-        self._stop()
+        elif "train" in self._bars:
+            self._progress.update(self._bars["train"], metrics=self._metrics_text())
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._stop()

@@ -15,7 +15,7 @@ from typing import Any
 from fulmen.callbacks.progress.progress_bar import (
     _POSTFIX_INTERVAL,
     ProgressBar,
-    _EvalBatchBars,
+    _BarHooks,
     _fmt_time,
     _fmt_value,
 )
@@ -23,6 +23,8 @@ from fulmen.errors import MisconfigurationException
 
 _PAD_SIZE = 5  # a float in the bar's postfix is padded to this many characters, so the line does not jitter
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_INIT_METHODS = {"train": "init_train_tqdm", "val": "init_validation_tqdm", "test": "init_test_tqdm",
+                 "predict": "init_predict_tqdm"}
 
 
 def convert_inf(x: int | float | None) -> int | float | None:
@@ -118,7 +120,20 @@ class _LineBar:
         self.disable = True
 
 
-class TQDMProgressBar(_EvalBatchBars, ProgressBar):
+def _bar_property(key: str) -> property:
+    """A stage's bar: the open one, else the last one closed; assigning one replaces the open bar."""
+
+    def get(self: TQDMProgressBar) -> Any:
+        bar = self._bars.get(key)
+        return self._closed.get(key) if bar is None else bar
+
+    def set(self: TQDMProgressBar, bar: Any) -> None:
+        self._bars[key] = bar
+
+    return property(get, set)
+
+
+class TQDMProgressBar(_BarHooks, ProgressBar):
     """The default progress bar: a ``tqdm`` bar per stage with it/s, ``v_num`` and ``prog_bar`` metrics.
 
     Args:
@@ -150,55 +165,16 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         self._tty: bool | None = None
 
     @property
-    def refresh_rate(self) -> int:
-        return self._refresh_rate
-
-    @property
     def process_position(self) -> int:
         return self._process_position
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self._refresh_rate > 0
 
     # -- the bars (Lightning's attributes: read them, or replace a bar from a hook) --------------------
     # While a stage runs its bar is open; once the stage ends it is closed but still there, so that `.total`,
     # `.n` and `.leave` can be read after `trainer.fit`/`test` too. The sanity check draws on the val bar.
-    def _bar(self, key: str) -> Any:
-        bar = self._bars.get(key)
-        return self._closed.get(key) if bar is None else bar
-
-    @property
-    def train_progress_bar(self) -> Any:
-        return self._bar("train")
-
-    @train_progress_bar.setter
-    def train_progress_bar(self, bar: Any) -> None:
-        self._bars["train"] = bar
-
-    @property
-    def val_progress_bar(self) -> Any:
-        return self._bar("val")
-
-    @val_progress_bar.setter
-    def val_progress_bar(self, bar: Any) -> None:
-        self._bars["val"] = bar
-
-    @property
-    def test_progress_bar(self) -> Any:
-        return self._bar("test")
-
-    @test_progress_bar.setter
-    def test_progress_bar(self, bar: Any) -> None:
-        self._bars["test"] = bar
-
-    @property
-    def predict_progress_bar(self) -> Any:
-        return self._bar("predict")
-
-    @predict_progress_bar.setter
-    def predict_progress_bar(self, bar: Any) -> None:
-        self._bars["predict"] = bar
+    train_progress_bar = _bar_property("train")
+    val_progress_bar = _bar_property("val")
+    test_progress_bar = _bar_property("test")
+    predict_progress_bar = _bar_property("predict")
 
     # Override these to change how a bar looks (its description and total are set when it opens):
     #     def init_validation_tqdm(self):
@@ -236,16 +212,10 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
             self._tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
         return self._tty
 
-    def _init_method(self, key: str) -> str:
-        if key == "val":
-            return "init_sanity_tqdm" if self._trainer is not None and self._trainer.sanity_checking \
-                else "init_validation_tqdm"
-        return {"train": "init_train_tqdm", "test": "init_test_tqdm", "predict": "init_predict_tqdm"}[key]
-
-    def _open(self, key: str, desc: str, total: float, nested: bool) -> Any:
+    def _open(self, key: str, desc: str, total: float, nested: bool) -> None:
         self._close(key)
         total = None if total in (None, float("inf")) else int(total)
-        method = self._init_method(key)
+        method = "init_sanity_tqdm" if key == "val" and self.trainer.sanity_checking else _INIT_METHODS[key]
         # a terminal gets tqdm bars; so does any bar whose init_*_tqdm a subclass customised
         if self._is_tty() or getattr(type(self), method) is not getattr(TQDMProgressBar, method):
             bar = getattr(self, method)()
@@ -256,7 +226,6 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
             bar = _LineBar(desc, float("inf") if total is None else total, self.line_interval, quiet=nested,
                            leave=not nested)
         self._bars[key] = bar
-        return bar
 
     def _close(self, key: str) -> None:
         bar = self._bars.pop(key, None)
@@ -286,9 +255,6 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
         self.reset_dataloader_idx_tracker()
 
-    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-        self._close("val")
-
     # -- training -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if not self.is_enabled:
@@ -297,15 +263,11 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         desc = f"Epoch {trainer.current_epoch}"
         total = self.total_train_batches
         if bar is None or self._leave:
-            bar = self._open("train", desc, total, nested=False)
+            self._open("train", desc, total, nested=False)
         else:
             bar.reset(total=None if total == float("inf") else total)
             bar.set_description(desc)
         self._next_postfix = 0.0
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.is_enabled:
-            self._advance("train", batch_idx + 1, self.total_train_batches)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         bar = self._bars.get("train")
@@ -319,36 +281,10 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         self._close("train")
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _eval_start(self, key: str) -> None:
-        self.reset_dataloader_idx_tracker()
-
-    def _eval_batch_start(self, key: str, desc: str, total: float, dataloader_idx: int, several: bool) -> None:
-        if not self.is_enabled or not self.has_dataloader_changed(dataloader_idx) and key in self._bars:
-            return
-        nested = key == "val" and self.trainer.state.fn == "fit"
-        if several:
-            desc = f"{desc} DataLoader {dataloader_idx}"
-        self._open(key, desc, total, nested=nested)
-        self._next_postfix = 0.0
-
     def _eval_end(self, key: str) -> None:
         if self.trainer.state.fn != "fit":
             self._finish_line(key)
         self._close(key)
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_start("val")
-
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
-            # one bar over all sanity batches, opened at the first (the batch counts are known by then); in a log
-            # it stays quiet, but callbacks can read it
-            if self.is_enabled and "val" not in self._bars:
-                self._open("val", self.sanity_check_description, sum(trainer.num_sanity_val_batches), nested=True)
-            return
-        self._eval_batch_start("val", self.validation_description, self.total_val_batches_current_dataloader,
-                               dataloader_idx, len(trainer.num_val_batches) > 1)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -365,18 +301,6 @@ class TQDMProgressBar(_EvalBatchBars, ProgressBar):
         train_bar = self._bars.get("train")
         if train_bar is not None and trainer.state.fn == "fit":
             train_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
-
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_start("test")
-
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_end("test")
-
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_start("predict")
-
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_end("predict")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         for key in list(self._bars):
