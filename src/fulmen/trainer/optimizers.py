@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.optim import Optimizer
@@ -43,10 +44,6 @@ def _is_optimizer(obj: Any) -> bool:
     return isinstance(obj, Optimizer) or isinstance(getattr(obj, "optimizer", None), Optimizer) and hasattr(obj, "step")
 
 
-def _is_plateau(sched: Any) -> bool:
-    return isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
 def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
     if isinstance(item, dict):
         if "scheduler" not in item:
@@ -68,7 +65,7 @@ def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
         )
     if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
         raise MisconfigurationException(f"lr_scheduler frequency must be a positive integer, got {cfg.frequency!r}.")
-    cfg.reduce_on_plateau = _is_plateau(cfg.scheduler)
+    cfg.reduce_on_plateau = isinstance(cfg.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if cfg.reduce_on_plateau and cfg.monitor is None:
         raise MisconfigurationException(
             "A ReduceLROnPlateau scheduler needs the metric to watch. Return "
@@ -89,7 +86,6 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
     if returned is None:
         rank_zero_warn("`configure_optimizers` returned None: this fit runs without an optimizer.")
         return [], []
-    optimizers: list[Optimizer] = []
     configs: list[LRSchedulerConfig] = []
     if _is_optimizer(returned):
         optimizers = [returned]
@@ -243,18 +239,12 @@ class LightningOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
-    def toggle_model(self) -> Any:
+    @contextmanager
+    def toggle_model(self) -> Iterator[None]:
         """Context in which only this optimizer's parameters get gradients."""
-        from contextlib import contextmanager
-
         module = self._trainer.lightning_module
-
-        @contextmanager
-        def ctx() -> Any:
-            module.toggle_optimizer(self)
-            try:
-                yield
-            finally:
-                module.untoggle_optimizer(self)
-
-        return ctx()
+        module.toggle_optimizer(self)
+        try:
+            yield
+        finally:
+            module.untoggle_optimizer(self)

@@ -32,7 +32,7 @@ def _requeue_settings(trainer: Any) -> tuple[bool, Any]:
     else Lightning's default when SLURM variables are present (auto_requeue=True, SIGUSR1)."""
     from fulmen.trainer.resume import _slurm_detected
 
-    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
+    env = getattr(trainer.strategy, "cluster_environment", None)
     sigusr1 = getattr(signal, "SIGUSR1", None)
     if env is not None and hasattr(env, "auto_requeue"):
         return bool(env.auto_requeue), getattr(env, "requeue_signal", None) or sigusr1
