@@ -68,16 +68,13 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         precision = trainer.strategy.precision
         if precision_state := precision.state_dict():  # under the plugin's class name, as Lightning writes it
             checkpoint[type(precision).__qualname__] = precision_state
-    if module.hparams:
-        checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
-        checkpoint["hyper_parameters"] = module._hparams_to_save()
     dm = trainer.datamodule
-    if dm is not None:
-        if dm.hparams:
-            checkpoint["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
-            checkpoint["datamodule_hyper_parameters"] = dm._hparams_to_save()
-        if not weights_only and (state := dm.state_dict()):
-            checkpoint[type(dm).__qualname__] = state
+    for prefix, owner in (("", module), ("datamodule_", dm)):  # "hyper_parameters", "datamodule_hyper_parameters"
+        if owner is not None and owner.hparams:
+            checkpoint[f"{prefix}hparams_name"] = getattr(owner, "_hparams_name", None) or "kwargs"
+            checkpoint[f"{prefix}hyper_parameters"] = owner._hparams_to_save()
+    if dm is not None and not weights_only and (state := dm.state_dict()):
+        checkpoint[type(dm).__qualname__] = state
     if not weights_only:
         for cb in trainer.callbacks:
             if is_overridden("on_save_checkpoint", cb, type(cb).__mro__[-2]):

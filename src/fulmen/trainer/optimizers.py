@@ -51,8 +51,7 @@ def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
                 f"A learning-rate scheduler config needs a 'scheduler' key; got keys {sorted(item)}. "
                 "Write {'scheduler': sched, 'interval': 'epoch'}."
             )
-        unknown = set(item) - _SCHED_KEYS
-        if unknown:
+        if unknown := set(item) - _SCHED_KEYS:
             raise MisconfigurationException(
                 f"Unknown key(s) {sorted(unknown)} in the lr_scheduler config; allowed are {sorted(_SCHED_KEYS - {'opt_idx', 'reduce_on_plateau'})}."
             )
@@ -103,8 +102,7 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
         raise MisconfigurationException(
             f"configure_optimizers returned {type(returned).__name__} {returned!r:.200}, which is not usable. " + _HELP
         )
-    bad = [o for o in optimizers if not _is_optimizer(o)]
-    if bad:
+    if bad := [o for o in optimizers if not _is_optimizer(o)]:
         raise MisconfigurationException(
             f"configure_optimizers returned {type(bad[0]).__name__}, which is not a torch.optim.Optimizer. " + _HELP
         )

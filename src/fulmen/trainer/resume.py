@@ -119,9 +119,9 @@ def hpc_save_path(trainer: Any) -> str:
 
 def preemption_path(trainer: Any) -> str:
     """Where a SIGTERM save goes: the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``."""
-    cb = trainer.checkpoint_callback
-    directory = cb.dirpath if cb is not None and cb.dirpath else _default_dir(trainer)
     from fulmen.callbacks.model_checkpoint import _join
+
+    directory = getattr(trainer.checkpoint_callback, "dirpath", None) or _default_dir(trainer)
 
     return _join(directory, PREEMPTED_NAME)
 

@@ -58,8 +58,7 @@ class Preemption:
         self.signum: int | None = None
         self.requeue, self.requeue_signal = _requeue_settings(trainer)
         self._previous: dict[int, Any] = {}
-        world = trainer.strategy.world_size
-        self._start_vote = trainer.strategy.start_boolean_decision if world > 1 else None
+        self._start_vote = trainer.strategy.start_boolean_decision if trainer.strategy.world_size > 1 else None
         self._vote: Any = None  # the vote started at the last sync point, read at the next step
 
     def install(self) -> None:

@@ -20,7 +20,7 @@ import torch
 from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
 from fulmen.accelerators import Accelerator, resolve_accelerator
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
-from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError
+from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError, _TunerExitException
 from fulmen.precision import make_precision
 from fulmen.strategies.launcher import Handoff
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
@@ -68,8 +68,7 @@ class _TrainerHandoff(Handoff):
     def suspects(self) -> list[tuple[str, Any]]:
         trainer = self.trainer
         found = [("the LightningModule", trainer.lightning_module), ("the datamodule", trainer.datamodule)]
-        for name in ("_given_train_loaders", "_given_val_loaders", "_given_eval_loaders"):
-            loaders = getattr(trainer, name, None)
+        for loaders in (trainer._given_train_loaders, trainer._given_val_loaders, trainer._given_eval_loaders):
             for ld in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
                 if ld is not None:
                     found.append(("a dataloader's dataset", getattr(ld, "dataset", ld)))
@@ -199,12 +198,6 @@ def _make_strategy(strategy: Any, accelerator: Accelerator, devices: list[torch.
     return strategy
 
 
-def _device_ids(accelerator: Accelerator, devices: Any) -> list[int]:
-    """``devices=`` as device indices, read by the accelerator: GPUs are indexed, CPU processes counted (0..n-1)."""
-    parsed = accelerator.parse_devices(devices)
-    return list(range(parsed)) if isinstance(parsed, int) else list(parsed)
-
-
 def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: int, precision: Any, plugins: Any,
                      sync_batchnorm: bool = False) -> tuple[Accelerator, list[int], Strategy]:
     """The accelerator, device indices and configured strategy for Lightning's hardware flags: the one place
@@ -218,17 +211,17 @@ def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: i
     from fulmen.strategies.environments import ClusterEnvironment
 
     accelerator = resolve_accelerator(accelerator)
-    device_ids = _device_ids(accelerator, devices)
+    parsed = accelerator.parse_devices(devices)  # GPUs are indexed, CPU processes counted (0..n-1)
+    device_ids = list(range(parsed)) if isinstance(parsed, int) else list(parsed)
     parallel_devices = accelerator.get_parallel_devices(device_ids)
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
     precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
     if precision_plugin is not None and precision is not None:
         raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
-    given_precision = precision is not None or precision_plugin is not None
     prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
     checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
     environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
-    keep_own = isinstance(strategy, Strategy) and not given_precision
+    keep_own = isinstance(strategy, Strategy) and precision is None and precision_plugin is None
     strategy = _make_strategy(strategy, accelerator, parallel_devices, num_nodes, None if keep_own else prec,
                               checkpoint_io, environment, sync_batchnorm)
     return accelerator, device_ids, strategy
@@ -641,8 +634,7 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def log_dir(self) -> str:
         """The first logger's directory, else ``default_root_dir``."""
-        lg = self.logger
-        d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None) if lg is not None else None
+        d = getattr(self.logger, "log_dir", None) or getattr(self.logger, "save_dir", None)
         return os.fspath(d) if d is not None else self.default_root_dir
 
     @property
@@ -1029,13 +1021,11 @@ class Trainer(metaclass=_CheckedInit):
                 result = loops.run(self, fn, weights_only)
                 self.state.status = TrainerStatus.FINISHED
                 return result
+            except _TunerExitException:  # a tuner finished its search inside fit: a clean stop
+                self.state.status = TrainerStatus.FINISHED
+                self.strategy.teardown()
+                return None
             except BaseException as exc:
-                from fulmen.errors import _TunerExitException
-
-                if isinstance(exc, _TunerExitException):  # a tuner finished its search inside fit: a clean stop
-                    self.state.status = TrainerStatus.FINISHED
-                    self.strategy.teardown()
-                    return None
                 if isinstance(exc, KeyboardInterrupt):
                     self._interrupted_by_keyboard(exc)
                 self.state.status = TrainerStatus.INTERRUPTED
@@ -1081,10 +1071,9 @@ class Trainer(metaclass=_CheckedInit):
         for cb in self.callbacks:
             if is_overridden("on_exception", cb, Callback):
                 cb.on_exception(self, module, exc)
-        if hasattr(module, "on_exception"):
-            module.on_exception(exc)
-        if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
-            self.datamodule.on_exception(exc)
+        for owner in (module, self.datamodule):  # a datamodule of None has no hook
+            if hasattr(owner, "on_exception"):
+                owner.on_exception(exc)
         self.strategy.on_exception(exc)
         for lg in self.loggers:
             with suppress(Exception):  # never hide the original error behind a logger's
