@@ -121,9 +121,7 @@ def preemption_path(trainer: Any) -> str:
     """Where a SIGTERM save goes: the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``."""
     from fulmen.callbacks.model_checkpoint import _join
 
-    directory = getattr(trainer.checkpoint_callback, "dirpath", None) or _default_dir(trainer)
-
-    return _join(directory, PREEMPTED_NAME)
+    return _join(getattr(trainer.checkpoint_callback, "dirpath", None) or _default_dir(trainer), PREEMPTED_NAME)
 
 
 def adopt_logger_version(trainer: Any, path: str) -> None:
