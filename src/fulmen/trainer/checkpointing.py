@@ -62,29 +62,19 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
                 {"rng_states": checkpoint["rng_states"], "epoch_start_rng": trainer._loop.epoch_start_rng,
                  "worker_streams": own["worker_streams"], "epoch_metrics": own.get("epoch_metrics"),
                  "metric_states": own.get("metric_states")})
-        checkpoint["callbacks"] = {}
-        for cb in trainer.callbacks:
-            state = cb.state_dict()
-            if state:
-                checkpoint["callbacks"][cb.state_key] = state
+        checkpoint["callbacks"] = {cb.state_key: state for cb in trainer.callbacks if (state := cb.state_dict())}
         checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state(o) for o in trainer.optimizers]
         checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         precision = trainer.strategy.precision
-        precision_state = precision.state_dict()
-        if precision_state:  # under the plugin's class name, as Lightning writes it (e.g. "MixedPrecision")
+        if precision_state := precision.state_dict():  # under the plugin's class name, as Lightning writes it
             checkpoint[type(precision).__qualname__] = precision_state
-    if module.hparams:
-        checkpoint["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
-        checkpoint["hyper_parameters"] = module._hparams_to_save()
     dm = trainer.datamodule
-    if dm is not None:
-        if dm.hparams:
-            checkpoint["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
-            checkpoint["datamodule_hyper_parameters"] = dm._hparams_to_save()
-        if not weights_only:
-            state = dm.state_dict()
-            if state:
-                checkpoint[type(dm).__qualname__] = state
+    for prefix, owner in (("", module), ("datamodule_", dm)):  # "hyper_parameters", "datamodule_hyper_parameters"
+        if owner is not None and owner.hparams:
+            checkpoint[f"{prefix}hparams_name"] = getattr(owner, "_hparams_name", None) or "kwargs"
+            checkpoint[f"{prefix}hyper_parameters"] = owner._hparams_to_save()
+    if dm is not None and not weights_only and (state := dm.state_dict()):
+        checkpoint[type(dm).__qualname__] = state
     if not weights_only:
         for cb in trainer.callbacks:
             if is_overridden("on_save_checkpoint", cb, type(cb).__mro__[-2]):
@@ -108,9 +98,9 @@ def _loop_state_for_save(trainer: Any) -> dict[str, Any]:
     if mid_epoch:  # the epoch's logged values so far, so its epoch means come out as without the interruption
         loop.epoch_metrics = trainer._metrics.train.accumulators(trainer.lightning_module)
         loop.metric_states = _metric_states(trainer)
-        if getattr(trainer, "_step_row_due", False) and trainer.loggers:  # saved in a batch-end hook
+        if trainer._step_row_due and trainer.loggers:  # saved in a batch-end hook
             loop.pending_step_row = trainer._metrics.pending_train_row(loop.batches_stepped - 1)
-    loop.val_pending = bool(getattr(trainer, "_val_due", False))
+    loop.val_pending = trainer._val_due
     if trainer.is_global_zero:  # loggers write on rank zero, which also writes the checkpoint
         loop.logger_states = [lg._resume_state() if hasattr(lg, "_resume_state") else None for lg in trainer.loggers]
     try:

@@ -74,8 +74,8 @@ def check_dataloader_idx(module: Any, stage: RunningStage, multi: bool) -> None:
     """Lightning's rule for ``dataloader_idx`` in the evaluation/predict step and batch hooks: required
     with several loaders, and without a default a mistake with one."""
     prefix = stage.dataloader_prefix
-    step = {"val": "validation_step", "test": "test_step", "predict": "predict_step"}[prefix]
-    hook = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
+    hook = "validation" if prefix == "val" else prefix
+    step = f"{hook}_step"
     for name in (step, f"on_{hook}_batch_start", f"on_{hook}_batch_end"):
         if name != step and not is_overridden(name, module, LightningModule):
             continue
@@ -86,10 +86,7 @@ def check_dataloader_idx(module: Any, stage: RunningStage, multi: bool) -> None:
                 "`dataloader_idx` argument. Add `dataloader_idx=0` to its signature."
             )
         if not multi:
-            try:
-                param = inspect.signature(fn).parameters.get("dataloader_idx")
-            except (TypeError, ValueError):
-                param = None
+            param = legacy._params(fn).get("dataloader_idx")
             if param is not None and param.default is inspect.Parameter.empty:
                 raise MisconfigurationException(
                     f"There is a single {prefix} dataloader, but `{type(module).__name__}.{name}()` requires "

@@ -165,8 +165,7 @@ def check_module(model: Any, base: type, stage: str = "fit") -> None:
             "`self.manual_backward(loss)`, `opt_g.step()`, `opt_g.zero_grad()`."
         )
     for name, signature in _OPTIMIZER_IDX_HOOKS.items():
-        fn = getattr(model, name, None) if is_overridden(name, model, base) else None
-        if fn is not None and "optimizer_idx" in _params(fn):
+        if is_overridden(name, model, base) and "optimizer_idx" in _params(getattr(model, name)):
             raise LegacyAPIError(
                 f"{cls}.{name} takes `optimizer_idx`, its Lightning 1.x signature. In 2.x it is `{signature}`."
             )

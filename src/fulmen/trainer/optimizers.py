@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.optim import Optimizer
@@ -43,10 +44,6 @@ def _is_optimizer(obj: Any) -> bool:
     return isinstance(obj, Optimizer) or isinstance(getattr(obj, "optimizer", None), Optimizer) and hasattr(obj, "step")
 
 
-def _is_plateau(sched: Any) -> bool:
-    return isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
 def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
     if isinstance(item, dict):
         if "scheduler" not in item:
@@ -54,8 +51,7 @@ def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
                 f"A learning-rate scheduler config needs a 'scheduler' key; got keys {sorted(item)}. "
                 "Write {'scheduler': sched, 'interval': 'epoch'}."
             )
-        unknown = set(item) - _SCHED_KEYS
-        if unknown:
+        if unknown := set(item) - _SCHED_KEYS:
             raise MisconfigurationException(
                 f"Unknown key(s) {sorted(unknown)} in the lr_scheduler config; allowed are {sorted(_SCHED_KEYS - {'opt_idx', 'reduce_on_plateau'})}."
             )
@@ -68,7 +64,7 @@ def _scheduler_config(item: Any, monitor: str | None) -> LRSchedulerConfig:
         )
     if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
         raise MisconfigurationException(f"lr_scheduler frequency must be a positive integer, got {cfg.frequency!r}.")
-    cfg.reduce_on_plateau = _is_plateau(cfg.scheduler)
+    cfg.reduce_on_plateau = isinstance(cfg.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if cfg.reduce_on_plateau and cfg.monitor is None:
         raise MisconfigurationException(
             "A ReduceLROnPlateau scheduler needs the metric to watch. Return "
@@ -89,7 +85,6 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
     if returned is None:
         rank_zero_warn("`configure_optimizers` returned None: this fit runs without an optimizer.")
         return [], []
-    optimizers: list[Optimizer] = []
     configs: list[LRSchedulerConfig] = []
     if _is_optimizer(returned):
         optimizers = [returned]
@@ -107,8 +102,7 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[LRSchedulerCo
         raise MisconfigurationException(
             f"configure_optimizers returned {type(returned).__name__} {returned!r:.200}, which is not usable. " + _HELP
         )
-    bad = [o for o in optimizers if not _is_optimizer(o)]
-    if bad:
+    if bad := [o for o in optimizers if not _is_optimizer(o)]:
         raise MisconfigurationException(
             f"configure_optimizers returned {type(bad[0]).__name__}, which is not a torch.optim.Optimizer. " + _HELP
         )
@@ -243,18 +237,12 @@ class LightningOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
-    def toggle_model(self) -> Any:
+    @contextmanager
+    def toggle_model(self) -> Iterator[None]:
         """Context in which only this optimizer's parameters get gradients."""
-        from contextlib import contextmanager
-
         module = self._trainer.lightning_module
-
-        @contextmanager
-        def ctx() -> Any:
-            module.toggle_optimizer(self)
-            try:
-                yield
-            finally:
-                module.untoggle_optimizer(self)
-
-        return ctx()
+        module.toggle_optimizer(self)
+        try:
+            yield
+        finally:
+            module.untoggle_optimizer(self)

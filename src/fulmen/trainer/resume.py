@@ -47,15 +47,12 @@ def candidate_paths(trainer: Any) -> list[str]:
     from fulmen.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 
     dirs: list[str] = [_default_dir(trainer)]
-    files: list[str] = []
     for cb in trainer.checkpoint_callbacks:
         if cb.dirpath is not None:
             dirs.append(cb.dirpath)
         elif trainer.loggers:
             dirs += _logger_version_dirs(trainer)
-    for cb in trainer.callbacks:
-        if isinstance(cb, OnExceptionCheckpoint):
-            files.append(cb.ckpt_path)
+    files = [cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)]
     root = trainer.default_root_dir
     if os.path.isdir(root):
         files += [os.path.join(root, n) for n in os.listdir(root) if _HPC.match(n)]
@@ -70,13 +67,9 @@ def candidate_paths(trainer: Any) -> list[str]:
             files += [os.path.join(d, n) for n in os.listdir(d) if n.endswith(".ckpt") and not n.startswith(".")]
     seen: dict[str, str] = {}
     for f in files:
-        if _io.is_local(f):
-            if not os.path.exists(f):
-                continue
-            key = os.path.realpath(f)
-        else:
-            key = f
-        seen.setdefault(key, f)
+        local = _io.is_local(f)
+        if not local or os.path.exists(f):
+            seen.setdefault(os.path.realpath(f) if local else f, f)
     return list(seen.values())
 
 
@@ -93,9 +86,8 @@ def _rank(path: str, training: bool) -> tuple[float, int] | None:
     except CheckpointError as err:
         rank_zero_warn(f'ckpt_path="last" skips {path!r}: {err}')
         return None
-    if not isinstance(header, dict) or "state_dict" not in header:
-        return None
-    if training and "optimizer_states" not in header:  # weights only: cannot continue a fit from it
+    # not a checkpoint, or (for a fit) weights only: a fit cannot continue from it
+    if not isinstance(header, dict) or "state_dict" not in header or (training and "optimizer_states" not in header):
         return None
     saved_at = header.get("fulmen_saved_at")
     if not isinstance(saved_at, (int, float)):
@@ -105,13 +97,8 @@ def _rank(path: str, training: bool) -> tuple[float, int] | None:
 
 def last_candidates(trainer: Any, training: bool = True) -> list[str]:
     """The run's usable checkpoints, newest first (by the save time, then the step, recorded inside)."""
-    ranked = []
-    for path in candidate_paths(trainer):
-        key = _rank(path, training)
-        if key is not None:
-            ranked.append((key, path))
-    ranked.sort(key=lambda item: item[0], reverse=True)
-    return [path for _, path in ranked]
+    ranked = [(key, path) for path in candidate_paths(trainer) if (key := _rank(path, training)) is not None]
+    return [path for _, path in sorted(ranked, key=lambda item: item[0], reverse=True)]
 
 
 def hpc_resume_path(trainer: Any) -> str | None:
@@ -132,11 +119,9 @@ def hpc_save_path(trainer: Any) -> str:
 
 def preemption_path(trainer: Any) -> str:
     """Where a SIGTERM save goes: the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``."""
-    cb = trainer.checkpoint_callback
-    directory = cb.dirpath if cb is not None and cb.dirpath else _default_dir(trainer)
     from fulmen.callbacks.model_checkpoint import _join
 
-    return _join(directory, PREEMPTED_NAME)
+    return _join(getattr(trainer.checkpoint_callback, "dirpath", None) or _default_dir(trainer), PREEMPTED_NAME)
 
 
 def adopt_logger_version(trainer: Any, path: str) -> None:
@@ -169,10 +154,9 @@ def adopt_logger_version(trainer: Any, path: str) -> None:
 def resolve_fit_path(trainer: Any, ckpt_path: str | None) -> list[str] | None:
     """The checkpoint(s) to try, in order, for ``trainer.fit(ckpt_path=...)``; None to start from scratch."""
     if ckpt_path is None:
-        if _slurm_detected() and hpc_resume_path(trainer) is not None:  # Lightning resumes a requeued job itself
-            ckpt_path = "hpc"
-        else:
+        if not _slurm_detected() or hpc_resume_path(trainer) is None:
             return None
+        ckpt_path = "hpc"  # Lightning resumes a requeued job itself
     if ckpt_path == "last":
         found = last_candidates(trainer, training=True)
         if not found:
@@ -189,8 +173,7 @@ def resolve_fit_path(trainer: Any, ckpt_path: str | None) -> list[str] | None:
             )
         return [path]
     if ckpt_path == "best":
-        cb = trainer.checkpoint_callback
-        path = getattr(cb, "best_model_path", "") if cb is not None else ""
+        path = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if not path:
             raise MisconfigurationException(
                 'ckpt_path="best" needs a ModelCheckpoint that has saved a best model in this session. Pass a path, '

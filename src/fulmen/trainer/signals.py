@@ -32,7 +32,7 @@ def _requeue_settings(trainer: Any) -> tuple[bool, Any]:
     else Lightning's default when SLURM variables are present (auto_requeue=True, SIGUSR1)."""
     from fulmen.trainer.resume import _slurm_detected
 
-    env = getattr(trainer.strategy, "cluster_environment", None) or getattr(trainer, "_cluster_environment", None)
+    env = getattr(trainer.strategy, "cluster_environment", None)
     sigusr1 = getattr(signal, "SIGUSR1", None)
     if env is not None and hasattr(env, "auto_requeue"):
         return bool(env.auto_requeue), getattr(env, "requeue_signal", None) or sigusr1
@@ -58,8 +58,7 @@ class Preemption:
         self.signum: int | None = None
         self.requeue, self.requeue_signal = _requeue_settings(trainer)
         self._previous: dict[int, Any] = {}
-        world = trainer.strategy.world_size
-        self._start_vote = trainer.strategy.start_boolean_decision if world > 1 else None
+        self._start_vote = trainer.strategy.start_boolean_decision if trainer.strategy.world_size > 1 else None
         self._vote: Any = None  # the vote started at the last sync point, read at the next step
 
     def install(self) -> None:

@@ -9,8 +9,9 @@ import difflib
 import inspect
 import math
 import os
+import re
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -19,7 +20,7 @@ import torch
 from fulmen._utils import is_overridden, rank_zero_info, rank_zero_warn
 from fulmen.accelerators import Accelerator, resolve_accelerator
 from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
-from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError
+from fulmen.errors import ArgumentTypeError, MisconfigurationException, UnknownArgumentError, _TunerExitException
 from fulmen.precision import make_precision
 from fulmen.strategies.launcher import Handoff
 from fulmen.strategies.strategy import SingleDeviceStrategy, Strategy
@@ -67,8 +68,7 @@ class _TrainerHandoff(Handoff):
     def suspects(self) -> list[tuple[str, Any]]:
         trainer = self.trainer
         found = [("the LightningModule", trainer.lightning_module), ("the datamodule", trainer.datamodule)]
-        for name in ("_given_train_loaders", "_given_val_loaders", "_given_eval_loaders"):
-            loaders = getattr(trainer, name, None)
+        for loaders in (trainer._given_train_loaders, trainer._given_val_loaders, trainer._given_eval_loaders):
             for ld in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
                 if ld is not None:
                     found.append(("a dataloader's dataset", getattr(ld, "dataset", ld)))
@@ -102,23 +102,16 @@ class _CheckedInit(type):
             try:
                 return super().__call__(*args, **kwargs)
             except TypeError as exc:
-                name = _unexpected_argument(exc, base)
-                if name is None:
+                unexpected = rf"{base.__qualname__}\.__init__\(\) got an unexpected keyword argument '(\w+)'"
+                found = re.fullmatch(unexpected, str(exc))
+                if found is None:
                     raise
                 own = inspect.signature(base.__init__).parameters
-                raise UnknownArgumentError(_unknown_argument_message(cls, name, own)) from None
+                raise UnknownArgumentError(_unknown_argument_message(cls, found.group(1), own)) from None
         for name in kwargs:
             if name not in params:
                 raise UnknownArgumentError(_unknown_argument_message(cls, name, params))
         return super().__call__(*args, **kwargs)
-
-
-def _unexpected_argument(exc: TypeError, base: type) -> str | None:
-    """The argument name in Python's "Trainer.__init__() got an unexpected keyword argument 'x'", else None."""
-    import re
-
-    found = re.fullmatch(rf"{base.__qualname__}\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
-    return found.group(1) if found else None
 
 
 def _unknown_argument_message(cls: type, name: str, params: Any) -> str:
@@ -205,12 +198,6 @@ def _make_strategy(strategy: Any, accelerator: Accelerator, devices: list[torch.
     return strategy
 
 
-def _device_ids(accelerator: Accelerator, devices: Any) -> list[int]:
-    """``devices=`` as device indices, read by the accelerator: GPUs are indexed, CPU processes counted (0..n-1)."""
-    parsed = accelerator.parse_devices(devices)
-    return list(range(parsed)) if isinstance(parsed, int) else list(parsed)
-
-
 def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: int, precision: Any, plugins: Any,
                      sync_batchnorm: bool = False) -> tuple[Accelerator, list[int], Strategy]:
     """The accelerator, device indices and configured strategy for Lightning's hardware flags: the one place
@@ -224,17 +211,17 @@ def resolve_hardware(accelerator: Any, strategy: Any, devices: Any, num_nodes: i
     from fulmen.strategies.environments import ClusterEnvironment
 
     accelerator = resolve_accelerator(accelerator)
-    device_ids = _device_ids(accelerator, devices)
+    parsed = accelerator.parse_devices(devices)  # GPUs are indexed, CPU processes counted (0..n-1)
+    device_ids = list(range(parsed)) if isinstance(parsed, int) else list(parsed)
     parallel_devices = accelerator.get_parallel_devices(device_ids)
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
     precision_plugin = next((p for p in plugins if isinstance(p, Precision)), None)
     if precision_plugin is not None and precision is not None:
         raise MisconfigurationException("Pass precision either as `precision=` or as a Precision plugin, not both.")
-    given_precision = precision is not None or precision_plugin is not None
     prec = precision_plugin or make_precision(precision, parallel_devices[0].type)
     checkpoint_io = next((p for p in plugins if hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint")), None)
     environment = next((p for p in plugins if isinstance(p, ClusterEnvironment)), None)
-    keep_own = isinstance(strategy, Strategy) and not given_precision
+    keep_own = isinstance(strategy, Strategy) and precision is None and precision_plugin is None
     strategy = _make_strategy(strategy, accelerator, parallel_devices, num_nodes, None if keep_own else prec,
                               checkpoint_io, environment, sync_batchnorm)
     return accelerator, device_ids, strategy
@@ -456,10 +443,9 @@ class Trainer(metaclass=_CheckedInit):
             raise MisconfigurationException("reload_dataloaders_every_n_epochs: pass an integer >= 0.")
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         if fast_dev_run:
-            n = fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = n
-            self.limit_test_batches = self.limit_predict_batches = n
-            self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
+            self.limit_train_batches = self.limit_val_batches = fast_dev_run
+            self.limit_test_batches = self.limit_predict_batches = fast_dev_run
+            self.max_steps, self.max_epochs, self.num_sanity_val_steps = fast_dev_run, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch, self.log_every_n_steps = 1.0, 1, 1
             self._val_check_seconds = None
         if self.overfit_batches:
@@ -593,13 +579,12 @@ class Trainer(metaclass=_CheckedInit):
         from fulmen import callbacks as cbs
         from fulmen.callbacks.model_checkpoint import _reorder
 
-        given = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
-        for cb in given:
+        out = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        for cb in out:
             if not isinstance(cb, Callback):
                 raise MisconfigurationException(
                     f"callbacks must be fulmen.Callback instances; got {type(cb).__name__}. Subclass fulmen.Callback."
                 )
-        out = list(given)
         has = lambda kind: any(isinstance(cb, kind) for cb in out)  # noqa: E731
         if enable_checkpointing is False and has(cbs.ModelCheckpoint):
             raise MisconfigurationException(
@@ -649,8 +634,7 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def log_dir(self) -> str:
         """The first logger's directory, else ``default_root_dir``."""
-        lg = self.logger
-        d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None) if lg is not None else None
+        d = getattr(self.logger, "log_dir", None) or getattr(self.logger, "save_dir", None)
         return os.fspath(d) if d is not None else self.default_root_dir
 
     @property
@@ -792,8 +776,7 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def checkpoint_callback(self) -> Any:
         """The first ``ModelCheckpoint`` among the callbacks, or ``None``."""
-        cbs = self.checkpoint_callbacks
-        return cbs[0] if cbs else None
+        return next(iter(self.checkpoint_callbacks), None)
 
     @property
     def early_stopping_callbacks(self) -> list[Any]:
@@ -805,8 +788,7 @@ class Trainer(metaclass=_CheckedInit):
     @property
     def early_stopping_callback(self) -> Any:
         """The first ``EarlyStopping`` among the callbacks, or ``None``."""
-        cbs = self.early_stopping_callbacks
-        return cbs[0] if cbs else None
+        return next(iter(self.early_stopping_callbacks), None)
 
     @property
     def progress_bar_callback(self) -> Any:
@@ -828,12 +810,9 @@ class Trainer(metaclass=_CheckedInit):
         batches = self.num_training_batches
         if math.isinf(batches):
             return self.max_steps if self.max_steps != -1 else math.inf
-        per_epoch = math.ceil(batches / self.accumulate_grad_batches)
         epochs = self.max_epochs if self.max_epochs not in (None, -1) else math.inf
-        total = per_epoch * epochs
-        if self.max_steps != -1:
-            total = min(total, self.max_steps)
-        return total
+        total = math.ceil(batches / self.accumulate_grad_batches) * epochs
+        return total if self.max_steps == -1 else min(total, self.max_steps)
 
     # -- entry points ---------------------------------------------------------------------------
     @contextmanager
@@ -885,7 +864,7 @@ class Trainer(metaclass=_CheckedInit):
 
             [metrics] = trainer.validate(model, val_loader)
         """
-        return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.VALIDATING, weights_only)
+        return self._evaluate(model, dataloaders, ckpt_path, datamodule, TrainerFn.VALIDATING, weights_only, verbose)
 
     def test(self, model: Any = None, dataloaders: Any = None, ckpt_path: str | None = None, verbose: bool = True,
              datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
@@ -895,7 +874,7 @@ class Trainer(metaclass=_CheckedInit):
 
             [metrics] = trainer.test(model, test_loader, ckpt_path="best")
         """
-        return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.TESTING, weights_only)
+        return self._evaluate(model, dataloaders, ckpt_path, datamodule, TrainerFn.TESTING, weights_only, verbose)
 
     def predict(self, model: Any = None, dataloaders: Any = None, datamodule: Any = None,
                 return_predictions: bool | None = None, ckpt_path: str | None = None,
@@ -907,29 +886,22 @@ class Trainer(metaclass=_CheckedInit):
 
             preds = torch.cat(trainer.predict(model, loader))
         """
-        from fulmen.datamodule import LightningDataModule
+        keep = True if return_predictions is None else return_predictions
+        return self._evaluate(model, dataloaders, ckpt_path, datamodule, TrainerFn.PREDICTING, weights_only,
+                              return_predictions=keep)
 
-        if isinstance(dataloaders, LightningDataModule):
-            datamodule, dataloaders = dataloaders, None
-        if datamodule is not None and dataloaders is not None:
-            raise MisconfigurationException("predict() got both dataloaders and a datamodule; pass one or the other.")
-        self._tune_batch_size(model, TrainerFn.PREDICTING, dataloaders, datamodule)
-        self._given_eval_loaders = dataloaders
-        self._return_predictions = True if return_predictions is None else return_predictions
-        model = self._model_or_current(model, "predict")
-        return self._run(model, TrainerFn.PREDICTING, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
-
-    def _evaluate(self, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any, fn: TrainerFn,
-                  weights_only: bool | None) -> list[dict[str, float]]:
+    def _evaluate(self, model: Any, dataloaders: Any, ckpt_path: Any, datamodule: Any, fn: TrainerFn,
+                  weights_only: bool | None, verbose: bool = True, return_predictions: bool = True) -> Any:
+        """What validate, test and predict share: the data, the batch size search, the model and checkpoint."""
         from fulmen.datamodule import LightningDataModule
 
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         if datamodule is not None and dataloaders is not None:
             raise MisconfigurationException(f"{fn.value}() got both dataloaders and a datamodule; pass one or the other.")
-        self._tune_batch_size(model, fn, dataloaders, datamodule)
+        self._tune_batch_size(model, fn, dataloaders, datamodule)  # before the flags: its trials set their own
         self._given_eval_loaders = dataloaders
-        self._verbose = verbose
+        self._verbose, self._return_predictions = verbose, return_predictions
         model = self._model_or_current(model, fn.value)
         return self._run(model, fn, datamodule, self._eval_ckpt(model, ckpt_path), weights_only)
 
@@ -949,27 +921,20 @@ class Trainer(metaclass=_CheckedInit):
             self.state, self.lightning_module, self.datamodule, self._model_was_given = saved
 
     def _model_or_current(self, model: Any, what: str) -> Any:
-        if model is None:
-            if self.lightning_module is None:
-                raise ArgumentTypeError(
-                    f"trainer.{what}() needs a model: pass it, e.g. trainer.{what}(model, dataloaders), or call "
-                    "trainer.fit(model) first."
-                )
-            self._model_was_given = False
-            return self.lightning_module
-        self._model_was_given = True
-        return model
+        if model is None and self.lightning_module is None:
+            raise ArgumentTypeError(
+                f"trainer.{what}() needs a model: pass it, e.g. trainer.{what}(model, dataloaders), or call "
+                "trainer.fit(model) first."
+            )
+        self._model_was_given = model is not None
+        return self.lightning_module if model is None else model
 
     def _eval_ckpt(self, model: Any, ckpt_path: Any) -> Any:
         """Resolve ``"best"``/``"last"``; with no model given after fit, the best checkpoint is used."""
         if ckpt_path is None and not self._model_was_given and self.state.fn == TrainerFn.FITTING:
-            cb = self.checkpoint_callback
-            if cb is not None and getattr(cb, "best_model_path", ""):
-                return cb.best_model_path
-            return None
+            return getattr(self.checkpoint_callback, "best_model_path", "") or None
         if ckpt_path == "last":
-            cb = self.checkpoint_callback
-            path = getattr(cb, "last_model_path", "") if cb is not None else ""
+            path = getattr(self.checkpoint_callback, "last_model_path", "")
             if not path:
                 # as Lightning: "last" may be written before any fit has saved one; the current weights are used
                 rank_zero_warn(
@@ -1037,45 +1002,35 @@ class Trainer(metaclass=_CheckedInit):
     def _run_stage(self, fn: TrainerFn, weights_only: bool | None) -> Any:
         """The run itself, in each process of the strategy (a spawned worker runs it on its own copy)."""
         self.lightning_module._trainer = self  # a pickled module (spawned workers) comes without its trainer
-        anomaly = torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else None
-        detach_profiler = preemption = None
-        try:
-            if anomaly is not None:
-                anomaly.__enter__()
+        with ExitStack() as cleanup:  # unwound in reverse order, however the run ends
+            cleanup.callback(lambda: setattr(self.state, "stage", None))
+            if self.detect_anomaly:
+                cleanup.enter_context(torch.autograd.set_detect_anomaly(True))
             if self.profiler.active:
                 from fulmen.profilers import attach
 
-                detach_profiler = attach(self, fn.value)
+                cleanup.callback(attach(self, fn.value))
             if fn == TrainerFn.FITTING:
                 from fulmen.trainer.signals import Preemption
 
-                preemption = self._preemption = Preemption(self)
-                preemption.install()
+                self._preemption = Preemption(self)
+                cleanup.callback(setattr, self, "_preemption", None)
+                cleanup.callback(self._preemption.restore)
+                self._preemption.install()
             try:
                 result = loops.run(self, fn, weights_only)
                 self.state.status = TrainerStatus.FINISHED
                 return result
+            except _TunerExitException:  # a tuner finished its search inside fit: a clean stop
+                self.state.status = TrainerStatus.FINISHED
+                self.strategy.teardown()
+                return None
             except BaseException as exc:
-                from fulmen.errors import _TunerExitException
-
-                if isinstance(exc, _TunerExitException):  # a tuner finished its search inside fit: a clean stop
-                    self.state.status = TrainerStatus.FINISHED
-                    self.strategy.teardown()
-                    return None
                 if isinstance(exc, KeyboardInterrupt):
                     self._interrupted_by_keyboard(exc)
                 self.state.status = TrainerStatus.INTERRUPTED
                 self._on_exception(exc)
                 raise
-        finally:
-            if preemption is not None:
-                preemption.restore()
-                self._preemption = None
-            if detach_profiler is not None:
-                detach_profiler()
-            if anomaly is not None:
-                anomaly.__exit__(None, None, None)
-            self.state.stage = None
 
     def _interrupted_by_keyboard(self, exc: KeyboardInterrupt) -> None:
         """Ctrl-C, as in Lightning: status INTERRUPTED, ``on_exception`` hooks, loggers finalized, then
@@ -1116,16 +1071,13 @@ class Trainer(metaclass=_CheckedInit):
         for cb in self.callbacks:
             if is_overridden("on_exception", cb, Callback):
                 cb.on_exception(self, module, exc)
-        if hasattr(module, "on_exception"):
-            module.on_exception(exc)
-        if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
-            self.datamodule.on_exception(exc)
+        for owner in (module, self.datamodule):  # a datamodule of None has no hook
+            if hasattr(owner, "on_exception"):
+                owner.on_exception(exc)
         self.strategy.on_exception(exc)
         for lg in self.loggers:
-            try:
+            with suppress(Exception):  # never hide the original error behind a logger's
                 lg.finalize("failed")
-            except Exception:  # never hide the original error behind a logger's
-                pass
         self.strategy.teardown()
 
     # -- hooks ----------------------------------------------------------------------------------
