@@ -100,6 +100,24 @@ class GAN(pl.LightningModule):
         return torch.optim.SGD(self.gen.parameters(), lr=0.1), torch.optim.SGD(self.disc.parameters(), lr=0.1)
 
 
+class ManualAccumulation(Net):
+    """Manual optimization accumulating two batches: the gradients sync only on the batch that steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        stepping = batch_idx % 2 == 1
+        x, y = batch
+        with opt.toggle_model(sync_grad=stepping):
+            self.manual_backward(((self(x) - y) ** 2).mean() / 2)
+        if stepping:
+            opt.step()
+            opt.zero_grad()
+
+
 class Slow(Net):
     def training_step(self, batch, batch_idx):
         time.sleep(0.05)
@@ -246,6 +264,11 @@ def main() -> None:
     trainer(args, strategy=DDPStrategy(ddp_comm_hook=counting_hook, ddp_comm_state=state), max_steps=2,
             accumulate_grad_batches=2).fit(acc, DataLoader(data(), batch_size=BATCH))
     report["accumulate"] = {"weights": weights(acc), "allreduces": state["calls"]}
+    state = {"calls": 0}
+    manual = ManualAccumulation()
+    trainer(args, strategy=DDPStrategy(ddp_comm_hook=counting_hook, ddp_comm_state=state), max_steps=2).fit(
+        manual, DataLoader(data(), batch_size=BATCH))
+    report["manual_accumulate"] = {"weights": weights(manual), "allreduces": state["calls"]}
     # manual optimization, two optimizers, two backwards per step
     gan = GAN()
     trainer(args, strategy="ddp_find_unused_parameters_true", max_steps=4).fit(gan, DataLoader(data(), batch_size=BATCH))

@@ -149,6 +149,9 @@ def test_self_launch_trains_like_one_process_with_twice_the_batch(tmp_path, refe
         # accumulation: the same weights as one process, and one all-reduce per optimizer step, not per batch
         _close(rep["accumulate"]["weights"], reference["accumulate"])
         assert rep["accumulate"]["allreduces"] == 2
+        # manual optimization says the same with toggle_model(sync_grad=...): the same weights and all-reduces
+        _close(rep["manual_accumulate"]["weights"], reference["accumulate"])
+        assert rep["manual_accumulate"]["allreduces"] == 2
         _close(rep["compiled"], reference["weights"])
         # the ranks saw different data; equal weights show the gradients were all-reduced
         for key in ("gan", "bf16"):

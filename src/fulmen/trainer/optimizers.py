@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator
 
@@ -238,11 +238,27 @@ class LightningOptimizer:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
     @contextmanager
-    def toggle_model(self) -> Iterator[None]:
-        """Context in which only this optimizer's parameters get gradients."""
+    def toggle_model(self, sync_grad: bool = True) -> Iterator[None]:
+        """Context in which only this optimizer's parameters get gradients. With ``sync_grad=False`` the backward
+        run inside it also skips the gradient sync between processes: accumulate in manual optimization and sync
+        only on the batch that steps.
+
+        Example::
+
+            def training_step(self, batch, batch_idx):
+                opt = self.optimizers()
+                stepping = (batch_idx + 1) % 2 == 0
+                with opt.toggle_model(sync_grad=stepping):
+                    self.manual_backward(self.loss(batch) / 2)
+                if stepping:
+                    opt.step()
+                    opt.zero_grad()
+        """
         module = self._trainer.lightning_module
-        module.toggle_optimizer(self)
-        try:
-            yield
-        finally:
-            module.untoggle_optimizer(self)
+        no_sync = None if sync_grad else self._trainer.strategy.no_backward_sync()
+        with no_sync() if no_sync is not None else nullcontext():
+            module.toggle_optimizer(self)
+            try:
+                yield
+            finally:
+                module.untoggle_optimizer(self)
