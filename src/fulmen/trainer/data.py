@@ -461,6 +461,21 @@ class _SkipFirst:
 _END = object()
 
 
+def _iter_with(loader: Any, source: Any, streams: _WorkerStreams | None, saved: dict[str, Any] | None = None) -> Any:
+    """``_worker_iter(loader)`` drawing its indices from ``source`` in place of the loader's batch sampler (or,
+    without one, its sampler): the iterator keeps it."""
+    if loader.num_workers and loader.persistent_workers and loader._iterator is not None:
+        loader._iterator = None  # made earlier in this process: it would keep the loader's own sampler
+    attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+    original = getattr(loader, attr)
+    # DataLoader forbids setting its samplers after construction; the swap lasts only for iter()
+    object.__setattr__(loader, attr, source)
+    try:
+        return _worker_iter(loader, streams, saved)
+    finally:
+        object.__setattr__(loader, attr, original)
+
+
 def _map_style_loader(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
 
@@ -513,28 +528,22 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
         loader.load_state_dict(state)
         return iter(loader)
     if _map_style_loader(loader):
-        if skip and loader.num_workers and loader.persistent_workers and loader._iterator is not None:
-            loader._iterator = None  # made earlier in this process: it would not skip (it keeps its own sampler)
         # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
-        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
-        fresh = reused_before and loader.num_workers > 0 and loader.persistent_workers and loader._iterator is None
+        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG (skipping makes
+        # the iterator anew, see _iter_with)
+        fresh = (reused_before and loader.num_workers > 0 and loader.persistent_workers
+                 and (skip > 0 or loader._iterator is None))
         if not skip and not fresh:
             return _worker_iter(loader, streams)
-        attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         # workers take batches in turn from worker 0: empty batches first (loaded by no one) give batch `skip` to
         # the worker that had it, so every worker continues its own stream and keeps its id
-        followed = streams is not None and attr == "batch_sampler" and _followable(loader)
+        followed = streams is not None and loader.batch_sampler is not None and _followable(loader)
         gaps = skip % loader.num_workers if followed else 0
-        original = getattr(loader, attr)
-        skipping = _SkipFirst(original, skip, gaps)
+        index_source = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        skipping = _SkipFirst(index_source, skip, gaps)
         before = collect_rng_states() if fresh else None
         skipping.rng = before  # workers ask for indices while the iterator is made: under this state
-        # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
-        object.__setattr__(loader, attr, skipping)
-        try:
-            it = _worker_iter(loader, streams, saved)
-        finally:
-            object.__setattr__(loader, attr, original)
+        it = _iter_with(loader, skipping, streams, saved)
         if fresh:  # as if the draw had been the only use of the RNG, as in the uninterrupted run
             restore_rng_states(skipping.after or before)
         elif loader.num_workers == 0:
@@ -904,9 +913,10 @@ def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool, first
         loop.sampler_seed = sampler_seed()
     set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
     streams = trainer._worker_streams["train"]
-    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py)
+    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py); the
+    # workers start fresh streams, as which process loaded which sample changed with the number of processes
     share = elastic.begin_epoch(trainer, loop, train_iterable, first_of_fit)
-    iterator = share.iterator(streams, _worker_iter) if share is not None else resume_iter(
+    iterator = _iter_with(train_iterable, share, streams) if share is not None else resume_iter(
         train_iterable, loop.batches_in_epoch, loop.loader_state, reused_before=reused_before, streams=streams,
         saved=streams.pending)
     loop.loader_state = streams.pending = None
