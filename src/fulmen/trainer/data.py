@@ -929,19 +929,16 @@ def eval_batches(trainer: Any, dl_idx: int, loader: Any, limit: float) -> Any:
     """An iterator over one evaluation loader's batches, made now: making it draws the loader's base seed from
     the global generator, which is why the first loader's is made before the stage's hooks run, as in Lightning
     (a hook that draws random numbers then gets Lightning's)."""
-    source = loader
     if trainer.state.fn == TrainerFn.FITTING:  # persistent workers keep their random streams between validations
-        streams = trainer._worker_streams.setdefault(f"val{dl_idx}", _WorkerStreams())
-        source = eval_iter(loader, streams)
-    return islice(source, limit)
+        loader = eval_iter(loader, trainer._worker_streams.setdefault(f"val{dl_idx}", _WorkerStreams()))
+    return islice(loader, limit)
 
 
 def gather_predictions(strategy: Any, loader: Any, preds: list[Any]) -> list[Any]:
     """Every rank's predictions, back in the loader's sample order and batch size (as one process gives them)."""
     sampler = getattr(loader, "sampler", None)
     indices = list(sampler) if isinstance(sampler, UnrepeatedDistributedSampler) else None
-    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-    gathered = strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
+    gathered = strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, lambda t: t.detach().cpu())))
     batch_size = getattr(loader, "batch_size", None)
     samples: dict[int, Any] = {}
     for rank_indices, rank_preds in gathered:

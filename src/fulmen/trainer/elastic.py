@@ -141,8 +141,7 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
         _say(f"{was}, but {why}: the rest of epoch {loop.epoch} may repeat or miss samples; {kept[0]}", True)
         return None
     rest = samples[min(consumed, len(samples)):]
-    drop_last = bool(order.get("drop_last"))
-    share = _split(rest, world, trainer.global_rank, drop_last)
+    share = _split(rest, world, trainer.global_rank, bool(order.get("drop_last")))
     batch_sampler, _ = _index_sampler(loader)
     if batch_sampler is None:
         batches: list[Any] = share
