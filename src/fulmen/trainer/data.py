@@ -19,7 +19,6 @@ from torch import Tensor
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler, default_collate, get_worker_info)
 
-from fulmen._lightning_utils import PossibleUserWarning
 from fulmen._utils import (apply_to_collection, collect_rng_states, is_overridden, pl_worker_init_function,
                            rank_zero_warn, restore_rng_states)
 from fulmen.datamodule import LightningDataModule
@@ -829,6 +828,8 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
         loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "validation"))
     shuffled = [type(ld.dataset).__name__ for ld in as_list(loaders) if _shuffles(ld)]
     if shuffled:
+        from fulmen._lightning_utils import PossibleUserWarning  # not loaded by `import fulmen`
+
         rank_zero_warn(
             f"The {prefix} loader over {shuffled[0]} shuffles its samples; an evaluation gives the same result in "
             f"order, and is easier to compare between runs. Pass `shuffle=False` to the {prefix} DataLoader.",
