@@ -3,19 +3,30 @@ combine, how a resumed epoch continues its data, and how batches reach the devic
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import os
+import random
+import sys
+from array import array
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
+                              SequentialSampler, default_collate, get_worker_info)
 
+from fulmen._utils import (apply_to_collection, collect_rng_states, is_overridden, pl_worker_init_function,
+                           rank_zero_warn, restore_rng_states)
+from fulmen.datamodule import LightningDataModule
 from fulmen.errors import MisconfigurationException
+from fulmen.module import LightningModule
 from fulmen.precision import Precision
 from fulmen.trainer.state import RunningStage, TrainerFn
 from fulmen.trainer import elastic
-from fulmen._utils import apply_to_collection, collect_rng_states, is_overridden, restore_rng_states
 
 _MODES = ("min_size", "max_size_cycle", "max_size", "sequential")
 
@@ -106,26 +117,19 @@ class CombinedLoader:
             yield self._pack(out)
 
 
-def _datamodule_has(dm: Any, method: str) -> bool:
-    from fulmen.datamodule import LightningDataModule
-
-    return dm is not None and (is_overridden(method, dm, LightningDataModule))
+def _overridden(name: str, dm: Any, module: Any) -> Callable | None:
+    """The datamodule's hook ``name`` where it overrides it, else the module's where it does, else None."""
+    if dm is not None and is_overridden(name, dm, LightningDataModule):
+        return getattr(dm, name)
+    return getattr(module, name) if is_overridden(name, module, LightningModule) else None
 
 
 def resolve(trainer: Any, stage: str, given: Any) -> Any:
     """The loaders for ``stage`` from the first source that has them; None when no source does."""
     if given is not None:
         return given
-    method = f"{stage}_dataloader"
-    dm = trainer.datamodule
-    if _datamodule_has(dm, method):
-        return getattr(dm, method)()
-    from fulmen.module import LightningModule
-
-    module = trainer.lightning_module
-    if is_overridden(method, module, LightningModule):
-        return getattr(module, method)()
-    return None
+    source = _overridden(f"{stage}_dataloader", trainer.datamodule, trainer.lightning_module)
+    return source() if source is not None else None
 
 
 def as_list(loaders: Any) -> list[Any]:
@@ -155,8 +159,6 @@ def num_batches(loader: Any, limit: int | float | None, flag: str, what: str) ->
     """How many batches to take from ``loader`` under ``limit_*_batches``; inf when it has no length."""
     n = _sized_len(loader)
     if n == 0:  # Lightning goes on with no batches for this stage; so does fulmen, saying so
-        from fulmen._utils import rank_zero_warn
-
         rank_zero_warn(
             f"The {what} dataloader is empty (0 batches), so this stage runs no {what} batch. If that is not "
             "intended, check the dataset's length and the batch size (with drop_last=True a dataset smaller than "
@@ -189,8 +191,6 @@ def check_limit(value: Any, flag: str) -> int | float | None:
     """Validate an int-or-fraction flag: an int >= 0, or a float in [0, 1]."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise MisconfigurationException(f"{flag}={value!r}: pass an int (batches) or a float fraction in (0, 1].")
     if isinstance(value, float):
         if value > 1 and value.is_integer():  # 10.0 means 10 batches, as in Lightning
             return int(value)
@@ -200,7 +200,7 @@ def check_limit(value: Any, flag: str) -> int | float | None:
                 f"integer number of batches, e.g. {flag}={int(value) if value > 1 else 10}."
             )
         return value
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise MisconfigurationException(f"{flag}={value} is negative; pass a number of batches >= 0.")
         return value
@@ -210,13 +210,9 @@ def check_limit(value: Any, flag: str) -> int | float | None:
 def with_sequential_sampler(loader: Any, what: str | None = None) -> Any:
     """A copy of a DataLoader that does not shuffle (used by ``overfit_batches``); with ``what`` (the loader's
     stage, "training" or "validation") a warning says its shuffling was turned off, as Lightning warns."""
-    from torch.utils.data import DataLoader, RandomSampler
-
     if type(loader) is not DataLoader or not isinstance(loader.sampler, RandomSampler):
         return loader
     if what is not None:
-        from fulmen._utils import rank_zero_warn
-
         rank_zero_warn(
             f"overfit_batches reads the same first batches every epoch, so the shuffled {what} dataloader is read "
             "in order (shuffle=False) for this fit."
@@ -274,8 +270,6 @@ def _distributed_sampler(trainer: Any, dataset: Any, shuffle: bool, drop_last: b
     """Training, validation and test: torch's DistributedSampler, which pads with repeated samples so every rank
     runs the same number of batches (collectives inside the steps stay matched), as in Lightning; prediction:
     every sample exactly once, so the predictions can be put back in order."""
-    from torch.utils.data import DistributedSampler
-
     # a strategy whose processes share batches (tensor parallelism) says how the data is split
     shard = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
     world, rank = (shard["num_replicas"], shard["rank"]) if shard else (trainer.world_size, trainer.global_rank)
@@ -304,8 +298,6 @@ class UnrepeatedDistributedSampler(DistributedSampler):
         self.total_size = len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
-        import torch
-
         n = len(self.dataset)
         order = list(range(n))
         if self.shuffle:
@@ -340,12 +332,7 @@ _LOADER_ATTRS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_i
 
 
 def _with_distributed_sampler(loader: Any, trainer: Any, stage: str) -> Any:
-    import inspect
-
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
-    from torch.utils.data import SequentialSampler
-
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+    if not _map_style_loader(loader):
         return loader  # iterables and iterable datasets shard themselves
     batch_sampler = loader.batch_sampler
     sampler = batch_sampler.sampler if batch_sampler is not None and hasattr(batch_sampler, "sampler") else loader.sampler
@@ -399,13 +386,8 @@ def seed_workers(loaders: Any, rank: int) -> None:
     """After ``seed_everything(seed, workers=True)``, give every DataLoader of ``loaders`` that has no
     ``worker_init_fn`` of its own ``pl_worker_init_function`` for this rank (any strategy, as in Lightning):
     without it, torch seeds worker i of every rank alike from the loader's base seed."""
-    import os
-    from functools import partial
-
     if not int(os.environ.get("PL_SEED_WORKERS", "0")):
         return
-    from fulmen._utils import pl_worker_init_function
-
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
         if getattr(loader, "worker_init_fn", False) is None:
             loader.worker_init_fn = partial(pl_worker_init_function, rank=rank)
@@ -413,16 +395,12 @@ def seed_workers(loaders: Any, rank: int) -> None:
 
 def sampler_seed() -> int:
     """The seed distributed samplers shuffle with: ``seed_everything``'s, as in Lightning."""
-    import os
-
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def set_epoch(loaders: Any, epoch: int, seed: int | None = None) -> None:
     """Tell every sampler of ``loaders`` the epoch, so shuffling changes per epoch, the same on every rank;
     ``seed`` (a resumed run's) replaces the distributed samplers' own."""
-    from torch.utils.data import DistributedSampler
-
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
         for holder in (loader, getattr(loader, "batch_sampler", None)):
             sampler = getattr(holder, "sampler", None)
@@ -454,8 +432,6 @@ class _SkipFirst:
         if not self.skip and self.rng is None and not self.gaps:
             yield from self.sampler
             return
-        from fulmen._utils import collect_rng_states, restore_rng_states
-
         for _ in range(self.gaps):  # empty batches, first: see _WorkerStreams (they load nothing)
             yield []
         skip, self.skip, rng, self.rng, self.gaps = self.skip, 0, self.rng, None, 0
@@ -484,16 +460,27 @@ class _SkipFirst:
 _END = object()
 
 
-def _map_style_loader(loader: Any) -> bool:
-    from torch.utils.data import DataLoader, IterableDataset
+def _iter_with(loader: Any, source: Any, streams: _WorkerStreams | None, saved: dict[str, Any] | None = None) -> Any:
+    """``_worker_iter(loader)`` drawing its indices from ``source`` in place of the loader's batch sampler (or,
+    without one, its sampler): the iterator keeps it."""
+    if loader.num_workers and loader.persistent_workers and loader._iterator is not None:
+        loader._iterator = None  # made earlier in this process: it would keep the loader's own sampler
+    attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+    original = getattr(loader, attr)
+    # DataLoader forbids setting its samplers after construction; the swap lasts only for iter()
+    object.__setattr__(loader, attr, source)
+    try:
+        return _worker_iter(loader, streams, saved)
+    finally:
+        object.__setattr__(loader, attr, original)
 
+
+def _map_style_loader(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
 
 
 def generators(loader: Any) -> list[Any]:
     """The torch.Generator objects a training loader draws its order from (loader, sampler, batch sampler)."""
-    import torch
-
     found: list[Any] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
                   getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
@@ -540,30 +527,22 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
         loader.load_state_dict(state)
         return iter(loader)
     if _map_style_loader(loader):
-        from fulmen._utils import collect_rng_states, restore_rng_states
-
-        if skip and loader.num_workers and loader.persistent_workers and loader._iterator is not None:
-            loader._iterator = None  # made earlier in this process: it would not skip (it keeps its own sampler)
         # a persistent-workers loader draws its workers' seed from the global RNG only when its iterator is made:
-        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG
-        fresh = reused_before and loader.num_workers > 0 and loader.persistent_workers and loader._iterator is None
+        # the uninterrupted run did that in its first epoch, so here it must not shift the RNG (skipping makes
+        # the iterator anew, see _iter_with)
+        fresh = (reused_before and loader.num_workers > 0 and loader.persistent_workers
+                 and (skip > 0 or loader._iterator is None))
         if not skip and not fresh:
             return _worker_iter(loader, streams)
-        attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         # workers take batches in turn from worker 0: empty batches first (loaded by no one) give batch `skip` to
         # the worker that had it, so every worker continues its own stream and keeps its id
-        followed = streams is not None and attr == "batch_sampler" and _followable(loader)
+        followed = streams is not None and loader.batch_sampler is not None and _followable(loader)
         gaps = skip % loader.num_workers if followed else 0
-        original = getattr(loader, attr)
-        skipping = _SkipFirst(original, skip, gaps)
+        index_source = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        skipping = _SkipFirst(index_source, skip, gaps)
         before = collect_rng_states() if fresh else None
         skipping.rng = before  # workers ask for indices while the iterator is made: under this state
-        # DataLoader forbids setting its sampler after construction; the swap lasts only for iter()
-        object.__setattr__(loader, attr, skipping)
-        try:
-            it = _worker_iter(loader, streams, saved)
-        finally:
-            object.__setattr__(loader, attr, original)
+        it = _iter_with(loader, skipping, streams, saved)
         if fresh:  # as if the draw had been the only use of the RNG, as in the uninterrupted run
             restore_rng_states(skipping.after or before)
         elif loader.num_workers == 0:
@@ -576,8 +555,6 @@ def resume_iter(loader: Any, skip: int, state: Any, reused_before: bool = False,
     global _replay_warned
     if not _replay_warned:
         _replay_warned = True
-        from fulmen._utils import rank_zero_warn
-
         rank_zero_warn(
             f"Resuming mid-epoch: the training data ({type(loader).__name__}) has neither a sampler nor "
             "state_dict()/load_state_dict(), so the batches already trained on are loaded again and dropped. Use a "
@@ -618,12 +595,6 @@ class _Stamped:
 def _worker_rng() -> tuple[Any, ...]:
     """This process's torch, random and numpy states as flat bytes and numbers: they cross to the main process
     with every batch, so they are made cheap to pickle (no tensor, no tuple of 625 ints)."""
-    import random
-    import sys
-    from array import array
-
-    import torch
-
     version, internal, gauss = random.getstate()
     out: tuple[Any, ...] = (torch.get_rng_state().numpy().tobytes(), version, array("Q", internal).tobytes(), gauss)
     np = sys.modules.get("numpy")
@@ -635,10 +606,6 @@ def _worker_rng() -> tuple[Any, ...]:
 
 def _saved_rng(raw: tuple[Any, ...]) -> dict[str, Any]:
     """``_worker_rng()`` as ``collect_rng_states()`` writes it (opens with ``torch.load(weights_only=True)``)."""
-    from array import array
-
-    import torch
-
     out: dict[str, Any] = {"torch": torch.frombuffer(bytearray(raw[0]), dtype=torch.uint8),
                            "python": (raw[1], tuple(array("Q", raw[2])), raw[3])}
     if len(raw) > 4:
@@ -655,8 +622,6 @@ class _StampingCollate:
         self.collate_fn, self.gaps = collate_fn, gaps  # gaps: batches are lists of samples, a gap an empty one
 
     def __call__(self, data: Any) -> Any:
-        from torch.utils.data import get_worker_info
-
         info = get_worker_info()
         if info is None:  # called in the main process (0 workers, or by user code)
             return self.collate_fn(data)
@@ -673,13 +638,6 @@ class _WorkerStart:
         self.init_fn, self.base_seed, self.states = init_fn, base_seed, states
 
     def __call__(self, worker_id: int) -> None:
-        import random
-
-        import torch
-        from torch.utils.data import get_worker_info
-
-        from fulmen._utils import restore_rng_states
-
         info = get_worker_info()
         if self.base_seed is not None and info is not None and info.seed != self.base_seed + worker_id:
             # a persistent-workers loader made again after a resume: the workers' seeds are those of the first epoch
@@ -748,7 +706,6 @@ def _follow(it: Any, streams: _WorkerStreams) -> None:
 def _followable(loader: Any) -> bool:
     """A map-style DataLoader with workers whose iterator is torch's own (whose last step, ``_process_data``,
     can unwrap the stamped batches); a loader that makes its own iterator (e.g. torchdata's) restores itself."""
-    from torch.utils.data import DataLoader
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
     return (_map_style_loader(loader) and loader.num_workers > 0
@@ -793,8 +750,6 @@ def eval_iter(loader: Any, streams: _WorkerStreams) -> Iterator[Any]:
         return iter(loader)  # a new iterator each time, seeded from this process's random state
     if streams.pending is None or loader._iterator is not None:
         return _worker_iter(loader, streams)
-    from fulmen._utils import collect_rng_states, restore_rng_states
-
     rng = collect_rng_states()
     try:
         return _worker_iter(loader, streams, streams.pending)
@@ -850,8 +805,6 @@ def setup_train_data(trainer: Any) -> None:
 
 def _shuffles(loader: Any) -> bool:
     """Whether a DataLoader draws its samples in random order (a RandomSampler, or a sampler with shuffle=True)."""
-    from torch.utils.data import DataLoader, RandomSampler
-
     if not isinstance(loader, DataLoader):
         return False
     sampler = getattr(loader.batch_sampler, "sampler", None) if loader.batch_sampler is not None else None
@@ -875,8 +828,7 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
         loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "validation"))
     shuffled = [type(ld.dataset).__name__ for ld in as_list(loaders) if _shuffles(ld)]
     if shuffled:
-        from fulmen._lightning_utils import PossibleUserWarning
-        from fulmen._utils import rank_zero_warn
+        from fulmen._lightning_utils import PossibleUserWarning  # not loaded by `import fulmen`
 
         rank_zero_warn(
             f"The {prefix} loader over {shuffled[0]} shuffles its samples; an evaluation gives the same result in "
@@ -884,17 +836,16 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
             category=PossibleUserWarning)
     loaders = distribute(trainer, loaders, prefix)
     seed_workers(loaders, trainer.global_rank)
-    attr = {"val": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[prefix]
-    setattr(trainer, attr, loaders)
+    # trainer.{val,test,predict}_dataloaders, limit_*_batches and num_*_batches
+    setattr(trainer, f"{prefix}_dataloaders", loaders)
     flat = as_list(loaders)
-    limit = {"val": trainer.limit_val_batches, "test": trainer.limit_test_batches,
-             "predict": trainer.limit_predict_batches}[prefix]
-    what = {"val": "validation", "test": "test", "predict": "predict"}[prefix]
+    flag = f"limit_{prefix}_batches"
+    what = "validation" if prefix == "val" else prefix
     nums = []
     for ld in flat:
         check_iterable(ld, what)
-        nums.append(num_batches(ld, limit, f"limit_{prefix}_batches", what))
-    setattr(trainer, {"val": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[prefix], nums)
+        nums.append(num_batches(ld, getattr(trainer, flag), flag, what))
+    setattr(trainer, f"num_{prefix}_batches", nums)
     if prefix == "val" and trainer.state.fn == "fit":  # as Lightning: known once fit's loaders are, sanity check or not
         trainer.num_sanity_val_batches = [min(trainer.num_sanity_val_steps, n) for n in nums]
     return flat
@@ -902,23 +853,12 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
 
 def batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
     """The batch-transfer path for this run: plain device moves unless a transfer hook is overridden."""
-    from fulmen.module import LightningModule
-
-    dm = trainer.datamodule
-    strategy = trainer.strategy
-    device = strategy.root_device
-    precision = strategy.precision
+    dm, strategy = trainer.datamodule, trainer.strategy
+    device, precision = strategy.root_device, strategy.precision
     convert = precision.convert_input if type(precision).convert_input is not Precision.convert_input else None
-
-    def owner(name: str) -> Any:
-        from fulmen.datamodule import LightningDataModule
-
-        if dm is not None and is_overridden(name, dm, LightningDataModule):
-            return getattr(dm, name)
-        return getattr(module, name) if is_overridden(name, module, LightningModule) else None
-
-    before, transfer, after = owner("on_before_batch_transfer"), owner("transfer_batch_to_device"), owner("on_after_batch_transfer")
-    results_of = trainer._metrics
+    before, transfer, after = (_overridden(name, dm, module) for name in
+                               ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"))
+    metrics = trainer._metrics
 
     if before is None and transfer is None and after is None and convert is None:
         on_cpu = device.type == "cpu"
@@ -932,20 +872,20 @@ def batch_mover(trainer: Any, module: Any) -> Callable[[Any, int], Any]:
         return move
 
     def move_with_hooks(batch: Any, dataloader_idx: int) -> Any:
-        results = results_of.current
+        # only the user's hooks run under their names (self.log in them then says where it was called)
         if convert is not None:
             batch = convert(batch)
-        if results is not None:
-            results.fx = "on_before_batch_transfer"
-        batch = before(batch, dataloader_idx) if before is not None else batch
-        if results is not None:
-            results.fx = "transfer_batch_to_device"
-        batch = transfer(batch, device, dataloader_idx) if transfer is not None else strategy.batch_to_device(batch, device)
-        if results is not None:
-            results.fx = "on_after_batch_transfer"
-        batch = after(batch, dataloader_idx) if after is not None else batch
-        if results is not None:
-            results.fx = None
+        if before is not None:
+            with metrics.hook("on_before_batch_transfer"):
+                batch = before(batch, dataloader_idx)
+        if transfer is None:
+            batch = strategy.batch_to_device(batch, device)
+        else:
+            with metrics.hook("transfer_batch_to_device"):
+                batch = transfer(batch, device, dataloader_idx)
+        if after is not None:
+            with metrics.hook("on_after_batch_transfer"):
+                batch = after(batch, dataloader_idx)
         return batch
 
     return move_with_hooks
@@ -974,9 +914,10 @@ def epoch_batches(trainer: Any, loop: Any, skip: int, reused_before: bool, first
         loop.sampler_seed = sampler_seed()
     set_epoch(train_iterable, loop.epoch, loop.sampler_seed)
     streams = trainer._worker_streams["train"]
-    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py)
+    # resumed on another number of processes: this rank's share of the epoch's rest (trainer/elastic.py); the
+    # workers start fresh streams, as which process loaded which sample changed with the number of processes
     share = elastic.begin_epoch(trainer, loop, train_iterable, first_of_fit)
-    iterator = share.iterator(streams, _worker_iter) if share is not None else resume_iter(
+    iterator = _iter_with(train_iterable, share, streams) if share is not None else resume_iter(
         train_iterable, loop.batches_in_epoch, loop.loader_state, reused_before=reused_before, streams=streams,
         saved=streams.pending)
     loop.loader_state = streams.pending = None
@@ -989,23 +930,16 @@ def eval_batches(trainer: Any, dl_idx: int, loader: Any, limit: float) -> Any:
     """An iterator over one evaluation loader's batches, made now: making it draws the loader's base seed from
     the global generator, which is why the first loader's is made before the stage's hooks run, as in Lightning
     (a hook that draws random numbers then gets Lightning's)."""
-    source = loader
     if trainer.state.fn == TrainerFn.FITTING:  # persistent workers keep their random streams between validations
-        streams = trainer._worker_streams.setdefault(f"val{dl_idx}", _WorkerStreams())
-        source = eval_iter(loader, streams)
-    return islice(source, limit)
+        loader = eval_iter(loader, trainer._worker_streams.setdefault(f"val{dl_idx}", _WorkerStreams()))
+    return islice(loader, limit)
 
 
 def gather_predictions(strategy: Any, loader: Any, preds: list[Any]) -> list[Any]:
     """Every rank's predictions, back in the loader's sample order and batch size (as one process gives them)."""
-    from torch.utils.data import default_collate
-
-    from fulmen._utils import rank_zero_warn
-
     sampler = getattr(loader, "sampler", None)
     indices = list(sampler) if isinstance(sampler, UnrepeatedDistributedSampler) else None
-    to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-    gathered = strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, to_cpu)))
+    gathered = strategy.all_gather_object((indices, apply_to_collection(preds, Tensor, lambda t: t.detach().cpu())))
     batch_size = getattr(loader, "batch_size", None)
     samples: dict[int, Any] = {}
     for rank_indices, rank_preds in gathered:

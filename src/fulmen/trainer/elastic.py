@@ -83,47 +83,26 @@ def _split(rest: list[int], world: int, rank: int, drop_last: bool) -> list[int]
     return rest[rank::world]
 
 
-class _ShareFirst:
-    """A loader's batch sampler (or sampler) that yields ``first`` once (this rank's share of the resumed
-    epoch), then behaves as the one it wraps. A persistent-workers iterator keeps it, hence one-shot."""
+class _Share:
+    """This rank's part of the rest of an epoch resumed on another number of processes: in place of the loader's
+    batch sampler (or sampler) ``wrapped``, it yields ``batches`` once, then behaves as ``wrapped``. A
+    persistent-workers iterator keeps it, hence one-shot."""
 
-    def __init__(self, wrapped: Any, first: list[Any]) -> None:
-        self.wrapped, self.first = wrapped, first
+    def __init__(self, wrapped: Any, batches: list[Any]) -> None:
+        self.wrapped, self.batches = wrapped, batches
 
     def __iter__(self) -> Iterator[Any]:
-        if self.first is None:
+        if self.batches is None:
             yield from self.wrapped
             return
-        first, self.first = self.first, None
-        yield from first
+        batches, self.batches = self.batches, None
+        yield from batches
 
     def __len__(self) -> int:
         return len(self.wrapped)
 
     def __getattr__(self, name: str) -> Any:  # batch_size, drop_last, sampler ... of the wrapped one
         return getattr(self.wrapped, name)
-
-
-class _Share:
-    """This rank's part of the rest of an epoch resumed on another number of processes."""
-
-    def __init__(self, loader: Any, batches: list[Any], skip: int) -> None:
-        self.loader, self.batches, self.skip = loader, batches, skip
-
-    def iterator(self, streams: Any, worker_iter: Any) -> Iterator[Any]:
-        """The share's batches through ``worker_iter`` (data.py's, which keeps the workers' streams)."""
-        loader = self.loader
-        if loader.num_workers and loader.persistent_workers and loader._iterator is not None:
-            loader._iterator = None  # made earlier in this process: it would keep the full-epoch sampler
-        attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
-        original = getattr(loader, attr)
-        # DataLoader forbids setting its samplers after construction; the swap lasts only for iter()
-        object.__setattr__(loader, attr, _ShareFirst(original, self.batches))
-        try:
-            # the workers start fresh streams: which process loaded which sample changed with the world size
-            return worker_iter(loader, streams)
-        finally:
-            object.__setattr__(loader, attr, original)
 
 
 def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Share | None:
@@ -162,8 +141,7 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
         _say(f"{was}, but {why}: the rest of epoch {loop.epoch} may repeat or miss samples; {kept[0]}", True)
         return None
     rest = samples[min(consumed, len(samples)):]
-    drop_last = bool(order.get("drop_last"))
-    share = _split(rest, world, trainer.global_rank, drop_last)
+    share = _split(rest, world, trainer.global_rank, bool(order.get("drop_last")))
     batch_sampler, _ = _index_sampler(loader)
     if batch_sampler is None:
         batches: list[Any] = share
@@ -178,7 +156,7 @@ def begin_epoch(trainer: Any, loop: Any, loader: Any, first_of_fit: bool) -> _Sh
         _say(f"{was}: each of the {len(rest)} samples left of epoch {loop.epoch} is read once, shared among this run's "
              f"processes; {kept[0]}", kept[1])
     loop.batches_in_epoch = skip
-    return _Share(loader, batches, skip)
+    return _Share(batch_sampler if batch_sampler is not None else loader.sampler, batches)
 
 
 def consumed_samples(record: dict[str, Any], batches_in_epoch: int) -> int | None:

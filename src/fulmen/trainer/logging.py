@@ -13,6 +13,8 @@ once its batches are done, epoch values (``name``/``name_epoch``). Evaluation st
 
 from __future__ import annotations
 
+import shutil
+import sys
 from contextlib import nullcontext
 from numbers import Number
 from typing import Any, Callable
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fulmen.errors import MisconfigurationException
+from fulmen.trainer.state import RunningStage
 
 # hook -> (default on_step, default on_epoch, per-step hook). A hook missing here may not log.
 _STEP = (True, False, True)
@@ -165,7 +168,7 @@ class _Slot:
             return value
         return torch.tensor(value, dtype=torch.get_default_dtype(), device=self.device)
 
-    def step(self, reduce_fn: Callable[[Tensor, str, Any], Tensor]) -> Tensor | None:
+    def step(self) -> Tensor | None:
         """The value of the latest step (synced across processes when ``sync_dist`` asks for it)."""
         if self.metric is not None:
             cache = getattr(self.metric, "_forward_cache", None)
@@ -254,7 +257,7 @@ class ResultCollection:
             if not slot.valid or (slot.metric is not None and not slot.on_epoch):
                 continue
             state: dict[str, Any] = {"acc": slot.acc, "weight": slot.weight, "values": list(slot.values),
-                                     "step": slot.step(self._reduce) if slot.on_step else None}
+                                     "step": slot.step() if slot.on_step else None}
             settings = _settings(slot, paths)
             if settings is not None:
                 state["settings"] = settings
@@ -328,7 +331,7 @@ class ResultCollection:
             if on_step:
                 if not slot.on_step or slot.dataloader_idx != self.dataloader_idx:
                     continue
-                value, forked = slot.step(reduce_fn), slot.step_key
+                value, forked = slot.step(), slot.step_key
             else:
                 if not slot.on_epoch or (dataloader_idx is not _ALL and slot.dataloader_idx != dataloader_idx):
                     continue
@@ -619,15 +622,10 @@ class MetricsHub:
         results.in_batches = False
         results.dataloader_idx = None
 
-    def train_step_end(self, step: int, flush: bool) -> None:
-        """After a training batch: every ``log_every_n_steps`` the step values go to the loggers."""
-        if flush and self.trainer.loggers:
-            self._send(self.train.view(on_step=True)[1], step, with_epoch=True)
-
-    def eval_step_end(self, step: int, flush: bool) -> None:
-        """After an evaluation batch: its step values go to the loggers (every batch, as in Lightning)."""
-        if flush and self.trainer.loggers:
-            self._send(self.eval.view(on_step=True)[1], step, with_epoch=False)
+    def step_end(self, results: ResultCollection, step: int) -> None:
+        """A batch's step values go to the loggers (training: every ``log_every_n_steps``, with the epoch)."""
+        if self.trainer.loggers:
+            self._send(results.view(on_step=True)[1], step, with_epoch=results.training)
 
     def train_epoch_end(self, step: int) -> None:
         """After the train epoch-end hooks: log the epoch values, then start the next epoch afresh."""
@@ -732,11 +730,6 @@ def print_results(stage: RunningStage, results: list[dict[str, float]], console_
 
         print_results(RunningStage.TESTING, [{"test_loss": 0.25}], None)
     """
-    import shutil
-    import sys
-
-    from fulmen.trainer.state import RunningStage
-
     results = [{k.split("/dataloader_idx_")[0]: v for k, v in r.items()} for r in results]
     names = sorted({k for r in results for k in r})
     headers = [f"{'Validate' if stage == RunningStage.VALIDATING else 'Test'} metric"]

@@ -11,6 +11,7 @@ runs the batch loop, which reads the plan's answers.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Callable
 
@@ -178,11 +179,8 @@ def _sanity_check(ctx: RunContext) -> None:
     metrics.current = None
     ctx.call_callbacks("on_sanity_check_start")
     loaders = _val_loaders(ctx)
-    if loaders:
-        n = trainer.num_sanity_val_steps
-        limits = [min(n, b) for b in trainer.num_val_batches]
-        trainer.num_sanity_val_batches = limits
-        evaluate(ctx, RunningStage.SANITY_CHECKING, loaders, limits)
+    if loaders:  # setup_eval_data counted num_sanity_val_batches
+        evaluate(ctx, RunningStage.SANITY_CHECKING, loaders, trainer.num_sanity_val_batches)
     trainer.state.stage = RunningStage.SANITY_CHECKING
     metrics.current = None
     ctx.call_callbacks("on_sanity_check_end")
@@ -243,9 +241,7 @@ def train_epoch(ctx: RunContext) -> None:
     if loop.val_pending:  # the checkpoint was written in the batch-end hooks of a batch followed by validation
         loop.val_pending = False
         _validate_in_fit(ctx)
-    batch_idx = skip - 1
-    while True:
-        batch_idx += 1
+    for batch_idx in itertools.count(skip):
         if batch_idx >= n_batches:
             break
         try:
@@ -290,7 +286,7 @@ def train_epoch(ctx: RunContext) -> None:
                 m_batch_end(outputs, batch, batch_idx)
         trainer._step_row_due = trainer._val_due = False
         if row_due or (stepped and plan.log_every and loop.should_stop):
-            metrics.train_step_end(loop.batches_stepped - 1, True)
+            metrics.step_end(results, loop.batches_stepped - 1)
         if plan.max_time is not None and not loop.should_stop and ctx.time_is_up():
             loop.should_stop = True
         stop = loop.should_stop and ctx.can_stop_early()
@@ -588,7 +584,8 @@ def evaluate(ctx: RunContext, stage: RunningStage, loaders: list[Any], limits: l
                         step = seen[dl_idx]
                     else:
                         step = batch_idx + 1
-                    metrics.eval_step_end(step - 1, flush=flush)  # every batch, as in Lightning
+                    if flush:  # every batch, as in Lightning
+                        metrics.step_end(results, step - 1)
         metrics.epoch_end_reached(results)
         ctx.call_hooks(f"on_{prefix}_epoch_end")
         step = None  # the sanity check logs nothing

@@ -19,6 +19,7 @@ unchanged (a run without the callback pays nothing). The guard
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Callable
 
 import torch
@@ -86,15 +87,15 @@ class Snapshot:
                         entries.append((k, True, len(tensors)))
                         tensors.append(v)
                     else:
-                        entries.append((k, False, _plain_copy(v)))
+                        entries.append((k, False, deepcopy(v)))
                 layout.append((p, entries))
             self._optim_layout.append(layout)
-            self._groups.append([{k: _plain_copy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups])
+            self._groups.append([{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups])
         self._optim.fill(tensors)
         scaler = getattr(trainer.strategy.precision, "scaler", None)
         self._rest = {
             "global_step": loop.global_step,
-            "schedulers": [_plain_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
+            "schedulers": [deepcopy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": collect_rng_states(),
             "logged": _logged_values(trainer._metrics.train),
@@ -117,31 +118,24 @@ class Snapshot:
                         del state[k]
                     for k, is_tensor, v in entries:
                         if not is_tensor:
-                            state[k] = _plain_copy(v)
+                            state[k] = deepcopy(v)
                         elif isinstance(state.get(k), Tensor):  # refilled in place: DTensors keep their layout
                             _local(state[k]).copy_(self._optim.buffers[v], non_blocking=True)
                         else:
                             state[k] = self._optim.buffers[v].to(_local(p).device, copy=True)
                 for g, values in zip(opt.param_groups, groups):
-                    g.update(_plain_copy(values))
+                    g.update(deepcopy(values))
                 opt.zero_grad(set_to_none=True)
         rest = self._rest
         loop.global_step = rest["global_step"]
         for cfg, state in zip(trainer.lr_scheduler_configs, rest["schedulers"]):
-            cfg.scheduler.load_state_dict(_plain_copy(state))
+            cfg.scheduler.load_state_dict(deepcopy(state))
         scaler = getattr(trainer.strategy.precision, "scaler", None)
         if scaler is not None and rest["scaler"] is not None:
             scaler.load_state_dict(rest["scaler"])
         restore_rng_states(rest["rng"])
         _restore_logged_values(trainer._metrics.train, rest["logged"])
         detector._load_stats(rest["detector"])
-
-
-def _plain_copy(value: Any) -> Any:
-    """A copy of a small state (scheduler state, param-group settings) that shares nothing mutable."""
-    import copy
-
-    return copy.deepcopy(value)
 
 
 def _logged_values(results: Any) -> dict[tuple, tuple]:
@@ -183,8 +177,7 @@ class SpikeGuard:
 
     def wrap(self, trainer: Any, loop: LoopState, step: Callable) -> Callable:
         detector = self.detector
-        strategy = trainer.strategy
-        agree = strategy.reduce_boolean_decision if trainer.world_size > 1 else None
+        agree = trainer.strategy.reduce_boolean_decision if trainer.world_size > 1 else None
         self._fresh_epoch = True  # called at each epoch's start: snapshots of an earlier epoch cannot be replayed
         self._restart_window = False
 
