@@ -8,6 +8,7 @@ the DDP wrapper. Sharded strategies (FSDP, DeepSpeed) subclass ``ParallelStrateg
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from datetime import timedelta
@@ -102,9 +103,9 @@ class ParallelStrategy(Strategy):
     @property
     def launcher(self) -> Any:
         if self._launcher is None:
-            from fulmen.strategies.launcher import make_launcher
+            from fulmen.strategies.launcher import ScriptLauncher, SpawnLauncher
 
-            self._launcher = make_launcher(self)
+            self._launcher = (ScriptLauncher if self._start_method == "popen" else SpawnLauncher)(self)
         return self._launcher
 
     def configure(self, accelerator: str, devices: list[torch.device], num_nodes: int,
@@ -152,8 +153,6 @@ class ParallelStrategy(Strategy):
                     "unset and fulmen chooses a free one."
                 ) from exc
             raise
-        import atexit
-
         from fulmen.strategies.launcher import _destroy_process_group
 
         atexit.register(_destroy_process_group)  # else gloo's threads are killed mid-flight at exit
