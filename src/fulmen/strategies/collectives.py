@@ -167,10 +167,9 @@ class TorchCollective(Collective):
 
     @staticmethod
     def _op(op: Any) -> Any:
-        dist = _dist()
         if not isinstance(op, str):
             return op
-        value = getattr(dist.ReduceOp, op.upper(), None)
+        value = getattr(_dist().ReduceOp, op.upper(), None)
         if value is None:
             raise ValueError(f"op={op!r} is not a reduction torch knows; use 'sum', 'product', 'min', 'max', 'band', "
                              "'bor', 'bxor', 'avg' (NCCL only) or a torch.distributed.ReduceOp.")
@@ -182,10 +181,9 @@ class TorchCollective(Collective):
         ``main_port`` fill ``MASTER_ADDR``/``MASTER_PORT`` for the start only, where the environment lacks them."""
         if self.is_initialized():
             return self
-        added = [key for key, value in ((self.addr_key, main_address), (self.port_key, main_port))
-                 if value is not None and key not in os.environ]
-        for key in added:
-            os.environ[key] = str(main_address if key == self.addr_key else main_port)
+        added = {key: str(value) for key, value in ((self.addr_key, main_address), (self.port_key, main_port))
+                 if value is not None and key not in os.environ}
+        os.environ.update(added)
         try:
             super().setup(**kwargs)
         finally:
@@ -313,14 +311,11 @@ class SingleDeviceCollective(Collective):
     def destroy_group(cls, group: Any) -> None:
         pass
 
-    def broadcast(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    def _unchanged(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
         return tensor
 
-    def all_reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
+    # alone, these hand back the tensor they were given
+    broadcast = all_reduce = reduce = recv = _unchanged
 
     def all_gather(self, tensor_list: list[Any], tensor: Any, **kwargs: Any) -> list[Any]:
         return [tensor]
@@ -340,9 +335,6 @@ class SingleDeviceCollective(Collective):
 
     def send(self, *args: Any, **kwargs: Any) -> None:
         pass
-
-    def recv(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
 
     def all_gather_object(self, object_list: list[Any], obj: Any) -> list[Any]:
         return [obj]

@@ -8,6 +8,8 @@ the DDP wrapper. Sharded strategies (FSDP, DeepSpeed) subclass ``ParallelStrateg
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 from datetime import timedelta
 from typing import Any, Callable, ContextManager
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.errors import MisconfigurationException
+from fulmen.strategies._forward import call_as_forward
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.strategy import Strategy
 from fulmen._utils import apply_to_collection, reset_seed, set_global_rank
@@ -28,6 +31,11 @@ def _dist() -> Any:
     import torch.distributed as dist
 
     return dist
+
+
+def _from_environment(name: str, alone: int) -> property:
+    """A topology property the cluster environment answers; ``alone`` until there is one."""
+    return property(lambda self: getattr(self.cluster_environment, name)() if self.cluster_environment else alone)
 
 
 class ParallelStrategy(Strategy):
@@ -74,21 +82,10 @@ class ParallelStrategy(Strategy):
     def num_processes(self) -> int:
         return len(self.parallel_devices) if self.parallel_devices else 1
 
-    @property
-    def world_size(self) -> int:
-        return self.cluster_environment.world_size() if self.cluster_environment else 1
-
-    @property
-    def global_rank(self) -> int:
-        return self.cluster_environment.global_rank() if self.cluster_environment else 0
-
-    @property
-    def local_rank(self) -> int:
-        return self.cluster_environment.local_rank() if self.cluster_environment else 0
-
-    @property
-    def node_rank(self) -> int:
-        return self.cluster_environment.node_rank() if self.cluster_environment else 0
+    world_size = _from_environment("world_size", 1)
+    global_rank = _from_environment("global_rank", 0)
+    local_rank = _from_environment("local_rank", 0)
+    node_rank = _from_environment("node_rank", 0)
 
     @property
     def root_device(self) -> torch.device:
@@ -106,9 +103,9 @@ class ParallelStrategy(Strategy):
     @property
     def launcher(self) -> Any:
         if self._launcher is None:
-            from fulmen.strategies.launcher import make_launcher
+            from fulmen.strategies.launcher import ScriptLauncher, SpawnLauncher
 
-            self._launcher = make_launcher(self)
+            self._launcher = (ScriptLauncher if self._start_method == "popen" else SpawnLauncher)(self)
         return self._launcher
 
     def configure(self, accelerator: str, devices: list[torch.device], num_nodes: int,
@@ -156,8 +153,6 @@ class ParallelStrategy(Strategy):
                     "unset and fulmen chooses a free one."
                 ) from exc
             raise
-        import atexit
-
         from fulmen.strategies.launcher import _destroy_process_group
 
         atexit.register(_destroy_process_group)  # else gloo's threads are killed mid-flight at exit
@@ -181,12 +176,9 @@ class ParallelStrategy(Strategy):
         if not isinstance(tensor, Tensor):
             return tensor
         dist = _dist()
-        op_name = reduce_op if isinstance(reduce_op, str) else None
-        if op_name is None:
-            op = reduce_op if reduce_op is not None else dist.ReduceOp.SUM
-            mean = False
-        else:
-            key = op_name.lower()
+        op, mean = reduce_op if reduce_op is not None else dist.ReduceOp.SUM, False
+        if isinstance(reduce_op, str):
+            key = reduce_op.lower()
             if key not in _REDUCE_OPS:
                 raise MisconfigurationException(f"reduce_op={reduce_op!r} is not known; use 'mean', 'sum', 'max' or 'min'.")
             op, mean = getattr(dist.ReduceOp, _REDUCE_OPS[key]), key in ("mean", "avg")
@@ -230,10 +222,7 @@ class ParallelStrategy(Strategy):
         dist = _dist()
         if not dist.is_initialized():
             return
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[self.root_device.index or 0])
-        else:
-            dist.barrier()
+        dist.barrier(device_ids=[self.root_device.index or 0] if dist.get_backend() == "nccl" else None)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         dist = _dist()
@@ -286,11 +275,6 @@ class ParallelStrategy(Strategy):
             return count == world if all else count > 0
 
         return agreed
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        if self.is_global_zero:
-            self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
 
 class DDPStrategy(ParallelStrategy):
@@ -345,10 +329,9 @@ class DDPStrategy(ParallelStrategy):
         return f"DDPStrategy(start_method={self._start_method!r}, world_size={self.world_size})"
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        module = self.precision.convert_module(module)
-        module.to(self.root_device)
+        module = super().setup_module(module)
         if self.sync_batchnorm:
-            module = _convert_sync_batchnorm(module)
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place for a LightningModule's children
         self.lightning_module = module
         self.model = module
         if self.training and any(p.requires_grad for p in module.parameters()):
@@ -356,16 +339,10 @@ class DDPStrategy(ParallelStrategy):
 
             device_ids = [self.root_device.index or 0] if self.root_device.type == "cuda" else None
             self.model = DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
-            self._register_comm_hook()
+            hook, wrap = self._ddp_comm_hook, self._ddp_comm_wrapper
+            if hook is not None:
+                self.model.register_comm_hook(state=self._ddp_comm_state, hook=wrap(hook) if wrap else hook)
         return self.model
-
-    def _register_comm_hook(self) -> None:
-        hook = self._ddp_comm_hook
-        if hook is None:
-            return
-        if self._ddp_comm_wrapper is not None:
-            hook = self._ddp_comm_wrapper(hook)
-        self.model.register_comm_hook(state=self._ddp_comm_state, hook=hook)
 
     def setup_optimizers(self, optimizers: list[Optimizer]) -> list[Optimizer]:
         if not self._model_averaging_period:
@@ -389,39 +366,11 @@ class DDPStrategy(ParallelStrategy):
         all-reduce and keeps buffers in step; the others call the module directly, as in Lightning."""
         module = self.lightning_module
         wrapper = self.model
+        step = getattr(module, name)
         if wrapper is module or name not in ("training_step", "validation_step"):
-            return getattr(module, name)
+            return step
         manual = name == "training_step" and not module.automatic_optimization
-
-        def through_wrapper(*args: Any, **kwargs: Any) -> Any:
-            had_own = "forward" in module.__dict__
-            own = module.__dict__.get("forward")
-            step = getattr(module, name)
-
-            def forward(*a: Any, **k: Any) -> Any:
-                # DDP calls this as the module's forward: put the real one back, run the step instead
-                if had_own:
-                    module.__dict__["forward"] = own
-                else:
-                    module.__dict__.pop("forward", None)
-                out = step(*a, **k)
-                if manual:  # manual_backward prepares the reducer itself (several backwards per step)
-                    wrapper.require_backward_grad_sync = False
-                return out
-
-            module.__dict__["forward"] = forward
-            try:
-                return wrapper(*args, **kwargs)
-            finally:
-                if module.__dict__.get("forward") is forward:
-                    if had_own:
-                        module.__dict__["forward"] = own
-                    else:
-                        module.__dict__.pop("forward", None)
-                if manual:
-                    wrapper.require_backward_grad_sync = True
-
-        return through_wrapper
+        return functools.partial(_manual_step if manual else call_as_forward, wrapper, module, step)
 
     def no_backward_sync(self) -> Callable[[], ContextManager] | None:
         model = self.model
@@ -440,5 +389,16 @@ class DDPStrategy(ParallelStrategy):
         super().backward(loss, optimizer, *args, module=module, **kwargs)
 
 
-def _convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    return nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place for a LightningModule's children
+def _manual_step(wrapper: Any, module: Any, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A manual-optimization step as DDP's forward, which must not prepare the gradient all-reduce when it ends:
+    ``manual_backward`` does that for each of the step's backwards."""
+
+    def step_then_skip_preparation(*a: Any, **k: Any) -> Any:
+        out = step(*a, **k)
+        wrapper.require_backward_grad_sync = False  # read by DDP's forward right after the step returns
+        return out
+
+    try:
+        return call_as_forward(wrapper, module, step_then_skip_preparation, *args, **kwargs)
+    finally:
+        wrapper.require_backward_grad_sync = True

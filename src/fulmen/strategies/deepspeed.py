@@ -38,17 +38,10 @@ _DTYPE_KEYS = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16", "1
 
 
 def _skip_shm_comm_build(deepspeed: Any) -> None:
-    """Keep DeepSpeed from compiling its shared-memory all-reduce when its CPU backend starts.
-
-    ``deepspeed.init_distributed`` on the CPU accelerator JIT-compiles the ``deepspeed_shm_comm`` C++ op (slow,
-    needs a C++ compiler and ninja, prints a line) whenever its compatibility table says it can. Only
-    ``inference_all_reduce`` uses it, and that falls back to torch.distributed without it; training never calls
-    it. DeepSpeed (0.19) offers no setting for this: ``DS_BUILD_OPS``/``DS_BUILD_SHM_COMM`` act only when
-    DeepSpeed itself is installed (pre-building ops), ``DS_SKIP_CUDA_CHECK`` concerns CUDA versions,
-    ``DS_ACCELERATOR=cpu`` is what selects this backend, and neither ``init_distributed`` nor the config has an
-    option; ``comm/torch.py``'s ``build_shm_op`` reads only ``deepspeed.ops.__compatible_ops__``. So the one
-    entry of that table is marked not compatible: the narrowest change that has the effect. Where the op was
-    pre-built at install time (``DS_BUILD_SHM_COMM=1``) loading it costs nothing, and it is left alone.
+    """Keep DeepSpeed's CPU backend from JIT-compiling its ``deepspeed_shm_comm`` op at start (slow, needs a C++
+    compiler): only ``inference_all_reduce`` uses it, and that falls back to torch.distributed. DeepSpeed (0.19) has
+    no setting for it; ``build_shm_op`` reads only ``deepspeed.ops.__compatible_ops__``, so that entry is marked
+    incompatible, unless the op was pre-built at install time (``DS_BUILD_SHM_COMM=1``) and costs nothing.
     """
     from deepspeed.git_version_info import installed_ops
 
@@ -201,20 +194,36 @@ class DeepSpeedStrategy(ParallelStrategy):
         self._config_given = config is not None
         # sized to the model in _initialize; None keeps the config's (or DeepSpeed's) values
         self._sized_buckets = config is None and zero_optimization and stage > 0
-        self.config = _read_config(config) if config is not None else _default_config(
-            zero_optimization=zero_optimization, stage=stage, offload_optimizer=offload_optimizer,
-            offload_parameters=offload_parameters, offload_params_device=offload_params_device,
-            offload_optimizer_device=offload_optimizer_device, nvme_path=nvme_path,
-            params_buffer_count=params_buffer_count, params_buffer_size=params_buffer_size, max_in_cpu=max_in_cpu,
-            optimizer_buffer_count=optimizer_buffer_count, pin_memory=pin_memory, sub_group_size=sub_group_size,
-            contiguous_gradients=contiguous_gradients, overlap_comm=overlap_comm,
-            allgather_partitions=allgather_partitions, reduce_scatter=reduce_scatter,
-            allgather_bucket_size=allgather_bucket_size, reduce_bucket_size=reduce_bucket_size,
-            zero_allow_untested_optimizer=zero_allow_untested_optimizer, block_size=block_size,
-            queue_depth=queue_depth, single_submit=single_submit, overlap_events=overlap_events,
-            thread_count=thread_count, partition_activations=partition_activations,
-            cpu_checkpointing=cpu_checkpointing, contiguous_memory_optimization=contiguous_memory_optimization,
-            synchronize_checkpoint_boundary=synchronize_checkpoint_boundary)
+        if config is not None:
+            self.config = _read_config(config)
+        else:  # the config that Lightning's argument names describe
+            self.config = {
+                "activation_checkpointing": {
+                    "partition_activations": partition_activations,
+                    "cpu_checkpointing": cpu_checkpointing,
+                    "contiguous_memory_optimization": contiguous_memory_optimization,
+                    "synchronize_checkpoint_boundary": synchronize_checkpoint_boundary,
+                },
+                "aio": {"block_size": block_size, "queue_depth": queue_depth, "single_submit": single_submit,
+                        "overlap_events": overlap_events, "thread_count": thread_count},
+            }
+        if config is None and zero_optimization:
+            zero: dict[str, Any] = {
+                "stage": stage, "contiguous_gradients": contiguous_gradients, "overlap_comm": overlap_comm,
+                "allgather_partitions": allgather_partitions, "reduce_scatter": reduce_scatter,
+                "allgather_bucket_size": _BUCKET_CAP if allgather_bucket_size is None else allgather_bucket_size,
+                "reduce_bucket_size": _BUCKET_CAP if reduce_bucket_size is None else reduce_bucket_size,
+                "sub_group_size": _SUB_GROUP_CAP if sub_group_size is None else sub_group_size,
+            }
+            if offload_optimizer:
+                zero["offload_optimizer"] = {"device": offload_optimizer_device, "nvme_path": nvme_path,
+                                             "buffer_count": optimizer_buffer_count, "pin_memory": pin_memory}
+            if offload_parameters:
+                zero["offload_param"] = {"device": offload_params_device, "nvme_path": nvme_path,
+                                         "buffer_count": params_buffer_count, "buffer_size": params_buffer_size,
+                                         "max_in_cpu": max_in_cpu, "pin_memory": pin_memory}
+            self.config["zero_optimization"] = zero
+            self.config["zero_allow_untested_optimizer"] = zero_allow_untested_optimizer
         self._bucket_args = {"allgather_bucket_size": allgather_bucket_size, "reduce_bucket_size": reduce_bucket_size,
                              "sub_group_size": sub_group_size}
         self._fp16_scaling = {"loss_scale": loss_scale, "initial_scale_power": initial_scale_power,
@@ -241,7 +250,7 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     @precision.setter
     def precision(self, value: Precision | None) -> None:
-        name = getattr(value, "name", "32-true") if value is not None else "32-true"
+        name = getattr(value, "name", "32-true")
         self._precision = value if isinstance(value, _DeepSpeedPrecision) else _DeepSpeedPrecision(name)
 
     @property
@@ -251,8 +260,7 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     @property
     def zero_stage(self) -> int:
-        zero = self.config.get("zero_optimization") or {}
-        return int(zero.get("stage", 0)) if zero is not False else 0
+        return int((self.config.get("zero_optimization") or {}).get("stage", 0))
 
     @property
     def deepspeed_engine(self) -> Any:
@@ -538,7 +546,6 @@ class DeepSpeedStrategy(ParallelStrategy):
                 )
             checkpoint = super().load_checkpoint(filepath, weights_only)
             self._load_full_weights(checkpoint["state_dict"])
-            self._weights_loaded = True
             checkpoint.pop("optimizer_states", None)
             return checkpoint
         if not self.training:
@@ -546,7 +553,6 @@ class DeepSpeedStrategy(ParallelStrategy):
             # an engine without an optimizer from a ZeRO-3 checkpoint)
             checkpoint = sharded_checkpoint.load_consolidated(filepath)
             self._load_full_weights(checkpoint["state_dict"])
-            self._weights_loaded = True
             return checkpoint
         check_same_world_size(filepath, self.world_size, self.config)
         path, client = engine.load_checkpoint(
@@ -566,6 +572,7 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def _load_full_weights(self, state_dict: dict[str, Any]) -> None:
         module = self.lightning_module
+        self._weights_loaded = True
         if self.zero_stage != 3:
             module.load_state_dict(state_dict, strict=getattr(module, "strict_loading", True))
             return
@@ -589,9 +596,6 @@ class DeepSpeedStrategy(ParallelStrategy):
 
     def load_optimizer_state_dict(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         """The engine restored its optimizer partitions in ``load_checkpoint``."""
-
-    def teardown(self) -> None:
-        super().teardown()  # the engine stays (self._engine) for a save or an evaluation after fit
 
 
 def _share_master_weights(optimizer: Any) -> None:
@@ -651,44 +655,3 @@ def _read_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise MisconfigurationException(f"DeepSpeed config {path!r} is not valid JSON: {err}") from None
 
-
-def _default_config(*, zero_optimization: bool, stage: int, offload_optimizer: bool, offload_parameters: bool,
-                    offload_params_device: str, offload_optimizer_device: str, nvme_path: str,
-                    params_buffer_count: int, params_buffer_size: int, max_in_cpu: int, optimizer_buffer_count: int,
-                    pin_memory: bool, sub_group_size: int | None, contiguous_gradients: bool, overlap_comm: bool,
-                    allgather_partitions: bool, reduce_scatter: bool, allgather_bucket_size: int | None,
-                    reduce_bucket_size: int | None, zero_allow_untested_optimizer: bool, block_size: int,
-                    queue_depth: int,
-                    single_submit: bool, overlap_events: bool, thread_count: int, partition_activations: bool,
-                    cpu_checkpointing: bool, contiguous_memory_optimization: bool,
-                    synchronize_checkpoint_boundary: bool) -> dict[str, Any]:
-    """The DeepSpeed config that Lightning's argument names describe."""
-    config: dict[str, Any] = {
-        "activation_checkpointing": {
-            "partition_activations": partition_activations,
-            "cpu_checkpointing": cpu_checkpointing,
-            "contiguous_memory_optimization": contiguous_memory_optimization,
-            "synchronize_checkpoint_boundary": synchronize_checkpoint_boundary,
-        },
-        "aio": {"block_size": block_size, "queue_depth": queue_depth, "single_submit": single_submit,
-                "overlap_events": overlap_events, "thread_count": thread_count},
-    }
-    if not zero_optimization:
-        return config
-    zero: dict[str, Any] = {
-        "stage": stage, "contiguous_gradients": contiguous_gradients, "overlap_comm": overlap_comm,
-        "allgather_partitions": allgather_partitions, "reduce_scatter": reduce_scatter,
-        "allgather_bucket_size": _BUCKET_CAP if allgather_bucket_size is None else allgather_bucket_size,
-        "reduce_bucket_size": _BUCKET_CAP if reduce_bucket_size is None else reduce_bucket_size,
-        "sub_group_size": _SUB_GROUP_CAP if sub_group_size is None else sub_group_size,
-    }
-    if offload_optimizer:
-        zero["offload_optimizer"] = {"device": offload_optimizer_device, "nvme_path": nvme_path,
-                                     "buffer_count": optimizer_buffer_count, "pin_memory": pin_memory}
-    if offload_parameters:
-        zero["offload_param"] = {"device": offload_params_device, "nvme_path": nvme_path,
-                                 "buffer_count": params_buffer_count, "buffer_size": params_buffer_size,
-                                 "max_in_cpu": max_in_cpu, "pin_memory": pin_memory}
-    config["zero_optimization"] = zero
-    config["zero_allow_untested_optimizer"] = zero_allow_untested_optimizer
-    return config

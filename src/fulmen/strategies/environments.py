@@ -49,9 +49,19 @@ class ClusterEnvironment:
             ...
     """
 
+    # where each count is read: the value when none of its variables is set (None: one must be), then the
+    # variables, the first one set winning
+    _env_vars: dict[str, tuple[int | None, str, ...]] = {
+        "world_size": (1, "WORLD_SIZE"), "global_rank": (0, "RANK"), "local_rank": (0, "LOCAL_RANK"),
+        "node_rank": (0, "NODE_RANK", "GROUP_RANK")}
+
     def __init__(self) -> None:
         self._global_rank: int | None = None
         self._world_size: int | None = None
+
+    def _from_env(self, count: str) -> int:
+        default, *names = self._env_vars[count]
+        return _int_env(*names, default=default)
 
     @property
     def creates_processes_externally(self) -> bool:
@@ -71,22 +81,22 @@ class ClusterEnvironment:
         return False
 
     def world_size(self) -> int:
-        return self._world_size if self._world_size is not None else _int_env("WORLD_SIZE", default=1)
+        return self._world_size if self._world_size is not None else self._from_env("world_size")
 
     def set_world_size(self, size: int) -> None:
         self._world_size = size
 
     def global_rank(self) -> int:
-        return self._global_rank if self._global_rank is not None else _int_env("RANK", default=0)
+        return self._global_rank if self._global_rank is not None else self._from_env("global_rank")
 
     def set_global_rank(self, rank: int) -> None:
         self._global_rank = rank
 
     def local_rank(self) -> int:
-        return _int_env("LOCAL_RANK", default=0)
+        return self._from_env("local_rank")
 
     def node_rank(self) -> int:
-        return _int_env("NODE_RANK", "GROUP_RANK", default=0)
+        return self._from_env("node_rank")
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         """Raise when the Trainer's devices/num_nodes contradict what the cluster says."""
@@ -126,12 +136,6 @@ class LightningEnvironment(ClusterEnvironment):
     def detect() -> bool:
         return True
 
-    def world_size(self) -> int:
-        return self._world_size if self._world_size is not None else _int_env("WORLD_SIZE", default=1)
-
-    def global_rank(self) -> int:
-        return self._global_rank if self._global_rank is not None else _int_env("RANK", default=0)
-
 
 class TorchElasticEnvironment(ClusterEnvironment):
     """Processes started by ``torchrun`` (TorchElastic): it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT.
@@ -141,6 +145,8 @@ class TorchElasticEnvironment(ClusterEnvironment):
         # torchrun --nproc_per_node=2 train.py   (detected on its own)
     """
 
+    _env_vars = {**ClusterEnvironment._env_vars, "node_rank": (0, "GROUP_RANK", "NODE_RANK")}
+
     @property
     def main_port(self) -> int:
         return _int_env("MASTER_PORT", default=12910)
@@ -148,9 +154,6 @@ class TorchElasticEnvironment(ClusterEnvironment):
     @staticmethod
     def detect() -> bool:
         return "TORCHELASTIC_RUN_ID" in os.environ and all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-    def node_rank(self) -> int:
-        return _int_env("GROUP_RANK", "NODE_RANK", default=0)
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         expected = num_devices * num_nodes
@@ -201,6 +204,9 @@ class SLURMEnvironment(ClusterEnvironment):
         Trainer(accelerator="gpu", devices=4, num_nodes=2)
     """
 
+    _env_vars = {"world_size": (None, "SLURM_NTASKS"), "global_rank": (None, "SLURM_PROCID"),
+                 "local_rank": (None, "SLURM_LOCALID"), "node_rank": (None, "SLURM_NODEID")}
+
     def __init__(self, auto_requeue: bool = True, requeue_signal: Any = None) -> None:
         super().__init__()
         self.auto_requeue = auto_requeue
@@ -225,18 +231,6 @@ class SLURMEnvironment(ClusterEnvironment):
     def detect() -> bool:
         # an interactive allocation (`srun --pty bash`) is not a training job: processes are not srun's
         return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-
-    def world_size(self) -> int:
-        return self._world_size if self._world_size is not None else _int_env("SLURM_NTASKS")
-
-    def global_rank(self) -> int:
-        return self._global_rank if self._global_rank is not None else _int_env("SLURM_PROCID")
-
-    def local_rank(self) -> int:
-        return _int_env("SLURM_LOCALID")
-
-    def node_rank(self) -> int:
-        return _int_env("SLURM_NODEID")
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
@@ -280,6 +274,9 @@ class LSFEnvironment(ClusterEnvironment):
         # jsrun -n 8 python train.py   (detected on its own)
     """
 
+    _env_vars = {"world_size": (None, "JSM_NAMESPACE_SIZE"), "global_rank": (None, "JSM_NAMESPACE_RANK"),
+                 "local_rank": (None, "JSM_NAMESPACE_LOCAL_RANK")}
+
     @staticmethod
     def detect() -> bool:
         return all(k in os.environ for k in ("LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK",
@@ -300,18 +297,8 @@ class LSFEnvironment(ClusterEnvironment):
             return int(os.environ["MASTER_PORT"])
         return 10000 + int(os.environ["LSB_JOBID"]) % 1000
 
-    def world_size(self) -> int:
-        return self._world_size if self._world_size is not None else _int_env("JSM_NAMESPACE_SIZE")
-
-    def global_rank(self) -> int:
-        return self._global_rank if self._global_rank is not None else _int_env("JSM_NAMESPACE_RANK")
-
-    def local_rank(self) -> int:
-        return _int_env("JSM_NAMESPACE_LOCAL_RANK")
-
     def node_rank(self) -> int:
-        hosts = self._hosts()
-        unique = list(dict.fromkeys(hosts))
+        unique = list(dict.fromkeys(self._hosts()))
         return unique.index(socket.gethostname()) if socket.gethostname() in unique else 0
 
 

@@ -298,7 +298,7 @@ class FSDPStrategy(ParallelStrategy):
         (a step may use them directly, not only through ``self(x)``)."""
         module = self.lightning_module
         step = getattr(module, name)
-        if module is None or self.model is not module:
+        if self.model is not module:
             return step
         run = functools.partial(call_as_forward, module, module, step)
         if name == "training_step":

@@ -13,6 +13,7 @@ back to the calling process. The launcher itself knows nothing of its callers.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import pickle
@@ -30,12 +31,6 @@ from fulmen.errors import FulmenError, MisconfigurationException
 
 _PARENT_ENV = "FULMEN_LAUNCHER_PID"
 FAILED = False  # a run of this process raised: at exit, do not wait for the others
-
-
-def make_launcher(strategy: Any) -> Any:
-    if strategy._start_method == "popen":
-        return ScriptLauncher(strategy)
-    return SpawnLauncher(strategy)
 
 
 def _is_comm_error(exc: BaseException) -> bool:
@@ -87,7 +82,6 @@ class ScriptLauncher:
     def __init__(self, strategy: Any) -> None:
         self.strategy = strategy
         self.procs: list[subprocess.Popen] = []
-        self._failure: tuple[int, int] | None = None
 
     def launch(self, function: Callable[..., Any], *args: Any, handoff: Handoff | None = None, **kwargs: Any) -> Any:
         env = self.strategy.cluster_environment
@@ -131,8 +125,6 @@ class ScriptLauncher:
                           LOCAL_WORLD_SIZE=str(n))
         threading.Thread(target=self._watch_children, name="fulmen-children", daemon=True).start()
         _end_children_on_sigterm(self)
-        import atexit
-
         atexit.register(self._wait_at_exit)
 
     def _poll(self) -> tuple[int, int] | None:
@@ -145,22 +137,15 @@ class ScriptLauncher:
 
     def _wait_for_failure(self, seconds: float) -> tuple[int, int] | None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            failed = self._poll()
-            if failed is not None:
-                return failed
+        while (failed := self._poll()) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        return None
+        return failed
 
     def _watch_children(self) -> None:
-        while True:
-            failed = self._poll()
-            if failed is not None:
-                break
+        while (failed := self._poll()) is None:
             if all(p.poll() is not None for p in self.procs):
                 return
             time.sleep(0.2)
-        self._failure = failed
         # give this process a moment to notice on its own (its collective fails), then end everything
         time.sleep(3.0)
         self._end_children()
@@ -168,25 +153,23 @@ class ScriptLauncher:
         sys.stdout.flush()
         os._exit(failed[1] or 1)
 
-    def _wait_children(self, seconds: float) -> None:
+    def _wait_children(self, seconds: float, kill: bool = False) -> None:
+        """Give the children ``seconds`` in all to end; then ``kill`` those still running, or stop waiting."""
         deadline = time.monotonic() + seconds
         for proc in self.procs:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                return
+                if not kill:
+                    return
+                proc.kill()
+                proc.wait()
 
     def _end_children(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + 5.0
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._wait_children(5.0, kill=True)
 
     def _wait_at_exit(self) -> None:
         """At interpreter exit: the children finish their copy of the script; a failure becomes our exit code."""

@@ -17,13 +17,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 import sys
 from typing import Any, Callable
 
 import torch
 
-from fulmen.checkpoint import _fsync_dir
+from fulmen.checkpoint import _fsync_dir, remove
 from fulmen.errors import CheckpointError, missing_extra
 
 META_FILE = "meta.pt"  # the non-tensor part of a sharded FSDP checkpoint (Lightning's name for it)
@@ -116,8 +115,7 @@ def write_directory(path: Any, write: Callable[[str], None], strategy: Any) -> N
     tmp = os.path.join(parent, f".{name}.partial")
     if strategy.is_global_zero:
         os.makedirs(parent, exist_ok=True)
-        if os.path.lexists(tmp):  # left by a run that died while writing
-            shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
+        remove(tmp)  # left by a run that died while writing
         os.makedirs(tmp)
     strategy.barrier("sharded_checkpoint.start")
     write(tmp)
@@ -125,12 +123,10 @@ def write_directory(path: Any, write: Callable[[str], None], strategy: Any) -> N
     if strategy.is_global_zero:
         old = os.path.join(parent, f".{name}.old")
         if os.path.lexists(final):
-            if os.path.lexists(old):
-                shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+            remove(old)
             os.replace(final, old)
         os.replace(tmp, final)
-        if os.path.lexists(old):
-            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+        remove(old)
         _fsync_dir(parent)
     strategy.barrier("sharded_checkpoint.done")
 
@@ -376,7 +372,6 @@ def _plain(obj: Any) -> Any:
 def cli_main(args: list[str]) -> int:
     """``fulmen consolidate DIR [-o FILE] [--weights-only]``; returns the exit status."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="fulmen consolidate",

@@ -49,21 +49,9 @@ class Strategy:
     def root_device(self) -> torch.device:
         return self._root_device
 
-    @property
-    def world_size(self) -> int:
-        return 1
-
-    @property
-    def global_rank(self) -> int:
-        return 0
-
-    @property
-    def local_rank(self) -> int:
-        return 0
-
-    @property
-    def node_rank(self) -> int:
-        return 0
+    # one process: rank zero of a world of one
+    world_size = property(lambda self: 1)
+    global_rank = local_rank = node_rank = property(lambda self: 0)
 
     @property
     def is_global_zero(self) -> bool:
