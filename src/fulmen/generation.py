@@ -190,7 +190,7 @@ def generate(
         out = generate(model, torch.tensor([[5, 7, 9]]), max_new_tokens=4)
         assert out.shape == (1, 7)
     """
-    run = _Run(model, input_ids, **_options(locals()))
+    run = _Run(**locals())
     steps = sum(1 for _ in run)
     return run.tokens[:, : run.prompt_len + steps].clone()
 
@@ -222,7 +222,7 @@ def stream(
         for ids in stream(model, prompt_ids, max_new_tokens=16):
             print(ids.tolist())
     """
-    run = _Run(model, input_ids, **_options(locals()))
+    run = _Run(**locals())  # the arguments, all of them
     return (run.tokens[:, run.prompt_len + step].clone() for step, _ in enumerate(run))
 
 
@@ -294,11 +294,6 @@ def _stop_prefix_len(text: str, stop_strings: Sequence[str]) -> int:
 # --- the decoding loop -----------------------------------------------------------------------------------------
 
 
-def _options(arguments: dict) -> dict:
-    """The public functions' keyword arguments (their ``locals()``), minus model and prompt, for :class:`_Run`."""
-    return {name: value for name, value in arguments.items() if name not in ("model", "input_ids")}
-
-
 class _Run:
     """One decoding run: checks the arguments, owns the output buffer, and iterates once per new token."""
 
@@ -360,8 +355,7 @@ class _Run:
         # Preallocated once: the model and processors read slices of these buffers every step.
         self.tokens = input_ids.new_full((batch, total), self.pad_id)
         self.tokens[:, : self.prompt_len] = input_ids
-        self.mask = None
-        self.positions = None
+        self.mask = self.positions = None
         if attention_mask is not None:
             self.mask = input_ids.new_ones((batch, total))
             self.mask[:, : self.prompt_len] = attention_mask

@@ -168,12 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         out = plot_run(args.run_dir, args.out)
-    except MissingDependencyError as err:
-        print(f"fulmen plot: {err}", file=sys.stderr)
-        return 1
     except (FulmenError, csv.Error, UnicodeDecodeError) as err:
         print(f"fulmen plot: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, MissingDependencyError) else 2
     print(out)
     return 0
 
