@@ -163,9 +163,7 @@ def rank_zero_only(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if rank_zero_only.rank == 0:
-            return fn(*args, **kwargs)
-        return None
+        return fn(*args, **kwargs) if rank_zero_only.rank == 0 else None
 
     return wrapped
 

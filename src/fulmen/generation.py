@@ -243,30 +243,26 @@ def stream_text(
     steps = stream(model, torch.tensor([tokenizer.encode(prompt)]), **kwargs)
     reply_ids: list[int] = []
     sent = 0  # characters of the reply already yielded
+    done = False  # the reply is complete: the model stopped, emitted a stop id, or wrote a stop string
     try:
-        for ids in steps:
-            token = int(ids[0])
-            if token in stop_ids:
-                break
-            reply_ids.append(token)
+        while not done:
+            ids = next(steps, None)
+            token = None if ids is None else int(ids[0])
+            done = token is None or token in stop_ids
+            if not done:
+                reply_ids.append(token)
             # Decode everything so far: a byte-level tokenizer may split one character over several tokens.
             text = tokenizer.decode(reply_ids)
-            if text.endswith("\ufffd"):  # half a UTF-8 character; wait for the rest
+            if text.endswith("\ufffd") and not done:  # half a UTF-8 character; wait for the rest
                 continue
             cut = _first_stop(text, stop_strings)
             if cut is not None:
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            safe = len(text) - _stop_prefix_len(text, stop_strings)  # hold back what may begin a stop string
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        text = tokenizer.decode(reply_ids)
-        cut = _first_stop(text, stop_strings)
-        text = text if cut is None else text[:cut]
-        if len(text) > sent:
-            yield text[sent:]
+                text, done = text[:cut], True
+            # until the reply is complete, hold back what may begin a stop string
+            end = len(text) if done else len(text) - _stop_prefix_len(text, stop_strings)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
     finally:
         steps.close()
 
