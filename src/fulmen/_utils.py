@@ -146,10 +146,8 @@ def extract_batch_size(batch: Any) -> int:
 
 
 def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
+    keys = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    return next((int(os.environ[key]) for key in keys if key in os.environ), 0)
 
 
 def rank_zero_only(fn: Callable) -> Callable:
@@ -281,9 +279,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
         import fulmen as pl
         pl.seed_everything(42)
     """
-    if seed is None:
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    seed = int(seed)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0) if seed is None else seed)
     if not (-(2**63) <= seed < 2**64):
         from fulmen.errors import MisconfigurationException
 
@@ -455,11 +451,9 @@ def is_overridden(method_name: str, instance: Any = None, parent: type | None = 
     attached = getattr(instance, "__dict__", {})
     if method_name in attached:  # patched on the instance, e.g. by a test or a wrapper; `= None` switches it off
         return attached[method_name] is not None
-    impl = getattr(type(instance), method_name, None)
+    impl = getattr(type(instance), method_name, None)  # None: absent, or set to None in the class body
     base = getattr(parent, method_name, None)
-    if impl is None:  # absent, or set to None in the class body
-        return False
-    return getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
+    return impl is not None and getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
 
 
 _BASES = (("fulmen.module", "LightningModule"), ("fulmen.datamodule", "LightningDataModule"),

@@ -28,6 +28,7 @@ import sys
 import textwrap
 from collections.abc import Iterable
 from functools import partial, update_wrapper
+from itertools import takewhile
 from types import MethodType
 from typing import Any, Callable, Union
 
@@ -89,9 +90,6 @@ LRSchedulerTypeTuple = (LRScheduler, ReduceLROnPlateau)
 LRSchedulerTypeUnion = Union[LRScheduler, ReduceLROnPlateau]
 LRSchedulerType = Union[type[LRScheduler], type[ReduceLROnPlateau]]
 
-# Type hints for a module's __init__ that the command line fills with a class and its arguments, e.g.
-# `def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam)` then `--model.optimizer SGD
-# --model.optimizer.lr 0.1`; the module calls `self.optimizer(self.parameters())` in configure_optimizers.
 OptimizerCallable = Callable[[Iterable], Optimizer]
 """Type hint for an ``__init__`` argument the command line fills with an optimizer class and its arguments.
 
@@ -293,12 +291,8 @@ def _explain(text: str, prefix: str) -> str:
     for i, line in enumerate(lines):  # a chosen class failed: explain its own problem
         chosen = re.search(r"Problem with given class_path '([^']+)':", line)
         if chosen:
-            depth = len(line) - len(line.lstrip(" -"))
-            block = []
-            for nxt in lines[i + 1:]:
-                if nxt.strip() and len(nxt) - len(nxt.lstrip(" ")) <= depth:
-                    break
-                block.append(nxt)
+            depth = len(line) - len(line.lstrip(" -"))  # the class's own problem: the lines indented deeper
+            block = takewhile(lambda nxt: not nxt.strip() or len(nxt) - len(nxt.lstrip(" ")) > depth, lines[i + 1:])
             return _explain_class(chosen.group(1), textwrap.dedent("\n".join(block)).strip(), flag)
     given = re.search(r"(?:Got|Given) value: (.+)", text)
     got = f", got {given.group(1).strip()!r}" if given and "NestedArg" not in given.group(1) else ""
@@ -588,12 +582,9 @@ class LightningCLI:
     def link_optimizers_and_lr_schedulers(parser: LightningArgumentParser) -> None:
         """Link each optimizer/scheduler group registered with a ``link_to`` key to that key."""
         for key, (class_type, link_to) in {**parser._optimizers, **parser._lr_schedulers}.items():
-            if link_to == "AUTOMATIC":
-                continue
-            if isinstance(class_type, tuple):
-                parser.link_arguments(key, link_to)
-            else:
-                parser.link_arguments(key, link_to, compute_fn=partial(_with_class_path, class_type))
+            if link_to != "AUTOMATIC":  # a chosen subclass links as given; a fixed class gets its class_path added
+                compute = None if isinstance(class_type, tuple) else partial(_with_class_path, class_type)
+                parser.link_arguments(key, link_to, compute_fn=compute)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse ``args`` (a list of strings, or a dict / Namespace of values; default ``sys.argv[1:]``) into ``self.config``."""
@@ -808,9 +799,7 @@ class _Instantiator:
                        **(hparams.get("dict_kwargs") or {})}
         for key, value in (applied_instantiation_links or {}).items():
             if key.startswith(f"{self.key}."):
-                key = key[len(self.key) + 1:]
-                key = key[len("init_args."):] if key.startswith("init_args.") else key
-                hparams[key] = value
+                hparams[key[len(self.key) + 1:].removeprefix("init_args.")] = value
         with _given_hyperparameters(hparams, "fulmen.cli.instantiate_module"):
             return class_type(*args, **kwargs)
 

@@ -292,19 +292,18 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
         snapshot.restore()
     if recorder.diverged_at is not None:
         rank_zero_info(f"lr_find stopped after {recorder.diverged_at} steps: the loss diverged.")
-    if update_attr:
-        lr = finder.suggestion()
-        if lr is not None:
-            _set_attr(holders, name, lr)
-            for opt in trainer.optimizers:  # this fit goes on with the optimizer built before the sweep
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                    if "initial_lr" in g:
-                        g["initial_lr"] = lr
-            for cfg in trainer.lr_scheduler_configs:
-                if hasattr(cfg.scheduler, "base_lrs"):
-                    cfg.scheduler.base_lrs = [lr] * len(cfg.scheduler.base_lrs)
-            rank_zero_info(f"lr_find set the learning rate to its suggestion, {lr} (`{name}`).")
+    lr = finder.suggestion() if update_attr else None
+    if lr is not None:
+        _set_attr(holders, name, lr)
+        for opt in trainer.optimizers:  # this fit goes on with the optimizer built before the sweep
+            for g in opt.param_groups:
+                g["lr"] = lr
+                if "initial_lr" in g:
+                    g["initial_lr"] = lr
+        for cfg in trainer.lr_scheduler_configs:
+            if hasattr(cfg.scheduler, "base_lrs"):
+                cfg.scheduler.base_lrs = [lr] * len(cfg.scheduler.base_lrs)
+        rank_zero_info(f"lr_find set the learning rate to its suggestion, {lr} (`{name}`).")
     return finder
 
 

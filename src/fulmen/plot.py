@@ -132,10 +132,7 @@ def _number(cell: str | None) -> float | None:
 
 
 def _stage(name: str) -> str | None:
-    for stage in _STAGES:
-        if name.startswith((stage + "_", stage + "/")):
-            return stage
-    return None
+    return next((stage for stage in _STAGES if name.startswith((stage + "_", stage + "/"))), None)
 
 
 def _family(name: str) -> str:
