@@ -202,25 +202,18 @@ class _SetRankOnImport:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != _MODULE:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
+        others = (finder for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec"))
+        spec = next((spec for spec in (f.find_spec(name, path, target) for f in others) if spec is not None), None)
+        if spec is None or not hasattr(spec.loader, "exec_module"):  # not found, or no loader we can wrap
             return spec
-        exec_module = loader.exec_module
+        exec_module = spec.loader.exec_module
 
         def exec_then_set_rank(module: Any) -> None:
             exec_module(module)
             if getattr(module.rank_zero_only, "rank", None) is None:  # a framework that set it first wins
                 module.rank_zero_only.rank = rank_zero_only.rank
 
-        loader.exec_module = exec_then_set_rank
+        spec.loader.exec_module = exec_then_set_rank
         return spec
 
 
