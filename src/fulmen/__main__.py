@@ -82,13 +82,10 @@ def _run(args: list[str]) -> int:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the user's packages in the current directory import
     from fulmen.errors import FulmenError, MissingDependencyError
 
-    try:
-        from fulmen.cli import LightningCLI
-    except MissingDependencyError as err:
-        sys.stderr.write(f"fulmen {args[0]}: {err}\n")
-        return 1
     saved_argv, sys.argv = sys.argv, ["fulmen", *args]  # LightningCLI reads the command line itself
     try:
+        from fulmen.cli import LightningCLI  # needs the `cli` extra
+
         LightningCLI(parser_kwargs={"prog": "fulmen"})
     except SystemExit as exit_:  # the parser already printed its message (or the help)
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1

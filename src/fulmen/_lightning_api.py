@@ -18,7 +18,7 @@ Example (what the docs page does)::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["FABRIC_API", "FABRIC_OMITTED", "LIGHTNING_API", "LIGHTNING_VERSION", "OMITTED", "fabric_rows", "fulmen_path",
            "omission", "rows"]
@@ -245,6 +245,11 @@ _LAYER_SYNC = "Pass `Trainer(sync_batchnorm=True)`; fulmen has no layer-sync plu
 _LOGGER = ("Not shipped with fulmen: subclass `fulmen.loggers.Logger` (`log_metrics`, `log_hyperparams`) around "
            "that service's client, or use CSVLogger, TensorBoardLogger, MLFlowLogger or WandbLogger.")
 _INTERNAL = "An internal helper of Lightning, not needed with fulmen."
+_BITSANDBYTES = "Not ported: quantize the model with bitsandbytes yourself before fit."
+_TRANSFORMER_ENGINE = "Not ported (FP8 training with NVIDIA Transformer Engine)."
+#: the precision plugins left out, by name: Lightning exports each from `plugins` and `plugins.precision`
+_PRECISION_OMITTED = {"BitsandbytesPrecision": _BITSANDBYTES, "DeepSpeedPrecision": _SHARDED, "FSDPPrecision": _SHARDED,
+                      "TransformerEnginePrecision": _TRANSFORMER_ENGINE, "XLAPrecision": _XLA}
 
 #: What fulmen leaves out on purpose, and what to write instead. Keys are a module path (the module and
 #: everything under it) or ``"module:Name"`` for one name.
@@ -262,10 +267,10 @@ OMITTED: dict[str, str] = {
     "loggers.neptune": _LOGGER,
     "plugins.layer_sync": _LAYER_SYNC,
     "plugins.io.xla_plugin": _XLA,
-    "plugins.precision.bitsandbytes": "Not ported: quantize the model with bitsandbytes yourself before fit.",
+    "plugins.precision.bitsandbytes": _BITSANDBYTES,
     "plugins.precision.deepspeed": _SHARDED,
     "plugins.precision.fsdp": _SHARDED,
-    "plugins.precision.transformer_engine": "Not ported (FP8 training with NVIDIA Transformer Engine).",
+    "plugins.precision.transformer_engine": _TRANSFORMER_ENGINE,
     "plugins.precision.xla": _XLA,
     "profilers.xla": _XLA,
     "strategies.single_xla": _XLA,
@@ -294,20 +299,11 @@ OMITTED: dict[str, str] = {
     "loggers:CometLogger": _LOGGER,
     "loggers:LitLogger": _LOGGER,
     "loggers.logger:merge_dicts": _INTERNAL,
-    "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before fit.",
-    "plugins:DeepSpeedPrecision": _SHARDED,
-    "plugins:FSDPPrecision": _SHARDED,
+    **{f"{path}:{name}": why for path in ("plugins", "plugins.precision") for name, why in _PRECISION_OMITTED.items()},
     "plugins:LayerSync": _LAYER_SYNC,
     "plugins:TorchSyncBatchNorm": _LAYER_SYNC,
-    "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
     "plugins:XLACheckpointIO": _XLA,
-    "plugins:XLAPrecision": _XLA,
     "plugins.io:XLACheckpointIO": _XLA,
-    "plugins.precision:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before fit.",
-    "plugins.precision:DeepSpeedPrecision": _SHARDED,
-    "plugins.precision:FSDPPrecision": _SHARDED,
-    "plugins.precision:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
-    "plugins.precision:XLAPrecision": _XLA,
     "plugins.environments:XLAEnvironment": _XLA,
     "plugins.precision.double:LightningDoublePrecisionModule": _INTERNAL,
     "profilers:XLAProfiler": _XLA,
@@ -370,7 +366,7 @@ FABRIC_OMITTED: dict[str, str] = {
     **{f"strategies:{n}": _XLA for n in ("SingleDeviceXLAStrategy", "XLAFSDPStrategy", "XLAStrategy")},
     **{f"plugins:{n}": _FABRIC_PRECISION for n in ("DeepSpeedPrecision", "FSDPPrecision")},
     "plugins:BitsandbytesPrecision": "Not ported: quantize the model with bitsandbytes yourself before setting it up.",
-    "plugins:TransformerEnginePrecision": "Not ported (FP8 training with NVIDIA Transformer Engine).",
+    "plugins:TransformerEnginePrecision": _TRANSFORMER_ENGINE,
     "plugins:XLACheckpointIO": _XLA, "plugins:XLAPrecision": _XLA, "plugins.environments:XLAEnvironment": _XLA,
     **{f"utilities:{n}": "Not in fulmen.fabric.utilities yet." for n in (
         "LightningEnum", "disable_possible_user_warnings", "is_shared_filesystem", "rank_zero_deprecation",
@@ -387,31 +383,28 @@ def fulmen_path(module: str) -> str:
 
 def omission(module: str, name: str | None = None) -> str | None:
     """Why fulmen leaves out ``module`` (or ``name`` in it), or None when fulmen supports it."""
-    if name is not None and f"{module}:{name}" in OMITTED:
-        return OMITTED[f"{module}:{name}"]
-    parts = module.split(".") if module else []
-    for end in range(len(parts), 0, -1):
-        reason = OMITTED.get(".".join(parts[:end]))
-        if reason is not None:
-            return reason
-    return None
+    parts = module.split(".")
+    keys = [".".join(parts[:end]) for end in range(len(parts), 0, -1)]  # the module, then each package above it
+    if name is not None:
+        keys.insert(0, f"{module}:{name}")
+    return next((OMITTED[key] for key in keys if key in OMITTED), None)
 
 
 def rows() -> Iterator[dict[str, str | None]]:
     """One row per Lightning name: ``{"lightning": path, "fulmen": path or None, "note": why it is left out}``."""
-    for module, names in LIGHTNING_API.items():
-        for name in names:
-            lightning = ".".join(p for p in ("lightning.pytorch", module, name) if p)
-            reason = omission(module, name)
-            fulmen = None if reason is not None else ".".join(p for p in (fulmen_path(module), name) if p)
-            yield {"lightning": lightning, "fulmen": fulmen, "note": reason or ""}
+    return _rows("lightning.pytorch", "", LIGHTNING_API, omission)
 
 
 def fabric_rows() -> Iterator[dict[str, str | None]]:
     """:func:`rows` for Lightning Fabric: ``lightning.fabric.X.Y`` is ``fulmen.fabric.X.Y`` or explained."""
-    for module, names in FABRIC_API.items():
+    return _rows("lightning.fabric", "fabric", FABRIC_API, lambda m, n: FABRIC_OMITTED.get(f"{m}:{n}"))
+
+
+def _rows(package: str, fulmen_package: str, api: dict[str, tuple[str, ...]],
+          omitted: Callable[[str, str], str | None]) -> Iterator[dict[str, str | None]]:
+    for module, names in api.items():
+        path = ".".join(p for p in (fulmen_package, module) if p)
         for name in names:
-            reason = FABRIC_OMITTED.get(f"{module}:{name}")
-            path = ".".join(p for p in ("fabric", module) if p)
-            yield {"lightning": ".".join(p for p in ("lightning", path, name) if p),
+            reason = omitted(module, name)
+            yield {"lightning": ".".join(p for p in (package, module, name) if p),
                    "fulmen": None if reason is not None else f"{fulmen_path(path)}.{name}", "note": reason or ""}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import inspect
-import logging
 import os
 import pickle
 import warnings as _warnings
@@ -27,11 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fulmen._utils import (apply_to_collection, collect_rng_states, package_available, rank_zero_info,
+from fulmen._utils import (_log, apply_to_collection, collect_rng_states, package_available, rank_zero_info,
                            rank_zero_only, rank_zero_warn, restore_rng_states)
-
-# a child of "fulmen" (which users configure), named like Lightning's rank-zero logger, which tests and handlers read
-_log = logging.getLogger("fulmen.utilities.rank_zero")
 
 
 class LightningEnum(str, Enum):
@@ -128,10 +124,8 @@ def recursive_detach(in_dict: Any, to_cpu: bool = False) -> Any:
 
 def is_cuda_out_of_memory(exception: BaseException) -> bool:
     """A CUDA allocation failed."""
-    if isinstance(exception, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exception, RuntimeError) and len(exception.args) == 1 and "CUDA" in str(
-        exception.args[0]) and "out of memory" in str(exception.args[0])
+    message = str(exception.args[0]) if isinstance(exception, RuntimeError) and len(exception.args) == 1 else ""
+    return isinstance(exception, torch.cuda.OutOfMemoryError) or "CUDA" in message and "out of memory" in message
 
 
 def is_cudnn_snafu(exception: BaseException) -> bool:

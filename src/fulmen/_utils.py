@@ -146,10 +146,8 @@ def extract_batch_size(batch: Any) -> int:
 
 
 def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
+    keys = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    return next((int(os.environ[key]) for key in keys if key in os.environ), 0)
 
 
 def rank_zero_only(fn: Callable) -> Callable:
@@ -163,9 +161,7 @@ def rank_zero_only(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if rank_zero_only.rank == 0:
-            return fn(*args, **kwargs)
-        return None
+        return fn(*args, **kwargs) if rank_zero_only.rank == 0 else None
 
     return wrapped
 
@@ -206,25 +202,18 @@ class _SetRankOnImport:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != _MODULE:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
+        others = (finder for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec"))
+        spec = next((spec for spec in (f.find_spec(name, path, target) for f in others) if spec is not None), None)
+        if spec is None or not hasattr(spec.loader, "exec_module"):  # not found, or no loader we can wrap
             return spec
-        exec_module = loader.exec_module
+        exec_module = spec.loader.exec_module
 
         def exec_then_set_rank(module: Any) -> None:
             exec_module(module)
             if getattr(module.rank_zero_only, "rank", None) is None:  # a framework that set it first wins
                 module.rank_zero_only.rank = rank_zero_only.rank
 
-        loader.exec_module = exec_then_set_rank
+        spec.loader.exec_module = exec_then_set_rank
         return spec
 
 
@@ -283,9 +272,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
         import fulmen as pl
         pl.seed_everything(42)
     """
-    if seed is None:
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    seed = int(seed)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0) if seed is None else seed)
     if not (-(2**63) <= seed < 2**64):
         from fulmen.errors import MisconfigurationException
 
@@ -457,11 +444,9 @@ def is_overridden(method_name: str, instance: Any = None, parent: type | None = 
     attached = getattr(instance, "__dict__", {})
     if method_name in attached:  # patched on the instance, e.g. by a test or a wrapper; `= None` switches it off
         return attached[method_name] is not None
-    impl = getattr(type(instance), method_name, None)
+    impl = getattr(type(instance), method_name, None)  # None: absent, or set to None in the class body
     base = getattr(parent, method_name, None)
-    if impl is None:  # absent, or set to None in the class body
-        return False
-    return getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
+    return impl is not None and getattr(impl, "__code__", impl) is not getattr(base, "__code__", base)
 
 
 _BASES = (("fulmen.module", "LightningModule"), ("fulmen.datamodule", "LightningDataModule"),

@@ -28,6 +28,7 @@ import sys
 import textwrap
 from collections.abc import Iterable
 from functools import partial, update_wrapper
+from itertools import takewhile
 from types import MethodType
 from typing import Any, Callable, Union
 
@@ -55,6 +56,7 @@ except ImportError:
     raise missing_extra("jsonargparse[signatures]", "cli", "fulmen.cli (LightningCLI and `fulmen fit`)") from None
 
 _NEW_JSONARGPARSE = _new_jsonargparse()
+_KEEP_NULLS = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}  # dump keys whose value is None too
 
 __all__ = ["LRSchedulerCallable", "LightningArgumentParser", "LightningCLI", "OptimizerCallable", "ReduceLROnPlateau",
            "SaveConfigCallback", "instantiate_class", "instantiate_module"]
@@ -88,9 +90,6 @@ LRSchedulerTypeTuple = (LRScheduler, ReduceLROnPlateau)
 LRSchedulerTypeUnion = Union[LRScheduler, ReduceLROnPlateau]
 LRSchedulerType = Union[type[LRScheduler], type[ReduceLROnPlateau]]
 
-# Type hints for a module's __init__ that the command line fills with a class and its arguments, e.g.
-# `def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam)` then `--model.optimizer SGD
-# --model.optimizer.lr 0.1`; the module calls `self.optimizer(self.parameters())` in configure_optimizers.
 OptimizerCallable = Callable[[Iterable], Optimizer]
 """Type hint for an ``__init__`` argument the command line fills with an optimizer class and its arguments.
 
@@ -267,14 +266,11 @@ def _one_paragraph(message: str, known: list[str] = ()) -> str:
     if simple:
         return (f"unknown option `{simple.group(1)}` (given in a config file or dict); fix or remove it."
                 f"{_did_you_mean(simple.group(1), known)}")
-    simple = re.match(r"the following arguments are required: (.+)", text)
+    simple = re.match(r"the following arguments are required: (.+)", text) or re.search(
+        r'Key "([^"]+)" is required', text)
     if simple:
         flags = ", ".join(f"--{_strip_subcommand(k.strip())}" for k in simple.group(1).split(","))
         return f"{flags} is required but was not given; pass it on the command line or in a --config file."
-    simple = re.search(r'Key "([^"]+)" is required', text)
-    if simple:
-        return (f"--{_strip_subcommand(simple.group(1))} is required but was not given; pass it on the command line "
-                "or in a --config file.")
     if text.startswith("Problems parsing config"):
         where = re.findall(r"line (\d+), column (\d+)", text)
         problem = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.strip().startswith("in ")]
@@ -295,12 +291,8 @@ def _explain(text: str, prefix: str) -> str:
     for i, line in enumerate(lines):  # a chosen class failed: explain its own problem
         chosen = re.search(r"Problem with given class_path '([^']+)':", line)
         if chosen:
-            depth = len(line) - len(line.lstrip(" -"))
-            block = []
-            for nxt in lines[i + 1:]:
-                if nxt.strip() and len(nxt) - len(nxt.lstrip(" ")) <= depth:
-                    break
-                block.append(nxt)
+            depth = len(line) - len(line.lstrip(" -"))  # the class's own problem: the lines indented deeper
+            block = takewhile(lambda nxt: not nxt.strip() or len(nxt) - len(nxt.lstrip(" ")) > depth, lines[i + 1:])
             return _explain_class(chosen.group(1), textwrap.dedent("\n".join(block)).strip(), flag)
     given = re.search(r"(?:Got|Given) value: (.+)", text)
     got = f", got {given.group(1).strip()!r}" if given and "NestedArg" not in given.group(1) else ""
@@ -395,9 +387,8 @@ class SaveConfigCallback(Callback):
                     light = getattr(trainer.logger, "_event_writer", None)
                     light() if light is not None else trainer.logger.experiment
                 os.makedirs(log_dir, exist_ok=True)
-                keep_nulls = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}
                 self.parser.save(self.config, config_path, overwrite=self.overwrite, multifile=self.multifile,
-                                 **keep_nulls)
+                                 **_KEEP_NULLS)
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
@@ -581,9 +572,7 @@ class LightningCLI:
         for name, skip in self.subcommands().items():
             doc = (getattr(trainer_class, name).__doc__ or "").strip().splitlines()
             description = doc[0] if doc else None
-            sub_kwargs = dict(kwargs.get(name, {}))
-            sub_kwargs.setdefault("description", description)
-            sub = self.init_parser(**sub_kwargs)
+            sub = self.init_parser(**{"description": description, **kwargs.get(name, {})})
             self._add_arguments(sub)
             self._subcommand_method_arguments[name] = sub.add_method_arguments(trainer_class, name, skip=set(skip))
             self._subcommand_parsers[name] = sub
@@ -593,12 +582,9 @@ class LightningCLI:
     def link_optimizers_and_lr_schedulers(parser: LightningArgumentParser) -> None:
         """Link each optimizer/scheduler group registered with a ``link_to`` key to that key."""
         for key, (class_type, link_to) in {**parser._optimizers, **parser._lr_schedulers}.items():
-            if link_to == "AUTOMATIC":
-                continue
-            if isinstance(class_type, tuple):
-                parser.link_arguments(key, link_to)
-            else:
-                parser.link_arguments(key, link_to, compute_fn=partial(_with_class_path, class_type))
+            if link_to != "AUTOMATIC":  # a chosen subclass links as given; a fixed class gets its class_path added
+                compute = None if isinstance(class_type, tuple) else partial(_with_class_path, class_type)
+                parser.link_arguments(key, link_to, compute_fn=compute)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse ``args`` (a list of strings, or a dict / Namespace of values; default ``sys.argv[1:]``) into ``self.config``."""
@@ -623,8 +609,7 @@ class LightningCLI:
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
         except Exception:  # not loadable safely: the Trainer reports it when it loads the file
             return
-        hparams = dict(hparams)
-        hparams.pop("_instantiator", None)
+        hparams = {key: value for key, value in hparams.items() if key != "_instantiator"}
         if not hparams:
             return
         if "_class_path" in hparams:  # saved by a subclass-mode run
@@ -651,8 +636,6 @@ class LightningCLI:
         """The model and datamodule are built with the resolved config as their hyperparameters, plus the
         function that rebuilds them from it, so ``load_from_checkpoint`` of a CLI-trained model works (as in
         Lightning, whose checkpoints carry ``hyper_parameters["_instantiator"]``)."""
-        if not hasattr(self.parser, "add_instantiator"):
-            return
         for key, class_type, subclasses in (("model", self._model_class, self.subclass_mode_model),
                                              ("data", self._datamodule_class, self.subclass_mode_data)):
             if isinstance(class_type, type):
@@ -660,9 +643,8 @@ class LightningCLI:
 
     def _config_dump(self) -> dict[str, Any]:
         if not hasattr(self, "_dumped_config"):
-            keep_nulls = {"skip_unset" if _NEW_JSONARGPARSE else "skip_none": False}
             self._dumped_config = yaml.safe_load(
-                self.parser.dump(self.config, skip_link_targets=False, format="yaml", **keep_nulls)
+                self.parser.dump(self.config, skip_link_targets=False, format="yaml", **_KEEP_NULLS)
             )
             if self.subcommand:
                 self._dumped_config = self._dumped_config[self.subcommand]
@@ -685,26 +667,22 @@ class LightningCLI:
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the Trainer from the config; ``kwargs`` override it."""
-        extra_callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        parser = self._parser(self.subcommand)
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return self._instantiate_trainer(config, extra_callbacks)
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         given = config.get("callbacks")
         config["callbacks"] = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
-        config["callbacks"].extend(callbacks)
+        config["callbacks"] += [self._get(self.config_init, key) for key in parser.callback_keys]
         if "callbacks" in self.trainer_defaults:
             default = self.trainer_defaults["callbacks"]
             config["callbacks"] += default if isinstance(default, list) else [default]
         if self.save_config_callback and not config.get("fast_dev_run", False):
             config["callbacks"].append(self.save_config_callback(
-                self._parser(self.subcommand), self.config.get(str(self.subcommand), self.config),
-                **self.save_config_kwargs,
+                parser, self.config.get(str(self.subcommand), self.config), **self.save_config_kwargs
             ))
         try:
             return self.trainer_class(**config)
         except FulmenError as err:
-            self._parser(self.subcommand).error(f"a --trainer flag is not usable: {err}")
+            parser.error(f"a --trainer flag is not usable: {err}")
 
     def _parser(self, subcommand: str | None) -> LightningArgumentParser:
         return self.parser if subcommand is None else self._subcommand_parsers[subcommand]
@@ -787,8 +765,6 @@ class LightningCLI:
 
 def _check_config_files(parser: LightningArgumentParser, args: list[str]) -> None:
     """Read each ``--config`` file's YAML first, so a syntax error names its file and line."""
-    import yaml
-
     parser._last_args = list(args)  # so an error here is reported under the subcommand's name
     paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     paths += [nxt for flag, nxt in zip(args, args[1:]) if flag in ("--config", "-c")]
@@ -823,9 +799,7 @@ class _Instantiator:
                        **(hparams.get("dict_kwargs") or {})}
         for key, value in (applied_instantiation_links or {}).items():
             if key.startswith(f"{self.key}."):
-                key = key[len(self.key) + 1:]
-                key = key[len("init_args."):] if key.startswith("init_args.") else key
-                hparams[key] = value
+                hparams[key[len(self.key) + 1:].removeprefix("init_args.")] = value
         with _given_hyperparameters(hparams, "fulmen.cli.instantiate_module"):
             return class_type(*args, **kwargs)
 

@@ -46,14 +46,10 @@ def _set_attr(holders: list[Any], name: str, value: Any) -> None:
 
 def _is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` reports running out of (device or host) memory."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-                      if t is not None)
-    if isinstance(exc, oom_types):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "out of memory", "CUDNN_STATUS_NOT_SUPPORTED", "DefaultCPUAllocator: can't allocate memory",
-        "CUDNN_STATUS_ALLOC_FAILED"))
+    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError, any device's, since torch 2.5
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, RuntimeError) and any(
+        s in str(exc) for s in ("out of memory", "CUDNN_STATUS_NOT_SUPPORTED", "CUDNN_STATUS_ALLOC_FAILED",
+                                "DefaultCPUAllocator: can't allocate memory"))
 
 
 def _free_memory() -> None:
@@ -194,20 +190,15 @@ class _LRFinder:
             import matplotlib.pyplot as plt
         except ImportError:
             raise missing_extra("matplotlib", "plot", "LR finder plots") from None
-        if ax is None:
-            fig, ax = plt.subplots()
-        else:
-            fig = ax.figure
+        fig, ax = plt.subplots() if ax is None else (ax.figure, ax)
         lrs, losses = self.results["lr"], self.results["loss"]
         ax.plot(lrs, losses)
         if self.mode == "exponential":
             ax.set_xscale("log")
         ax.set_xlabel("Learning rate")
         ax.set_ylabel("Loss")
-        if suggest:
-            self.suggestion() if self._optimal_idx is None else None
-            if self._optimal_idx is not None:
-                ax.plot(lrs[self._optimal_idx], losses[self._optimal_idx], markersize=10, marker="o", color="red")
+        if suggest and (self._optimal_idx is not None or self.suggestion() is not None):
+            ax.plot(lrs[self._optimal_idx], losses[self._optimal_idx], markersize=10, marker="o", color="red")
         if show:
             plt.show()
         return fig
@@ -301,19 +292,18 @@ def lr_find_in_fit(trainer: Any, module: Any, min_lr: float = 1e-8, max_lr: floa
         snapshot.restore()
     if recorder.diverged_at is not None:
         rank_zero_info(f"lr_find stopped after {recorder.diverged_at} steps: the loss diverged.")
-    if update_attr:
-        lr = finder.suggestion()
-        if lr is not None:
-            _set_attr(holders, name, lr)
-            for opt in trainer.optimizers:  # this fit goes on with the optimizer built before the sweep
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                    if "initial_lr" in g:
-                        g["initial_lr"] = lr
-            for cfg in trainer.lr_scheduler_configs:
-                if hasattr(cfg.scheduler, "base_lrs"):
-                    cfg.scheduler.base_lrs = [lr] * len(cfg.scheduler.base_lrs)
-            rank_zero_info(f"lr_find set the learning rate to its suggestion, {lr} (`{name}`).")
+    lr = finder.suggestion() if update_attr else None
+    if lr is not None:
+        _set_attr(holders, name, lr)
+        for opt in trainer.optimizers:  # this fit goes on with the optimizer built before the sweep
+            for g in opt.param_groups:
+                g["lr"] = lr
+                if "initial_lr" in g:
+                    g["initial_lr"] = lr
+        for cfg in trainer.lr_scheduler_configs:
+            if hasattr(cfg.scheduler, "base_lrs"):
+                cfg.scheduler.base_lrs = [lr] * len(cfg.scheduler.base_lrs)
+        rank_zero_info(f"lr_find set the learning rate to its suggestion, {lr} (`{name}`).")
     return finder
 
 
@@ -445,10 +435,10 @@ def scale_batch_size_for_evaluation(trainer: Any, model: Any, method: str, datal
     if datamodule is not None:
         trainer.datamodule, datamodule.trainer = datamodule, trainer
     holders = _batch_attr(trainer, model, name)
-    limit = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}[method]
+    stage = {"validate": "val", "test": "test", "predict": "predict"}[method]
+    limit, loader_attr = f"limit_{stage}_batches", f"{stage}_dataloaders"  # e.g. limit_val_batches, val_dataloaders
     saved = {a: getattr(trainer, a) for a in (limit, "callbacks", "_loggers")}
     weights = copy.deepcopy(model.state_dict())
-    run = getattr(trainer, method)
     kwargs = {"verbose": False} if method != "predict" else {"return_predictions": False}
 
     def try_size(size: int) -> bool:
@@ -456,17 +446,15 @@ def scale_batch_size_for_evaluation(trainer: Any, model: Any, method: str, datal
         setattr(trainer, limit, steps)
         trainer.callbacks, trainer._loggers = [], []
         try:
-            return _trial(lambda: run(model, dataloaders, datamodule=datamodule, **kwargs))
+            return _trial(lambda: getattr(trainer, method)(model, dataloaders, datamodule=datamodule, **kwargs))
         finally:
             for a, v in saved.items():
                 setattr(trainer, a, v)
 
-    loader_attr = {"validate": "val_dataloaders", "test": "test_dataloaders", "predict": "predict_dataloaders"}[method]
-
     def cap() -> int | None:
         loaders = getattr(trainer, loader_attr)
         first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-        return _dataset_len(first) if first is not None else None
+        return _dataset_len(first)  # None without a loader
 
     try:
         found = _search(try_size, mode, init_val, max_trials, cap, margin, max_val)

@@ -190,7 +190,7 @@ def generate(
         out = generate(model, torch.tensor([[5, 7, 9]]), max_new_tokens=4)
         assert out.shape == (1, 7)
     """
-    run = _Run(model, input_ids, **_options(locals()))
+    run = _Run(**locals())
     steps = sum(1 for _ in run)
     return run.tokens[:, : run.prompt_len + steps].clone()
 
@@ -222,7 +222,7 @@ def stream(
         for ids in stream(model, prompt_ids, max_new_tokens=16):
             print(ids.tolist())
     """
-    run = _Run(model, input_ids, **_options(locals()))
+    run = _Run(**locals())  # the arguments, all of them
     return (run.tokens[:, run.prompt_len + step].clone() for step, _ in enumerate(run))
 
 
@@ -243,30 +243,26 @@ def stream_text(
     steps = stream(model, torch.tensor([tokenizer.encode(prompt)]), **kwargs)
     reply_ids: list[int] = []
     sent = 0  # characters of the reply already yielded
+    done = False  # the reply is complete: the model stopped, emitted a stop id, or wrote a stop string
     try:
-        for ids in steps:
-            token = int(ids[0])
-            if token in stop_ids:
-                break
-            reply_ids.append(token)
+        while not done:
+            ids = next(steps, None)
+            token = None if ids is None else int(ids[0])
+            done = token is None or token in stop_ids
+            if not done:
+                reply_ids.append(token)
             # Decode everything so far: a byte-level tokenizer may split one character over several tokens.
             text = tokenizer.decode(reply_ids)
-            if text.endswith("\ufffd"):  # half a UTF-8 character; wait for the rest
+            if text.endswith("\ufffd") and not done:  # half a UTF-8 character; wait for the rest
                 continue
             cut = _first_stop(text, stop_strings)
             if cut is not None:
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            safe = len(text) - _stop_prefix_len(text, stop_strings)  # hold back what may begin a stop string
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        text = tokenizer.decode(reply_ids)
-        cut = _first_stop(text, stop_strings)
-        text = text if cut is None else text[:cut]
-        if len(text) > sent:
-            yield text[sent:]
+                text, done = text[:cut], True
+            # until the reply is complete, hold back what may begin a stop string
+            end = len(text) if done else len(text) - _stop_prefix_len(text, stop_strings)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
     finally:
         steps.close()
 
@@ -292,11 +288,6 @@ def _stop_prefix_len(text: str, stop_strings: Sequence[str]) -> int:
 
 
 # --- the decoding loop -----------------------------------------------------------------------------------------
-
-
-def _options(arguments: dict) -> dict:
-    """The public functions' keyword arguments (their ``locals()``), minus model and prompt, for :class:`_Run`."""
-    return {name: value for name, value in arguments.items() if name not in ("model", "input_ids")}
 
 
 class _Run:
@@ -360,8 +351,7 @@ class _Run:
         # Preallocated once: the model and processors read slices of these buffers every step.
         self.tokens = input_ids.new_full((batch, total), self.pad_id)
         self.tokens[:, : self.prompt_len] = input_ids
-        self.mask = None
-        self.positions = None
+        self.mask = self.positions = None
         if attention_mask is not None:
             self.mask = input_ids.new_ones((batch, total))
             self.mask[:, : self.prompt_len] = attention_mask

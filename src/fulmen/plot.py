@@ -132,10 +132,7 @@ def _number(cell: str | None) -> float | None:
 
 
 def _stage(name: str) -> str | None:
-    for stage in _STAGES:
-        if name.startswith((stage + "_", stage + "/")):
-            return stage
-    return None
+    return next((stage for stage in _STAGES if name.startswith((stage + "_", stage + "/"))), None)
 
 
 def _family(name: str) -> str:
@@ -168,12 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         out = plot_run(args.run_dir, args.out)
-    except MissingDependencyError as err:
-        print(f"fulmen plot: {err}", file=sys.stderr)
-        return 1
     except (FulmenError, csv.Error, UnicodeDecodeError) as err:
         print(f"fulmen plot: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, MissingDependencyError) else 2
     print(out)
     return 0
 

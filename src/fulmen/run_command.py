@@ -103,16 +103,9 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         environment(_parser().parse_args(["--devices", "2", "train.py"]))
         # {'LT_CLI_USED': '1', 'LT_DEVICES': '2', 'LT_NUM_NODES': '1'}
     """
-    env = {"LT_CLI_USED": "1"}
-    if args.accelerator is not None:
-        env["LT_ACCELERATOR"] = args.accelerator
-    if args.strategy is not None:
-        env["LT_STRATEGY"] = args.strategy
-    env["LT_DEVICES"] = str(args.devices)
-    env["LT_NUM_NODES"] = str(args.num_nodes)
-    if args.precision is not None:
-        env["LT_PRECISION"] = str(args.precision)
-    return env
+    env = {"LT_CLI_USED": "1", "LT_DEVICES": str(args.devices), "LT_NUM_NODES": str(args.num_nodes)}
+    given = {"LT_ACCELERATOR": args.accelerator, "LT_STRATEGY": args.strategy, "LT_PRECISION": args.precision}
+    return env | {key: str(value) for key, value in given.items() if value is not None}
 
 
 def main(argv: list[str]) -> int:
