@@ -148,6 +148,29 @@ def test_a_plain_iterable_dataset_is_replayed_and_says_so_once(tmp_path):
     assert resumed.seen == straight.seen[11:]
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+def test_no_worker_process_outlives_its_stage(tmp_path, persistent):
+    """Loaders read part-way (limit_*_batches) leave no worker process behind when fit or validate returns, as in
+    Lightning: before, they lived on until a garbage collection, which then waited 5 s for each of them."""
+    import multiprocessing
+
+    class WithVal(Net):
+        def validation_step(self, batch, batch_idx):
+            x, y, _ = batch
+            self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+    make = lambda: DataLoader(Counting(), batch_size=8, shuffle=True, num_workers=2,  # noqa: E731
+                              persistent_workers=persistent)
+    model = WithVal()
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=2,
+                         enable_progress_bar=False)
+    trainer.fit(model, make(), make())
+    assert trainer.global_step == 6 and len(model.seen) == 6 and "val_loss" in trainer.callback_metrics
+    assert multiprocessing.active_children() == []
+    assert trainer.validate(model, make())[0]["val_loss"] > 0
+    assert multiprocessing.active_children() == []
+
+
 @pytest.mark.parametrize("at", [11, 16])  # mid third epoch; the end of the second (a fresh iterator next)
 def test_persistent_workers_resume_with_the_same_batches(tmp_path, at):
     """A persistent-workers loader draws its worker seed only when its first iterator is made; a resumed run

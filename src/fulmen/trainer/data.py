@@ -9,6 +9,7 @@ import math
 import os
 import random
 import sys
+import weakref
 from array import array
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -668,8 +669,19 @@ class _WorkerStreams:
         self.raw: dict[int, Any] = {}  # from this process's batches, as they came
         self.restored: dict[int, Any] = {}  # from the checkpoint, for workers that have sent nothing since
         self.base_seed: int | None = None
-        self.iterator: Any = None
+        self._iterator: weakref.ref | None = None
         self.pending = pending
+
+    # held weakly: a reference back from here would put the iterator in a cycle with its streams, and torch cannot
+    # stop an iterator's workers when the garbage collector frees a cycle (its queues close first); each worker
+    # then waits out a 5 s timeout, at some later collection, and lives on until then
+    @property
+    def iterator(self) -> Any:
+        return self._iterator() if self._iterator is not None else None
+
+    @iterator.setter
+    def iterator(self, it: Any) -> None:
+        self._iterator = weakref.ref(it) if it is not None else None
 
     def saved(self) -> dict[str, Any] | None:
         if self.iterator is None:
@@ -740,6 +752,17 @@ def _worker_iter(loader: Any, streams: _WorkerStreams | None, saved: dict[str, A
     streams.base_seed = base if base is not None else getattr(it, "_base_seed", None)
     _follow(it, streams)
     return it
+
+
+def release_workers(*loaders: Any) -> None:
+    """Stop the worker processes a persistent-workers DataLoader of ``loaders`` keeps, as a stage ends (as in
+    Lightning): left to the garbage collector, they would outlive the run and stall a later collection."""
+    for group in loaders:
+        for loader in as_list(group.iterables if isinstance(group, CombinedLoader) else group):
+            it = getattr(loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+                loader._iterator = None
 
 
 def eval_iter(loader: Any, streams: _WorkerStreams) -> Iterator[Any]:

@@ -1004,6 +1004,8 @@ class Trainer(metaclass=_CheckedInit):
         self.lightning_module._trainer = self  # a pickled module (spawned workers) comes without its trainer
         with ExitStack() as cleanup:  # unwound in reverse order, however the run ends
             cleanup.callback(lambda: setattr(self.state, "stage", None))
+            cleanup.callback(lambda: _data.release_workers(self.train_dataloader, self.val_dataloaders,
+                                                           self.test_dataloaders, self.predict_dataloaders))
             if self.detect_anomaly:
                 cleanup.enter_context(torch.autograd.set_detect_anomaly(True))
             if self.profiler.active:
