@@ -182,3 +182,64 @@ def test_persistent_workers_resume_with_the_same_batches(tmp_path, at):
     assert resumed.seen == straight.seen[at:]
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+_HANG_FIRST_CHILD = None  # a file path while test_a_worker_stuck_in_its_fork_is_forked_again runs
+
+
+def _hang_first_child() -> None:
+    """In a forked child: the first one (it creates the file) stops as a child stuck inside os.fork() does, before
+    any of its own code runs (CPython gh-112275)."""
+    import os
+    import time
+
+    if _HANG_FIRST_CHILD is not None:
+        try:
+            fd = os.open(_HANG_FIRST_CHILD, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        time.sleep(3600)
+
+
+def test_a_worker_stuck_in_its_fork_is_forked_again(tmp_path, monkeypatch):
+    """Where fork can hang (distributed runs on Python < 3.11.10), a worker that does not start is killed and
+    forked again; the loader gives the batches a plain one gives, and the stuck child is gone."""
+    import multiprocessing
+    import os
+
+    from fulmen.trainer import data
+
+    global _HANG_FIRST_CHILD
+    if not getattr(test_a_worker_stuck_in_its_fork_is_forked_again, "registered", False):
+        os.register_at_fork(after_in_child=_hang_first_child)  # runs inside os.fork, before the child's own code
+        test_a_worker_stuck_in_its_fork_is_forked_again.registered = True
+    monkeypatch.setattr(data, "_START_TIMEOUT", 1.0)
+    make = lambda **kw: DataLoader(Counting(20), batch_size=3, shuffle=False, num_workers=2, **kw)  # noqa: E731
+    expected = [b[2].tolist() for b in make()]
+    marker = tmp_path / "stuck-pid"
+    _HANG_FIRST_CHILD = str(marker)
+    try:
+        got = [b[2].tolist() for b in make(multiprocessing_context=data._CheckedForkContext())]
+    finally:
+        _HANG_FIRST_CHILD = None
+    assert got == expected
+    stuck = int(marker.read_text())
+    assert not os.path.exists(f"/proc/{stuck}")  # killed and reaped
+    assert multiprocessing.active_children() == []
+
+
+def test_loaders_start_their_workers_through_the_checked_fork_where_fork_can_hang(monkeypatch):
+    from fulmen.trainer import data
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    default, spawned, inline = (DataLoader(Counting(), num_workers=2), DataLoader(
+        Counting(), num_workers=2, multiprocessing_context="spawn"), DataLoader(Counting()))
+    monkeypatch.setattr(data, "_FORK_CAN_HANG", False)
+    data.check_worker_start([default])
+    assert default.multiprocessing_context is None  # a Python that forks safely: the loader as it was
+    monkeypatch.setattr(data, "_FORK_CAN_HANG", True)
+    data.check_worker_start(data.CombinedLoader([default, spawned, inline]))
+    assert isinstance(default.multiprocessing_context, data._CheckedForkContext)
+    assert spawned.multiprocessing_context.get_start_method() == "spawn" and inline.multiprocessing_context is None

@@ -284,6 +284,7 @@ class Fabric:
                 )
             loader = _data.distribute(owner, loader, "train")
             _data.seed_workers(loader, self.global_rank)
+            _data.check_worker_start(loader)
             # CPU batches are where they belong already: no walk through each batch on the hot path
             out.append(_FabricDataLoader(loader, device=self.device if move_to_device else None,
                                          move=self.device.type != "cpu"))

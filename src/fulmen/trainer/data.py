@@ -8,11 +8,14 @@ import itertools
 import math
 import os
 import random
+import select
+import signal
 import sys
 import weakref
 from array import array
 from collections.abc import Iterable, Mapping
 from functools import partial
+from multiprocessing import context as mp_context, popen_fork, util as mp_util
 from typing import Any, Callable, Iterator
 
 import torch
@@ -392,6 +395,94 @@ def seed_workers(loaders: Any, rank: int) -> None:
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
         if getattr(loader, "worker_init_fn", False) is None:
             loader.worker_init_fn = partial(pl_worker_init_function, rank=rank)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worker start where fork can hang. Before Python 3.9.20, 3.10.15 and 3.11.10, a child forked while another
+# thread is making a Python thread state waits for ever inside os.fork() (CPython gh-112275). In a distributed
+# run torch's gloo threads make one each time they free a tensor Python has dropped, so now and then a DataLoader
+# worker never starts, and the run hangs on it. There the fork is checked: the child says it has started and
+# waits for the go-ahead before it runs anything; one that has not said so in time has touched nothing shared
+# (no queue, no lock), so it is killed and forked again.
+
+_FORK_CAN_HANG = (sys.version_info < (3, 9, 20) or (3, 10) <= sys.version_info < (3, 10, 15)
+                  or (3, 11) <= sys.version_info < (3, 11, 10))
+_START_TIMEOUT = 3.0  # seconds; a forked child normally says it has started within a millisecond
+_START_TRIES = 4
+
+
+def _checked_launch(popen: Any, process_obj: Any) -> None:
+    """``multiprocessing``'s fork start (``popen_fork.Popen._launch``), with the start checked as above."""
+    for attempt in range(1, _START_TRIES + 1):
+        started_r, started_w = os.pipe()
+        go_r, go_w = os.pipe()
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        popen.pid = os.fork()
+        if popen.pid == 0:  # the child, past the fork
+            code = 1
+            try:
+                for fd in (started_r, go_w, parent_r, parent_w):
+                    os.close(fd)
+                os.write(started_w, b"1")
+                if os.read(go_r, 1):  # empty: the parent gave up on this child
+                    code = process_obj._bootstrap(parent_sentinel=child_r)
+            finally:
+                os._exit(code)
+        for fd in (started_w, go_r, child_w, child_r):
+            os.close(fd)
+        started = select.select([started_r], [], [], _START_TIMEOUT)[0]  # its byte, or EOF if it died
+        os.close(started_r)
+        if started:
+            try:
+                os.write(go_w, b"1")
+            except BrokenPipeError:  # it died before the go-ahead: the DataLoader reports its worker as usual
+                pass
+            os.close(go_w)
+            break
+        os.close(go_w)
+        os.kill(popen.pid, signal.SIGKILL)
+        os.waitpid(popen.pid, 0)
+        os.close(parent_r)
+        os.close(parent_w)
+        if attempt == _START_TRIES:
+            raise RuntimeError(
+                f"A DataLoader worker did not start in {_START_TRIES} forks ({_START_TIMEOUT:g} s each). Python "
+                "before 3.11.10 can hang a process forked beside other threads: upgrade Python, or pass "
+                "multiprocessing_context='forkserver' to the DataLoader.")
+    popen.finalizer = mp_util.Finalize(popen, mp_util.close_fds, (parent_r, parent_w))
+    popen.sentinel = parent_r
+
+
+class _CheckedPopen(popen_fork.Popen):
+    def _launch(self, process_obj: Any) -> None:
+        _checked_launch(self, process_obj)
+
+
+class _CheckedFork(mp_context.ForkProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _CheckedPopen(process_obj)
+
+
+class _CheckedForkContext(mp_context.ForkContext):
+    Process = _CheckedFork
+
+
+def check_worker_start(loaders: Any) -> None:
+    """In a distributed run on a Python whose fork can hang (above), start the workers of every DataLoader of
+    ``loaders`` that forks them with the default context through the checked fork."""
+    if not _FORK_CAN_HANG or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import multiprocessing
+
+    # asked without fixing it: the default (none set yet) forks on these Pythons, but on macOS
+    method = multiprocessing.get_start_method(allow_none=True) or ("spawn" if sys.platform == "darwin" else "fork")
+    if method != "fork":
+        return
+    for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
+        if isinstance(loader, DataLoader) and loader.num_workers > 0 and loader.multiprocessing_context is None:
+            loader.multiprocessing_context = _CheckedForkContext()
 
 
 def sampler_seed() -> int:
@@ -792,6 +883,7 @@ def setup_train_data(trainer: Any) -> None:
         loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "training"))
     loaders = distribute(trainer, loaders, "train")
     seed_workers(loaders, trainer.global_rank)
+    check_worker_start(loaders)
     iterable = CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
     limit = trainer.limit_train_batches
     for ld in as_list(loaders):
@@ -859,6 +951,7 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
             category=PossibleUserWarning)
     loaders = distribute(trainer, loaders, prefix)
     seed_workers(loaders, trainer.global_rank)
+    check_worker_start(loaders)
     # trainer.{val,test,predict}_dataloaders, limit_*_batches and num_*_batches
     setattr(trainer, f"{prefix}_dataloaders", loaders)
     flat = as_list(loaders)
