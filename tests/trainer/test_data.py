@@ -231,15 +231,17 @@ def test_a_worker_stuck_in_its_fork_is_forked_again(tmp_path, monkeypatch):
 
 
 def test_loaders_start_their_workers_through_the_checked_fork_where_fork_can_hang(monkeypatch):
+    """Only loaders that fork their workers get the checked fork, and only where forking can hang."""
     from fulmen.trainer import data
 
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    default, spawned, inline = (DataLoader(Counting(), num_workers=2), DataLoader(
-        Counting(), num_workers=2, multiprocessing_context="spawn"), DataLoader(Counting()))
+    default, forked, spawned, inline = (
+        DataLoader(Counting(), num_workers=2), DataLoader(Counting(), num_workers=2, multiprocessing_context="fork"),
+        DataLoader(Counting(), num_workers=2, multiprocessing_context="spawn"), DataLoader(Counting()))
     monkeypatch.setattr(data, "_FORK_CAN_HANG", False)
     data.check_worker_start([default])
     assert default.multiprocessing_context is None  # a Python that forks safely: the loader as it was
     monkeypatch.setattr(data, "_FORK_CAN_HANG", True)
-    data.check_worker_start(data.CombinedLoader([default, spawned, inline]))
-    assert isinstance(default.multiprocessing_context, data._CheckedForkContext)
+    data.check_worker_start(data.CombinedLoader([default, forked, spawned, inline]))
+    assert all(isinstance(ld.multiprocessing_context, data._CheckedForkContext) for ld in (default, forked))
     assert spawned.multiprocessing_context.get_start_method() == "spawn" and inline.multiprocessing_context is None

@@ -471,18 +471,18 @@ class _CheckedForkContext(mp_context.ForkContext):
 
 def check_worker_start(loaders: Any) -> None:
     """In a distributed run on a Python whose fork can hang (above), start the workers of every DataLoader of
-    ``loaders`` that forks them with the default context through the checked fork."""
+    ``loaders`` that forks them (the default context, or ``"fork"``) through the checked fork."""
     if not _FORK_CAN_HANG or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     import multiprocessing
 
     # asked without fixing it: the default (none set yet) forks on these Pythons, but on macOS
-    method = multiprocessing.get_start_method(allow_none=True) or ("spawn" if sys.platform == "darwin" else "fork")
-    if method != "fork":
-        return
+    default = multiprocessing.get_start_method(allow_none=True) or ("spawn" if sys.platform == "darwin" else "fork")
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
-        if isinstance(loader, DataLoader) and loader.num_workers > 0 and loader.multiprocessing_context is None:
-            loader.multiprocessing_context = _CheckedForkContext()
+        if isinstance(loader, DataLoader) and loader.num_workers > 0:
+            context = loader.multiprocessing_context
+            if type(context) is mp_context.ForkContext or (context is None and default == "fork"):
+                loader.multiprocessing_context = _CheckedForkContext()
 
 
 def sampler_seed() -> int:
