@@ -221,7 +221,7 @@ def test_a_worker_stuck_in_its_fork_is_forked_again(tmp_path, monkeypatch):
     marker = tmp_path / "stuck-pid"
     _HANG_FIRST_CHILD = str(marker)
     try:
-        got = [b[2].tolist() for b in make(multiprocessing_context=data._CheckedForkContext())]
+        got = [b[2].tolist() for b in make(multiprocessing_context=data._checked_fork_context())]
     finally:
         _HANG_FIRST_CHILD = None
     assert got == expected
@@ -243,5 +243,6 @@ def test_loaders_start_their_workers_through_the_checked_fork_where_fork_can_han
     assert default.multiprocessing_context is None  # a Python that forks safely: the loader as it was
     monkeypatch.setattr(data, "_FORK_CAN_HANG", True)
     data.check_worker_start(data.CombinedLoader([default, forked, spawned, inline]))
-    assert all(isinstance(ld.multiprocessing_context, data._CheckedForkContext) for ld in (default, forked))
+    checked = type(data._checked_fork_context())
+    assert all(type(ld.multiprocessing_context) is checked for ld in (default, forked))
     assert spawned.multiprocessing_context.get_start_method() == "spawn" and inline.multiprocessing_context is None

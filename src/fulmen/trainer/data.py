@@ -15,7 +15,6 @@ import weakref
 from array import array
 from collections.abc import Iterable, Mapping
 from functools import partial
-from multiprocessing import context as mp_context, popen_fork, util as mp_util
 from typing import Any, Callable, Iterator
 
 import torch
@@ -450,23 +449,25 @@ def _checked_launch(popen: Any, process_obj: Any) -> None:
                 f"A DataLoader worker did not start in {_START_TRIES} forks ({_START_TIMEOUT:g} s each). Python "
                 "before 3.11.10 can hang a process forked beside other threads: upgrade Python, or pass "
                 "multiprocessing_context='forkserver' to the DataLoader.")
-    popen.finalizer = mp_util.Finalize(popen, mp_util.close_fds, (parent_r, parent_w))
+    from multiprocessing import util
+
+    popen.finalizer = util.Finalize(popen, util.close_fds, (parent_r, parent_w))
     popen.sentinel = parent_r
 
 
-class _CheckedPopen(popen_fork.Popen):
-    def _launch(self, process_obj: Any) -> None:
-        _checked_launch(self, process_obj)
+_checked_context: Any = None
 
 
-class _CheckedFork(mp_context.ForkProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _CheckedPopen(process_obj)
+def _checked_fork_context() -> Any:
+    """A fork context whose processes start through ``_checked_launch`` (its classes made on first use)."""
+    global _checked_context
+    if _checked_context is None:
+        from multiprocessing import context, popen_fork
 
-
-class _CheckedForkContext(mp_context.ForkContext):
-    Process = _CheckedFork
+        popen = type("Popen", (popen_fork.Popen,), {"_launch": _checked_launch})
+        process = type("ForkProcess", (context.ForkProcess,), {"_Popen": staticmethod(popen)})
+        _checked_context = type("ForkContext", (context.ForkContext,), {"Process": process})
+    return _checked_context()
 
 
 def check_worker_start(loaders: Any) -> None:
@@ -481,8 +482,8 @@ def check_worker_start(loaders: Any) -> None:
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
         if isinstance(loader, DataLoader) and loader.num_workers > 0:
             context = loader.multiprocessing_context
-            if type(context) is mp_context.ForkContext or (context is None and default == "fork"):
-                loader.multiprocessing_context = _CheckedForkContext()
+            if context is multiprocessing.get_context("fork") or (context is None and default == "fork"):
+                loader.multiprocessing_context = _checked_fork_context()
 
 
 def sampler_seed() -> int:
