@@ -239,10 +239,10 @@ def test_loaders_start_their_workers_through_the_checked_fork_where_fork_can_han
         DataLoader(Counting(), num_workers=2), DataLoader(Counting(), num_workers=2, multiprocessing_context="fork"),
         DataLoader(Counting(), num_workers=2, multiprocessing_context="spawn"), DataLoader(Counting()))
     monkeypatch.setattr(data, "_FORK_CAN_HANG", False)
-    data.check_worker_start([default])
+    data.prepare_workers([default], 0)
     assert default.multiprocessing_context is None  # a Python that forks safely: the loader as it was
     monkeypatch.setattr(data, "_FORK_CAN_HANG", True)
-    data.check_worker_start(data.CombinedLoader([default, forked, spawned, inline]))
+    data.prepare_workers(data.CombinedLoader([default, forked, spawned, inline]), 0)
     checked = type(data._checked_fork_context())
     assert all(type(ld.multiprocessing_context) is checked for ld in (default, forked))
     assert spawned.multiprocessing_context.get_start_method() == "spawn" and inline.multiprocessing_context is None

@@ -283,8 +283,7 @@ class Fabric:
                     "This loader was set up already; pass the loader you created to setup_dataloaders() only once."
                 )
             loader = _data.distribute(owner, loader, "train")
-            _data.seed_workers(loader, self.global_rank)
-            _data.check_worker_start(loader)
+            _data.prepare_workers(loader, self.global_rank)
             # CPU batches are where they belong already: no walk through each batch on the hot path
             out.append(_FabricDataLoader(loader, device=self.device if move_to_device else None,
                                          move=self.device.type != "cpu"))

@@ -385,15 +385,25 @@ def _with_distributed_sampler(loader: Any, trainer: Any, stage: str) -> Any:
     return cls(loader.dataset, **kwargs)
 
 
-def seed_workers(loaders: Any, rank: int) -> None:
-    """After ``seed_everything(seed, workers=True)``, give every DataLoader of ``loaders`` that has no
-    ``worker_init_fn`` of its own ``pl_worker_init_function`` for this rank (any strategy, as in Lightning):
-    without it, torch seeds worker i of every rank alike from the loader's base seed."""
-    if not int(os.environ.get("PL_SEED_WORKERS", "0")):
+def prepare_workers(loaders: Any, rank: int) -> None:
+    """How the workers of each DataLoader in ``loaders`` start.
+
+    - After ``seed_everything(seed, workers=True)``, a loader with no ``worker_init_fn`` of its own gets
+      ``pl_worker_init_function`` for this rank (any strategy, as in Lightning): without it, torch seeds worker i
+      of every rank alike from the loader's base seed.
+    - In a distributed run on a Python whose fork can hang (below), a loader that forks its workers (the default
+      context, or ``"fork"``) forks them through the checked fork.
+    """
+    seed = int(os.environ.get("PL_SEED_WORKERS", "0"))
+    forking = _forking_contexts()
+    if not seed and not forking:
         return
     for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
-        if getattr(loader, "worker_init_fn", False) is None:
+        if seed and getattr(loader, "worker_init_fn", False) is None:
             loader.worker_init_fn = partial(pl_worker_init_function, rank=rank)
+        if (forking and isinstance(loader, DataLoader) and loader.num_workers > 0
+                and any(loader.multiprocessing_context is c for c in forking)):
+            loader.multiprocessing_context = _checked_fork_context()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -470,20 +480,17 @@ def _checked_fork_context() -> Any:
     return _checked_context()
 
 
-def check_worker_start(loaders: Any) -> None:
-    """In a distributed run on a Python whose fork can hang (above), start the workers of every DataLoader of
-    ``loaders`` that forks them (the default context, or ``"fork"``) through the checked fork."""
+def _forking_contexts() -> tuple[Any, ...]:
+    """The ``multiprocessing_context`` values whose workers start through the checked fork here: none unless this
+    is a distributed run on a Python whose fork can hang."""
     if not _FORK_CAN_HANG or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
+        return ()
     import multiprocessing
 
     # asked without fixing it: the default (none set yet) forks on these Pythons, but on macOS
     default = multiprocessing.get_start_method(allow_none=True) or ("spawn" if sys.platform == "darwin" else "fork")
-    for loader in as_list(loaders.iterables if isinstance(loaders, CombinedLoader) else loaders):
-        if isinstance(loader, DataLoader) and loader.num_workers > 0:
-            context = loader.multiprocessing_context
-            if context is multiprocessing.get_context("fork") or (context is None and default == "fork"):
-                loader.multiprocessing_context = _checked_fork_context()
+    fork = multiprocessing.get_context("fork")
+    return (fork, None) if default == "fork" else (fork,)
 
 
 def sampler_seed() -> int:
@@ -883,8 +890,7 @@ def setup_train_data(trainer: Any) -> None:
     if trainer.overfit_batches:
         loaders = _map_loaders(loaders, lambda ld: with_sequential_sampler(ld, "training"))
     loaders = distribute(trainer, loaders, "train")
-    seed_workers(loaders, trainer.global_rank)
-    check_worker_start(loaders)
+    prepare_workers(loaders, trainer.global_rank)
     iterable = CombinedLoader(loaders, "max_size_cycle") if isinstance(loaders, (list, tuple, dict)) else loaders
     limit = trainer.limit_train_batches
     for ld in as_list(loaders):
@@ -951,8 +957,7 @@ def setup_eval_data(trainer: Any, stage: RunningStage, given: Any) -> list[Any]:
             f"order, and is easier to compare between runs. Pass `shuffle=False` to the {prefix} DataLoader.",
             category=PossibleUserWarning)
     loaders = distribute(trainer, loaders, prefix)
-    seed_workers(loaders, trainer.global_rank)
-    check_worker_start(loaders)
+    prepare_workers(loaders, trainer.global_rank)
     # trainer.{val,test,predict}_dataloaders, limit_*_batches and num_*_batches
     setattr(trainer, f"{prefix}_dataloaders", loaders)
     flat = as_list(loaders)
